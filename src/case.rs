@@ -1,0 +1,211 @@
+//! One measurable case: a workload kind with scalar parameters and its measurement settings.
+//!
+//! Cases are what a suite expands into, what the host hands the worker (as JSON), and what
+//! the CSV's `workload` and `case` columns name.
+
+use serde::{Deserialize, Serialize};
+
+/// The kinds of workload tagbench knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkloadKind {
+    Probe,
+    Gemm,
+    Attention,
+    Generate,
+    Precision,
+    Allreduce,
+}
+
+impl WorkloadKind {
+    pub const ALL: [WorkloadKind; 6] = [
+        WorkloadKind::Probe,
+        WorkloadKind::Gemm,
+        WorkloadKind::Attention,
+        WorkloadKind::Generate,
+        WorkloadKind::Precision,
+        WorkloadKind::Allreduce,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadKind::Probe => "probe",
+            WorkloadKind::Gemm => "gemm",
+            WorkloadKind::Attention => "attention",
+            WorkloadKind::Generate => "generate",
+            WorkloadKind::Precision => "precision",
+            WorkloadKind::Allreduce => "allreduce",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for WorkloadKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What measures inside the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// Rust: candle on the CPU, cudarc (cuBLAS, NCCL, NVRTC) on CUDA.
+    #[default]
+    Native,
+    /// The image's own python3 and PyTorch.
+    Torch,
+}
+
+impl EngineKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineKind::Native => "native",
+            EngineKind::Torch => "torch",
+        }
+    }
+}
+
+/// Which device the worker measures on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    #[default]
+    Cpu,
+    Cuda,
+}
+
+impl Device {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+        }
+    }
+}
+
+/// Whether a bigger or a smaller value of a metric is better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Better {
+    Lower,
+    Higher,
+}
+
+impl Better {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Better::Lower => "lower",
+            Better::Higher => "higher",
+        }
+    }
+}
+
+/// Element types of the compute workloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    Fp32,
+    /// fp32 storage, TF32 tensor-core math (CUDA only).
+    Tf32,
+    Fp16,
+    Bf16,
+    /// e4m3 inputs, higher-precision output (CUDA, compute capability >= 8.9).
+    Fp8,
+}
+
+impl Dtype {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dtype::Fp32 => "fp32",
+            Dtype::Tf32 => "tf32",
+            Dtype::Fp16 => "fp16",
+            Dtype::Bf16 => "bf16",
+            Dtype::Fp8 => "fp8",
+        }
+    }
+
+    /// Bytes per stored input element.
+    pub fn size_bytes(self) -> usize {
+        match self {
+            Dtype::Fp32 | Dtype::Tf32 => 4,
+            Dtype::Fp16 | Dtype::Bf16 => 2,
+            Dtype::Fp8 => 1,
+        }
+    }
+}
+
+impl std::fmt::Display for Dtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Seconds, as a float.
+pub type Seconds = f64;
+
+/// How long and how often to measure one case (nvbench's stdrel idea: stop when the
+/// relative CI half-width of the median is under the target).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeasureSettings {
+    /// Time-based warm-up before any sample is kept.
+    pub warmup_s: Seconds,
+    /// Samples always taken (unless `max_time_s` runs out first).
+    pub min_samples: usize,
+    /// Samples never exceeded.
+    pub max_samples: usize,
+    /// Sampling goes on at least this long, even when the target noise is reached.
+    pub min_time_s: Seconds,
+    /// Sampling stops after this long, noisy or not.
+    pub max_time_s: Seconds,
+    /// Target relative half-width of the 95% CI of the median (0.01 = 1%).
+    pub target_rel_ci: f64,
+    /// Wall-clock limit for the whole case in the worker; past it the host kills the worker and
+    /// records a `failed` row.
+    pub timeout_s: Seconds,
+}
+
+impl Default for MeasureSettings {
+    fn default() -> Self {
+        MeasureSettings {
+            warmup_s: 0.2,
+            min_samples: 10,
+            max_samples: 1000,
+            min_time_s: 0.0,
+            max_time_s: 2.0,
+            target_rel_ci: 0.01,
+            timeout_s: 300.0,
+        }
+    }
+}
+
+/// A single case of a workload, all sweep axes fixed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Case {
+    /// The workload's name in the suite (defaults to its kind).
+    pub workload: String,
+    pub kind: WorkloadKind,
+    /// Stable identifier within the workload: `key=value` pairs of the parameters the suite gave,
+    /// in suite order (`m=1024,n=1024,k=1024,dtype=fp32`); `default` when none were given.
+    pub id: String,
+    /// Every parameter, defaults filled in, as the workload's typed parameter struct serialises.
+    pub params: serde_json::Map<String, serde_json::Value>,
+    pub measure: MeasureSettings,
+}
+
+impl Case {
+    /// `workload/case`, the name used in messages.
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.workload, self.id)
+    }
+
+    /// Parses the parameters into the workload's typed struct.
+    pub fn params<T: serde::de::DeserializeOwned>(&self) -> anyhow::Result<T> {
+        serde_json::from_value(serde_json::Value::Object(self.params.clone()))
+            .map_err(|e| anyhow::anyhow!("bad parameters for case {}: {e}", self.label()))
+    }
+}

@@ -1,0 +1,11 @@
+//! generate on the CPU through candle.
+
+use crate::case::Case;
+use crate::engine::CaseOutput;
+use crate::error::CaseError;
+
+pub fn run(_case: &Case) -> Result<CaseOutput, CaseError> {
+    Err(CaseError::Failed(anyhow::anyhow!(
+        "generate on the CPU is being written"
+    )))
+}

@@ -1,0 +1,116 @@
+//! The native CPU engine: candle on the host's cores.
+
+pub mod attention;
+pub mod gemm;
+pub mod generate;
+pub mod precision;
+pub mod probe;
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device as CDevice, Tensor};
+
+use super::{CaseOutput, Engine};
+use crate::case::{Case, Dtype, WorkloadKind};
+use crate::error::CaseError;
+
+/// The CPU engine keeps the fp32 reference of precision cases between cases.
+pub struct CpuEngine {
+    pub(crate) precision_refs: BTreeMap<String, precision::Reference>,
+}
+
+impl CpuEngine {
+    pub fn new() -> Self {
+        CpuEngine {
+            precision_refs: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for CpuEngine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Engine for CpuEngine {
+    fn env(&mut self) -> BTreeMap<String, String> {
+        let mut m = probe::host_info();
+        m.insert("engine".into(), "native-cpu (candle)".into());
+        m.insert(
+            "cpu_threads".into(),
+            candle_core::utils::get_num_threads().to_string(),
+        );
+        m
+    }
+
+    fn run(&mut self, case: &Case) -> Result<CaseOutput, CaseError> {
+        match case.kind {
+            WorkloadKind::Probe => probe::run(case),
+            WorkloadKind::Gemm => gemm::run(case),
+            WorkloadKind::Attention => attention::run(case),
+            WorkloadKind::Generate => generate::run(case),
+            WorkloadKind::Precision => precision::run(self, case),
+            WorkloadKind::Allreduce => Err(CaseError::skipped(
+                "allreduce needs CUDA and NCCL (use device = \"cuda\", or the torch engine for gloo on CPU)",
+            )),
+        }
+    }
+}
+
+/// candle's dtype for a tagbench dtype on the CPU; tf32 and fp8 have no CPU arithmetic.
+pub fn cpu_dtype(d: Dtype) -> Result<DType, CaseError> {
+    match d {
+        Dtype::Fp32 => Ok(DType::F32),
+        Dtype::Fp16 => Ok(DType::F16),
+        Dtype::Bf16 => Ok(DType::BF16),
+        Dtype::Tf32 => Err(CaseError::skipped(
+            "tf32 is a CUDA tensor-core mode; the CPU has no tf32 arithmetic",
+        )),
+        Dtype::Fp8 => Err(CaseError::skipped(
+            "fp8 needs CUDA (compute capability 8.9 or newer); the CPU has no fp8 matmul",
+        )),
+    }
+}
+
+/// Normal(0, 1) values in `dtype` (never zeros: zeros run unrealistically fast on some paths).
+pub fn randn(shape: &[usize], dtype: DType) -> candle_core::Result<Tensor> {
+    Tensor::randn(0f32, 1f32, shape, &CDevice::Cpu)?.to_dtype(dtype)
+}
+
+/// Bytes of the last-level cache (for rotating inputs past it), or 32 MiB if unknown.
+pub fn llc_bytes() -> usize {
+    let mut best = 0;
+    for idx in 0..8 {
+        let p = format!("/sys/devices/system/cpu/cpu0/cache/index{idx}/size");
+        if let Ok(s) = std::fs::read_to_string(p) {
+            let s = s.trim();
+            let (num, mul) = match s.chars().last() {
+                Some('K') => (&s[..s.len() - 1], 1024),
+                Some('M') => (&s[..s.len() - 1], 1024 * 1024),
+                _ => (s, 1),
+            };
+            if let Ok(n) = num.parse::<usize>() {
+                best = best.max(n * mul);
+            }
+        }
+    }
+    if best == 0 {
+        32 << 20
+    } else {
+        best
+    }
+}
+
+/// How many input sets to rotate through so that together they exceed twice the last-level
+/// cache (each call then reads its inputs from memory, as a real model's layers would), capped
+/// to keep memory small.
+pub fn rotation_count(bytes_per_set: usize) -> usize {
+    let want = (2 * llc_bytes()).div_ceil(bytes_per_set.max(1));
+    let cap = (512usize << 20) / bytes_per_set.max(1);
+    want.clamp(1, cap.max(1)).min(64)
+}
+
+pub(crate) fn candle_err(e: candle_core::Error) -> CaseError {
+    CaseError::Failed(anyhow::anyhow!("candle: {e}"))
+}

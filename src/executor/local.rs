@@ -1,0 +1,173 @@
+//! The `local` executor: the worker as a child process of this host (same binary), so that a
+//! crash in an engine cannot take the host process down.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use super::{Executor, ExitInfo, LineEvent, WorkerHandle};
+use crate::protocol::Job;
+use crate::results::TargetMeta;
+use crate::suite::TargetSpec;
+
+pub struct LocalExecutor {
+    /// The binary that runs `worker` (this one, unless a test says otherwise).
+    pub worker_exe: PathBuf,
+}
+
+impl LocalExecutor {
+    pub fn new() -> Result<Self> {
+        Ok(LocalExecutor {
+            worker_exe: std::env::current_exe().context("failed to locate the tagbench binary")?,
+        })
+    }
+}
+
+impl Executor for LocalExecutor {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    fn prepare(&mut self, target: &TargetSpec) -> Result<TargetMeta> {
+        Ok(TargetMeta {
+            name: target.display_name(),
+            executor: "local".into(),
+            engine: target.engine.unwrap_or_default().as_str().into(),
+            device: target.device.unwrap_or_default().as_str().into(),
+            ..Default::default()
+        })
+    }
+
+    fn start(&mut self, target: &TargetSpec, job: &Job, log: &Path) -> Result<Box<dyn WorkerHandle>> {
+        let job_path = log.with_extension("job.json");
+        std::fs::write(&job_path, serde_json::to_vec(job)?)
+            .with_context(|| format!("failed to write {}", job_path.display()))?;
+        let stderr = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("failed to open {}", log.display()))?;
+        let mut child = Command::new(&self.worker_exe)
+            .arg("worker")
+            .arg("--job")
+            .arg(&job_path)
+            .envs(&target.env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("failed to start worker {}", self.worker_exe.display()))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        Ok(Box::new(LocalWorker {
+            child,
+            lines: spawn_line_reader(stdout),
+            log: log.to_owned(),
+        }))
+    }
+}
+
+/// Reads lines on a thread so that the runner can wait with a time limit.
+pub fn spawn_line_reader(r: impl std::io::Read + Send + 'static) -> Receiver<std::io::Result<String>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines() {
+            let stop = line.is_err();
+            if tx.send(line).is_err() || stop {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Turns a channel of lines into [`LineEvent`]s.
+pub fn recv_line(rx: &Receiver<std::io::Result<String>>, timeout: Duration) -> LineEvent {
+    match rx.recv_timeout(timeout) {
+        Ok(Ok(line)) => LineEvent::Line(line),
+        Ok(Err(_)) | Err(RecvTimeoutError::Disconnected) => LineEvent::Eof,
+        Err(RecvTimeoutError::Timeout) => LineEvent::Timeout,
+    }
+}
+
+/// The last `max` bytes of a log file, on a line boundary.
+pub fn log_tail(path: &Path, max: usize) -> String {
+    let data = std::fs::read(path).unwrap_or_default();
+    let start = data.len().saturating_sub(max);
+    let text = String::from_utf8_lossy(&data[start..]).into_owned();
+    match (start > 0, text.find('\n')) {
+        (true, Some(i)) => text[i + 1..].to_string(),
+        _ => text,
+    }
+}
+
+struct LocalWorker {
+    child: Child,
+    lines: Receiver<std::io::Result<String>>,
+    log: PathBuf,
+}
+
+impl WorkerHandle for LocalWorker {
+    fn next_line(&mut self, timeout: Duration) -> LineEvent {
+        recv_line(&self.lines, timeout)
+    }
+
+    fn kill(&mut self) -> Result<()> {
+        match self.child.kill() {
+            Ok(()) => Ok(()),
+            // Already exited.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Ok(()),
+            Err(e) => Err(e).context("failed to kill the worker"),
+        }
+    }
+
+    fn finish(&mut self) -> Result<ExitInfo> {
+        let status = self.child.wait().context("failed to wait for the worker")?;
+        let mut info = ExitInfo {
+            code: status.code().map(i64::from),
+            ..Default::default()
+        };
+        #[cfg(unix)]
+        {
+            use std::os::unix::process::ExitStatusExt;
+            if let Some(sig) = status.signal() {
+                info.detail = Some(format!("killed by signal {sig} ({})", signal_name(sig)));
+            }
+        }
+        info.stderr_tail = log_tail(&self.log, 2000);
+        Ok(info)
+    }
+}
+
+impl Drop for LocalWorker {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A signal's conventional name.
+pub fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        15 => "SIGTERM",
+        _ => "signal",
+    }
+}
+
+/// Environment facts for a local target's run.json entry.
+pub fn host_facts() -> BTreeMap<String, String> {
+    crate::engine::cpu::probe::host_info()
+}

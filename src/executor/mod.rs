@@ -1,0 +1,82 @@
+//! Executors start the worker somewhere (a local child process, a container) and hand its
+//! stdout back line by line. The runner is the same for all of them.
+
+pub mod local;
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::protocol::Job;
+use crate::results::TargetMeta;
+use crate::suite::TargetSpec;
+
+/// What the worker's stdout gave, or why it gave nothing.
+#[derive(Debug)]
+pub enum LineEvent {
+    Line(String),
+    /// stdout closed: the worker exited (or crashed).
+    Eof,
+    /// Nothing arrived within the time asked for.
+    Timeout,
+}
+
+/// How a worker ended.
+#[derive(Debug, Clone, Default)]
+pub struct ExitInfo {
+    pub code: Option<i64>,
+    /// A description of an abnormal end (`killed by signal 9`, `OOM-killed`).
+    pub detail: Option<String>,
+    /// The last lines of the worker's stderr, for messages.
+    pub stderr_tail: String,
+}
+
+impl std::fmt::Display for ExitInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.code, &self.detail) {
+            (_, Some(d)) => write!(f, "{d}")?,
+            (Some(c), None) => write!(f, "exit status {c}")?,
+            (None, None) => write!(f, "unknown exit status")?,
+        }
+        let tail = self.stderr_tail.trim();
+        if !tail.is_empty() {
+            let last: Vec<&str> = tail.lines().rev().take(3).collect();
+            let last: Vec<&str> = last.into_iter().rev().collect();
+            write!(f, "; stderr: {}", last.join(" | "))?;
+        }
+        Ok(())
+    }
+}
+
+/// A running worker.
+pub trait WorkerHandle {
+    /// The next stdout line, waiting at most `timeout`.
+    fn next_line(&mut self, timeout: Duration) -> LineEvent;
+    /// Stops the worker now.
+    fn kill(&mut self) -> Result<()>;
+    /// Waits for the worker to end and releases everything it held (a container is removed).
+    fn finish(&mut self) -> Result<ExitInfo>;
+}
+
+/// Somewhere a worker can run.
+pub trait Executor {
+    /// `local`, `docker`.
+    fn name(&self) -> &'static str;
+    /// Checks the target can run (the image exists, the engine answers) and describes it.
+    fn prepare(&mut self, target: &TargetSpec) -> Result<TargetMeta>;
+    /// Starts a worker on `job`; its stderr goes to `log`.
+    fn start(&mut self, target: &TargetSpec, job: &Job, log: &Path) -> Result<Box<dyn WorkerHandle>>;
+}
+
+/// The executor for a target: `local` when it has no image, else the container engine.
+pub fn for_target(target: &TargetSpec) -> Result<Box<dyn Executor>> {
+    if target.is_local() {
+        Ok(Box::new(local::LocalExecutor::new()?))
+    } else {
+        anyhow::bail!(
+            "the docker executor is not part of this build yet (target {})",
+            target.display_name()
+        )
+    }
+}

@@ -1,0 +1,48 @@
+//! `run.json`: what was run, where, with which versions.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunMeta {
+    pub schema: u32,
+    pub run_id: String,
+    pub suite: String,
+    pub suite_path: String,
+    pub tagbench_version: String,
+    pub host: BTreeMap<String, String>,
+    pub started_at: String,
+    /// Set when the run ends (completely or not); absent while running or after a kill.
+    #[serde(default)]
+    pub finished_at: Option<String>,
+    /// `running`, `complete`, `interrupted`.
+    pub state: String,
+    /// The command line that started the run (for `--resume`).
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub targets: Vec<TargetMeta>,
+}
+
+/// Per target: the image and what the probe found inside it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TargetMeta {
+    pub name: String,
+    pub executor: String,
+    pub engine: String,
+    pub device: String,
+    #[serde(default)]
+    pub image: String,
+    #[serde(default)]
+    pub image_id: String,
+    #[serde(default)]
+    pub repo_digests: Vec<String>,
+    #[serde(default)]
+    pub image_created: String,
+    #[serde(default)]
+    pub gpu_index: Option<usize>,
+    /// The worker's `env` message (probe): versions, devices, CPU.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}

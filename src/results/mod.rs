@@ -1,0 +1,10 @@
+//! The results of a run on disk: `results.csv` (one row per target, case and metric),
+//! `samples.csv` (every sample), `run.json` (metadata) and `logs/`, under `results/<run-id>/`.
+
+pub mod meta;
+pub mod row;
+pub mod store;
+
+pub use meta::{RunMeta, TargetMeta};
+pub use row::{ResultRow, SampleRow, Status, SCHEMA_VERSION};
+pub use store::{read_results, read_samples, RunDir, RunWriter};

@@ -1,0 +1,93 @@
+//! The CSV schema (see DESIGN.md). Columns are append-only across schema versions.
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped when a column's meaning changes; new columns go at the end.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The outcome of a case, per row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    #[default]
+    Ok,
+    Skipped,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Skipped => "skipped",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+/// One row of `results.csv`: a (target, case, metric) summary, or a status row (empty metric)
+/// for a case that was skipped, failed or, like the probe, has no metric.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResultRow {
+    pub schema: u32,
+    pub run_id: String,
+    pub suite: String,
+    pub workload: String,
+    pub case: String,
+    pub engine: String,
+    pub executor: String,
+    pub image: String,
+    pub image_id: String,
+    pub gpu_index: Option<usize>,
+    pub gpu_name: String,
+    pub device: String,
+    pub metric: String,
+    pub unit: String,
+    pub better: String,
+    pub n: Option<usize>,
+    pub median: Option<f64>,
+    pub mean: Option<f64>,
+    pub stddev: Option<f64>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub p05: Option<f64>,
+    pub p95: Option<f64>,
+    pub ci_low: Option<f64>,
+    pub ci_high: Option<f64>,
+    pub status: Status,
+    pub reason: String,
+    pub started_at: String,
+    /// Samples beyond Tukey's fences (counted, never dropped).
+    pub outliers: Option<usize>,
+    /// The target's name in the suite (`local`, or the image): what `compare` matches runs on.
+    pub target: String,
+}
+
+impl ResultRow {
+    /// The key that identifies the same measurement across runs: (workload, case, metric, gpu).
+    pub fn key(&self) -> (String, String, String, Option<usize>) {
+        (
+            self.workload.clone(),
+            self.case.clone(),
+            self.metric.clone(),
+            self.gpu_index,
+        )
+    }
+}
+
+/// One row of `samples.csv`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SampleRow {
+    pub run_id: String,
+    pub image: String,
+    pub image_id: String,
+    pub gpu_index: Option<usize>,
+    pub workload: String,
+    pub case: String,
+    pub metric: String,
+    /// 0-based index of the sample within its (case, metric).
+    pub sample: usize,
+    pub value: f64,
+    pub target: String,
+    pub engine: String,
+}

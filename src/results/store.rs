@@ -1,0 +1,277 @@
+//! Reading and writing a run directory. Rows are appended and flushed as they arrive; a torn
+//! last line (the process was killed mid-write) is cut off on read and before appending.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{ResultRow, RunMeta, SampleRow};
+
+/// The files of one run.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    pub root: PathBuf,
+}
+
+impl RunDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        RunDir { root: root.into() }
+    }
+
+    /// Accepts a run directory or a `results.csv` inside one.
+    pub fn from_arg(path: &Path) -> Self {
+        if path.is_file() {
+            RunDir::new(path.parent().unwrap_or(Path::new(".")))
+        } else {
+            RunDir::new(path)
+        }
+    }
+
+    pub fn results_csv(&self) -> PathBuf {
+        self.root.join("results.csv")
+    }
+    pub fn samples_csv(&self) -> PathBuf {
+        self.root.join("samples.csv")
+    }
+    pub fn run_json(&self) -> PathBuf {
+        self.root.join("run.json")
+    }
+    pub fn logs(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+
+    pub fn read_meta(&self) -> Result<RunMeta> {
+        let path = self.run_json();
+        let text =
+            std::fs::read_to_string(&path).with_context(|| format!("failed to read {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("failed to parse {}", path.display()))
+    }
+
+    /// Writes run.json atomically (write to a temporary file, then rename).
+    pub fn write_meta(&self, meta: &RunMeta) -> Result<()> {
+        let path = self.run_json();
+        let tmp = self.root.join(".run.json.tmp");
+        let text = serde_json::to_string_pretty(meta)?;
+        std::fs::write(&tmp, text).with_context(|| format!("failed to write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("failed to write {}", path.display()))?;
+        Ok(())
+    }
+}
+
+/// Appends rows to results.csv and samples.csv, flushing after every batch.
+pub struct RunWriter {
+    results: CsvAppender,
+    samples: CsvAppender,
+}
+
+impl RunWriter {
+    /// Opens (creating or continuing) the CSV files of a run directory.
+    pub fn open(dir: &RunDir) -> Result<Self> {
+        std::fs::create_dir_all(dir.logs())
+            .with_context(|| format!("failed to create {}", dir.logs().display()))?;
+        Ok(RunWriter {
+            results: CsvAppender::open::<ResultRow>(&dir.results_csv())?,
+            samples: CsvAppender::open::<SampleRow>(&dir.samples_csv())?,
+        })
+    }
+
+    /// Writes the rows of one finished case: samples first, so that a result row never exists
+    /// without its samples.
+    pub fn write_case(&mut self, rows: &[ResultRow], samples: &[SampleRow]) -> Result<()> {
+        self.samples.append(samples)?;
+        self.results.append(rows)
+    }
+}
+
+struct CsvAppender {
+    path: PathBuf,
+    file: File,
+}
+
+impl CsvAppender {
+    fn open<T: Serialize + Default + HeaderOf>(path: &Path) -> Result<Self> {
+        let exists = path.exists() && std::fs::metadata(path)?.len() > 0;
+        if exists {
+            cut_torn_tail(path)?;
+        }
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("failed to open {}", path.display()))?;
+        if !exists {
+            writeln!(file, "{}", T::header().join(","))?;
+            file.flush()?;
+        }
+        Ok(CsvAppender {
+            path: path.to_owned(),
+            file,
+        })
+    }
+
+    fn append<T: Serialize>(&mut self, rows: &[T]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        // Serialise the whole batch first and write it with one call, so that a kill leaves at
+        // most one torn line.
+        let mut w = csv::WriterBuilder::new()
+            .has_headers(false)
+            .from_writer(Vec::new());
+        for r in rows {
+            w.serialize(r)?;
+        }
+        let buf = w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.file
+            .write_all(&buf)
+            .and_then(|_| self.file.flush())
+            .and_then(|_| self.file.sync_data())
+            .with_context(|| format!("failed to write {}", self.path.display()))
+    }
+}
+
+/// Column names of a CSV row type.
+pub trait HeaderOf {
+    fn header() -> Vec<String>;
+}
+
+impl<T: Serialize + Default> HeaderOf for T {
+    fn header() -> Vec<String> {
+        // Serialising a default row with headers gives the column names serde derives.
+        let mut w = csv::WriterBuilder::new()
+            .has_headers(true)
+            .from_writer(Vec::new());
+        w.serialize(T::default()).expect("serialising a default row");
+        let buf = w.into_inner().expect("in-memory writer");
+        let text = String::from_utf8(buf).expect("utf-8 header");
+        text.lines()
+            .next()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// Truncates a file after its last newline (drops a line torn by a kill).
+fn cut_torn_tail(path: &Path) -> Result<bool> {
+    let data = std::fs::read(path).with_context(|| format!("failed to read {}", path.display()))?;
+    if data.is_empty() || data.ends_with(b"\n") {
+        return Ok(false);
+    }
+    let keep = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let f = OpenOptions::new().write(true).open(path)?;
+    f.set_len(keep as u64)?;
+    Ok(true)
+}
+
+/// Reads a CSV of `T`. A last line without its newline was torn by a kill and is ignored (with a
+/// warning on stderr); any other bad line is an error naming the file and line.
+fn read_csv<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
+    let data = std::fs::read_to_string(path).with_context(|| format!("failed to read {}", path.display()))?;
+    let body = match data.rfind('\n') {
+        Some(i) if i + 1 < data.len() => {
+            eprintln!(
+                "warning: {}: ignoring a torn last line (the run was interrupted)",
+                path.display()
+            );
+            &data[..=i]
+        }
+        None if !data.is_empty() => "",
+        _ => &data[..],
+    };
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_reader(body.as_bytes());
+    let mut out = Vec::new();
+    for (i, rec) in rdr.deserialize::<T>().enumerate() {
+        let row = rec.with_context(|| format!("failed to parse {}: line {}", path.display(), i + 2))?;
+        out.push(row);
+    }
+    Ok(out)
+}
+
+pub fn read_results(dir: &RunDir) -> Result<Vec<ResultRow>> {
+    read_csv(&dir.results_csv())
+}
+
+pub fn read_samples(dir: &RunDir) -> Result<Vec<SampleRow>> {
+    let path = dir.samples_csv();
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    read_csv(&path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::Status;
+
+    fn row(case: &str) -> ResultRow {
+        ResultRow {
+            schema: 1,
+            run_id: "r".into(),
+            workload: "gemm".into(),
+            case: case.into(),
+            metric: "latency".into(),
+            median: Some(1.5),
+            status: Status::Ok,
+            reason: "has, a comma and \"quotes\"".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn append_read_and_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        {
+            let mut w = RunWriter::open(&run).unwrap();
+            w.write_case(&[row("a"), row("b")], &[]).unwrap();
+        }
+        // Simulate a kill mid-write: half a line at the end.
+        let mut f = OpenOptions::new().append(true).open(run.results_csv()).unwrap();
+        f.write_all(b"1,r,,gemm,c,na").unwrap();
+        drop(f);
+        let rows = read_results(&run).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0], row("a"));
+        // Reopening cuts the torn tail before appending.
+        {
+            let mut w = RunWriter::open(&run).unwrap();
+            w.write_case(&[row("c")], &[]).unwrap();
+        }
+        let rows = read_results(&run).unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r.case.as_str()).collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
+    }
+
+    #[test]
+    fn header_matches_schema() {
+        let h = ResultRow::header();
+        assert_eq!(h[0], "schema");
+        assert_eq!(h[12], "metric");
+        assert!(h.contains(&"started_at".to_string()));
+    }
+
+    #[test]
+    fn bad_middle_line_names_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        {
+            let mut w = RunWriter::open(&run).unwrap();
+            w.write_case(&[row("a")], &[]).unwrap();
+        }
+        let mut f = OpenOptions::new().append(true).open(run.results_csv()).unwrap();
+        f.write_all(b"garbage\n").unwrap();
+        let err = format!("{:#}", read_results(&run).unwrap_err());
+        assert!(err.contains("line 3"), "{err}");
+    }
+}

@@ -1,0 +1,797 @@
+//! The host side of a run: targets × cases through an executor, protocol lines into CSV rows
+//! (written and flushed per case), progress on stderr, a table at the end, `--resume`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::case::Case;
+use crate::cli::{ListArgs, RunArgs, SuiteArgs};
+use crate::error::{EXIT_ERROR, EXIT_OK};
+use crate::executor::{self, Executor, LineEvent};
+use crate::protocol::{Job, Message};
+use crate::results::{ResultRow, RunDir, RunMeta, RunWriter, SampleRow, Status, TargetMeta, SCHEMA_VERSION};
+use crate::suite::{GpuSelection, Suite, TargetSpec, EMBEDDED_SMOKE};
+
+/// Reads the suite named on the command line (or the embedded smoke suite).
+pub fn load_suite(args: &SuiteArgs) -> Result<(Suite, String)> {
+    let (text, path) = match &args.suite {
+        Some(p) => (
+            std::fs::read_to_string(p).with_context(|| format!("failed to read suite {}", p.display()))?,
+            p.clone(),
+        ),
+        None => (
+            EMBEDDED_SMOKE.to_string(),
+            PathBuf::from("suites/smoke.toml (embedded)"),
+        ),
+    };
+    let suite = Suite::parse(&text, &path, &args.set)?;
+    Ok((suite, text))
+}
+
+/// Whether a case's `workload/case` label matches any filter (all match when there are none).
+pub fn matches_filter(filters: &[String], label: &str) -> bool {
+    filters.is_empty() || filters.iter().any(|f| glob_contains(f, label))
+}
+
+/// Substring match where `*` matches any run of characters.
+fn glob_contains(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    let mut pos = 0;
+    for p in parts {
+        match text[pos..].find(p) {
+            Some(i) => pos += i + p.len(),
+            None => return false,
+        }
+    }
+    true
+}
+
+pub fn cmd_list(args: ListArgs) -> Result<i32> {
+    let (suite, _) = load_suite(&args.suite)?;
+    let mut n = 0;
+    for case in suite
+        .cases()
+        .filter(|c| matches_filter(&args.suite.filter, &c.label()))
+    {
+        println!("{}", case.label());
+        n += 1;
+    }
+    eprintln!("{n} cases in suite `{}`", suite.name);
+    Ok(if n == 0 { EXIT_ERROR } else { EXIT_OK })
+}
+
+/// The targets of a run after command-line overrides.
+pub fn resolve_targets(suite: &Suite, args: &RunArgs) -> Result<Vec<TargetSpec>> {
+    let base = suite.targets.first().cloned().unwrap_or_else(TargetSpec::local);
+    let mut targets = if args.images.is_empty() {
+        if suite.targets.is_empty() {
+            vec![TargetSpec::local()]
+        } else {
+            suite.targets.clone()
+        }
+    } else {
+        args.images
+            .iter()
+            .map(|img| TargetSpec {
+                name: None,
+                image: Some(img.clone()),
+                local: false,
+                ..base.clone()
+            })
+            .collect()
+    };
+    let gpus = args
+        .gpus
+        .as_deref()
+        .map(GpuSelection::parse)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    for t in &mut targets {
+        if let Some(e) = args.engine {
+            t.engine = Some(e);
+        }
+        if let Some(d) = args.device {
+            t.device = Some(d);
+        }
+        if let Some(g) = &gpus {
+            t.gpus = g.clone();
+        }
+        if let Some(p) = args.pull {
+            t.pull = Some(p);
+        }
+    }
+    let mut seen = HashSet::new();
+    for t in &targets {
+        if !seen.insert(t.display_name()) {
+            bail!(
+                "target `{}` appears twice; give the targets distinct names",
+                t.display_name()
+            );
+        }
+    }
+    Ok(targets)
+}
+
+fn new_run_id(suite: &str) -> String {
+    let safe: String = suite
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{}-{}", chrono::Local::now().format("%Y%m%d-%H%M%S"), safe)
+}
+
+fn now() -> String {
+    chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+pub fn cmd_run(mut args: RunArgs) -> Result<i32> {
+    // --resume: the suite and options are those the run was started with.
+    let mut resume_dir = None;
+    if let Some(r) = args.resume.clone() {
+        let dir = if r.is_dir() {
+            r.clone()
+        } else {
+            args.results_dir.join(&r)
+        };
+        let run = RunDir::new(&dir);
+        let meta = run
+            .read_meta()
+            .with_context(|| format!("failed to resume {}", dir.display()))?;
+        let mut argv = vec!["tagbench".to_string(), "run".to_string()];
+        argv.extend(meta.args.iter().cloned());
+        let cli = <crate::cli::Cli as clap::Parser>::try_parse_from(&argv).with_context(|| {
+            format!(
+                "failed to read the options stored in {}",
+                run.run_json().display()
+            )
+        })?;
+        let crate::cli::Command::Run(mut stored) = cli.command else {
+            bail!("run.json holds no run options")
+        };
+        stored.suite.suite = Some(dir.join("suite.toml"));
+        stored.run_id = Some(meta.run_id.clone());
+        stored.results_dir = dir.parent().map(Path::to_path_buf).unwrap_or_default();
+        stored.no_progress |= args.no_progress;
+        args = stored;
+        resume_dir = Some(dir);
+    }
+
+    let (suite, suite_text) = load_suite(&args.suite)?;
+    let targets = resolve_targets(&suite, &args)?;
+    let cases: Vec<Case> = suite
+        .cases()
+        .filter(|c| matches_filter(&args.suite.filter, &c.label()))
+        .cloned()
+        .collect();
+    if cases.is_empty() {
+        bail!(
+            "no case of suite `{}` matches the filters {:?}",
+            suite.name,
+            args.suite.filter
+        );
+    }
+
+    let run_id = args.run_id.clone().unwrap_or_else(|| new_run_id(&suite.name));
+    let dir = match &resume_dir {
+        Some(d) => d.clone(),
+        None => {
+            let d = args.results_dir.join(&run_id);
+            if d.exists() {
+                bail!(
+                    "run directory {} exists already (use --resume to finish it)",
+                    d.display()
+                );
+            }
+            d
+        }
+    };
+    let run = RunDir::new(&dir);
+    std::fs::create_dir_all(run.logs()).with_context(|| format!("failed to create {}", dir.display()))?;
+
+    let (mut meta, done) = if resume_dir.is_some() {
+        let meta = run.read_meta()?;
+        let done: HashSet<(String, String, String)> = crate::results::read_results(&run)?
+            .into_iter()
+            .map(|r| (r.target, r.workload, r.case))
+            .collect();
+        (meta, done)
+    } else {
+        std::fs::write(dir.join("suite.toml"), &suite_text)?;
+        let meta = RunMeta {
+            schema: SCHEMA_VERSION,
+            run_id: run_id.clone(),
+            suite: suite.name.clone(),
+            suite_path: suite.path.display().to_string(),
+            tagbench_version: env!("CARGO_PKG_VERSION").to_string(),
+            host: crate::engine::cpu::probe::host_info(),
+            started_at: now(),
+            finished_at: None,
+            state: "running".into(),
+            args: stored_args(&args),
+            targets: Vec::new(),
+        };
+        (meta, HashSet::new())
+    };
+    meta.state = "running".into();
+    run.write_meta(&meta)?;
+    let mut writer = RunWriter::open(&run)?;
+
+    let total = targets.len() * cases.len();
+    let bar = if args.no_progress || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(total as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {wide_msg}")
+            .expect("valid template"),
+    );
+    eprintln!(
+        "run {run_id}: suite `{}`, {} cases × {} targets → {}",
+        suite.name,
+        cases.len(),
+        targets.len(),
+        dir.display()
+    );
+
+    let mut ctx = RunContext {
+        run_id: run_id.clone(),
+        suite: suite.name.clone(),
+        run: run.clone(),
+        bar: bar.clone(),
+        counts: BTreeMap::new(),
+    };
+    for target in &targets {
+        let pending: Vec<Case> = cases
+            .iter()
+            .filter(|c| !done.contains(&(target.display_name(), c.workload.clone(), c.id.clone())))
+            .cloned()
+            .collect();
+        bar.inc((cases.len() - pending.len()) as u64);
+        if pending.is_empty() {
+            continue;
+        }
+        let tmeta = run_target(&mut ctx, &mut writer, target, pending)?;
+        meta.targets.retain(|t| t.name != tmeta.name);
+        meta.targets.push(tmeta);
+        run.write_meta(&meta)?;
+    }
+    bar.finish_and_clear();
+    meta.finished_at = Some(now());
+    meta.state = "complete".into();
+    run.write_meta(&meta)?;
+
+    let rows = crate::results::read_results(&run)?;
+    print_table(&rows);
+    let failed = ctx.counts.get(&Status::Failed).copied().unwrap_or(0);
+    eprintln!(
+        "{} ok, {} skipped, {} failed rows; results in {}",
+        ctx.counts.get(&Status::Ok).copied().unwrap_or(0),
+        ctx.counts.get(&Status::Skipped).copied().unwrap_or(0),
+        failed,
+        run.results_csv().display()
+    );
+    Ok(if failed > 0 { EXIT_ERROR } else { EXIT_OK })
+}
+
+/// The options to store in run.json so that `--resume` can rebuild the same run.
+fn stored_args(args: &RunArgs) -> Vec<String> {
+    let mut v = Vec::new();
+    for s in &args.suite.set {
+        v.extend(["--set".to_string(), s.clone()]);
+    }
+    for f in &args.suite.filter {
+        v.extend(["--filter".to_string(), f.clone()]);
+    }
+    for i in &args.images {
+        v.extend(["--image".to_string(), i.clone()]);
+    }
+    if let Some(e) = args.engine {
+        v.extend(["--engine".to_string(), e.as_str().to_string()]);
+    }
+    if let Some(d) = args.device {
+        v.extend(["--device".to_string(), d.as_str().to_string()]);
+    }
+    if let Some(g) = &args.gpus {
+        v.extend(["--gpus".to_string(), g.clone()]);
+    }
+    if let Some(p) = args.pull {
+        let p = clap::ValueEnum::to_possible_value(&p)
+            .expect("value")
+            .get_name()
+            .to_string();
+        v.extend(["--pull".to_string(), p]);
+    }
+    v
+}
+
+struct RunContext {
+    run_id: String,
+    suite: String,
+    run: RunDir,
+    bar: ProgressBar,
+    counts: BTreeMap<Status, usize>,
+}
+
+/// Rows of the case being received, written when the case ends.
+#[derive(Default)]
+struct CaseBuffer {
+    case: Option<(String, String)>,
+    started_at: String,
+    rows: Vec<ResultRow>,
+    samples: Vec<SampleRow>,
+    sample_index: BTreeMap<String, usize>,
+}
+
+fn run_target(
+    ctx: &mut RunContext,
+    writer: &mut RunWriter,
+    target: &TargetSpec,
+    mut pending: Vec<Case>,
+) -> Result<TargetMeta> {
+    let tname = target.display_name();
+    let mut exec: Box<dyn Executor> = executor::for_target(target)?;
+    let mut tmeta = match exec.prepare(target) {
+        Ok(m) => m,
+        Err(e) => {
+            let reason = format!("{e:#}");
+            ctx.bar.suspend(|| eprintln!("error: target {tname}: {reason}"));
+            let meta = TargetMeta {
+                name: tname.clone(),
+                executor: exec.name().into(),
+                image: target.image.clone().unwrap_or_default(),
+                ..Default::default()
+            };
+            for c in &pending {
+                let row = status_row(ctx, &meta, target, c, Status::Failed, &reason, &now());
+                write_case(ctx, writer, vec![row], vec![])?;
+            }
+            return Ok(meta);
+        }
+    };
+    if tmeta.name.is_empty() {
+        tmeta.name = tname.clone();
+    }
+    let safe_name: String = tname
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut attempt = 0;
+    while !pending.is_empty() {
+        attempt += 1;
+        let log = ctx.run.logs().join(format!("{safe_name}-{attempt}.log"));
+        let job = Job {
+            run_id: ctx.run_id.clone(),
+            engine: target.engine.unwrap_or_default(),
+            device: target.device.unwrap_or_default(),
+            gpus: match &target.gpus {
+                GpuSelection::List(l) => l.clone(),
+                _ => Vec::new(),
+            },
+            cases: pending.clone(),
+        };
+        let mut worker = match exec.start(target, &job, &log) {
+            Ok(w) => w,
+            Err(e) => {
+                let reason = format!("could not start the worker: {e:#}");
+                ctx.bar.suspend(|| eprintln!("error: target {tname}: {reason}"));
+                for c in &pending {
+                    let row = status_row(ctx, &tmeta, target, c, Status::Failed, &reason, &now());
+                    write_case(ctx, writer, vec![row], vec![])?;
+                }
+                break;
+            }
+        };
+        // Starting a container (or an engine) takes time; the first case's limit starts now.
+        let mut deadline = Instant::now() + secs(pending[0].measure.timeout_s) + Duration::from_secs(60);
+        let mut buf = CaseBuffer::default();
+        let mut line_no = 0usize;
+        let mut finished = false;
+        let mut abort_reason = None;
+        loop {
+            let wait = deadline
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(250));
+            match worker.next_line(wait) {
+                LineEvent::Line(line) => {
+                    line_no += 1;
+                    let msg = match Message::parse(&line) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            let shown: String = line.chars().take(200).collect();
+                            ctx.bar.suspend(|| eprintln!("warning: target {tname}: protocol error on worker stdout line {line_no}: {e}: `{shown}`"));
+                            continue;
+                        }
+                    };
+                    match msg {
+                        Message::Env { info } => tmeta.env.extend(info),
+                        Message::Start { case, workload } => {
+                            flush_case(ctx, writer, &mut buf, &mut pending)?;
+                            let c = pending.iter().find(|c| c.id == case && c.workload == workload);
+                            deadline = Instant::now() + secs(c.map_or(300.0, |c| c.measure.timeout_s));
+                            ctx.bar.set_message(format!("{tname}: {workload}/{case}"));
+                            buf.case = Some((workload, case));
+                            buf.started_at = now();
+                        }
+                        Message::Sample {
+                            case,
+                            workload,
+                            metric,
+                            value,
+                        } => {
+                            let idx = buf.sample_index.entry(metric.clone()).or_insert(0);
+                            buf.samples.push(SampleRow {
+                                run_id: ctx.run_id.clone(),
+                                image: tmeta.image.clone(),
+                                image_id: tmeta.image_id.clone(),
+                                gpu_index: tmeta.gpu_index,
+                                workload,
+                                case,
+                                metric,
+                                sample: *idx,
+                                value,
+                                target: tname.clone(),
+                                engine: tmeta.engine.clone(),
+                            });
+                            *idx += 1;
+                        }
+                        Message::Summary {
+                            case,
+                            workload,
+                            metric,
+                            unit,
+                            better,
+                            summary,
+                            device,
+                            gpu_name,
+                            gpu_index,
+                        } => {
+                            let s = summary;
+                            buf.rows.push(ResultRow {
+                                schema: SCHEMA_VERSION,
+                                run_id: ctx.run_id.clone(),
+                                suite: ctx.suite.clone(),
+                                workload,
+                                case,
+                                engine: tmeta.engine.clone(),
+                                executor: tmeta.executor.clone(),
+                                image: tmeta.image.clone(),
+                                image_id: tmeta.image_id.clone(),
+                                gpu_index: gpu_index.or(tmeta.gpu_index),
+                                gpu_name,
+                                device,
+                                metric,
+                                unit,
+                                better: better.as_str().into(),
+                                n: Some(s.n),
+                                median: Some(s.median),
+                                mean: Some(s.mean),
+                                stddev: Some(s.stddev),
+                                min: Some(s.min),
+                                max: Some(s.max),
+                                p05: Some(s.p05),
+                                p95: Some(s.p95),
+                                ci_low: Some(s.ci_low),
+                                ci_high: Some(s.ci_high),
+                                status: Status::Ok,
+                                reason: String::new(),
+                                started_at: buf.started_at.clone(),
+                                outliers: Some(s.outliers),
+                                target: tname.clone(),
+                            });
+                        }
+                        Message::Status {
+                            case,
+                            workload,
+                            reason,
+                        } => {
+                            let c = case_of(&pending, &workload, &case);
+                            buf.rows.push(status_row(
+                                ctx,
+                                &tmeta,
+                                target,
+                                &c,
+                                Status::Ok,
+                                &reason,
+                                &buf.started_at,
+                            ));
+                        }
+                        Message::Skip {
+                            case,
+                            workload,
+                            reason,
+                        } => {
+                            let c = case_of(&pending, &workload, &case);
+                            buf.rows.push(status_row(
+                                ctx,
+                                &tmeta,
+                                target,
+                                &c,
+                                Status::Skipped,
+                                &reason,
+                                &buf.started_at,
+                            ));
+                        }
+                        Message::Error {
+                            case,
+                            workload,
+                            reason,
+                        } => {
+                            let c = case_of(&pending, &workload, &case);
+                            ctx.bar
+                                .suspend(|| eprintln!("error: {tname}: {workload}/{case}: {reason}"));
+                            buf.rows.push(status_row(
+                                ctx,
+                                &tmeta,
+                                target,
+                                &c,
+                                Status::Failed,
+                                &reason,
+                                &buf.started_at,
+                            ));
+                        }
+                        Message::Warning {
+                            case,
+                            workload,
+                            message,
+                        } => {
+                            ctx.bar
+                                .suspend(|| eprintln!("warning: {tname}: {workload}/{case}: {message}"));
+                        }
+                        Message::Done => {
+                            flush_case(ctx, writer, &mut buf, &mut pending)?;
+                            finished = true;
+                            break;
+                        }
+                    }
+                }
+                LineEvent::Eof => break,
+                LineEvent::Timeout => {
+                    if Instant::now() >= deadline {
+                        let limit = buf
+                            .case
+                            .as_ref()
+                            .and_then(|(w, c)| pending.iter().find(|p| &p.workload == w && &p.id == c))
+                            .map_or(pending[0].measure.timeout_s, |c| c.measure.timeout_s);
+                        abort_reason = Some(format!(
+                            "timed out after {limit} s (timeout_s); the worker was killed"
+                        ));
+                        let _ = worker.kill();
+                        break;
+                    }
+                }
+            }
+        }
+        let exit = worker.finish();
+        if finished {
+            break;
+        }
+        // The worker died or hung inside a case: that case fails, the rest run in a new worker.
+        let reason = match abort_reason {
+            Some(r) => r,
+            None => match exit {
+                Ok(info) => format!("worker ended during the case: {info}"),
+                Err(e) => format!("worker ended during the case: {e:#}"),
+            },
+        };
+        let (w, c) = buf
+            .case
+            .clone()
+            .unwrap_or_else(|| (pending[0].workload.clone(), pending[0].id.clone()));
+        let case = case_of(&pending, &w, &c);
+        ctx.bar.suspend(|| eprintln!("error: {tname}: {w}/{c}: {reason}"));
+        let started = if buf.started_at.is_empty() {
+            now()
+        } else {
+            buf.started_at.clone()
+        };
+        let row = status_row(ctx, &tmeta, target, &case, Status::Failed, &reason, &started);
+        buf = CaseBuffer {
+            case: Some((w, c)),
+            rows: vec![row],
+            ..Default::default()
+        };
+        flush_case(ctx, writer, &mut buf, &mut pending)?;
+    }
+    Ok(tmeta)
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.clamp(0.0, 1e7))
+}
+
+fn case_of(pending: &[Case], workload: &str, id: &str) -> Case {
+    pending
+        .iter()
+        .find(|c| c.workload == workload && c.id == id)
+        .cloned()
+        .unwrap_or_else(|| Case {
+            workload: workload.into(),
+            kind: crate::case::WorkloadKind::Probe,
+            id: id.into(),
+            params: Default::default(),
+            measure: Default::default(),
+        })
+}
+
+fn status_row(
+    ctx: &RunContext,
+    meta: &TargetMeta,
+    target: &TargetSpec,
+    case: &Case,
+    status: Status,
+    reason: &str,
+    started_at: &str,
+) -> ResultRow {
+    ResultRow {
+        schema: SCHEMA_VERSION,
+        run_id: ctx.run_id.clone(),
+        suite: ctx.suite.clone(),
+        workload: case.workload.clone(),
+        case: case.id.clone(),
+        engine: target.engine.unwrap_or_default().as_str().into(),
+        executor: if meta.executor.is_empty() {
+            if target.is_local() {
+                "local".into()
+            } else {
+                "docker".into()
+            }
+        } else {
+            meta.executor.clone()
+        },
+        image: meta.image.clone(),
+        image_id: meta.image_id.clone(),
+        gpu_index: meta.gpu_index,
+        device: target.device.unwrap_or_default().as_str().into(),
+        status,
+        reason: reason.to_string(),
+        started_at: started_at.to_string(),
+        target: target.display_name(),
+        ..Default::default()
+    }
+}
+
+fn flush_case(
+    ctx: &mut RunContext,
+    writer: &mut RunWriter,
+    buf: &mut CaseBuffer,
+    pending: &mut Vec<Case>,
+) -> Result<()> {
+    let Some((w, c)) = buf.case.take() else {
+        return Ok(());
+    };
+    let rows = std::mem::take(&mut buf.rows);
+    let samples = std::mem::take(&mut buf.samples);
+    buf.sample_index.clear();
+    pending.retain(|p| !(p.workload == w && p.id == c));
+    if rows.is_empty() {
+        // A case that ended without any result is a worker bug; record it rather than lose it.
+        let row = ResultRow {
+            workload: w,
+            case: c,
+            status: Status::Failed,
+            reason: "the worker reported nothing for this case".into(),
+            run_id: ctx.run_id.clone(),
+            suite: ctx.suite.clone(),
+            schema: SCHEMA_VERSION,
+            ..Default::default()
+        };
+        return write_case(ctx, writer, vec![row], samples);
+    }
+    write_case(ctx, writer, rows, samples)
+}
+
+fn write_case(
+    ctx: &mut RunContext,
+    writer: &mut RunWriter,
+    rows: Vec<ResultRow>,
+    samples: Vec<SampleRow>,
+) -> Result<()> {
+    writer.write_case(&rows, &samples)?;
+    for r in &rows {
+        *ctx.counts.entry(r.status).or_default() += 1;
+    }
+    ctx.bar.inc(1);
+    Ok(())
+}
+
+/// The short table printed at the end of a run.
+pub fn print_table(rows: &[ResultRow]) {
+    let mut lines = vec![[
+        "target", "workload", "case", "metric", "median", "unit", "±ci", "status",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for r in rows {
+        let (median, ci) = match (r.median, r.ci_low, r.ci_high) {
+            (Some(m), Some(lo), Some(hi)) if m != 0.0 => {
+                (fmt_num(m), format!("{:.1}%", (hi - lo) / 2.0 / m.abs() * 100.0))
+            }
+            _ => (String::new(), String::new()),
+        };
+        let status = if r.reason.is_empty() {
+            r.status.as_str().to_string()
+        } else {
+            format!("{}: {}", r.status.as_str(), r.reason)
+        };
+        lines.push(vec![
+            r.target.clone(),
+            r.workload.clone(),
+            r.case.clone(),
+            r.metric.clone(),
+            median,
+            r.unit.clone(),
+            ci,
+            status,
+        ]);
+    }
+    let widths: Vec<usize> = (0..7)
+        .map(|i| lines.iter().map(|l| l[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    for l in &lines {
+        let mut s = String::new();
+        for i in 0..7 {
+            let cell = &l[i];
+            let pad = widths[i] - cell.chars().count();
+            if i == 4 || i == 6 {
+                s.push_str(&" ".repeat(pad));
+                s.push_str(cell);
+            } else {
+                s.push_str(cell);
+                s.push_str(&" ".repeat(pad));
+            }
+            s.push_str("  ");
+        }
+        s.push_str(&l[7]);
+        println!("{}", s.trim_end());
+    }
+}
+
+/// Four significant digits, no exponent for everyday magnitudes.
+pub fn fmt_num(v: f64) -> String {
+    let a = v.abs();
+    if a == 0.0 {
+        "0".into()
+    } else if !(1e-3..1e7).contains(&a) {
+        format!("{v:.3e}")
+    } else {
+        let decimals = (3 - a.log10().floor() as i32).max(0) as usize;
+        format!("{v:.decimals$}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters() {
+        assert!(matches_filter(&[], "gemm/size=256"));
+        assert!(matches_filter(&["gemm".into()], "gemm/size=256"));
+        assert!(matches_filter(&["gemm/*fp32".into()], "gemm/size=256,dtype=fp32"));
+        assert!(!matches_filter(&["attention".into()], "gemm/size=256"));
+    }
+
+    #[test]
+    fn number_format() {
+        assert_eq!(fmt_num(12.345678), "12.35");
+        assert_eq!(fmt_num(0.012345), "0.01235");
+        assert_eq!(fmt_num(1234.5), "1234");
+    }
+}

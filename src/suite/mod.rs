@@ -1,0 +1,485 @@
+//! Suites: TOML files of defaults, targets and workloads with sweep axes, expanded into cases.
+//!
+//! Parsing keeps every value's position, so an error names the file, line and key. The file is
+//! checked on its own first; `--set` overrides are applied and checked after, and their errors
+//! name the override.
+
+pub mod target;
+
+use std::borrow::Cow;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::de::{DeArray, DeTable, DeValue, ValueDeserializer};
+use toml::Spanned;
+
+use crate::case::{Case, MeasureSettings, WorkloadKind};
+use crate::error::{line_of, SuiteError};
+pub use target::{GpuNamed, GpuSelection, PullPolicy, TargetSpec};
+
+/// The suite compiled into the binary and used when no suite file is given: `suites/smoke.toml`.
+pub const EMBEDDED_SMOKE: &str = include_str!("../../suites/smoke.toml");
+
+/// A parsed, validated, expanded suite.
+#[derive(Debug, Clone)]
+pub struct Suite {
+    pub name: String,
+    pub description: String,
+    pub path: PathBuf,
+    pub defaults: MeasureSettings,
+    pub targets: Vec<TargetSpec>,
+    pub workloads: Vec<Workload>,
+}
+
+/// One `[[workload]]` entry and the cases its sweep axes expand into.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    pub name: String,
+    pub kind: WorkloadKind,
+    pub cases: Vec<Case>,
+}
+
+impl Suite {
+    pub fn cases(&self) -> impl Iterator<Item = &Case> {
+        self.workloads.iter().flat_map(|w| w.cases.iter())
+    }
+
+    /// Reads a suite file.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Suite, SuiteError> {
+        let text = std::fs::read_to_string(path).map_err(|e| SuiteError {
+            path: path.to_owned(),
+            line: 0,
+            message: format!("cannot read the file: {e}"),
+        })?;
+        Suite::parse(&text, path, overrides)
+    }
+
+    /// Parses suite text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path, overrides: &[String]) -> Result<Suite, SuiteError> {
+        let doc = DeTable::parse(text).map_err(|e| toml_error(path, text, &e, None))?;
+        // The file alone first, so that its errors carry its own line numbers.
+        let plain = compile(doc.get_ref(), text, path, None)?;
+        if overrides.is_empty() {
+            return Ok(plain);
+        }
+        let mut doc = doc.into_inner();
+        for ov in overrides {
+            apply_override(&mut doc, ov).map_err(|message| SuiteError {
+                path: path.to_owned(),
+                line: 0,
+                message: format!("--set {ov}: {message}"),
+            })?;
+        }
+        compile(&doc, text, path, Some(overrides))
+    }
+}
+
+/// Top-level keys and what they hold.
+const TOP_KEYS: [&str; 5] = ["name", "description", "defaults", "target", "workload"];
+/// Measurement keys that a workload may override.
+const MEASURE_KEYS: [&str; 7] = [
+    "warmup_s",
+    "min_samples",
+    "max_samples",
+    "min_time_s",
+    "max_time_s",
+    "target_rel_ci",
+    "timeout_s",
+];
+
+fn compile(
+    doc: &DeTable<'_>,
+    text: &str,
+    path: &Path,
+    overrides: Option<&[String]>,
+) -> Result<Suite, SuiteError> {
+    let at = |span: Range<usize>, message: String| SuiteError {
+        path: path.to_owned(),
+        line: if overrides.is_some() && span.end > text.len() {
+            0
+        } else {
+            line_of(text, span.start)
+        },
+        message: match overrides {
+            Some(ov) => format!("{message} (with --set {})", ov.join(" --set ")),
+            None => message,
+        },
+    };
+    let terr = |e: toml::de::Error, key: Option<&str>| {
+        let span = e.span().unwrap_or(0..0);
+        let msg = e.message().trim().to_string();
+        at(
+            span,
+            match key {
+                Some(k) => format!("key `{k}`: {msg}"),
+                None => msg,
+            },
+        )
+    };
+
+    for (k, v) in doc.iter() {
+        if !TOP_KEYS.contains(&k.get_ref().as_ref()) {
+            return Err(at(
+                k.span(),
+                format!(
+                    "unknown key `{}` (expected one of {})",
+                    k.get_ref(),
+                    TOP_KEYS.join(", ")
+                ),
+            ));
+        }
+        let _ = v;
+    }
+
+    let name = match get(doc, "name") {
+        Some(v) => String::deserialize(de(v)).map_err(|e| terr(e, Some("name")))?,
+        None => path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    };
+    let description = match get(doc, "description") {
+        Some(v) => String::deserialize(de(v)).map_err(|e| terr(e, Some("description")))?,
+        None => String::new(),
+    };
+    let defaults = match get(doc, "defaults") {
+        Some(v) => MeasureSettings::deserialize(de(v)).map_err(|e| terr(e, Some("defaults")))?,
+        None => MeasureSettings::default(),
+    };
+    check_measure(&defaults).map_err(|m| at(get(doc, "defaults").map_or(0..0, |v| v.span()), m))?;
+
+    let mut targets = Vec::new();
+    if let Some(v) = get(doc, "target") {
+        for t in array_of_tables(v, "target").map_err(|m| at(v.span(), m))? {
+            let spec = TargetSpec::deserialize(de(t)).map_err(|e| terr(e, None))?;
+            spec.check().map_err(|m| at(t.span(), format!("target: {m}")))?;
+            targets.push(spec);
+        }
+    }
+
+    let mut workloads: Vec<Workload> = Vec::new();
+    if let Some(v) = get(doc, "workload") {
+        for w in array_of_tables(v, "workload").map_err(|m| at(v.span(), m))? {
+            let table = w.get_ref().as_table().expect("checked to be a table");
+            let workload = compile_workload(table, w.span(), &defaults).map_err(|(span, m)| at(span, m))?;
+            if let Some(prev) = workloads.iter().find(|p| p.name == workload.name) {
+                return Err(at(
+                    w.span(),
+                    format!("workload name `{}` is used twice (give one a `name`)", prev.name),
+                ));
+            }
+            workloads.push(workload);
+        }
+    }
+    if workloads.is_empty() {
+        return Err(at(0..0, "the suite has no [[workload]]".into()));
+    }
+    Ok(Suite {
+        name,
+        description,
+        path: path.to_owned(),
+        defaults,
+        targets,
+        workloads,
+    })
+}
+
+type Located = (Range<usize>, String);
+
+fn compile_workload(
+    table: &DeTable<'_>,
+    span: Range<usize>,
+    defaults: &MeasureSettings,
+) -> Result<Workload, Located> {
+    let kind_v = get(table, "kind").ok_or_else(|| (span.clone(), "workload has no `kind`".to_string()))?;
+    let kind_s = kind_v
+        .get_ref()
+        .as_str()
+        .ok_or_else(|| (kind_v.span(), "key `kind`: expected a string".to_string()))?;
+    let kind = WorkloadKind::parse(kind_s).ok_or_else(|| {
+        let known: Vec<_> = WorkloadKind::ALL.iter().map(|k| k.as_str()).collect();
+        (
+            kind_v.span(),
+            format!(
+                "unknown workload kind `{kind_s}` (expected one of {})",
+                known.join(", ")
+            ),
+        )
+    })?;
+    let name = match get(table, "name") {
+        Some(v) => v
+            .get_ref()
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| (v.span(), "key `name`: expected a string".to_string()))?,
+        None => kind.as_str().to_string(),
+    };
+
+    // Split the table: measurement overrides, and the parameters (each a sweep axis).
+    let mut measure = DeTable::new();
+    let mut axes: Vec<(Spanned<Cow<'_, str>>, Vec<Spanned<DeValue<'_>>>)> = Vec::new();
+    for (k, v) in table.iter() {
+        let key = k.get_ref().as_ref();
+        if key == "kind" || key == "name" {
+            continue;
+        }
+        if MEASURE_KEYS.contains(&key) {
+            measure.insert(k.clone(), v.clone());
+            continue;
+        }
+        let values = match v.get_ref() {
+            DeValue::Array(items) if !crate::workload::list_valued_keys(kind).contains(&key) => {
+                if items.is_empty() {
+                    return Err((
+                        v.span(),
+                        format!("key `{key}`: a sweep axis needs at least one value"),
+                    ));
+                }
+                items.iter().cloned().collect()
+            }
+            _ => vec![v.clone()],
+        };
+        axes.push((k.clone(), values));
+    }
+    let mut settings = defaults.clone();
+    if !measure.is_empty() {
+        let ov = MeasureOverrides::deserialize(de(&Spanned::new(span.clone(), DeValue::Table(measure))))
+            .map_err(|e| (e.span().unwrap_or(span.clone()), e.message().trim().to_string()))?;
+        ov.apply(&mut settings);
+        check_measure(&settings).map_err(|m| (span.clone(), m))?;
+    }
+
+    let total: usize = axes.iter().map(|(_, v)| v.len()).product();
+    if total > 100_000 {
+        return Err((
+            span,
+            format!("the sweep expands into {total} cases (more than 100000)"),
+        ));
+    }
+    let mut cases = Vec::with_capacity(total);
+    for combo in cartesian(&axes) {
+        let mut t = DeTable::new();
+        let mut id_parts = Vec::new();
+        for (k, v) in &combo {
+            id_parts.push(format!("{}={}", k.get_ref(), id_value(v.get_ref())));
+            t.insert((*k).clone(), (*v).clone());
+        }
+        let params =
+            crate::workload::validate_params(kind, de(&Spanned::new(span.clone(), DeValue::Table(t))))
+                .map_err(|e: toml::de::Error| {
+                    let msg = e.message().trim().to_string();
+                    let sp = e.span().unwrap_or(span.clone());
+                    // An error on the whole table (a missing field, a cross-field check) is reported at
+                    // the workload; say which one.
+                    let msg = if sp == span {
+                        format!("workload `{name}`: {msg}")
+                    } else {
+                        msg
+                    };
+                    (sp, msg)
+                })?;
+        let id = if id_parts.is_empty() {
+            "default".to_string()
+        } else {
+            id_parts.join(",")
+        };
+        cases.push(Case {
+            workload: name.clone(),
+            kind,
+            id,
+            params,
+            measure: settings.clone(),
+        });
+    }
+    Ok(Workload { name, kind, cases })
+}
+
+/// Optional per-workload measurement settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MeasureOverrides {
+    warmup_s: Option<f64>,
+    min_samples: Option<usize>,
+    max_samples: Option<usize>,
+    min_time_s: Option<f64>,
+    max_time_s: Option<f64>,
+    target_rel_ci: Option<f64>,
+    timeout_s: Option<f64>,
+}
+
+impl MeasureOverrides {
+    fn apply(self, s: &mut MeasureSettings) {
+        if let Some(v) = self.warmup_s {
+            s.warmup_s = v;
+        }
+        if let Some(v) = self.min_samples {
+            s.min_samples = v;
+        }
+        if let Some(v) = self.max_samples {
+            s.max_samples = v;
+        }
+        if let Some(v) = self.min_time_s {
+            s.min_time_s = v;
+        }
+        if let Some(v) = self.max_time_s {
+            s.max_time_s = v;
+        }
+        if let Some(v) = self.target_rel_ci {
+            s.target_rel_ci = v;
+        }
+        if let Some(v) = self.timeout_s {
+            s.timeout_s = v;
+        }
+    }
+}
+
+fn check_measure(s: &MeasureSettings) -> Result<(), String> {
+    if s.min_samples == 0 || s.max_samples < s.min_samples {
+        return Err(format!(
+            "need 1 <= min_samples ({}) <= max_samples ({})",
+            s.min_samples, s.max_samples
+        ));
+    }
+    for (k, v) in [
+        ("warmup_s", s.warmup_s),
+        ("min_time_s", s.min_time_s),
+        ("max_time_s", s.max_time_s),
+    ] {
+        if !(v >= 0.0 && v.is_finite()) {
+            return Err(format!("`{k}` must be a non-negative number of seconds"));
+        }
+    }
+    if !(s.timeout_s > 0.0) {
+        return Err("`timeout_s` must be positive".into());
+    }
+    if !(s.target_rel_ci > 0.0 && s.target_rel_ci < 1.0) {
+        return Err("`target_rel_ci` must be between 0 and 1 (0.01 = 1%)".into());
+    }
+    Ok(())
+}
+
+fn get<'a, 'i>(t: &'a DeTable<'i>, key: &str) -> Option<&'a Spanned<DeValue<'i>>> {
+    t.get(key)
+}
+
+fn de<'i>(v: &Spanned<DeValue<'i>>) -> ValueDeserializer<'i> {
+    ValueDeserializer::from(v.clone())
+}
+
+fn array_of_tables<'a, 'i>(v: &'a Spanned<DeValue<'i>>, key: &str) -> Result<&'a DeArray<'i>, String> {
+    match v.get_ref() {
+        DeValue::Array(a) if a.iter().all(|e| e.get_ref().is_table()) => Ok(a),
+        _ => Err(format!("`{key}` must be written as [[{key}]] tables")),
+    }
+}
+
+/// Every combination of the axes' values, first axis slowest.
+fn cartesian<'a, K, V>(axes: &'a [(K, Vec<V>)]) -> Vec<Vec<(&'a K, &'a V)>> {
+    let mut out: Vec<Vec<(&K, &V)>> = vec![Vec::new()];
+    for (k, values) in axes {
+        let mut next = Vec::with_capacity(out.len() * values.len());
+        for prefix in &out {
+            for v in values {
+                let mut c = prefix.clone();
+                c.push((k, v));
+                next.push(c);
+            }
+        }
+        out = next;
+    }
+    out
+}
+
+/// How a parameter value is written in a case id.
+fn id_value(v: &DeValue<'_>) -> String {
+    match v {
+        DeValue::String(s) => s.to_string(),
+        DeValue::Integer(i) => i.as_str().replace('_', ""),
+        DeValue::Float(f) => f.as_str().to_string(),
+        DeValue::Boolean(b) => b.to_string(),
+        DeValue::Datetime(d) => d.to_string(),
+        DeValue::Array(a) => format!(
+            "[{}]",
+            a.iter()
+                .map(|e| id_value(e.get_ref()))
+                .collect::<Vec<_>>()
+                .join(";")
+        ),
+        DeValue::Table(_) => "{..}".to_string(),
+    }
+}
+
+/// Applies `--set path=value`: `defaults.KEY`, a bare measurement key (into defaults), or
+/// `WORKLOAD.KEY` where WORKLOAD is a workload's name (or kind).
+fn apply_override<'i>(doc: &mut DeTable<'i>, ov: &'i str) -> Result<(), String> {
+    let (path, value) = ov.split_once('=').ok_or("expected KEY=VALUE")?;
+    let (path, raw) = (path.trim(), value.trim());
+    // A bare word that is not TOML (`--set gemm.dtype=bf16`) is taken as a string.
+    let value = match DeValue::parse(raw) {
+        Ok(v) => v,
+        Err(_) if !raw.is_empty() && !raw.starts_with(['[', '{', '"', '\'']) => {
+            Spanned::new(usize::MAX..usize::MAX, DeValue::String(Cow::Borrowed(raw)))
+        }
+        Err(e) => return Err(format!("bad value `{raw}`: {}", e.message().trim())),
+    };
+    // Spans of override values do not point into the file: move them past its end.
+    let value = Spanned::new(usize::MAX..usize::MAX, value.into_inner());
+    let (scope, key) = match path.split_once('.') {
+        Some((s, k)) => (s, k),
+        None if MEASURE_KEYS.contains(&path) => ("defaults", path),
+        None => {
+            return Err(format!(
+                "`{path}` is not a measurement key; write WORKLOAD.KEY or defaults.KEY"
+            ))
+        }
+    };
+    let key = Spanned::new(usize::MAX..usize::MAX, Cow::Owned(key.to_string()));
+    if scope == "defaults" {
+        let entry = doc
+            .entry(Spanned::new(usize::MAX..usize::MAX, Cow::Borrowed("defaults")))
+            .or_insert_with(|| Spanned::new(usize::MAX..usize::MAX, DeValue::Table(DeTable::new())));
+        match entry.get_mut() {
+            DeValue::Table(t) => {
+                t.insert(key, value);
+                return Ok(());
+            }
+            _ => return Err("`defaults` is not a table".into()),
+        }
+    }
+    let Some(DeValue::Array(workloads)) = doc.get_mut("workload").map(|v| v.get_mut()) else {
+        return Err("the suite has no workloads".into());
+    };
+    let mut hit = false;
+    for w in workloads.iter_mut() {
+        if let DeValue::Table(t) = w.get_mut() {
+            let name = t
+                .get("name")
+                .or_else(|| t.get("kind"))
+                .and_then(|v| v.get_ref().as_str().map(str::to_owned));
+            if name.as_deref() == Some(scope) {
+                t.insert(key.clone(), value.clone());
+                hit = true;
+            }
+        }
+    }
+    if hit {
+        Ok(())
+    } else {
+        Err(format!("no workload named `{scope}`"))
+    }
+}
+
+fn toml_error(path: &Path, text: &str, e: &toml::de::Error, key: Option<&str>) -> SuiteError {
+    SuiteError {
+        path: path.to_owned(),
+        line: e.span().map_or(0, |s| line_of(text, s.start)),
+        message: match key {
+            Some(k) => format!("key `{k}`: {}", e.message().trim()),
+            None => e.message().trim().to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,167 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Suite, SuiteError> {
+    Suite::parse(text, Path::new("suites/t.toml"), &[])
+}
+
+const OK: &str = r#"
+name = "t"
+[defaults]
+max_time_s = 0.5
+
+[[workload]]
+kind = "gemm"
+m = [64, 128]
+n = 32
+k = 16
+dtype = ["fp32", "bf16"]
+
+[[workload]]
+kind = "allreduce"
+name = "ar"
+max_bytes = 4096
+"#;
+
+#[test]
+fn expands_cartesian_product_in_order() {
+    let s = parse(OK).unwrap();
+    let ids: Vec<_> = s.workloads[0].cases.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "m=64,n=32,k=16,dtype=fp32",
+            "m=64,n=32,k=16,dtype=bf16",
+            "m=128,n=32,k=16,dtype=fp32",
+            "m=128,n=32,k=16,dtype=bf16"
+        ]
+    );
+    assert_eq!(s.workloads[0].cases[0].measure.max_time_s, 0.5);
+    assert_eq!(s.workloads[0].cases[0].params["layout"], "nn");
+    assert_eq!(s.workloads[1].name, "ar");
+    assert_eq!(s.cases().count(), 5);
+}
+
+#[test]
+fn typo_key_names_line_and_key() {
+    let text = "[[workload]]\nkind = \"gemm\"\nsize = 64\ndtyp = \"fp32\"\n";
+    let e = parse(text).unwrap_err();
+    assert_eq!(e.line, 4, "{e}");
+    assert!(e.to_string().contains("dtyp"), "{e}");
+    assert!(e.to_string().contains("suites/t.toml"), "{e}");
+}
+
+#[test]
+fn wrong_type_names_line() {
+    let text = "[[workload]]\nkind = \"gemm\"\nsize = [64,\n  \"big\"]\n";
+    let e = parse(text).unwrap_err();
+    assert_eq!(e.line, 4, "{e}");
+    assert!(e.message.contains("invalid type"), "{e}");
+}
+
+#[test]
+fn bad_enum_value_names_line() {
+    let text = "[[workload]]\nkind = \"gemm\"\nsize = 64\ndtype = \"fp64\"\n";
+    let e = parse(text).unwrap_err();
+    assert_eq!(e.line, 4, "{e}");
+    assert!(e.message.contains("fp64"), "{e}");
+}
+
+#[test]
+fn unknown_workload_kind() {
+    let text = "name = \"x\"\n\n[[workload]]\nkind = \"gemmm\"\n";
+    let e = parse(text).unwrap_err();
+    assert_eq!(e.line, 4, "{e}");
+    assert!(e.message.contains("unknown workload kind `gemmm`"), "{e}");
+}
+
+#[test]
+fn unknown_top_level_and_defaults_keys() {
+    let e = parse("nme = 1\n[[workload]]\nkind = \"probe\"\n").unwrap_err();
+    assert_eq!(e.line, 1);
+    let e = parse("[defaults]\nwarmup = 1\n[[workload]]\nkind = \"probe\"\n").unwrap_err();
+    assert_eq!(e.line, 2, "{e}");
+    assert!(e.message.contains("warmup"), "{e}");
+}
+
+#[test]
+fn syntax_error_has_line() {
+    let e = parse("[[workload]]\nkind = \"gemm\"\nsize = = 3\n").unwrap_err();
+    assert_eq!(e.line, 3, "{e}");
+}
+
+#[test]
+fn missing_field_names_workload() {
+    let e = parse("[[workload]]\nkind = \"attention\"\nheads = 2\n").unwrap_err();
+    assert_eq!(e.line, 1, "{e}");
+    assert!(e.message.contains("workload `attention`"), "{e}");
+    assert!(e.message.contains("seq_q"), "{e}");
+}
+
+#[test]
+fn cross_field_check() {
+    let e = parse("[[workload]]\nkind = \"attention\"\nheads = 8\nkv_heads = 3\nseq_q = 4\nhead_dim = 8\n")
+        .unwrap_err();
+    assert!(e.message.contains("multiple of kv_heads"), "{e}");
+}
+
+#[test]
+fn duplicate_workload_names() {
+    let e = parse("[[workload]]\nkind = \"probe\"\n[[workload]]\nkind = \"probe\"\n").unwrap_err();
+    assert!(e.message.contains("used twice"), "{e}");
+    assert_eq!(e.line, 3);
+}
+
+#[test]
+fn overrides_apply_and_are_checked() {
+    let s = Suite::parse(
+        OK,
+        Path::new("t.toml"),
+        &[
+            "gemm.m=[8]".into(),
+            "max_time_s=0.25".into(),
+            "gemm.dtype=fp16".into(),
+        ],
+    )
+    .unwrap();
+    let ids: Vec<_> = s.workloads[0].cases.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["m=8,n=32,k=16,dtype=fp16"]);
+    assert_eq!(s.workloads[0].cases[0].measure.max_time_s, 0.25);
+    let e = Suite::parse(OK, Path::new("t.toml"), &["nope.m=1".into()]).unwrap_err();
+    assert!(e.message.contains("no workload named `nope`"), "{e}");
+    let e = Suite::parse(OK, Path::new("t.toml"), &["gemm.dtype=fp64".into()]).unwrap_err();
+    assert!(e.message.contains("--set gemm.dtype=fp64"), "{e}");
+}
+
+#[test]
+fn list_valued_param_is_not_an_axis_and_measure_override() {
+    let s = parse("[[workload]]\nkind = \"gemm\"\nsize = 8\nmax_samples = 20\nmin_samples = 3\n").unwrap();
+    assert_eq!(s.workloads[0].cases[0].measure.max_samples, 20);
+    assert_eq!(s.workloads[0].cases[0].id, "size=8");
+    let e = parse("[[workload]]\nkind = \"gemm\"\nsize = 8\nmax_samples = 2\nmin_samples = 3\n").unwrap_err();
+    assert!(e.message.contains("min_samples"), "{e}");
+}
+
+#[test]
+fn targets_parse() {
+    let s = parse(
+        "[[target]]\nimage = \"repo/x:1\"\ngpus = [0, 1]\nenv = { A = \"1\" }\nulimits = { memlock = -1 }\n[[target]]\nlocal = true\ngpus = \"each\"\n[[workload]]\nkind = \"probe\"\n",
+    )
+    .unwrap();
+    assert_eq!(s.targets.len(), 2);
+    assert_eq!(s.targets[0].gpus, GpuSelection::List(vec![0, 1]));
+    assert_eq!(s.targets[1].gpus, GpuSelection::Named(GpuNamed::Each));
+    let e =
+        parse("[[target]]\nimage = \"a\"\nprivileged = true\n[[workload]]\nkind = \"probe\"\n").unwrap_err();
+    assert_eq!(e.line, 3, "{e}");
+}
+
+#[test]
+fn shipped_suites_parse() {
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/suites")).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "toml") {
+            Suite::load(&p, &[]).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+    Suite::parse(EMBEDDED_SMOKE, Path::new("smoke.toml"), &[]).unwrap();
+}

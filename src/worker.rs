@@ -1,0 +1,123 @@
+//! `tagbench worker`: runs inside the container (or as a local child process), reads a [`Job`],
+//! measures each case with the engine and prints the protocol on stdout.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use crate::engine::{self, CaseOutput};
+use crate::error::CaseError;
+use crate::protocol::{Emitter, Job, Message};
+use crate::stats::summary::{mad_outliers, summarize};
+
+/// Reads the job file and runs it, writing protocol lines to `out`.
+pub fn run_job_file(path: &Path, out: impl Write) -> Result<()> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("failed to read job file {}", path.display()))?;
+    let job: Job = serde_json::from_str(&text)
+        .with_context(|| format!("failed to parse job file {}", path.display()))?;
+    run_job(&job, out)
+}
+
+pub fn run_job(job: &Job, out: impl Write) -> Result<()> {
+    let mut em = Emitter::new(out);
+    let mut engine = engine::create(job);
+    em.emit(&Message::Env { info: engine.env() })?;
+    for case in &job.cases {
+        let (c, w) = (case.id.clone(), case.workload.clone());
+        em.emit(&Message::Start {
+            case: c.clone(),
+            workload: w.clone(),
+        })?;
+        // A panic inside an engine (a library that asserts) fails the case, not the worker.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.run(case)))
+            .unwrap_or_else(|p| {
+                let msg = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown panic".into());
+                Err(CaseError::Failed(anyhow::anyhow!("engine panicked: {msg}")))
+            });
+        match result {
+            Ok(output) => emit_output(&mut em, &c, &w, output)?,
+            Err(CaseError::Skipped(reason)) => em.emit(&Message::Skip {
+                case: c,
+                workload: w,
+                reason,
+            })?,
+            Err(CaseError::Failed(e)) => em.emit(&Message::Error {
+                case: c,
+                workload: w,
+                reason: format!("{e:#}"),
+            })?,
+        }
+    }
+    em.emit(&Message::Done)?;
+    Ok(())
+}
+
+fn emit_output<W: Write>(em: &mut Emitter<W>, case: &str, workload: &str, out: CaseOutput) -> Result<()> {
+    let (c, w) = (case.to_string(), workload.to_string());
+    if !out.env.is_empty() {
+        em.emit(&Message::Env {
+            info: out.env.clone(),
+        })?;
+    }
+    for m in &out.metrics {
+        for &value in &m.values {
+            em.emit(&Message::Sample {
+                case: c.clone(),
+                workload: w.clone(),
+                metric: m.name.clone(),
+                value,
+            })?;
+        }
+        let Some(summary) = summarize(&m.values) else {
+            em.emit(&Message::Error {
+                case: c.clone(),
+                workload: w.clone(),
+                reason: format!("metric {} has no finite samples", m.name),
+            })?;
+            continue;
+        };
+        if summary.outliers > 0 && summary.n >= 10 {
+            let mad = mad_outliers(&m.values);
+            em.emit(&Message::Warning {
+                case: c.clone(),
+                workload: w.clone(),
+                message: format!(
+                    "{}: {} of {} samples are outliers (Tukey fences; {} by MAD z-score > 3.5); kept, but the machine may be noisy",
+                    m.name, summary.outliers, summary.n, mad
+                ),
+            })?;
+        }
+        em.emit(&Message::Summary {
+            case: c.clone(),
+            workload: w.clone(),
+            metric: m.name.clone(),
+            unit: m.unit.clone(),
+            better: m.better,
+            summary,
+            device: out.device.clone(),
+            gpu_name: out.gpu_name.clone(),
+            gpu_index: out.gpu_index,
+        })?;
+    }
+    for message in out.warnings {
+        em.emit(&Message::Warning {
+            case: c.clone(),
+            workload: w.clone(),
+            message,
+        })?;
+    }
+    if let Some(reason) = out.status {
+        em.emit(&Message::Status {
+            case: c,
+            workload: w,
+            reason,
+        })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,142 @@
+//! All-reduce parameters and the nccl-tests arithmetic: size sweeps and bus bandwidth.
+
+use serde::{Deserialize, Serialize};
+
+use crate::case::Dtype;
+
+/// The reduction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReduceOp {
+    Sum,
+    Prod,
+    Max,
+    Min,
+    Avg,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllreduceParams {
+    /// Smallest message, bytes (nccl-tests `-b`).
+    #[serde(default = "default_min")]
+    pub min_bytes: u64,
+    /// Largest message, bytes (nccl-tests `-e`).
+    #[serde(default = "default_max")]
+    pub max_bytes: u64,
+    /// Multiplication factor between sizes (nccl-tests `-f`).
+    #[serde(default = "default_factor")]
+    pub factor: u64,
+    #[serde(default = "default_dtype")]
+    pub dtype: Dtype,
+    #[serde(default = "default_op")]
+    pub op: ReduceOp,
+    /// Number of ranks (GPUs, or CPU processes for gloo); 0 means every GPU of the target.
+    #[serde(default)]
+    pub ranks: usize,
+    /// Reduce in place (recvbuff == sendbuff) instead of out of place.
+    #[serde(default)]
+    pub in_place: bool,
+}
+
+fn default_min() -> u64 {
+    1 << 10
+}
+fn default_max() -> u64 {
+    1 << 26
+}
+fn default_factor() -> u64 {
+    4
+}
+fn default_dtype() -> Dtype {
+    Dtype::Fp32
+}
+fn default_op() -> ReduceOp {
+    ReduceOp::Sum
+}
+
+impl AllreduceParams {
+    pub fn check(&self) -> Result<(), String> {
+        if self.min_bytes == 0 || self.max_bytes < self.min_bytes {
+            return Err("need 0 < min_bytes <= max_bytes".into());
+        }
+        if self.factor < 2 {
+            return Err("factor must be at least 2".into());
+        }
+        if matches!(self.dtype, Dtype::Tf32 | Dtype::Fp8) {
+            return Err(format!(
+                "allreduce supports fp32, fp16 and bf16, not {}",
+                self.dtype
+            ));
+        }
+        Ok(())
+    }
+
+    /// Message sizes from min to max, multiplying by factor, each rounded down to whole
+    /// elements (at least one), as nccl-tests does.
+    pub fn sizes(&self) -> Vec<u64> {
+        sizes(
+            self.min_bytes,
+            self.max_bytes,
+            self.factor,
+            self.dtype.size_bytes() as u64,
+        )
+    }
+}
+
+/// Sizes `min, min·f, min·f², … ≤ max`, rounded down to multiples of `elem` bytes.
+pub fn sizes(min: u64, max: u64, factor: u64, elem: u64) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut s = min;
+    while s <= max {
+        let rounded = (s / elem).max(1) * elem;
+        if out.last() != Some(&rounded) {
+            out.push(rounded);
+        }
+        match s.checked_mul(factor) {
+            Some(n) => s = n,
+            None => break,
+        }
+    }
+    out
+}
+
+/// Algorithm bandwidth in GB/s: bytes / time.
+pub fn algbw_gbps(bytes: u64, seconds: f64) -> f64 {
+    bytes as f64 / seconds / 1e9
+}
+
+/// Bus bandwidth for all-reduce, nccl-tests' definition: algbw · 2(n−1)/n, the per-link
+/// bandwidth a ring would need; comparable to the hardware's peak link bandwidth.
+pub fn busbw_gbps(algbw_gbps: f64, ranks: usize) -> f64 {
+    if ranks <= 1 {
+        // One rank moves nothing over a bus; nccl-tests reports 0 too.
+        return 0.0;
+    }
+    let n = ranks as f64;
+    algbw_gbps * 2.0 * (n - 1.0) / n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busbw_factor() {
+        assert_eq!(busbw_gbps(100.0, 2), 100.0);
+        assert_eq!(busbw_gbps(100.0, 8), 175.0);
+        assert_eq!(busbw_gbps(100.0, 1), 0.0);
+    }
+
+    #[test]
+    fn sizes_like_nccl_tests() {
+        assert_eq!(sizes(8, 128, 2, 4), vec![8, 16, 32, 64, 128]);
+        assert_eq!(sizes(1, 16, 4, 4), vec![4, 16]);
+        assert_eq!(sizes(1024, 1000, 2, 4), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn algbw_units() {
+        assert!((algbw_gbps(1_000_000_000, 0.5) - 2.0).abs() < 1e-12);
+    }
+}

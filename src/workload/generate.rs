@@ -1,0 +1,218 @@
+//! Token-generation parameters and the Llama-family model shapes they name.
+
+use serde::{Deserialize, Serialize};
+
+use crate::case::Dtype;
+
+/// The dimensions of a Llama-architecture decoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelShape {
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub vocab: usize,
+    pub max_positions: usize,
+    pub rope_theta: u32,
+}
+
+impl ModelShape {
+    /// A small shape that decodes quickly on a CPU but keeps every part of the architecture
+    /// (RMSNorm, RoPE, GQA, SwiGLU MLP, KV cache).
+    pub const TINY: ModelShape = ModelShape {
+        hidden: 256,
+        intermediate: 688,
+        layers: 4,
+        heads: 8,
+        kv_heads: 4,
+        vocab: 4096,
+        max_positions: 2048,
+        rope_theta: 10_000,
+    };
+    /// Llama 2 7B (meta-llama/Llama-2-7b-hf config.json).
+    pub const LLAMA2_7B: ModelShape = ModelShape {
+        hidden: 4096,
+        intermediate: 11008,
+        layers: 32,
+        heads: 32,
+        kv_heads: 32,
+        vocab: 32000,
+        max_positions: 4096,
+        rope_theta: 10_000,
+    };
+    /// Llama 3 8B (meta-llama/Meta-Llama-3-8B config.json).
+    pub const LLAMA3_8B: ModelShape = ModelShape {
+        hidden: 4096,
+        intermediate: 14336,
+        layers: 32,
+        heads: 32,
+        kv_heads: 8,
+        vocab: 128_256,
+        max_positions: 8192,
+        rope_theta: 500_000,
+    };
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden / self.heads
+    }
+
+    /// Parameters of the decoder (embeddings and untied LM head included).
+    pub fn parameters(&self) -> u64 {
+        let h = self.hidden as u64;
+        let kv = (self.kv_heads * self.head_dim()) as u64;
+        let attn = h * h * 2 + h * kv * 2;
+        let mlp = 3 * h * self.intermediate as u64;
+        let norms = 2 * h;
+        let per_layer = attn + mlp + norms;
+        per_layer * self.layers as u64 + 2 * self.vocab as u64 * h + h
+    }
+}
+
+/// Named model shapes, or `custom` with the dimensions given in the case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Model {
+    Tiny,
+    #[serde(rename = "llama-2-7b")]
+    Llama2_7b,
+    #[serde(rename = "llama-3-8b")]
+    Llama3_8b,
+    Custom,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateParams {
+    #[serde(default = "default_model")]
+    pub model: Model,
+    #[serde(default = "one")]
+    pub batch: usize,
+    pub prompt_len: usize,
+    pub new_tokens: usize,
+    #[serde(default = "default_dtype")]
+    pub dtype: Dtype,
+    /// Overrides of the named shape (all required for `custom`): a named shape with fewer
+    /// layers keeps per-layer cost realistic at a fraction of the memory.
+    #[serde(default)]
+    pub layers: Option<usize>,
+    #[serde(default)]
+    pub hidden: Option<usize>,
+    #[serde(default)]
+    pub intermediate: Option<usize>,
+    #[serde(default)]
+    pub heads: Option<usize>,
+    #[serde(default)]
+    pub kv_heads: Option<usize>,
+    #[serde(default)]
+    pub vocab: Option<usize>,
+}
+
+fn default_model() -> Model {
+    Model::Tiny
+}
+fn one() -> usize {
+    1
+}
+fn default_dtype() -> Dtype {
+    Dtype::Fp32
+}
+
+impl GenerateParams {
+    /// The model shape after overrides.
+    pub fn shape(&self) -> Result<ModelShape, String> {
+        let base = match self.model {
+            Model::Tiny => ModelShape::TINY,
+            Model::Llama2_7b => ModelShape::LLAMA2_7B,
+            Model::Llama3_8b => ModelShape::LLAMA3_8B,
+            Model::Custom => {
+                let need = |v: Option<usize>, k: &str| v.ok_or_else(|| format!("model `custom` needs `{k}`"));
+                ModelShape {
+                    hidden: need(self.hidden, "hidden")?,
+                    intermediate: need(self.intermediate, "intermediate")?,
+                    layers: need(self.layers, "layers")?,
+                    heads: need(self.heads, "heads")?,
+                    kv_heads: self.kv_heads.or(self.heads).unwrap_or(1),
+                    vocab: need(self.vocab, "vocab")?,
+                    max_positions: 8192,
+                    rope_theta: 10_000,
+                }
+            }
+        };
+        let s = ModelShape {
+            hidden: self.hidden.unwrap_or(base.hidden),
+            intermediate: self.intermediate.unwrap_or(base.intermediate),
+            layers: self.layers.unwrap_or(base.layers),
+            heads: self.heads.unwrap_or(base.heads),
+            kv_heads: self.kv_heads.unwrap_or(base.kv_heads),
+            vocab: self.vocab.unwrap_or(base.vocab),
+            max_positions: base.max_positions.max(self.prompt_len + self.new_tokens),
+            rope_theta: base.rope_theta,
+        };
+        if s.hidden == 0 || s.heads == 0 || s.kv_heads == 0 || s.layers == 0 || s.vocab == 0 {
+            return Err("model dimensions must be positive".into());
+        }
+        if s.hidden % s.heads != 0 {
+            return Err(format!(
+                "hidden ({}) must be a multiple of heads ({})",
+                s.hidden, s.heads
+            ));
+        }
+        if s.heads % s.kv_heads != 0 {
+            return Err(format!(
+                "heads ({}) must be a multiple of kv_heads ({})",
+                s.heads, s.kv_heads
+            ));
+        }
+        if s.head_dim() % 2 != 0 {
+            return Err("head dimension must be even for rotary embeddings".into());
+        }
+        Ok(s)
+    }
+
+    pub fn check(&self) -> Result<(), String> {
+        if self.batch == 0 || self.prompt_len == 0 || self.new_tokens == 0 {
+            return Err("batch, prompt_len and new_tokens must be positive".into());
+        }
+        if matches!(self.dtype, Dtype::Tf32 | Dtype::Fp8) {
+            return Err(format!(
+                "generate supports fp32, fp16 and bf16, not {}",
+                self.dtype
+            ));
+        }
+        self.shape().map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llama2_7b_has_about_7b_parameters() {
+        let p = ModelShape::LLAMA2_7B.parameters() as f64;
+        assert!((6.6e9..6.8e9).contains(&p), "{p}");
+    }
+
+    #[test]
+    fn llama3_8b_has_about_8b_parameters() {
+        let p = ModelShape::LLAMA3_8B.parameters() as f64;
+        assert!((7.9e9..8.1e9).contains(&p), "{p}");
+    }
+
+    #[test]
+    fn custom_needs_dimensions() {
+        let p: GenerateParams =
+            serde_json::from_str(r#"{"model":"custom","prompt_len":4,"new_tokens":4}"#).unwrap();
+        assert!(p.check().unwrap_err().contains("needs"));
+    }
+
+    #[test]
+    fn layer_override_applies() {
+        let p: GenerateParams =
+            serde_json::from_str(r#"{"model":"llama-2-7b","layers":2,"prompt_len":4,"new_tokens":4}"#)
+                .unwrap();
+        assert_eq!(p.shape().unwrap().layers, 2);
+        assert_eq!(p.shape().unwrap().hidden, 4096);
+    }
+}

@@ -1,0 +1,92 @@
+//! Training-step parameters for the fp32 vs reduced-precision comparison.
+
+use serde::{Deserialize, Serialize};
+
+/// The model trained for one step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PrecisionModel {
+    /// Two hidden layers with GELU.
+    Mlp,
+    /// One pre-norm transformer block (attention + MLP) over a sequence.
+    TransformerBlock,
+}
+
+/// How the step computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    Fp32,
+    /// fp32 storage, TF32 matmuls (CUDA only).
+    Tf32,
+    /// Mixed precision: fp16 compute, fp32 master weights, loss scaling.
+    AmpFp16,
+    /// Mixed precision: bf16 compute, fp32 master weights.
+    AmpBf16,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Fp32 => "fp32",
+            Mode::Tf32 => "tf32",
+            Mode::AmpFp16 => "amp-fp16",
+            Mode::AmpBf16 => "amp-bf16",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrecisionParams {
+    #[serde(default = "default_model")]
+    pub model: PrecisionModel,
+    pub batch: usize,
+    /// Hidden width.
+    #[serde(default = "default_hidden")]
+    pub hidden: usize,
+    /// Sequence length (transformer block only).
+    #[serde(default = "default_seq")]
+    pub seq: usize,
+    /// Attention heads (transformer block only).
+    #[serde(default = "default_heads")]
+    pub heads: usize,
+    /// The mode of this case; fp32 is also measured (once per worker) as the reference.
+    pub mode: Mode,
+}
+
+fn default_model() -> PrecisionModel {
+    PrecisionModel::Mlp
+}
+fn default_hidden() -> usize {
+    512
+}
+fn default_seq() -> usize {
+    64
+}
+fn default_heads() -> usize {
+    8
+}
+
+impl PrecisionParams {
+    pub fn check(&self) -> Result<(), String> {
+        if self.batch == 0 || self.hidden == 0 || self.seq == 0 || self.heads == 0 {
+            return Err("batch, hidden, seq and heads must be positive".into());
+        }
+        if self.model == PrecisionModel::TransformerBlock && self.hidden % self.heads != 0 {
+            return Err(format!(
+                "hidden ({}) must be a multiple of heads ({})",
+                self.hidden, self.heads
+            ));
+        }
+        Ok(())
+    }
+
+    /// The same case in fp32: the reference this mode is compared with.
+    pub fn reference(&self) -> PrecisionParams {
+        PrecisionParams {
+            mode: Mode::Fp32,
+            ..self.clone()
+        }
+    }
+}
