@@ -154,7 +154,7 @@ pub type Seconds = f64;
 pub struct MeasureSettings {
     /// Time-based warm-up before any sample is kept.
     pub warmup_s: Seconds,
-    /// Samples always taken (unless `max_time_s` runs out first).
+    /// Samples always taken, even past `max_time_s` (`timeout_s` is the hard limit).
     pub min_samples: usize,
     /// Samples never exceeded.
     pub max_samples: usize,

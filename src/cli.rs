@@ -81,6 +81,9 @@ pub struct RunArgs {
     /// Do not draw the progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// Do not write a report at the end of the run.
+    #[arg(long)]
+    pub no_report: bool,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -719,10 +719,13 @@ pub fn print_table(rows: &[ResultRow]) {
     .map(String::from)
     .to_vec()];
     for r in rows {
-        let (median, ci) = match (r.median, r.ci_low, r.ci_high) {
-            (Some(m), Some(lo), Some(hi)) if m != 0.0 => {
+        let (median, ci) = match (r.median, r.ci_low, r.ci_high, r.n) {
+            // Fewer than 6 samples have no 95% CI of the median: say how many there were.
+            (Some(m), _, _, Some(n)) if n < 6 => (fmt_num(m), format!("n={n}")),
+            (Some(m), Some(lo), Some(hi), _) if m != 0.0 => {
                 (fmt_num(m), format!("{:.1}%", (hi - lo) / 2.0 / m.abs() * 100.0))
             }
+            (Some(m), ..) => (fmt_num(m), String::new()),
             _ => (String::new(), String::new()),
         };
         let status = if r.reason.is_empty() {

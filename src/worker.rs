@@ -65,6 +65,8 @@ fn emit_output<W: Write>(em: &mut Emitter<W>, case: &str, workload: &str, out: C
             info: out.env.clone(),
         })?;
     }
+    // Derived metrics share their samples' outliers: warn once per case.
+    let mut warned = false;
     for m in &out.metrics {
         for &value in &m.values {
             em.emit(&Message::Sample {
@@ -82,7 +84,8 @@ fn emit_output<W: Write>(em: &mut Emitter<W>, case: &str, workload: &str, out: C
             })?;
             continue;
         };
-        if summary.outliers > 0 && summary.n >= 10 {
+        if !warned && summary.outliers > 0 && summary.n >= 10 {
+            warned = true;
             let mad = mad_outliers(&m.values);
             em.emit(&Message::Warning {
                 case: c.clone(),

@@ -64,7 +64,9 @@ impl Sampler {
             if n >= max_samples {
                 break Stop::MaxSamples;
             }
-            if elapsed >= s.max_time_s && n >= 1 {
+            // min_samples holds even past max_time_s: a median of fewer samples is not worth a
+            // comparison (the case's timeout_s is the hard limit).
+            if elapsed >= s.max_time_s && n >= min_samples {
                 break Stop::MaxTime;
             }
             // Checking the CI sorts the samples: do it on a geometric schedule past 64 samples so
@@ -124,8 +126,9 @@ mod tests {
     }
 
     #[test]
-    fn max_time_stops() {
+    fn max_time_stops_after_min_samples() {
         let mut s = settings();
+        s.min_samples = 3;
         s.max_time_s = 0.05;
         s.max_samples = usize::MAX;
         let mut i = 0u64;
@@ -137,6 +140,14 @@ mod tests {
             })
             .unwrap();
         assert_eq!(r.stop, Stop::MaxTime);
+        assert!(r.values.len() >= 3);
+        // Slow samples: max_time ran out after the first, but min_samples are still taken.
+        let mut s = settings();
+        s.max_time_s = 0.0;
+        let r = Sampler::new(&s)
+            .run(|| Ok::<_, ()>(if r.values.is_empty() { 1.0 } else { 2.0 }))
+            .unwrap();
+        assert_eq!(r.values.len(), 10);
     }
 
     #[test]

@@ -114,3 +114,40 @@ pub fn rotation_count(bytes_per_set: usize) -> usize {
 pub(crate) fn candle_err(e: candle_core::Error) -> CaseError {
     CaseError::Failed(anyhow::anyhow!("candle: {e}"))
 }
+
+/// Process memory as the kernel counts it (resident set), for peak-memory metrics.
+pub mod memory {
+    /// Resets the process's peak resident set (VmHWM) so that the next reading covers only
+    /// what follows. Returns false where the kernel does not allow it.
+    pub fn reset_peak() -> bool {
+        // Writing 5 to clear_refs resets the peak RSS (Linux ≥ 4.0, own process, no privilege).
+        std::fs::write("/proc/self/clear_refs", "5").is_ok()
+    }
+
+    fn status_kb(key: &str) -> Option<u64> {
+        let s = std::fs::read_to_string("/proc/self/status").ok()?;
+        s.lines()
+            .find_map(|l| l.strip_prefix(key))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Peak resident set since the last reset, MiB.
+    pub fn peak_mib() -> Option<f64> {
+        status_kb("VmHWM:").map(|kb| kb as f64 / 1024.0)
+    }
+
+    /// Memory available for new allocations (MemAvailable, or the cgroup limit if lower), bytes.
+    pub fn available_bytes() -> Option<u64> {
+        let mem = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let avail = mem.lines().find_map(|l| l.strip_prefix("MemAvailable:"))?;
+        let avail: u64 = avail.trim().trim_end_matches("kB").trim().parse::<u64>().ok()? * 1024;
+        let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok());
+        Some(cgroup.map_or(avail, |c| c.min(avail)))
+    }
+}

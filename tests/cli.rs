@@ -1,0 +1,311 @@
+//! End-to-end tests of the core harness through the real binary: the smoke suite, suite errors,
+//! a run killed mid-way and resumed, a case that outlives its time limit.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use assert_cmd::cargo::cargo_bin;
+use tagbench::results::{read_results, read_samples, ResultRow, RunDir, Status};
+
+fn tagbench() -> Command {
+    let mut c = Command::new(cargo_bin("tagbench"));
+    c.arg("run").arg("--no-progress").arg("--no-report");
+    c
+}
+
+/// The single run directory under `root`.
+fn only_run(root: &Path) -> RunDir {
+    let dirs: Vec<PathBuf> = std::fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    RunDir::new(&dirs[0])
+}
+
+fn rows_of<'a>(rows: &'a [ResultRow], workload: &str) -> Vec<&'a ResultRow> {
+    rows.iter().filter(|r| r.workload == workload).collect()
+}
+
+#[test]
+fn smoke_suite_runs_every_workload_kind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tagbench().arg("--results-dir").arg(tmp.path()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let run = only_run(tmp.path());
+    let rows = read_results(&run).unwrap();
+    for w in ["gemm", "attention", "generate", "precision"] {
+        let ok: Vec<_> = rows_of(&rows, w)
+            .into_iter()
+            .filter(|r| r.status == Status::Ok)
+            .collect();
+        assert!(!ok.is_empty(), "no ok rows for {w}");
+        for r in ok {
+            assert!(
+                r.median.unwrap() > 0.0,
+                "{w} {} {} median {:?}",
+                r.case,
+                r.metric,
+                r.median
+            );
+            assert!(r.n.unwrap() >= 1);
+        }
+    }
+    let ar = rows_of(&rows, "allreduce");
+    assert_eq!(ar.len(), 1);
+    assert_eq!(ar[0].status, Status::Skipped);
+    assert!(ar[0].reason.contains("needs CUDA and NCCL"), "{}", ar[0].reason);
+    for dtype in ["tf32", "fp8"] {
+        let r: Vec<_> = rows_of(&rows, "gemm")
+            .into_iter()
+            .filter(|r| r.case.contains(dtype))
+            .collect();
+        assert!(!r.is_empty());
+        assert!(
+            r.iter()
+                .all(|r| r.status == Status::Skipped && !r.reason.is_empty()),
+            "{r:?}"
+        );
+    }
+    // Probe: a status row and the host facts in run.json.
+    let probe = rows_of(&rows, "probe");
+    assert_eq!(probe[0].status, Status::Ok);
+    let meta = run.read_meta().unwrap();
+    assert_eq!(meta.state, "complete");
+    assert!(
+        meta.targets[0].env.contains_key("cpu_cores"),
+        "{:?}",
+        meta.targets[0].env
+    );
+    // Samples back every summary.
+    let samples = read_samples(&run).unwrap();
+    let gemm_lat = rows
+        .iter()
+        .find(|r| r.workload == "gemm" && r.metric == "latency")
+        .unwrap();
+    let n = samples
+        .iter()
+        .filter(|s| s.case == gemm_lat.case && s.metric == "latency")
+        .count();
+    assert_eq!(Some(n), gemm_lat.n);
+}
+
+fn write_suite(dir: &Path, text: &str) -> PathBuf {
+    let p = dir.join("bad.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn malformed_suites_exit_2_naming_the_line_and_write_nothing() {
+    let cases = [
+        (
+            "[[workload]]\nkind = \"gemm\"\nsize = 64\ndtyp = \"fp32\"\n",
+            "line 4",
+            "dtyp",
+        ),
+        (
+            "[[workload]]\nkind = \"gemm\"\nsize = \"big\"\n",
+            "line 3",
+            "invalid type",
+        ),
+        (
+            "name = \"x\"\n[[workload]]\nkind = \"gemmm\"\n",
+            "line 3",
+            "unknown workload kind `gemmm`",
+        ),
+    ];
+    for (text, line, what) in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        let suite = write_suite(tmp.path(), text);
+        let results = tmp.path().join("results");
+        let out = tagbench()
+            .arg(&suite)
+            .arg("--results-dir")
+            .arg(&results)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(line) && stderr.contains(what), "{stderr}");
+        assert!(stderr.contains("bad.toml"), "{stderr}");
+        assert!(!results.exists(), "results written for a bad suite");
+    }
+}
+
+/// Eight gemm cases of about a third of a second each.
+const SLOW_SUITE: &str = r#"
+name = "slow"
+[defaults]
+warmup_s = 0.0
+min_samples = 1000
+max_samples = 1000
+max_time_s = 60
+timeout_s = 60
+
+[[workload]]
+kind = "gemm"
+size = 256
+layout = ["nn", "nt", "tn", "tt"]
+
+[[workload]]
+kind = "gemm"
+name = "gemm2"
+size = 240
+layout = ["nn", "nt", "tn", "tt"]
+"#;
+
+#[test]
+fn killed_run_is_readable_and_resume_finishes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = SLOW_SUITE.to_string();
+    let suite = write_suite(tmp.path(), &text);
+    let results = tmp.path().join("results");
+    let mut child = tagbench()
+        .arg(&suite)
+        .arg("--results-dir")
+        .arg(&results)
+        .arg("--run-id")
+        .arg("killed")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let run = RunDir::new(results.join("killed"));
+    let start = Instant::now();
+    // Wait until at least two cases are on disk, then SIGKILL the host (its worker dies of a
+    // broken pipe when it next writes).
+    loop {
+        let n = std::fs::read_to_string(run.results_csv())
+            .map(|s| s.lines().count())
+            .unwrap_or(0);
+        if n >= 5 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the run made no progress"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = read_results(&run).unwrap();
+    assert!(!before.is_empty());
+    assert!(before.len() < 16, "the run finished before it was killed");
+    assert!(before
+        .iter()
+        .all(|r| r.status == Status::Ok && r.median.unwrap() > 0.0));
+    assert_eq!(run.read_meta().unwrap().state, "running");
+
+    let out = Command::new(cargo_bin("tagbench"))
+        .args(["run", "--no-progress", "--no-report", "--results-dir"])
+        .arg(&results)
+        .arg("--resume")
+        .arg("killed")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = read_results(&run).unwrap();
+    // Every case once, two metrics each; the rows from before the kill untouched.
+    assert_eq!(after.len(), 16, "{after:#?}");
+    assert_eq!(&after[..before.len()], &before[..]);
+    let mut keys: Vec<_> = after
+        .iter()
+        .map(|r| (r.workload.clone(), r.case.clone(), r.metric.clone()))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 16);
+    assert_eq!(run.read_meta().unwrap().state, "complete");
+}
+
+#[test]
+fn case_past_its_time_limit_fails_and_the_run_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = r#"
+[defaults]
+warmup_s = 0.0
+min_samples = 3
+max_time_s = 0.1
+
+[[workload]]
+kind = "gemm"
+name = "slow"
+size = 1024
+min_samples = 100000
+max_samples = 100000
+max_time_s = 1000
+timeout_s = 1.5
+
+[[workload]]
+kind = "gemm"
+name = "fast"
+size = 64
+"#;
+    let suite = write_suite(tmp.path(), text);
+    let out = tagbench()
+        .arg(&suite)
+        .arg("--results-dir")
+        .arg(tmp.path().join("r"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // A failed case makes the run exit 2, after the other cases ran.
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let rows = read_results(&only_run(&tmp.path().join("r"))).unwrap();
+    let slow = rows_of(&rows, "slow");
+    assert_eq!(slow.len(), 1);
+    assert_eq!(slow[0].status, Status::Failed);
+    assert!(
+        slow[0].reason.contains("timed out after 1.5 s"),
+        "{}",
+        slow[0].reason
+    );
+    let fast = rows_of(&rows, "fast");
+    assert!(
+        fast.iter().all(|r| r.status == Status::Ok) && fast.len() == 2,
+        "{fast:?}"
+    );
+}
+
+#[test]
+fn list_and_filter() {
+    let out = Command::new(cargo_bin("tagbench"))
+        .args(["list", "--filter", "gemm/size=256"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 5, "{text}");
+    assert!(text.lines().all(|l| l.starts_with("gemm/size=256,dtype=")));
+}
+
+#[test]
+fn help_documents_flags() {
+    let out = Command::new(cargo_bin("tagbench"))
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--set",
+        "--filter",
+        "--image",
+        "--engine",
+        "--device",
+        "--gpus",
+        "--pull",
+        "--resume",
+        "--results-dir",
+    ] {
+        assert!(text.contains(flag), "{flag} missing from --help");
+    }
+}
