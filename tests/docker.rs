@@ -401,6 +401,25 @@ fn missing_image_and_image_without_libc_fail_with_their_cause() {
         .all(|r| r.status == Status::Ok));
     assert!(stderr.contains(&missing), "stderr names the image: {stderr}");
     assert_eq!(run.leftovers(), "");
+
+    // Allowed to pull, it tries; no registry answers here, and the row says so.
+    let run = Run::new(
+        "pull",
+        &format!("name = \"pull\"\n{DEFAULTS}\n[[workload]]\nkind = \"probe\"\n"),
+    );
+    let mut cmd = run.cmd();
+    cmd.args(["--image", &missing, "--pull", "missing"]);
+    let (code, _stdout, stderr) = output(cmd);
+    assert_eq!(code, 2, "stderr:\n{stderr}");
+    let rows = run.rows();
+    assert_eq!(rows.len(), 1);
+    assert!(
+        rows[0]
+            .reason
+            .contains(&format!("failed to pull image {missing}")),
+        "{}",
+        rows[0].reason
+    );
 }
 
 #[test]

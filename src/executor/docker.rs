@@ -650,7 +650,9 @@ impl Executor for DockerExecutor {
             },
             env: Default::default(),
         };
-        let check_ms = self.preflight(target, &image)?;
+        let check_ms = self
+            .preflight(target, &image)
+            .inspect_err(|_| hold_if_interrupted())?;
         let docker = self.docker()?;
         if let Ok(Ok(v)) = self
             .rt
