@@ -28,6 +28,8 @@ pub enum Command {
     Run(RunArgs),
     /// List the cases a suite expands into, without running anything.
     List(ListArgs),
+    /// Remove containers that interrupted runs left behind (those labelled `tagbench.run`).
+    Clean(CleanArgs),
     /// Internal: run a job inside a container or child process and print the JSON-lines protocol.
     #[command(hide = true)]
     Worker(WorkerArgs),
@@ -97,4 +99,11 @@ pub struct WorkerArgs {
     /// The job file (JSON) the host wrote.
     #[arg(long, value_name = "FILE")]
     pub job: PathBuf,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct CleanArgs {
+    /// Remove only the containers of this run (its id); without it, those of every run.
+    #[arg(long, value_name = "ID")]
+    pub run: Option<String>,
 }

@@ -29,6 +29,7 @@ pub fn main_impl() -> i32 {
     let result = match cli.command {
         Command::Run(args) => runner::cmd_run(args),
         Command::List(args) => runner::cmd_list(args),
+        Command::Clean(args) => executor::docker::cmd_clean(args.run.as_deref()),
         Command::Worker(args) => {
             let stdout = std::io::stdout().lock();
             worker::run_job_file(&args.job, stdout).map(|_| EXIT_OK)

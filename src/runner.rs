@@ -104,6 +104,7 @@ pub fn resolve_targets(suite: &Suite, args: &RunArgs) -> Result<Vec<TargetSpec>>
             t.pull = Some(p);
         }
     }
+    let targets = executor::docker::expand_gpu_each(targets, executor::docker::host_gpu_count)?;
     let mut seen = HashSet::new();
     for t in &targets {
         if !seen.insert(t.display_name()) {
@@ -340,7 +341,7 @@ fn run_target(
     mut pending: Vec<Case>,
 ) -> Result<TargetMeta> {
     let tname = target.display_name();
-    let mut exec: Box<dyn Executor> = executor::for_target(target)?;
+    let mut exec: Box<dyn Executor> = executor::for_target(target, &ctx.run_id)?;
     let mut tmeta = match exec.prepare(target) {
         Ok(m) => m,
         Err(e) => {
@@ -473,7 +474,8 @@ fn run_target(
                                 executor: tmeta.executor.clone(),
                                 image: tmeta.image.clone(),
                                 image_id: tmeta.image_id.clone(),
-                                gpu_index: gpu_index.or(tmeta.gpu_index),
+                                // A container numbers its GPUs from 0; the target knows the host's index.
+                                gpu_index: tmeta.gpu_index.or(gpu_index),
                                 gpu_name,
                                 device,
                                 metric,

@@ -1,6 +1,7 @@
 //! Executors start the worker somewhere (a local child process, a container) and hand its
 //! stdout back line by line. The runner is the same for all of them.
 
+pub mod docker;
 pub mod local;
 
 use std::path::Path;
@@ -69,14 +70,12 @@ pub trait Executor {
     fn start(&mut self, target: &TargetSpec, job: &Job, log: &Path) -> Result<Box<dyn WorkerHandle>>;
 }
 
-/// The executor for a target: `local` when it has no image, else the container engine.
-pub fn for_target(target: &TargetSpec) -> Result<Box<dyn Executor>> {
+/// The executor for a target: `local` when it has no image, else the container engine (whose
+/// containers are labelled with `run_id`).
+pub fn for_target(target: &TargetSpec, run_id: &str) -> Result<Box<dyn Executor>> {
     if target.is_local() {
         Ok(Box::new(local::LocalExecutor::new()?))
     } else {
-        anyhow::bail!(
-            "the docker executor is not part of this build yet (target {})",
-            target.display_name()
-        )
+        Ok(Box::new(docker::DockerExecutor::new(run_id)?))
     }
 }

@@ -1,0 +1,568 @@
+//! End-to-end tests of the `docker` executor: the real binary against the real Docker engine,
+//! with images the tests build themselves (FROM scratch plus the glibc files the worker links
+//! against; no registry is needed). They fail when the engine is missing, unless
+//! `TAGBENCH_SKIP_DOCKER_TESTS=1` is set on purpose.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use assert_cmd::cargo::CommandCargoExt;
+use tagbench::results::{read_results, ResultRow, RunDir, Status};
+
+/// The tests measure speed and count containers: they run one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+static IMAGES: OnceLock<Images> = OnceLock::new();
+/// Tags to remove when the test process exits.
+static TAGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+struct Images {
+    /// `ENV RAYON_NUM_THREADS=1`: candle's CPU matmul runs on one thread.
+    threads1: String,
+    /// `ENV RAYON_NUM_THREADS=2`: the same image otherwise.
+    threads2: String,
+    /// FROM scratch without any libc: the glibc-linked worker cannot start in it.
+    nolibc: String,
+}
+
+fn docker(args: &[&str]) -> std::process::Output {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .expect("the docker CLI runs")
+}
+
+/// Takes the serial lock and checks the engine; `None` means: skipped on purpose.
+fn setup() -> Option<(MutexGuard<'static, ()>, &'static Images)> {
+    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let ok = Command::new("docker")
+        .args(["version", "--format", "{{.Server.APIVersion}}"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        if std::env::var("TAGBENCH_SKIP_DOCKER_TESTS").as_deref() == Ok("1") {
+            eprintln!("skipped: no Docker engine and TAGBENCH_SKIP_DOCKER_TESTS=1");
+            return None;
+        }
+        panic!(
+            "the Docker engine is not reachable (`docker version` failed); the docker executor \
+             tests need it. Set TAGBENCH_SKIP_DOCKER_TESTS=1 to skip them on purpose."
+        );
+    }
+    Some((guard, IMAGES.get_or_init(build_images)))
+}
+
+extern "C" fn remove_test_images() {
+    let tags = TAGS.lock().map(|t| t.clone()).unwrap_or_default();
+    if !tags.is_empty() {
+        let _ = Command::new("docker")
+            .arg("rmi")
+            .arg("-f")
+            .args(&tags)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn tagbench_exe() -> PathBuf {
+    Command::cargo_bin("tagbench")
+        .expect("the tagbench binary is built")
+        .get_program()
+        .into()
+}
+
+/// The shared libraries `ldd` lists for the worker, as (path in the image, file on this host).
+fn worker_libs() -> Vec<(String, PathBuf)> {
+    let out = Command::new("ldd")
+        .arg(tagbench_exe())
+        .output()
+        .expect("ldd runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut libs = Vec::new();
+    for line in text.lines() {
+        // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)` or `/lib64/ld-linux-x86-64.so.2 (0x...)`
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            libs.push((p.to_string(), PathBuf::from(p)));
+        }
+    }
+    assert!(
+        libs.iter().any(|(p, _)| p.contains("libc.so")),
+        "ldd lists no libc: {text}"
+    );
+    libs
+}
+
+fn build_images() -> Images {
+    let ctx = tempfile::tempdir().expect("temp dir");
+    for (inside, host) in worker_libs() {
+        let dest = ctx.path().join("rootfs").join(inside.trim_start_matches('/'));
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        // Copies the file a symlink points to, as the image needs the bytes.
+        std::fs::copy(&host, &dest).unwrap_or_else(|e| panic!("copy {}: {e}", host.display()));
+    }
+    let prefix = format!("tagbench-test-{}", std::process::id());
+    let build = |tag: &str, dockerfile: &str| -> String {
+        let name = format!("{prefix}:{tag}");
+        let file = ctx.path().join(format!("Dockerfile.{tag}"));
+        std::fs::write(&file, dockerfile).unwrap();
+        let out = Command::new("docker")
+            .args(["build", "-q", "-t", &name, "-f"])
+            .arg(&file)
+            .arg(ctx.path())
+            .env("DOCKER_BUILDKIT", "0")
+            .output()
+            .expect("docker build runs");
+        assert!(
+            out.status.success(),
+            "docker build {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        TAGS.lock().unwrap().push(name.clone());
+        name
+    };
+    // SAFETY: registers a plain function, run once at process exit.
+    unsafe {
+        libc::atexit(remove_test_images);
+    }
+    Images {
+        threads1: build(
+            "threads1",
+            "FROM scratch\nCOPY rootfs/ /\nENV RAYON_NUM_THREADS=1\n",
+        ),
+        threads2: build(
+            "threads2",
+            "FROM scratch\nCOPY rootfs/ /\nENV RAYON_NUM_THREADS=2\n",
+        ),
+        nolibc: build("nolibc", "FROM scratch\nENV TAGBENCH_TEST=nolibc\n"),
+    }
+}
+
+/// A temp dir with the suite written into it.
+struct Run {
+    dir: tempfile::TempDir,
+    run_id: String,
+}
+
+impl Run {
+    fn new(name: &str, suite: &str) -> Run {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("suite.toml"), suite).unwrap();
+        let nonce: u32 = rand::random();
+        Run {
+            dir,
+            run_id: format!("test-{name}-{nonce:08x}"),
+        }
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::cargo_bin("tagbench").unwrap();
+        c.arg("run")
+            .arg(self.dir.path().join("suite.toml"))
+            .arg("--results-dir")
+            .arg(self.dir.path().join("results"))
+            .arg("--run-id")
+            .arg(&self.run_id)
+            .arg("--no-progress");
+        c
+    }
+
+    fn run_dir(&self) -> RunDir {
+        RunDir::new(self.dir.path().join("results").join(&self.run_id))
+    }
+
+    fn rows(&self) -> Vec<ResultRow> {
+        read_results(&self.run_dir()).expect("results.csv reads")
+    }
+
+    fn logs(&self) -> String {
+        let mut all = String::new();
+        if let Ok(entries) = std::fs::read_dir(self.run_dir().logs()) {
+            for e in entries.flatten() {
+                if e.path().extension().is_some_and(|x| x == "log") {
+                    all.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+                }
+            }
+        }
+        all
+    }
+
+    /// Containers of this run that still exist.
+    fn leftovers(&self) -> String {
+        let filter = format!("label=tagbench.run={}", self.run_id);
+        let out = docker(&["ps", "-aq", "--filter", &filter]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+fn output(mut cmd: Command) -> (i32, String, String) {
+    let out = cmd.output().expect("tagbench runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const DEFAULTS: &str =
+    "[defaults]\nwarmup_s = 0.1\nmin_samples = 5\nmax_samples = 100\nmax_time_s = 0.3\ntimeout_s = 60\n";
+
+fn rows_of<'a>(rows: &'a [ResultRow], target: &str) -> Vec<&'a ResultRow> {
+    rows.iter().filter(|r| r.target == target).collect()
+}
+
+fn median_latency(rows: &[ResultRow], target: &str) -> f64 {
+    rows.iter()
+        .find(|r| r.target == target && r.workload == "gemm" && r.metric == "latency")
+        .and_then(|r| r.median)
+        .unwrap_or_else(|| panic!("no gemm latency row for {target}: {rows:?}"))
+}
+
+#[test]
+fn two_images_run_with_rows_metadata_and_a_measurable_difference() {
+    let Some((_g, img)) = setup() else { return };
+    let suite = format!(
+        "name = \"two-images\"\n{DEFAULTS}\n[[workload]]\nkind = \"probe\"\n\n[[workload]]\nkind = \"gemm\"\nsize = 512\ndtype = \"fp32\"\nmin_samples = 15\nmax_time_s = 1.5\n"
+    );
+    // The machine is shared: a busy moment can hide the second thread, so a few tries.
+    let mut ratios = Vec::new();
+    for attempt in 0..3 {
+        let run = Run::new(&format!("two-{attempt}"), &suite);
+        let mut cmd = run.cmd();
+        cmd.args(["--image", &img.threads1, "--image", &img.threads2]);
+        let (code, stdout, stderr) = output(cmd);
+        assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+        let rows = run.rows();
+        for image in [&img.threads1, &img.threads2] {
+            let mine = rows_of(&rows, image);
+            assert!(mine.len() >= 3, "rows for {image}: {rows:?}");
+            for r in &mine {
+                assert_eq!(r.executor, "docker");
+                assert_eq!(&r.image, image);
+                assert!(r.image_id.starts_with("sha256:"), "image_id {:?}", r.image_id);
+                assert_eq!(r.status, Status::Ok, "{r:?}");
+            }
+        }
+        let meta = run.run_dir().read_meta().unwrap();
+        assert_eq!(meta.targets.len(), 2);
+        for t in &meta.targets {
+            assert_eq!(t.executor, "docker");
+            assert!(t.image_id.starts_with("sha256:"));
+            assert!(!t.image_created.is_empty(), "created date in {t:?}");
+            assert!(t.env.contains_key("docker.api_version"), "{t:?}");
+            // The worker's probe answered from inside the image.
+            assert!(t.env.len() > 3, "probe facts in {t:?}");
+        }
+        // The worker saw the image's ENV.
+        assert!(
+            rows.iter()
+                .any(|r| r.target == img.threads1 && r.workload == "probe"),
+            "probe row"
+        );
+        let logs = run.logs();
+        for line in logs.lines().filter(|l| l.starts_with("[tagbench] container")) {
+            eprintln!("overhead: {line}");
+        }
+        assert!(logs.contains("first protocol line"), "logs: {logs}");
+        assert_eq!(run.leftovers(), "", "containers left behind");
+
+        let (slow, fast) = (
+            median_latency(&rows, &img.threads1),
+            median_latency(&rows, &img.threads2),
+        );
+        eprintln!(
+            "gemm 512 fp32 median latency: 1 thread {slow:.3} ms, 2 threads {fast:.3} ms, ratio {:.2}",
+            slow / fast
+        );
+        ratios.push(slow / fast);
+        if slow / fast > 1.2 {
+            return;
+        }
+    }
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    panic!("the 1-thread image was not measurably slower than the 2-thread image: ratios {ratios:?} (load average {load})");
+}
+
+#[test]
+fn crashing_container_fails_its_case_and_the_run_goes_on() {
+    let Some((_g, img)) = setup() else { return };
+    // The data ulimit (RLIMIT_DATA, 100 MiB) cannot hold the two 64 MiB inputs of a 4096³ GEMM:
+    // the allocation fails and the worker dies. The small case after it fits. (A cgroup
+    // memory limit would be the natural crash, but cgroup v1 on this host thrashes on the
+    // binary's pages instead of OOM-killing.)
+    let suite = format!(
+        "name = \"crash\"\n{DEFAULTS}\n[[target]]\nimage = \"{}\"\nulimits = {{ data = 104857600 }}\n\n[[workload]]\nkind = \"gemm\"\nsize = [4096, 64]\ndtype = \"fp32\"\n",
+        img.threads1
+    );
+    let run = Run::new("crash", &suite);
+    let (code, stdout, stderr) = output(run.cmd());
+    assert_eq!(code, 2, "failed rows give exit 2; stderr:\n{stderr}");
+    let rows = run.rows();
+    let big = rows
+        .iter()
+        .find(|r| r.case.contains("4096"))
+        .expect("row for the big case");
+    assert_eq!(big.status, Status::Failed);
+    assert!(
+        big.reason
+            .contains("worker ended during the case: killed by signal"),
+        "reason: {}",
+        big.reason
+    );
+    assert!(
+        big.reason.contains("memory allocation of 67108864 bytes failed"),
+        "reason: {}",
+        big.reason
+    );
+    assert!(
+        !big.reason.contains("[tagbench]"),
+        "host notes are not worker stderr: {}",
+        big.reason
+    );
+    let small: Vec<_> = rows.iter().filter(|r| r.case.contains("size=64,")).collect();
+    assert!(
+        small
+            .iter()
+            .any(|r| r.status == Status::Ok && r.metric == "latency"),
+        "the case after the crash ran: {stdout}"
+    );
+    assert_eq!(run.leftovers(), "");
+}
+
+#[test]
+fn hanging_case_is_killed_at_its_limit_and_the_next_image_runs() {
+    let Some((_g, img)) = setup() else { return };
+    // A 2048³ GEMM asked for 1000 samples cannot finish in 3 s: the limit kills its container.
+    let suite = format!(
+        "name = \"hang\"\n{DEFAULTS}\n[[target]]\nimage = \"{t1}\"\n\n[[target]]\nimage = \"{t2}\"\n\n\
+         [[workload]]\nname = \"slow\"\nkind = \"gemm\"\nsize = 2048\ndtype = \"fp32\"\nmin_samples = 1000\nmax_samples = 1000\nmax_time_s = 600\ntimeout_s = 3\n\n\
+         [[workload]]\nname = \"quick\"\nkind = \"gemm\"\nsize = 64\ndtype = \"fp32\"\n",
+        t1 = img.threads1,
+        t2 = img.threads2
+    );
+    let run = Run::new("hang", &suite);
+    let t0 = Instant::now();
+    let (code, _stdout, stderr) = output(run.cmd());
+    assert_eq!(code, 2, "stderr:\n{stderr}");
+    assert!(t0.elapsed() < Duration::from_secs(60), "took {:?}", t0.elapsed());
+    let rows = run.rows();
+    for image in [&img.threads1, &img.threads2] {
+        let mine = rows_of(&rows, image);
+        let slow = mine.iter().find(|r| r.workload == "slow").expect("slow row");
+        assert_eq!(slow.status, Status::Failed);
+        assert!(
+            slow.reason.contains("timed out after 3 s"),
+            "reason: {}",
+            slow.reason
+        );
+        assert!(
+            mine.iter()
+                .any(|r| r.workload == "quick" && r.status == Status::Ok),
+            "quick case of {image} ran: {mine:?}"
+        );
+    }
+    assert_eq!(run.leftovers(), "");
+}
+
+#[test]
+fn missing_image_and_image_without_libc_fail_with_their_cause() {
+    let Some((_g, img)) = setup() else { return };
+    let missing = format!("tagbench-test-missing-{}:none", std::process::id());
+    let suite = format!(
+        "name = \"bad-images\"\n{DEFAULTS}\n[[target]]\nimage = \"{missing}\"\n\n[[target]]\nimage = \"{}\"\n\n[[target]]\nimage = \"{}\"\n\n[[workload]]\nkind = \"probe\"\n\n[[workload]]\nkind = \"gemm\"\nsize = 64\ndtype = \"fp32\"\n",
+        img.nolibc, img.threads1
+    );
+    let run = Run::new("bad-images", &suite);
+    let (code, _stdout, stderr) = output(run.cmd());
+    assert_eq!(code, 2, "stderr:\n{stderr}");
+    let rows = run.rows();
+    let gone = rows_of(&rows, &missing);
+    assert_eq!(gone.len(), 2, "one failed row per case: {gone:?}");
+    for r in &gone {
+        assert_eq!(r.status, Status::Failed);
+        assert!(r.reason.contains("is not on the Docker engine"), "{}", r.reason);
+        assert!(r.reason.contains("--pull=missing"), "{}", r.reason);
+        assert_eq!(r.executor, "docker");
+    }
+    let nolibc = rows_of(&rows, &img.nolibc);
+    assert_eq!(nolibc.len(), 2);
+    for r in &nolibc {
+        assert_eq!(r.status, Status::Failed);
+        assert!(r.reason.contains("no compatible libc"), "{}", r.reason);
+    }
+    assert!(rows_of(&rows, &img.threads1)
+        .iter()
+        .all(|r| r.status == Status::Ok));
+    assert!(stderr.contains(&missing), "stderr names the image: {stderr}");
+    assert_eq!(run.leftovers(), "");
+
+    // Allowed to pull, it tries; no registry answers here, and the row says so.
+    let run = Run::new(
+        "pull",
+        &format!("name = \"pull\"\n{DEFAULTS}\n[[workload]]\nkind = \"probe\"\n"),
+    );
+    let mut cmd = run.cmd();
+    cmd.args(["--image", &missing, "--pull", "missing"]);
+    let (code, _stdout, stderr) = output(cmd);
+    assert_eq!(code, 2, "stderr:\n{stderr}");
+    let rows = run.rows();
+    assert_eq!(rows.len(), 1);
+    assert!(
+        rows[0]
+            .reason
+            .contains(&format!("failed to pull image {missing}")),
+        "{}",
+        rows[0].reason
+    );
+}
+
+#[test]
+fn unreachable_engine_fails_its_targets_and_local_targets_still_run() {
+    let Some((_g, img)) = setup() else { return };
+    let suite = format!(
+        "name = \"no-engine\"\n{DEFAULTS}\n[[target]]\nimage = \"{}\"\n\n[[target]]\nlocal = true\n\n[[workload]]\nkind = \"gemm\"\nsize = 64\ndtype = \"fp32\"\n",
+        img.threads1
+    );
+    let run = Run::new("no-engine", &suite);
+    let mut cmd = run.cmd();
+    cmd.env("DOCKER_HOST", "unix:///nonexistent/tagbench-test.sock");
+    let (code, _stdout, stderr) = output(cmd);
+    assert_eq!(code, 2, "stderr:\n{stderr}");
+    let rows = run.rows();
+    let image_rows = rows_of(&rows, &img.threads1);
+    assert_eq!(image_rows.len(), 1);
+    let reason = &image_rows[0].reason;
+    assert!(reason.contains("failed to reach the Docker engine"), "{reason}");
+    assert!(
+        reason.contains("unix:///nonexistent/tagbench-test.sock (DOCKER_HOST)"),
+        "{reason}"
+    );
+    assert!(rows_of(&rows, "local")
+        .iter()
+        .any(|r| r.status == Status::Ok && r.metric == "latency"));
+}
+
+#[test]
+fn gpus_without_the_nvidia_runtime_give_failed_rows() {
+    let Some((_g, img)) = setup() else { return };
+    let has_nvidia = docker(&["info", "--format", "{{json .Runtimes}}"]);
+    if String::from_utf8_lossy(&has_nvidia.stdout).contains("nvidia") {
+        eprintln!("skipped: this engine has the NVIDIA runtime");
+        return;
+    }
+    let suite = format!("name = \"gpus\"\n{DEFAULTS}\n[[workload]]\nkind = \"probe\"\n");
+    let run = Run::new("gpus", &suite);
+    let mut cmd = run.cmd();
+    cmd.args(["--image", &img.threads1, "--gpus", "all"]);
+    let (code, _stdout, stderr) = output(cmd);
+    assert_eq!(code, 2, "stderr:\n{stderr}");
+    let rows = run.rows();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, Status::Failed);
+    assert!(
+        rows[0]
+            .reason
+            .contains("could not select device driver \"nvidia\""),
+        "{}",
+        rows[0].reason
+    );
+    assert_eq!(run.leftovers(), "");
+}
+
+#[test]
+fn gpus_each_without_gpus_is_a_clear_error() {
+    let Some((_g, img)) = setup() else { return };
+    if Command::new("nvidia-smi").arg("-L").output().is_ok() {
+        eprintln!("skipped: this host has nvidia-smi");
+        return;
+    }
+    let run = Run::new(
+        "each",
+        &format!("name = \"each\"\n{DEFAULTS}\n[[workload]]\nkind = \"probe\"\n"),
+    );
+    let mut cmd = run.cmd();
+    cmd.args(["--image", &img.threads1, "--gpus", "each"]);
+    let (code, _stdout, stderr) = output(cmd);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("--gpus each") && stderr.contains("nvidia-smi"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn interrupt_removes_the_runs_containers() {
+    let Some((_g, img)) = setup() else { return };
+    let suite = format!(
+        "name = \"interrupt\"\n{DEFAULTS}\n[[workload]]\nkind = \"gemm\"\nsize = 1024\ndtype = \"fp32\"\nmin_samples = 1000\nmax_samples = 1000\nmax_time_s = 600\ntimeout_s = 600\n"
+    );
+    let run = Run::new("interrupt", &suite);
+    let mut cmd = run.cmd();
+    cmd.args(["--image", &img.threads1])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    // Waits for the worker's container (not the `--version` check's, which ends by itself).
+    let t0 = Instant::now();
+    loop {
+        let filter = format!("label=tagbench.run={}", run.run_id);
+        let out = docker(&["ps", "-q", "--filter", &filter, "--filter", "name=-1-"]);
+        if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no worker container appeared"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: sends SIGINT to the child this test started.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(130), "stderr: {stderr}");
+    assert!(stderr.contains("removed container"), "stderr: {stderr}");
+    assert_eq!(run.leftovers(), "", "containers left behind");
+}
+
+#[test]
+fn clean_removes_leftover_containers() {
+    let Some((_g, img)) = setup() else { return };
+    let run_id = format!("test-clean-{:08x}", rand::random::<u32>());
+    let label = format!("tagbench.run={run_id}");
+    let created = docker(&[
+        "create",
+        "--label",
+        &label,
+        "--label",
+        "tagbench.target=leftover",
+        &img.threads1,
+        "/none",
+    ]);
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let mut cmd = Command::cargo_bin("tagbench").unwrap();
+    cmd.args(["clean", "--run", &run_id]);
+    let (code, stdout, stderr) = output(cmd);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("removed container") && stdout.contains(&run_id),
+        "{stdout}"
+    );
+    assert!(stderr.contains("1 containers of run"), "{stderr}");
+    let left = docker(&["ps", "-aq", "--filter", &format!("label={label}")]);
+    assert_eq!(String::from_utf8_lossy(&left.stdout).trim(), "");
+}
