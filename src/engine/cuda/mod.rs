@@ -222,7 +222,7 @@ impl Engine for CudaEngine {
         match case.kind {
             WorkloadKind::Probe => probe::run(rt),
             WorkloadKind::Gemm => gemm::run(rt, case),
-            WorkloadKind::Attention => Err(CaseError::skipped("x")),
+            WorkloadKind::Attention => attention::run(rt, case),
             WorkloadKind::Allreduce => allreduce::run(rt, case),
             WorkloadKind::Generate => Err(CaseError::skipped(
                 "the native CUDA engine does not implement token generation (a Llama decoder on cuBLAS and NVRTC kernels is planned); use the torch engine",
