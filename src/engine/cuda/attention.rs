@@ -350,7 +350,7 @@ pub fn run(rt: &mut Runtime, case: &Case) -> Result<CaseOutput, CaseError> {
     gpu.synchronize()?;
     let got = device::decode_all(p.dtype, &gpu.download(&set.o)?);
     let err = rel_error(&got[..no], &reference(&small, &qv, &kv, &vv));
-    if !(err <= tolerance(p.dtype)) {
+    if err.is_nan() || err > tolerance(p.dtype) {
         return Err(CaseError::Failed(anyhow!(
             "{} attention result is wrong: relative error {err:.3e} against a float64 reference (tolerance {:.0e})",
             p.dtype,

@@ -191,7 +191,7 @@ api!(
 );
 
 /// A C string from a library (error strings), or `unknown` for a null pointer.
-pub fn c_str(p: *const c_char) -> String {
+pub(crate) fn c_str(p: *const c_char) -> String {
     if p.is_null() {
         return "unknown".into();
     }

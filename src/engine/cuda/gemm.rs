@@ -144,7 +144,7 @@ pub fn tolerance(d: Dtype) -> f64 {
 /// Calls per timed sample so that one sample spans at least `min_s` (a single small GEMM is
 /// shorter than the event resolution and launch gaps), between 1 and 1000.
 pub fn calls_per_sample(one_call_s: Seconds, min_s: Seconds) -> usize {
-    if !(one_call_s > 0.0) {
+    if one_call_s.is_nan() || one_call_s <= 0.0 {
         return 1;
     }
     ((min_s / one_call_s).ceil() as usize).clamp(1, 1000)
@@ -463,7 +463,7 @@ fn check_small(libs: &Libs, gpu: &Gpu, dtype: Dtype, layout: Layout) -> Result<f
     let got = device::decode_all(out_dtype, &gpu.download(&c)?);
     let want = reference(layout, m as usize, n as usize, k as usize, &av, &bv);
     let err = rel_error(&got, &want);
-    if !(err <= tolerance(dtype)) {
+    if err.is_nan() || err > tolerance(dtype) {
         return Err(CaseError::Failed(anyhow!(
             "{dtype} GEMM result is wrong: relative error {err:.3e} against a float64 reference (tolerance {:.0e}) on a {m}×{n}×{k} check",
             tolerance(dtype)

@@ -138,7 +138,7 @@ pub fn version_suffix(stem: &str, name: &str) -> Option<Vec<u32>> {
 pub fn best_name(spec: &LibSpec, names: &[String]) -> Option<String> {
     for &major in spec.majors {
         let soname = format!("{}.{major}", spec.stem);
-        if names.iter().any(|n| *n == soname) {
+        if names.contains(&soname) {
             return Some(soname);
         }
         let best = names

@@ -95,7 +95,7 @@ impl Telemetry {
 
     /// NVML's handle for the GPU with this UUID (NVML and CUDA number GPUs differently when
     /// CUDA_VISIBLE_DEVICES is set; the UUID is the same in both).
-    pub fn device(&self, uuid: &str) -> Option<ffi::Handle> {
+    pub(crate) fn device(&self, uuid: &str) -> Option<ffi::Handle> {
         let c = CString::new(uuid).ok()?;
         let mut h: ffi::Handle = std::ptr::null_mut();
         // SAFETY: valid C string and out pointer.
@@ -104,7 +104,7 @@ impl Telemetry {
     }
 
     /// The default SM clock (MHz): the default applications clock, else the maximum.
-    pub fn default_sm_clock_mhz(&self, dev: ffi::Handle) -> Option<f64> {
+    pub(crate) fn default_sm_clock_mhz(&self, dev: ffi::Handle) -> Option<f64> {
         let mut v: c_uint = 0;
         // SAFETY: valid handle and out pointer.
         let rc = unsafe { (self.nvml.nvmlDeviceGetDefaultApplicationsClock)(dev, NVML_CLOCK_SM, &mut v) };
@@ -115,7 +115,7 @@ impl Telemetry {
         (rc == NVML_SUCCESS && v > 0).then_some(v as f64)
     }
 
-    pub fn read(&self, dev: ffi::Handle) -> Reading {
+    pub(crate) fn read(&self, dev: ffi::Handle) -> Reading {
         let mut clock: c_uint = 0;
         let mut power_mw: c_uint = 0;
         let mut temp: c_uint = 0;
