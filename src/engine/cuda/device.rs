@@ -1,0 +1,436 @@
+//! One GPU as the engine uses it (context, stream, the facts benchmarks need) and the helpers every
+//! CUDA workload shares: random device buffers, CUDA-event timing, L2 rotation counts.
+
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context, Result};
+use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags};
+use cudarc::driver::{CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtr};
+use rand::{Rng, SeedableRng};
+
+use crate::case::{Dtype, Seconds};
+
+/// A GPU: its context and the stream every workload on it uses.
+pub struct Gpu {
+    pub ordinal: usize,
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    pub name: String,
+    /// `GPU-xxxxxxxx-xxxx-...` as nvidia-smi and NVML spell it.
+    pub uuid: String,
+    pub cc: (i32, i32),
+    pub sm_count: i32,
+    pub l2_bytes: usize,
+    pub total_mem_bytes: usize,
+}
+
+impl Gpu {
+    pub fn open(ordinal: usize) -> Result<Gpu> {
+        let ctx = CudaContext::new(ordinal)
+            .map_err(|e| anyhow!("failed to create a context on GPU {ordinal}: {e}"))?;
+        // Every workload runs on one stream per GPU and synchronises explicitly; cudarc's event
+        // tracking would record extra events around each pointer use, inside timed regions.
+        // SAFETY: no CudaSlice of this context is used on two streams.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| anyhow!("failed to create a stream on GPU {ordinal}: {e}"))?;
+        let attr = |a: CUdevice_attribute| {
+            ctx.attribute(a)
+                .map_err(|e| anyhow!("failed to read {a:?} of GPU {ordinal}: {e}"))
+        };
+        let uuid = ctx
+            .uuid()
+            .map(|u| format_uuid(&u.bytes.map(|b| b as u8)))
+            .unwrap_or_default();
+        Ok(Gpu {
+            ordinal,
+            name: ctx.name().unwrap_or_else(|_| "unknown GPU".into()),
+            uuid,
+            cc: ctx
+                .compute_capability()
+                .map_err(|e| anyhow!("failed to read the compute capability of GPU {ordinal}: {e}"))?,
+            sm_count: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
+            l2_bytes: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)?.max(0) as usize,
+            total_mem_bytes: ctx.total_mem().unwrap_or(0),
+            ctx,
+            stream,
+        })
+    }
+
+    /// `cuda:N`, the CSV's device column.
+    pub fn device_label(&self) -> String {
+        format!("cuda:{}", self.ordinal)
+    }
+
+    pub fn free_mem_bytes(&self) -> usize {
+        self.ctx.mem_get_info().map(|(free, _)| free).unwrap_or(0)
+    }
+
+    pub fn stream_ptr(&self) -> *mut std::ffi::c_void {
+        self.stream.cu_stream() as *mut std::ffi::c_void
+    }
+
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(|e| anyhow!("CUDA error on GPU {}: {e}", self.ordinal))
+    }
+
+    /// Copies bytes to a new device buffer.
+    pub fn upload(&self, bytes: &[u8]) -> Result<DeviceBuf> {
+        let slice = self.stream.clone_htod(bytes).map_err(|e| {
+            anyhow!(
+                "failed to copy {} bytes to GPU {}: {e}",
+                bytes.len(),
+                self.ordinal
+            )
+        })?;
+        self.synchronize()?;
+        Ok(DeviceBuf::new(slice, &self.stream))
+    }
+
+    /// Overwrites the start of a device buffer with `bytes` and waits for the copy.
+    pub fn write(&self, buf: &DeviceBuf, bytes: &[u8]) -> Result<()> {
+        if bytes.len() > buf.len() {
+            return Err(anyhow!(
+                "{} bytes do not fit a {}-byte buffer",
+                bytes.len(),
+                buf.len()
+            ));
+        }
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| anyhow!("failed to bind GPU {}: {e}", self.ordinal))?;
+        // SAFETY: the destination holds at least `bytes.len()` bytes; the host slice outlives the
+        // copy because the stream is synchronised before returning.
+        unsafe { cudarc::driver::result::memcpy_htod_async(buf.ptr, bytes, self.stream.cu_stream()) }
+            .map_err(|e| {
+                anyhow!(
+                    "failed to copy {} bytes to GPU {}: {e}",
+                    bytes.len(),
+                    self.ordinal
+                )
+            })?;
+        self.synchronize()
+    }
+
+    /// A device buffer of `len` bytes filled with `fill` (so that unwritten output is visible).
+    pub fn filled(&self, len: usize, fill: u8) -> Result<DeviceBuf> {
+        self.upload(&vec![fill; len])
+    }
+
+    /// Copies a device buffer back.
+    pub fn download(&self, buf: &DeviceBuf) -> Result<Vec<u8>> {
+        let v = self
+            .stream
+            .clone_dtoh(&buf.slice)
+            .map_err(|e| anyhow!("failed to copy from GPU {}: {e}", self.ordinal))?;
+        self.synchronize()?;
+        Ok(v)
+    }
+
+    /// A pair of timing events (created once per measurement, recorded per sample).
+    pub fn timer(&self) -> Result<EventTimer> {
+        let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
+        let start = self
+            .ctx
+            .new_event(flags)
+            .context("failed to create a CUDA event")?;
+        let end = self
+            .ctx
+            .new_event(flags)
+            .context("failed to create a CUDA event")?;
+        Ok(EventTimer {
+            start,
+            end,
+            stream: self.stream.clone(),
+        })
+    }
+}
+
+/// Device memory and its raw address (taken once, outside timed regions).
+pub struct DeviceBuf {
+    pub slice: CudaSlice<u8>,
+    pub ptr: u64,
+}
+
+impl DeviceBuf {
+    fn new(slice: CudaSlice<u8>, stream: &CudaStream) -> DeviceBuf {
+        let ptr = {
+            let (p, _guard) = slice.device_ptr(stream);
+            p
+        };
+        DeviceBuf { slice, ptr }
+    }
+
+    pub fn len(&self) -> usize {
+        self.slice.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slice.len() == 0
+    }
+
+    pub fn cptr(&self) -> *const std::ffi::c_void {
+        self.ptr as usize as *const std::ffi::c_void
+    }
+
+    pub fn mptr(&self) -> *mut std::ffi::c_void {
+        self.ptr as usize as *mut std::ffi::c_void
+    }
+}
+
+/// CUDA events around device work: the time the GPU spent between them, not the host's.
+pub struct EventTimer {
+    start: CudaEvent,
+    end: CudaEvent,
+    stream: Arc<CudaStream>,
+}
+
+impl EventTimer {
+    /// Records the start event, runs `f` (which enqueues work on the stream), records the end
+    /// event, waits for it and returns the elapsed seconds.
+    pub fn time<E: From<anyhow::Error>>(&self, f: impl FnOnce() -> Result<(), E>) -> Result<Seconds, E> {
+        self.start
+            .record(&self.stream)
+            .map_err(|e| anyhow!("failed to record a CUDA event: {e}"))?;
+        f()?;
+        self.end
+            .record(&self.stream)
+            .map_err(|e| anyhow!("failed to record a CUDA event: {e}"))?;
+        let ms = self
+            .start
+            .elapsed_ms(&self.end)
+            .map_err(|e| anyhow!("CUDA error while timing: {e}"))?;
+        Ok(ms as f64 * 1e-3)
+    }
+}
+
+/// The UUID as nvidia-smi prints it: `GPU-` and 8-4-4-4-12 hex digits.
+pub fn format_uuid(b: &[u8; 16]) -> String {
+    let h: Vec<String> = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "GPU-{}-{}-{}-{}-{}",
+        h[0..4].concat(),
+        h[4..6].concat(),
+        h[6..8].concat(),
+        h[8..10].concat(),
+        h[10..16].concat()
+    )
+}
+
+/// How many input sets to rotate through so that consecutive calls never find their inputs in
+/// L2: together the sets span at least twice the L2 size (nvbench flushes L2 for the same
+/// reason), capped by a quarter of the free memory and at 64 sets.
+pub fn rotation_sets(bytes_per_set: usize, l2_bytes: usize, free_bytes: usize) -> usize {
+    let per = bytes_per_set.max(1);
+    let want = (2 * l2_bytes).div_ceil(per).max(1);
+    let fit = (free_bytes / 4 / per).max(1);
+    want.min(fit).min(64)
+}
+
+/// Random values in [-1, 1) stored as `dtype` (fp8 as e4m3 bytes), and their exact values as
+/// f32 (after rounding to the dtype) for reference checks. Never zeros: zero inputs run faster
+/// than real data and hide unwritten outputs.
+pub fn random_values(dtype: Dtype, len: usize, seed: u64) -> (Vec<u8>, Vec<f32>) {
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let mut bytes = Vec::with_capacity(len * dtype.size_bytes());
+    let mut vals = Vec::with_capacity(len);
+    for _ in 0..len {
+        match dtype {
+            Dtype::Fp8 => {
+                let b = random_e4m3(&mut rng);
+                bytes.push(b);
+                vals.push(e4m3_to_f32(b));
+            }
+            _ => {
+                let mut x: f32 = rng.random_range(-1.0..1.0);
+                if x == 0.0 {
+                    x = 0.5;
+                }
+                let (b, v) = encode(dtype, x);
+                bytes.extend_from_slice(&b[..dtype.size_bytes()]);
+                vals.push(v);
+            }
+        }
+    }
+    (bytes, vals)
+}
+
+/// Random bytes of `dtype` for large buffers (no f32 copy kept).
+pub fn random_bytes(dtype: Dtype, len: usize, seed: u64) -> Vec<u8> {
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let mut bytes = Vec::with_capacity(len * dtype.size_bytes());
+    for _ in 0..len {
+        match dtype {
+            Dtype::Fp8 => bytes.push(random_e4m3(&mut rng)),
+            _ => {
+                let x: f32 = rng.random_range(-1.0..1.0);
+                let (b, _) = encode(dtype, if x == 0.0 { 0.5 } else { x });
+                bytes.extend_from_slice(&b[..dtype.size_bytes()]);
+            }
+        }
+    }
+    bytes
+}
+
+/// `x` stored as `dtype` (little-endian bytes, first `size_bytes` valid) and its stored value.
+pub fn encode(dtype: Dtype, x: f32) -> ([u8; 4], f32) {
+    match dtype {
+        Dtype::Fp32 | Dtype::Tf32 => (x.to_le_bytes(), x),
+        Dtype::Fp16 => {
+            let h = half::f16::from_f32(x);
+            let b = h.to_le_bytes();
+            ([b[0], b[1], 0, 0], h.to_f32())
+        }
+        Dtype::Bf16 => {
+            let h = half::bf16::from_f32(x);
+            let b = h.to_le_bytes();
+            ([b[0], b[1], 0, 0], h.to_f32())
+        }
+        Dtype::Fp8 => {
+            let b = f32_to_e4m3(x);
+            ([b, 0, 0, 0], e4m3_to_f32(b))
+        }
+    }
+}
+
+/// Reads stored elements of `dtype` back as f32.
+pub fn decode_all(dtype: Dtype, bytes: &[u8]) -> Vec<f32> {
+    match dtype {
+        Dtype::Fp32 | Dtype::Tf32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::Fp16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::Bf16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::Fp8 => bytes.iter().map(|&b| e4m3_to_f32(b)).collect(),
+    }
+}
+
+/// An e4m3 value with magnitude in [1/8, 3.75]: exponent field 4..=8 (bias 7), any mantissa,
+/// random sign. Never zero, never NaN (0x7f/0xff).
+fn random_e4m3(rng: &mut impl Rng) -> u8 {
+    let sign: u8 = if rng.random::<bool>() { 0x80 } else { 0 };
+    let exp: u8 = rng.random_range(4..=8);
+    let man: u8 = rng.random_range(0..8);
+    sign | (exp << 3) | man
+}
+
+/// OCP FP8 E4M3 (the format of CUDA_R_8F_E4M3): 1 sign, 4 exponent (bias 7), 3 mantissa bits;
+/// no infinities, NaN at S.1111.111.
+pub fn e4m3_to_f32(b: u8) -> f32 {
+    let sign = if b & 0x80 != 0 { -1.0 } else { 1.0 };
+    let exp = ((b >> 3) & 0x0f) as i32;
+    let man = (b & 0x07) as f32;
+    if exp == 0x0f && b & 0x07 == 0x07 {
+        return f32::NAN;
+    }
+    if exp == 0 {
+        sign * man / 8.0 * 2f32.powi(-6)
+    } else {
+        sign * (1.0 + man / 8.0) * 2f32.powi(exp - 7)
+    }
+}
+
+/// Nearest e4m3 (ties away from zero is close enough for test data), saturating at ±448.
+pub fn f32_to_e4m3(x: f32) -> u8 {
+    if x.is_nan() {
+        return 0x7f;
+    }
+    let sign: u8 = if x.is_sign_negative() { 0x80 } else { 0 };
+    let mut best = 0u8;
+    let mut best_err = f32::INFINITY;
+    for b in 0u8..0x7f {
+        let err = (e4m3_to_f32(b) - x.abs()).abs();
+        if err < best_err {
+            best_err = err;
+            best = b;
+        }
+    }
+    sign | best
+}
+
+/// ‖out − ref‖ / ‖ref‖ (Frobenius), the error measure METHOD.md asks for; NaN never passes.
+pub fn rel_error(out: &[f32], reference: &[f64]) -> f64 {
+    let mut num = 0.0;
+    let mut den = 0.0;
+    for (o, r) in out.iter().zip(reference) {
+        let o = *o as f64;
+        if !o.is_finite() {
+            return f64::INFINITY;
+        }
+        num += (o - r) * (o - r);
+        den += r * r;
+    }
+    if out.len() != reference.len() {
+        return f64::INFINITY;
+    }
+    (num / den.max(f64::MIN_POSITIVE)).sqrt()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuid_format() {
+        let b: [u8; 16] = core::array::from_fn(|i| i as u8);
+        assert_eq!(format_uuid(&b), "GPU-00010203-0405-0607-0809-0a0b0c0d0e0f");
+    }
+
+    #[test]
+    fn rotation_covers_twice_l2() {
+        // H100: 50 MiB L2. A 1024³ fp32 GEMM set (A+B+C) is 12 MiB: 9 sets span 108 MiB.
+        let l2 = 50 << 20;
+        assert_eq!(rotation_sets(12 << 20, l2, 80 << 30), 9);
+        // An 8192³ bf16 set (384 MiB) already exceeds L2: one set.
+        assert_eq!(rotation_sets(384 << 20, l2, 80 << 30), 1);
+        // Tiny sets are capped at 64.
+        assert_eq!(rotation_sets(1024, l2, 80 << 30), 64);
+        // Little free memory caps the count, never below one.
+        assert_eq!(rotation_sets(12 << 20, l2, 48 << 20), 1);
+        assert_eq!(rotation_sets(12 << 20, l2, 0), 1);
+    }
+
+    #[test]
+    fn e4m3_decoding() {
+        assert_eq!(e4m3_to_f32(0x38), 1.0); // exp 7, man 0
+        assert_eq!(e4m3_to_f32(0xb8), -1.0);
+        assert_eq!(e4m3_to_f32(0x7e), 448.0); // largest finite
+        assert_eq!(e4m3_to_f32(0x01), 2f32.powi(-9)); // smallest subnormal
+        assert!(e4m3_to_f32(0x7f).is_nan());
+        assert_eq!(f32_to_e4m3(1.0), 0x38);
+        assert_eq!(f32_to_e4m3(-448.0), 0xfe);
+        assert_eq!(f32_to_e4m3(1000.0), 0x7e);
+    }
+
+    #[test]
+    fn random_values_are_nonzero_and_match_storage() {
+        for d in [Dtype::Fp32, Dtype::Fp16, Dtype::Bf16, Dtype::Fp8] {
+            let (bytes, vals) = random_values(d, 1000, 7);
+            assert_eq!(bytes.len(), 1000 * d.size_bytes());
+            assert!(vals.iter().all(|v| *v != 0.0 && v.is_finite()), "{d}");
+            assert_eq!(decode_all(d, &bytes), vals, "{d}");
+            let distinct: std::collections::HashSet<u32> = vals.iter().map(|v| v.to_bits()).collect();
+            assert!(distinct.len() > 10, "{d}: not random");
+        }
+        let big = random_bytes(Dtype::Bf16, 4096, 1);
+        assert!(decode_all(Dtype::Bf16, &big).iter().all(|v| *v != 0.0));
+    }
+
+    #[test]
+    fn rel_error_rules() {
+        assert_eq!(rel_error(&[1.0, 2.0], &[1.0, 2.0]), 0.0);
+        assert!((rel_error(&[1.1], &[1.0]) - 0.1).abs() < 1e-6);
+        assert_eq!(rel_error(&[f32::NAN], &[1.0]), f64::INFINITY);
+        assert_eq!(rel_error(&[1.0], &[1.0, 2.0]), f64::INFINITY);
+    }
+}
