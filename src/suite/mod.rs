@@ -187,6 +187,9 @@ fn compile(
 
 type Located = (Range<usize>, String);
 
+/// A parameter key and the values it sweeps over (one for a scalar).
+type Axis<'i> = (Spanned<Cow<'i, str>>, Vec<Spanned<DeValue<'i>>>);
+
 fn compile_workload(
     table: &DeTable<'_>,
     span: Range<usize>,
@@ -218,7 +221,7 @@ fn compile_workload(
 
     // Split the table: measurement overrides, and the parameters (each a sweep axis).
     let mut measure = DeTable::new();
-    let mut axes: Vec<(Spanned<Cow<'_, str>>, Vec<Spanned<DeValue<'_>>>)> = Vec::new();
+    let mut axes: Vec<Axis<'_>> = Vec::new();
     for (k, v) in table.iter() {
         let key = k.get_ref().as_ref();
         if key == "kind" || key == "name" {
@@ -350,7 +353,7 @@ fn check_measure(s: &MeasureSettings) -> Result<(), String> {
             return Err(format!("`{k}` must be a non-negative number of seconds"));
         }
     }
-    if !(s.timeout_s > 0.0) {
+    if s.timeout_s.is_nan() || s.timeout_s <= 0.0 {
         return Err("`timeout_s` must be positive".into());
     }
     if !(s.target_rel_ci > 0.0 && s.target_rel_ci < 1.0) {
@@ -375,7 +378,7 @@ fn array_of_tables<'a, 'i>(v: &'a Spanned<DeValue<'i>>, key: &str) -> Result<&'a
 }
 
 /// Every combination of the axes' values, first axis slowest.
-fn cartesian<'a, K, V>(axes: &'a [(K, Vec<V>)]) -> Vec<Vec<(&'a K, &'a V)>> {
+fn cartesian<K, V>(axes: &[(K, Vec<V>)]) -> Vec<Vec<(&K, &V)>> {
     let mut out: Vec<Vec<(&K, &V)>> = vec![Vec::new()];
     for (k, values) in axes {
         let mut next = Vec::with_capacity(out.len() * values.len());

@@ -112,7 +112,8 @@ impl Attention {
         let got = y.get(bi)?.get(hi)?;
         let err = (got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
         let tol = if self.q.dtype() == DType::F32 { 1e-3 } else { 0.1 };
-        if !(err <= tol) {
+        // NaN fails too.
+        if err.is_nan() || err > tol {
             candle_core::bail!("attention result differs from the reference by {err}");
         }
         Ok(())
