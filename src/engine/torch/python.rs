@@ -127,21 +127,27 @@ impl PyProcess {
         };
         let mut line = serde_json::to_string(req).map_err(|e| CaseError::Failed(e.into()))?;
         line.push('\n');
-        let mut reply = String::new();
-        let read = stdin
+        if stdin
             .write_all(line.as_bytes())
             .and_then(|()| stdin.flush())
-            .and_then(|()| stdout.read_line(&mut reply));
-        match read {
-            Ok(n) if n > 0 => parse_reply(&reply),
-            _ => {
-                let how = self.exit_description();
-                Err(CaseError::Failed(anyhow::anyhow!(
-                    "the torch worker ({}) {how}; its stderr is in the case log",
-                    Path::new(&self.python).display()
-                )))
+            .is_ok()
+        {
+            let mut reply = String::new();
+            while matches!(stdout.read_line(&mut reply), Ok(n) if n > 0) {
+                if reply.trim_start().starts_with('{') {
+                    return parse_reply(&reply);
+                }
+                // Output from before the script took stdout over (a wrapper script, a
+                // sitecustomize that prints): not a reply; kept in the log.
+                eprintln!("torch worker stdout (not a reply): {}", reply.trim_end());
+                reply.clear();
             }
         }
+        let how = self.exit_description();
+        Err(CaseError::Failed(anyhow::anyhow!(
+            "the torch worker ({}) {how}; its stderr is in the case log",
+            Path::new(&self.python).display()
+        )))
     }
 
     /// Whether the process is still running.
