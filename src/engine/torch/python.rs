@@ -28,7 +28,10 @@ pub struct ScriptFile {
 
 impl ScriptFile {
     pub fn write() -> ScriptFile {
-        let dir = std::env::temp_dir().join(format!("tagbench-torch-{}", std::process::id()));
+        // Unique per engine: one engine's clean-up must not remove another's script.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("tagbench-torch-{}-{n}", std::process::id()));
         let path = dir.join("tagbench_torch_worker.py");
         let written = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, SCRIPT));
         ScriptFile {

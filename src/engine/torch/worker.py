@@ -916,9 +916,16 @@ def handle(req, state):
         return {"skip": "torch not importable in image: %s" % TORCH_ERROR}
     if op == "setup":
         state.pop("bench", None)
-        dev = resolve_device(req["device"])
         if req["kind"] == "probe":
-            return {"ok": probe(dev)}
+            # The versions are worth reporting even where torch cannot use the GPU.
+            try:
+                return {"ok": probe(resolve_device(req["device"]))}
+            except Skip as e:
+                found = probe(torch.device("cpu"))
+                found["status"] += "; no GPU: %s" % e
+                found["warnings"].append(str(e))
+                return {"ok": found}
+        dev = resolve_device(req["device"])
         cls = WORKLOADS.get(req["kind"])
         if cls is None:
             return {"error": "the torch worker has no workload %s" % req["kind"]}
