@@ -6,8 +6,8 @@
 # needs the CUDA libraries it links against to import. This installs torch without its
 # dependency resolution and then every dependency torch loads at import time, leaving out
 # what only torch.compile and CUDA Python need (triton, cuda-bindings, nvtx): ~2.7 GB of
-# wheels and 4.3 GB installed instead of ~3.0 GB and 5.3 GB. Idempotent: an environment that already imports the pinned
-# torch is kept, so CI on a machine that ran it before only checks.
+# wheels and 4.4 GB installed instead of ~3.0 GB and 5.3 GB. Idempotent: an environment that
+# already imports the pinned torch is kept, so CI on a machine that ran it before only checks.
 #
 # Usage: scripts/install-torch-cpu.sh [VENV_DIR]
 #   VENV_DIR defaults to $TAGBENCH_TORCH_VENV, else ~/.cache/tagbench/venv-torch.
