@@ -1,34 +1,434 @@
 //! The torch engine: the image's own python3 and PyTorch, driven by an embedded worker script.
+//!
+//! The script (`worker.py`) sets a case up and times one sample per request; this side runs the
+//! shared [`Sampler`] over those samples and turns them into the same metrics as the native
+//! engine, so that both engines share one statistics implementation and one set of metric names.
+
+mod allreduce;
+mod python;
 
 use std::collections::BTreeMap;
 
+use serde_json::{json, Value};
+
+use self::python::{PyProcess, Role, ScriptFile};
 use super::{CaseOutput, Engine};
-use crate::case::{Case, Device};
+use crate::case::{Better, Case, Device, Seconds, WorkloadKind};
 use crate::error::CaseError;
+use crate::measure::Sampler;
+use crate::workload::attention::AttentionParams;
+use crate::workload::gemm::GemmParams;
+use crate::workload::generate::GenerateParams;
+use crate::workload::metric;
+use crate::workload::precision::{Mode, PrecisionParams};
+
+pub use self::python::python_command;
+
+/// The fp32 reference of a precision case, kept so that each mode compares with one measurement.
+#[derive(Debug, Clone)]
+struct Reference {
+    step_median_s: f64,
+    loss: f64,
+}
 
 pub struct TorchEngine {
+    python: std::ffi::OsString,
     device: Device,
     gpus: Vec<usize>,
+    script: ScriptFile,
+    session: Option<PyProcess>,
+    /// Why torch cannot run here (no python3, torch not importable): every case skips with it.
+    unavailable: Option<String>,
+    /// What python said when it started (versions, GPU count).
+    hello: Value,
+    precision_refs: BTreeMap<String, Reference>,
 }
 
 impl TorchEngine {
     pub fn new(device: Device, gpus: &[usize]) -> Self {
+        Self::with_python(python_command(), device, gpus)
+    }
+
+    /// An engine on a given python (tests; `new` reads `TAGBENCH_PYTHON`).
+    pub fn with_python(python: std::ffi::OsString, device: Device, gpus: &[usize]) -> Self {
         TorchEngine {
+            python,
             device,
             gpus: gpus.to_vec(),
+            script: ScriptFile::write(),
+            session: None,
+            unavailable: None,
+            hello: Value::Null,
+            precision_refs: BTreeMap::new(),
         }
+    }
+
+    /// The device name python uses: `cpu`, or the first GPU the job may use.
+    fn device_name(&self) -> String {
+        match self.device {
+            Device::Cpu => "cpu".into(),
+            Device::Cuda => format!("cuda:{}", self.gpus.first().copied().unwrap_or(0)),
+        }
+    }
+
+    /// The running python session, started (and greeted) on first use or after it died.
+    fn session(&mut self) -> Result<&mut PyProcess, CaseError> {
+        if let Some(reason) = &self.unavailable {
+            return Err(CaseError::Skipped(reason.clone()));
+        }
+        if !self.session.as_mut().is_some_and(PyProcess::alive) {
+            self.session = None;
+            let started = PyProcess::spawn(&self.python, &self.script, Role::Session, &[])
+                .and_then(|mut p| p.request(&json!({"op": "hello"})).map(|hello| (p, hello)));
+            match started {
+                Ok((p, hello)) => {
+                    self.hello = hello;
+                    self.session = Some(p);
+                }
+                Err(CaseError::Skipped(reason)) => {
+                    self.unavailable = Some(reason.clone());
+                    return Err(CaseError::Skipped(reason));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.session
+            .as_mut()
+            .ok_or_else(|| CaseError::Failed(anyhow::anyhow!("the torch session did not start")))
+    }
+
+    fn request(&mut self, req: &Value) -> Result<Value, CaseError> {
+        let result = self.session()?.request(req);
+        if matches!(result, Err(CaseError::Failed(_))) && !self.session.as_mut().is_some_and(PyProcess::alive)
+        {
+            // A crashed python is replaced for the next case.
+            self.session = None;
+        }
+        result
+    }
+
+    /// Sets a case up in python; returns its facts and passes its warnings on.
+    fn setup(&mut self, case: &Case, extra: Value, out: &mut CaseOutput) -> Result<Value, CaseError> {
+        let mut req = json!({
+            "op": "setup",
+            "kind": case.kind.as_str(),
+            "device": self.device_name(),
+            "params": Value::Object(case.params.clone()),
+        });
+        if let (Value::Object(r), Value::Object(e)) = (&mut req, extra) {
+            r.extend(e);
+        }
+        let reply = self.request(&req)?;
+        for w in reply["warnings"].as_array().into_iter().flatten() {
+            out.warn(w.as_str().unwrap_or_default());
+        }
+        let facts = reply["facts"].clone();
+        if let Some(name) = facts["gpu_name"].as_str() {
+            out.gpu_name = name.to_string();
+        }
+        if let Some(i) = facts["gpu_index"].as_u64() {
+            out.gpu_index = Some(i as usize);
+            out.device = format!("cuda:{i}");
+        }
+        Ok(facts)
+    }
+
+    /// Samples the set-up case under the case's settings. Returns the seconds of each kept
+    /// sample and the extra values python reported with them (warm-up calls dropped).
+    fn sample(&mut self, case: &Case) -> Result<(Vec<Seconds>, Vec<Value>), CaseError> {
+        let mut extras = Vec::new();
+        let samples = Sampler::new(&case.measure).run(|| -> Result<Seconds, CaseError> {
+            let r = self.request(&json!({"op": "run"}))?;
+            let s = r["seconds"].as_f64().ok_or_else(|| {
+                CaseError::Failed(anyhow::anyhow!(
+                    "the torch worker's run reply has no seconds: {r}"
+                ))
+            })?;
+            extras.push(r["values"].clone());
+            Ok(s)
+        })?;
+        let kept = extras.split_off(samples.warmup_iterations.min(extras.len()));
+        Ok((samples.values, kept))
+    }
+
+    fn finish(&mut self) -> Result<Value, CaseError> {
+        self.request(&json!({"op": "finish"}))
+    }
+
+    fn new_output(&self) -> CaseOutput {
+        CaseOutput::new(self.device.as_str())
+    }
+
+    /// GFLOP/s on the CPU, TFLOP/s on GPUs, as the native engines report them.
+    fn rate_unit(&self) -> (&'static str, f64) {
+        match self.device {
+            Device::Cpu => ("GFLOP/s", 1e9),
+            Device::Cuda => ("TFLOP/s", 1e12),
+        }
+    }
+
+    fn probe(&mut self) -> Result<CaseOutput, CaseError> {
+        let mut out = self.new_output();
+        let reply = self
+            .request(&json!({"op": "setup", "kind": "probe", "device": self.device_name(), "params": {}}))?;
+        out.status = reply["status"].as_str().map(str::to_string);
+        out.env = crate::engine::cpu::probe::host_info();
+        for (k, v) in reply["env"].as_object().into_iter().flatten() {
+            out.env.insert(
+                k.clone(),
+                v.as_str().map_or_else(|| v.to_string(), str::to_string),
+            );
+        }
+        if let Some(name) = reply["env"]["gpu_name"].as_str() {
+            out.gpu_name = name.to_string();
+        }
+        for w in reply["warnings"].as_array().into_iter().flatten() {
+            out.warn(w.as_str().unwrap_or_default());
+        }
+        Ok(out)
+    }
+
+    fn gemm(&mut self, case: &Case) -> Result<CaseOutput, CaseError> {
+        let p: GemmParams = case.params()?;
+        let mut out = self.new_output();
+        // On the CPU, rotate inputs past the last-level cache exactly as the native engine does.
+        let rotate = crate::engine::cpu::rotation_count(p.bytes() as usize);
+        self.setup(case, json!({"rotate": rotate}), &mut out)?;
+        let (seconds, _) = self.sample(case)?;
+        self.finish()?;
+        let (unit, scale) = self.rate_unit();
+        out.latency_and_rate(&seconds, p.flops(), metric::THROUGHPUT, unit, scale);
+        Ok(out)
+    }
+
+    fn attention(&mut self, case: &Case) -> Result<CaseOutput, CaseError> {
+        let p: AttentionParams = case.params()?;
+        let mut out = self.new_output();
+        let facts = self.setup(case, json!({}), &mut out)?;
+        let (seconds, _) = self.sample(case)?;
+        self.finish()?;
+        let (unit, scale) = self.rate_unit();
+        out.latency_and_rate(&seconds, p.flops(), metric::THROUGHPUT, unit, scale);
+        // Which kernel SDPA chose is part of the result: a new image may switch it.
+        out.status = Some(format!(
+            "sdpa backend: {}",
+            facts["sdpa_backend"].as_str().unwrap_or("unknown")
+        ));
+        Ok(out)
+    }
+
+    fn generate(&mut self, case: &Case) -> Result<CaseOutput, CaseError> {
+        let p: GenerateParams = case.params()?;
+        let shape = p.shape().map_err(|e| CaseError::Failed(anyhow::anyhow!(e)))?;
+        let mut shape_json = serde_json::to_value(shape).map_err(|e| CaseError::Failed(e.into()))?;
+        shape_json["parameters"] = json!(shape.parameters());
+        let mut out = self.new_output();
+        self.setup(case, json!({"shape": shape_json}), &mut out)?;
+        let (_, runs) = self.sample(case)?;
+        let peak = self.finish()?["peak_memory_mib"].as_f64();
+        let ttft: Vec<f64> = runs.iter().filter_map(|v| v["ttft_s"].as_f64()).collect();
+        let tpot: Vec<f64> = runs.iter().filter_map(|v| v["tpot_s"].as_f64()).collect();
+        out.metric(
+            metric::TTFT,
+            "ms",
+            Better::Lower,
+            ttft.iter().map(|s| s * 1e3).collect(),
+        );
+        if !tpot.is_empty() {
+            out.metric(
+                metric::TPOT,
+                "ms",
+                Better::Lower,
+                tpot.iter().map(|s| s * 1e3).collect(),
+            );
+            out.metric(
+                metric::DECODE_TPS,
+                "tokens/s",
+                Better::Higher,
+                tpot.iter().map(|s| p.batch as f64 / s).collect(),
+            );
+        }
+        out.metric(
+            metric::PREFILL_TPS,
+            "tokens/s",
+            Better::Higher,
+            ttft.iter().map(|s| (p.batch * p.prompt_len) as f64 / s).collect(),
+        );
+        match peak {
+            Some(mib) => out.metric(metric::PEAK_MEMORY, "MiB", Better::Lower, vec![mib]),
+            None => out.warn("peak memory not measured: the kernel's peak-RSS reset (/proc/self/clear_refs) is not available"),
+        }
+        Ok(out)
+    }
+
+    /// Measures one precision mode: (median step seconds, loss after the seeded steps, step
+    /// samples, peak memory MiB).
+    fn precision_mode(
+        &mut self,
+        case: &Case,
+        params: &PrecisionParams,
+        out: &mut CaseOutput,
+    ) -> Result<(f64, f64, Vec<Seconds>, Option<f64>), CaseError> {
+        let mut c = case.clone();
+        c.params = match serde_json::to_value(params).map_err(|e| CaseError::Failed(e.into()))? {
+            Value::Object(m) => m,
+            _ => {
+                return Err(CaseError::Failed(anyhow::anyhow!(
+                    "precision parameters are not a table"
+                )))
+            }
+        };
+        let facts = self.setup(&c, json!({}), out)?;
+        let loss = facts["loss"].as_f64().unwrap_or(f64::NAN);
+        let (seconds, _) = self.sample(&c)?;
+        let peak = self.finish()?["peak_memory_mib"].as_f64();
+        let median = crate::stats::summarize(&seconds).map_or(f64::NAN, |s| s.median);
+        Ok((median, loss, seconds, peak))
+    }
+
+    fn precision(&mut self, case: &Case) -> Result<CaseOutput, CaseError> {
+        let p: PrecisionParams = case.params()?;
+        let mut out = self.new_output();
+        let (median, loss, steps, peak) = self.precision_mode(case, &p, &mut out)?;
+        out.metric(
+            metric::STEP_TIME,
+            "ms",
+            Better::Lower,
+            steps.iter().map(|s| s * 1e3).collect(),
+        );
+        out.metric(
+            metric::SAMPLES_PER_S,
+            "samples/s",
+            Better::Higher,
+            steps.iter().map(|s| p.batch as f64 / s).collect(),
+        );
+        if let Some(mib) = peak {
+            out.metric(metric::PEAK_MEMORY, "MiB", Better::Lower, vec![mib]);
+        }
+        let key = serde_json::to_string(&p.reference()).map_err(|e| CaseError::Failed(e.into()))?;
+        if p.mode == Mode::Fp32 {
+            self.precision_refs.insert(
+                key,
+                Reference {
+                    step_median_s: median,
+                    loss,
+                },
+            );
+            return Ok(out);
+        }
+        let reference = match self.precision_refs.get(&key) {
+            Some(r) => r.clone(),
+            None => {
+                let mut scratch = self.new_output();
+                let (m, l, _, _) = self.precision_mode(case, &p.reference(), &mut scratch)?;
+                let r = Reference {
+                    step_median_s: m,
+                    loss: l,
+                };
+                self.precision_refs.insert(key, r.clone());
+                r
+            }
+        };
+        out.metric(
+            metric::SPEEDUP,
+            "x",
+            Better::Higher,
+            vec![reference.step_median_s / median],
+        );
+        out.metric(
+            metric::LOSS_DIFF,
+            "relative",
+            Better::Lower,
+            vec![relative_diff(loss, reference.loss)],
+        );
+        if !loss.is_finite() {
+            out.warn(format!(
+                "{} loss is not finite after the seeded steps",
+                p.mode.as_str()
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// |a − b| / |b|, or |a − b| where b is 0.
+fn relative_diff(a: f64, b: f64) -> f64 {
+    if b == 0.0 {
+        (a - b).abs()
+    } else {
+        ((a - b) / b).abs()
     }
 }
 
 impl Engine for TorchEngine {
     fn env(&mut self) -> BTreeMap<String, String> {
-        BTreeMap::from([(
-            "engine".to_string(),
-            format!("torch on {} {:?}", self.device.as_str(), self.gpus),
-        )])
+        let mut m = BTreeMap::new();
+        let python = self.python.to_string_lossy().into_owned();
+        match self.session() {
+            Ok(_) => {
+                for (k, v) in self.hello.as_object().into_iter().flatten() {
+                    m.insert(
+                        k.clone(),
+                        v.as_str().map_or_else(|| v.to_string(), str::to_string),
+                    );
+                }
+                m.insert(
+                    "engine".into(),
+                    format!(
+                        "torch {} ({python}, python {}) on {}",
+                        self.hello["torch_version"].as_str().unwrap_or("?"),
+                        self.hello["python_version"].as_str().unwrap_or("?"),
+                        self.device_name()
+                    ),
+                );
+            }
+            Err(e) => {
+                m.insert("engine".into(), format!("torch ({python}) unavailable: {e}"));
+            }
+        }
+        m
     }
 
-    fn run(&mut self, _case: &Case) -> Result<CaseOutput, CaseError> {
-        Err(CaseError::skipped("the torch engine is being written"))
+    fn run(&mut self, case: &Case) -> Result<CaseOutput, CaseError> {
+        match case.kind {
+            WorkloadKind::Probe => self.probe(),
+            WorkloadKind::Gemm => self.gemm(case),
+            WorkloadKind::Attention => self.attention(case),
+            WorkloadKind::Generate => self.generate(case),
+            WorkloadKind::Precision => self.precision(case),
+            WorkloadKind::Allreduce => self.allreduce(case),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_diff_of_zero_reference() {
+        assert_eq!(relative_diff(0.5, 0.0), 0.5);
+        assert!((relative_diff(1.1, 1.0) - 0.1).abs() < 1e-12);
+        assert!((relative_diff(0.9, -1.0) - 1.9).abs() < 1e-12);
+    }
+
+    #[test]
+    fn missing_python_skips_every_case() {
+        // A path that cannot exist: spawning it fails with NotFound, which is a skip.
+        let mut e = TorchEngine::with_python("/nonexistent/tagbench-test/python3".into(), Device::Cpu, &[]);
+        let case = Case {
+            workload: "gemm".into(),
+            kind: WorkloadKind::Gemm,
+            id: "default".into(),
+            params: serde_json::from_str(r#"{"m":8,"n":8,"k":8,"dtype":"fp32","layout":"nn"}"#).unwrap(),
+            measure: Default::default(),
+        };
+        for _ in 0..2 {
+            match e.run(&case) {
+                Err(CaseError::Skipped(r)) => assert!(r.contains("no python3 in image"), "{r}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(e.env()["engine"].contains("unavailable"));
     }
 }

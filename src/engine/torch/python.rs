@@ -1,0 +1,278 @@
+//! A python3 child process running the embedded torch worker script (`worker.py`), spoken to with
+//! one JSON request and one JSON reply per line.
+
+use std::ffi::{OsStr, OsString};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use serde_json::Value;
+
+use crate::error::CaseError;
+
+/// The worker script, compiled into tagbench and written out where python can run it.
+pub const SCRIPT: &str = include_str!("worker.py");
+
+/// Which python runs the script: `TAGBENCH_PYTHON` if set, else `python3` on PATH.
+pub fn python_command() -> OsString {
+    std::env::var_os("TAGBENCH_PYTHON")
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "python3".into())
+}
+
+/// The script on disk, removed when dropped. Where no temporary directory is writable (a
+/// read-only container), python gets the script through `-c` instead.
+pub struct ScriptFile {
+    path: Option<PathBuf>,
+}
+
+impl ScriptFile {
+    pub fn write() -> ScriptFile {
+        // Unique per engine: one engine's clean-up must not remove another's script.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("tagbench-torch-{}-{n}", std::process::id()));
+        let path = dir.join("tagbench_torch_worker.py");
+        let written = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, SCRIPT));
+        ScriptFile {
+            path: written.is_ok().then_some(path),
+        }
+    }
+
+    /// Arguments that make python run the script.
+    fn args(&self) -> Vec<OsString> {
+        match &self.path {
+            Some(p) => vec!["-u".into(), p.into()],
+            None => vec!["-u".into(), "-c".into(), SCRIPT.into()],
+        }
+    }
+}
+
+impl Drop for ScriptFile {
+    fn drop(&mut self) {
+        if let Some(p) = &self.path {
+            let _ = std::fs::remove_file(p);
+            if let Some(dir) = p.parent() {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+    }
+}
+
+/// What a python child is for: the request/response session, or a silent all-reduce rank.
+pub enum Role<'a> {
+    Session,
+    Follower { device: &'a str },
+}
+
+/// A running python worker.
+pub struct PyProcess {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: Option<BufReader<ChildStdout>>,
+    python: OsString,
+}
+
+impl PyProcess {
+    /// Starts python on the script. A python that is not there is a skip, not a failure: the
+    /// image simply has no python3.
+    pub fn spawn(
+        python: &OsStr,
+        script: &ScriptFile,
+        role: Role<'_>,
+        env: &[(String, String)],
+    ) -> Result<PyProcess, CaseError> {
+        let mut cmd = Command::new(python);
+        cmd.args(script.args()).envs(env.iter().map(|(k, v)| (k, v)));
+        // Python's own buffering must not hold protocol replies back.
+        cmd.env("PYTHONUNBUFFERED", "1").stderr(Stdio::inherit());
+        match role {
+            Role::Session => {
+                cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+            }
+            Role::Follower { device } => {
+                cmd.args(["--follower", device])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null());
+            }
+        }
+        die_with_parent(&mut cmd);
+        let mut child = cmd.spawn().map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                CaseError::skipped(format!(
+                    "no python3 in image: `{}` not found",
+                    Path::new(python).display()
+                ))
+            } else {
+                CaseError::Failed(anyhow::anyhow!(
+                    "failed to start {}: {e}",
+                    Path::new(python).display()
+                ))
+            }
+        })?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().map(BufReader::new);
+        Ok(PyProcess {
+            child,
+            stdin,
+            stdout,
+            python: python.to_owned(),
+        })
+    }
+
+    /// Sends one request and waits for its reply. `{"ok": v}` gives `v`; `{"skip": r}` a skip;
+    /// `{"error": r}` a failure. A python that died is a failure that says how it ended.
+    pub fn request(&mut self, req: &Value) -> Result<Value, CaseError> {
+        let (Some(stdin), Some(stdout)) = (self.stdin.as_mut(), self.stdout.as_mut()) else {
+            return Err(CaseError::Failed(anyhow::anyhow!(
+                "the python follower takes no requests"
+            )));
+        };
+        let mut line = serde_json::to_string(req).map_err(|e| CaseError::Failed(e.into()))?;
+        line.push('\n');
+        if stdin
+            .write_all(line.as_bytes())
+            .and_then(|()| stdin.flush())
+            .is_ok()
+        {
+            let mut reply = String::new();
+            while matches!(stdout.read_line(&mut reply), Ok(n) if n > 0) {
+                if reply.trim_start().starts_with('{') {
+                    return parse_reply(&reply);
+                }
+                // Output from before the script took stdout over (a wrapper script, a
+                // sitecustomize that prints): not a reply; kept in the log.
+                eprintln!("torch worker stdout (not a reply): {}", reply.trim_end());
+                reply.clear();
+            }
+        }
+        let how = self.exit_description();
+        Err(CaseError::Failed(anyhow::anyhow!(
+            "the torch worker ({}) {how}; its stderr is in the case log",
+            Path::new(&self.python).display()
+        )))
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits up to `limit` for the process to exit by itself; kills it past that.
+    pub fn wait_or_kill(&mut self, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let start = std::time::Instant::now();
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if start.elapsed() < limit => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    return self.child.wait().ok();
+                }
+            }
+        }
+    }
+
+    fn exit_description(&mut self) -> String {
+        match self.wait_or_kill(std::time::Duration::from_secs(2)) {
+            Some(status) => match (status.code(), signal_of(&status)) {
+                (Some(c), _) => format!("exited with status {c}"),
+                (None, Some(s)) => format!(
+                    "was killed by signal {s} ({})",
+                    crate::executor::local::signal_name(s)
+                ),
+                _ => "ended".to_string(),
+            },
+            None => "stopped answering".to_string(),
+        }
+    }
+}
+
+impl Drop for PyProcess {
+    fn drop(&mut self) {
+        // Closing stdin lets an idle session end by itself; a busy one is killed.
+        drop(self.stdin.take());
+        if self.stdout.is_some() {
+            self.wait_or_kill(std::time::Duration::from_millis(500));
+        } else {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn parse_reply(line: &str) -> Result<Value, CaseError> {
+    let v: Value = serde_json::from_str(line.trim()).map_err(|e| {
+        let shown: String = line.chars().take(200).collect();
+        CaseError::Failed(anyhow::anyhow!("bad reply from the torch worker: {e}: `{shown}`"))
+    })?;
+    if let Some(ok) = v.get("ok") {
+        return Ok(ok.clone());
+    }
+    let text = |k: &str| {
+        v.get(k)
+            .map(|r| r.as_str().map_or_else(|| r.to_string(), str::to_string))
+    };
+    if let Some(reason) = text("skip") {
+        return Err(CaseError::Skipped(reason));
+    }
+    if let Some(reason) = text("error") {
+        return Err(CaseError::Failed(anyhow::anyhow!("torch: {reason}")));
+    }
+    Err(CaseError::Failed(anyhow::anyhow!(
+        "reply from the torch worker has neither ok, skip nor error: {}",
+        line.trim()
+    )))
+}
+
+#[cfg(unix)]
+fn signal_of(status: &std::process::ExitStatus) -> Option<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    status.signal()
+}
+
+#[cfg(not(unix))]
+fn signal_of(_: &std::process::ExitStatus) -> Option<i32> {
+    None
+}
+
+/// Python children die with the worker: when the host kills a worker past its time limit, a
+/// python still inside a long torch call would otherwise keep the CPU or GPU busy.
+#[cfg(target_os = "linux")]
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches only the child being set up.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_: &mut Command) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_map_to_results() {
+        assert_eq!(parse_reply(r#"{"ok":{"seconds":1.5}}"#).unwrap()["seconds"], 1.5);
+        match parse_reply(r#"{"skip":"no GPU"}"#) {
+            Err(CaseError::Skipped(r)) => assert_eq!(r, "no GPU"),
+            other => panic!("{other:?}"),
+        }
+        match parse_reply(r#"{"error":"RuntimeError: boom"}"#) {
+            Err(CaseError::Failed(e)) => assert!(e.to_string().contains("boom")),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(parse_reply("hello"), Err(CaseError::Failed(_))));
+        assert!(matches!(parse_reply("{}"), Err(CaseError::Failed(_))));
+    }
+}

@@ -1,0 +1,341 @@
+//! End-to-end tests of the torch engine: the real binary, the real python and PyTorch (CPU).
+//!
+//! The python comes from `TAGBENCH_PYTHON`, else the environment `scripts/install-torch-cpu.sh`
+//! makes (`~/.cache/tagbench/venv-torch`). Without a python that imports torch these tests
+//! fail, so that CI cannot pass without running them, unless `TAGBENCH_SKIP_TORCH_TESTS=1`
+//! says to skip them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command as StdCommand;
+
+use assert_cmd::Command;
+
+/// The python with torch, or None when the tests are explicitly skipped.
+fn torch_python() -> Option<PathBuf> {
+    if std::env::var("TAGBENCH_SKIP_TORCH_TESTS").as_deref() == Ok("1") {
+        eprintln!("skipping: TAGBENCH_SKIP_TORCH_TESTS=1");
+        return None;
+    }
+    let python = std::env::var_os("TAGBENCH_PYTHON")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/tagbench/venv-torch/bin/python"))
+        })
+        .expect("set TAGBENCH_PYTHON to a python with torch");
+    let ok = StdCommand::new(&python)
+        .args(["-c", "import torch"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "{} cannot import torch: run scripts/install-torch-cpu.sh and set TAGBENCH_PYTHON to the python it prints \
+         (or TAGBENCH_SKIP_TORCH_TESTS=1 to skip these tests)",
+        python.display()
+    );
+    Some(python)
+}
+
+type Row = BTreeMap<String, String>;
+
+fn read_rows(csv_path: &Path) -> Vec<Row> {
+    let mut r = csv::Reader::from_path(csv_path).unwrap_or_else(|e| panic!("{}: {e}", csv_path.display()));
+    let headers = r.headers().unwrap().clone();
+    r.records()
+        .map(|rec| {
+            let rec = rec.unwrap();
+            headers
+                .iter()
+                .zip(rec.iter())
+                .map(|(h, v)| (h.to_string(), v.to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+/// Runs tagbench with `args` into a fresh results directory; returns its rows and the output.
+fn run(python: &Path, args: &[&str], extra_env: &[(&str, &str)]) -> (Vec<Row>, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::cargo_bin("tagbench").unwrap();
+    cmd.args(["run", "--no-progress", "--run-id", "t", "--results-dir"])
+        .arg(dir.path())
+        .args(args)
+        .env("TAGBENCH_PYTHON", python)
+        // One intra-op thread: the CI machine has 2 cores, and OpenMP threads waiting on each
+        // other under load make CPU timings (and the test) slow; correctness is what is tested.
+        .env("OMP_NUM_THREADS", "1");
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csv = dir.path().join("t").join("results.csv");
+    assert!(csv.exists(), "no results.csv; output:\n{text}");
+    (read_rows(&csv), text, dir)
+}
+
+fn ok_metric<'a>(rows: &'a [Row], workload: &str, metric: &str) -> Vec<&'a Row> {
+    rows.iter()
+        .filter(|r| r["workload"] == workload && r["metric"] == metric && r["status"] == "ok")
+        .collect()
+}
+
+fn median(r: &Row) -> f64 {
+    r["median"].parse().unwrap_or_else(|_| panic!("median of {r:?}"))
+}
+
+/// Small sizes and short sampling, so that the whole smoke suite runs in a CI minute.
+const QUICK: &[&str] = &[
+    "--set",
+    "warmup_s=0.02",
+    "--set",
+    "min_samples=3",
+    "--set",
+    "max_time_s=0.15",
+    "--set",
+    "gemm.size=[128]",
+    "--set",
+    "attention.seq_q=64",
+    "--set",
+    "generate.prompt_len=16",
+    "--set",
+    "generate.new_tokens=4",
+    "--set",
+    "generate.min_samples=2",
+    "--set",
+    "precision.batch=8",
+    "--set",
+    "precision.hidden=64",
+    "--set",
+    "precision.mode=[\"fp32\", \"tf32\", \"amp-fp16\", \"amp-bf16\"]",
+    "--set",
+    "allreduce.max_bytes=65536",
+];
+
+#[test]
+fn smoke_suite_on_torch_cpu_writes_ok_rows() {
+    let Some(python) = torch_python() else { return };
+    let mut args = vec!["suites/smoke.toml", "--engine", "torch"];
+    args.extend_from_slice(QUICK);
+    let (rows, text, _dir) = run(&python, &args, &[]);
+    let failed: Vec<&Row> = rows.iter().filter(|r| r["status"] == "failed").collect();
+    assert!(failed.is_empty(), "failed rows: {failed:#?}\n{text}");
+    assert!(
+        rows.iter().all(|r| r["engine"] == "torch"),
+        "engine column: {rows:#?}"
+    );
+
+    // The probe reports torch's versions.
+    let probe = rows.iter().find(|r| r["workload"] == "probe").expect("probe row");
+    assert!(probe["reason"].starts_with("torch 2."), "{probe:?}");
+
+    // GEMM: GFLOP/s on the CPU, positive; CUDA-only dtypes skip and say why.
+    let gemm = ok_metric(&rows, "gemm", "throughput");
+    assert_eq!(gemm.len(), 3, "fp32, fp16, bf16 at 128: {gemm:#?}");
+    assert!(gemm.iter().all(|r| r["unit"] == "GFLOP/s" && median(r) > 0.0));
+    let skipped: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r["workload"] == "gemm" && r["status"] == "skipped")
+        .collect();
+    assert_eq!(skipped.len(), 2);
+    assert!(skipped.iter().any(|r| r["reason"].contains("tf32 is a CUDA")));
+    assert!(skipped.iter().any(|r| r["reason"].contains("fp8 needs CUDA")));
+
+    // Attention: throughput plus the SDPA backend that ran.
+    assert_eq!(ok_metric(&rows, "attention", "throughput").len(), 4);
+    let backends: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r["workload"] == "attention" && r["reason"].starts_with("sdpa backend: "))
+        .collect();
+    assert_eq!(backends.len(), 4);
+    assert!(
+        backends.iter().all(|r| !r["reason"].ends_with("unknown")),
+        "{backends:#?}"
+    );
+
+    // Generation: every metric, with consistent arithmetic.
+    for m in [
+        "ttft",
+        "tpot",
+        "decode_tokens_per_s",
+        "prefill_tokens_per_s",
+        "peak_memory",
+    ] {
+        assert_eq!(ok_metric(&rows, "generate", m).len(), 1, "generate {m}\n{text}");
+    }
+    let tpot = median(ok_metric(&rows, "generate", "tpot")[0]);
+    let tps = median(ok_metric(&rows, "generate", "decode_tokens_per_s")[0]);
+    assert!(
+        (tps * tpot / 1e3 - 1.0).abs() < 0.5,
+        "batch 1: tokens/s ≈ 1/tpot ({tps} vs {tpot} ms)"
+    );
+
+    // Precision: fp32 and both AMP modes per model; tf32 skips on the CPU; AMP's loss stays close.
+    assert_eq!(ok_metric(&rows, "precision", "step_time").len(), 6);
+    assert_eq!(ok_metric(&rows, "precision", "speedup_vs_fp32").len(), 4);
+    for r in ok_metric(&rows, "precision", "loss_diff_vs_fp32") {
+        assert!(median(r) < 0.1, "loss diff too large: {r:?}");
+    }
+    assert!(rows
+        .iter()
+        .any(|r| r["workload"] == "precision" && r["status"] == "skipped" && r["reason"].contains("tf32")));
+
+    // All-reduce: gloo between 2 processes, every size correct, bandwidth positive.
+    let wrong = ok_metric(&rows, "allreduce", "wrong_elements@1024");
+    assert_eq!(wrong.len(), 1);
+    let sizes: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r["workload"] == "allreduce" && r["metric"].starts_with("busbw@"))
+        .collect();
+    assert_eq!(sizes.len(), 4, "1 KiB to 64 KiB by 4: {sizes:#?}");
+    for r in rows.iter().filter(|r| r["metric"].starts_with("wrong_elements@")) {
+        assert_eq!(median(r), 0.0, "{r:?}");
+    }
+    assert!(sizes.iter().all(|r| median(r) > 0.0 && r["unit"] == "GB/s"));
+    assert_eq!(ok_metric(&rows, "allreduce", "busbw").len(), 1);
+}
+
+#[test]
+fn python_without_torch_gives_skipped_rows() {
+    // Skipped together with the others: on a machine without torch tests, nothing is set up.
+    if torch_python().is_none() {
+        return;
+    }
+    // The system python with -S (no site-packages): torch cannot be imported even if installed.
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = dir.path().join("python-without-torch");
+    std::fs::write(&wrapper, "#!/bin/sh\nexec python3 -S \"$@\"\n").unwrap();
+    make_executable(&wrapper);
+    let (rows, text, _d) = run(
+        &wrapper,
+        &[
+            "--engine",
+            "torch",
+            "--filter",
+            "gemm/size=256,dtype=fp32",
+            "--filter",
+            "allreduce",
+        ],
+        &[],
+    );
+    assert_eq!(rows.len(), 2, "{rows:#?}\n{text}");
+    for r in &rows {
+        assert_eq!(r["status"], "skipped", "{r:?}");
+        assert!(
+            r["reason"].starts_with("torch not importable in image: "),
+            "{r:?}"
+        );
+        assert!(r["reason"].contains("torch"), "{r:?}");
+    }
+}
+
+#[test]
+fn missing_python_gives_skipped_rows() {
+    let (rows, text, _d) = run(
+        Path::new("/nonexistent/tagbench/python3"),
+        &[
+            "--engine",
+            "torch",
+            "--filter",
+            "gemm/size=256,dtype=fp32",
+            "--filter",
+            "probe",
+        ],
+        &[],
+    );
+    assert_eq!(rows.len(), 2, "{rows:#?}\n{text}");
+    for r in &rows {
+        assert_eq!(r["status"], "skipped", "{r:?}");
+        assert!(r["reason"].starts_with("no python3 in image"), "{r:?}");
+        assert_eq!(r["engine"], "torch");
+    }
+}
+
+#[test]
+fn noise_on_python_stdout_does_not_break_the_protocol() {
+    let Some(python) = torch_python() else { return };
+    // A wrapper that prints before python starts, as an image's entry script might.
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = dir.path().join("noisy-python");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho 'activating environment'\nexec '{}' \"$@\"\n",
+            python.display()
+        ),
+    )
+    .unwrap();
+    make_executable(&wrapper);
+    let (rows, text, _d) = run(
+        &wrapper,
+        &[
+            "--engine",
+            "torch",
+            "--filter",
+            "gemm/size=256,dtype=fp32",
+            "--set",
+            "max_time_s=0.1",
+        ],
+        &[],
+    );
+    assert_eq!(
+        ok_metric(&rows, "gemm", "throughput").len(),
+        1,
+        "{rows:#?}\n{text}"
+    );
+}
+
+#[test]
+fn native_and_torch_targets_in_one_run() {
+    let Some(python) = torch_python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let suite = dir.path().join("engines.toml");
+    std::fs::write(
+        &suite,
+        r#"
+name = "engines-test"
+[defaults]
+warmup_s = 0.02
+min_samples = 3
+max_time_s = 0.2
+[[target]]
+name = "cpu-native"
+local = true
+engine = "native"
+[[target]]
+name = "cpu-torch"
+local = true
+engine = "torch"
+[[workload]]
+kind = "gemm"
+size = 128
+dtype = "fp32"
+"#,
+    )
+    .unwrap();
+    let (rows, text, _d) = run(&python, &[suite.to_str().unwrap()], &[]);
+    let gemm = ok_metric(&rows, "gemm", "throughput");
+    assert_eq!(gemm.len(), 2, "{rows:#?}\n{text}");
+    let by_target: BTreeMap<&str, &str> = gemm
+        .iter()
+        .map(|r| (r["target"].as_str(), r["engine"].as_str()))
+        .collect();
+    assert_eq!(
+        by_target,
+        BTreeMap::from([("cpu-native", "native"), ("cpu-torch", "torch")])
+    );
+    assert!(gemm
+        .iter()
+        .all(|r| r["case"] == "size=128,dtype=fp32" && r["unit"] == "GFLOP/s"));
+}
+
+#[cfg(unix)]
+fn make_executable(p: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
