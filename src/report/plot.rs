@@ -176,7 +176,12 @@ where
             if (v - v.round()).abs() > 1e-3 {
                 return String::new();
             }
-            crate::runner::fmt_num(2f64.powf(v.round()))
+            let x = 2f64.powf(v.round());
+            if x >= 1.0 {
+                format!("{x:.0}")
+            } else {
+                crate::runner::fmt_num(x)
+            }
         } else {
             crate::runner::fmt_num(*v)
         }
@@ -186,7 +191,12 @@ where
             if (v - v.round()).abs() > 1e-3 {
                 return String::new();
             }
-            crate::runner::fmt_num(10f64.powf(v.round()))
+            let y = 10f64.powf(v.round());
+            if y >= 1.0 {
+                format!("{y:.0}")
+            } else {
+                crate::runner::fmt_num(y)
+            }
         } else {
             crate::runner::fmt_num(*v)
         }
