@@ -39,6 +39,7 @@ fn opt_num(v: Option<f64>) -> String {
 
 fn p_text(c: &Comparison) -> String {
     match c.p_adj.or(c.judgement.p) {
+        Some(p) if p < 1e-300 => "<1e-300".into(),
         Some(p) if p < 1e-4 => format!("{p:.0e}"),
         Some(p) => format!("{p:.4}"),
         None => "-".into(),

@@ -69,6 +69,9 @@ impl Measurement {
     }
 }
 
+/// (target, workload, case, metric, gpu index): where a sample belongs.
+type SampleKey = (String, String, String, String, Option<usize>);
+
 /// A run directory read into memory.
 #[derive(Debug, Clone)]
 pub struct LoadedRun {
@@ -88,8 +91,7 @@ impl LoadedRun {
         let rows = read_results(&run)?;
         let samples = read_samples(&run)?;
         let meta = run.read_meta().ok();
-        let mut by_key: BTreeMap<(String, String, String, String, Option<usize>), Vec<(usize, f64)>> =
-            BTreeMap::new();
+        let mut by_key: BTreeMap<SampleKey, Vec<(usize, f64)>> = BTreeMap::new();
         for s in samples {
             by_key
                 .entry((s.target, s.workload, s.case, s.metric, s.gpu_index))

@@ -74,7 +74,7 @@ pub fn page(data: &ReportData) -> String {
                 };
                 let _ = write!(o, "<td{class}>{}</td>", esc(cell));
             }
-            let _ = write!(o, "<td>{}</td></tr>\n", esc(&cmp.reason));
+            let _ = writeln!(o, "<td>{}</td></tr>", esc(&cmp.reason));
         }
         o.push_str("</tbody></table>\n");
     }
@@ -83,9 +83,9 @@ pub fn page(data: &ReportData) -> String {
         for (spec, svg) in data.charts.iter().zip(&data.svgs) {
             // plotters escapes the text it writes; the XML declaration is not allowed inline.
             let body = svg.find("<svg").map_or(svg.as_str(), |i| &svg[i..]);
-            let _ = write!(
+            let _ = writeln!(
                 o,
-                "<figure class=\"plot\" id=\"plot-{}\">{body}<figcaption>{} (<a href=\"{}.png\">png</a>, <a href=\"{}.svg\">svg</a>)</figcaption></figure>\n",
+                "<figure class=\"plot\" id=\"plot-{}\">{body}<figcaption>{} (<a href=\"{}.png\">png</a>, <a href=\"{}.svg\">svg</a>)</figcaption></figure>",
                 esc(&spec.name),
                 esc(&spec.title),
                 esc(&spec.name),

@@ -476,11 +476,10 @@ fn metric_rows<'a>(
     })
 }
 
-fn bars_of(
-    runs: &[LoadedRun],
-    workload: &str,
-    metric: &str,
-) -> Option<(Vec<String>, Vec<(String, Vec<Option<f64>>)>, String)> {
+/// Bar chart data: category labels, (series name, value per category), unit.
+type BarData = (Vec<String>, Vec<(String, Vec<Option<f64>>)>, String);
+
+fn bars_of(runs: &[LoadedRun], workload: &str, metric: &str) -> Option<BarData> {
     let rows: Vec<(String, &Measurement)> = metric_rows(runs, workload, metric).collect();
     if rows.is_empty() {
         return None;
