@@ -221,8 +221,9 @@ fn page_renders_in_headless_chromium() {
             red += 1;
         }
     }
+    // Thin lines and small markers: a few thousand coloured pixels; a blank plot has none.
     assert!(
-        coloured * 200 > total,
+        coloured > 2000,
         "only {coloured} of {total} pixels coloured: plots not drawn"
     );
     assert!(red > 50, "no red regression mark ({red} red pixels)");
