@@ -28,6 +28,14 @@ pub enum Command {
     Run(RunArgs),
     /// List the cases a suite expands into, without running anything.
     List(ListArgs),
+    /// Compare two runs (BASELINE CANDIDATE), or the values of one column within runs
+    /// (`--along image --baseline repo/name:tagA`); exit 1 on a regression.
+    Compare(CompareArgs),
+    /// Write an HTML report, summary.md and SVG/PNG plots of one or more runs.
+    Report(ReportArgs),
+    /// Find change points in a series of runs of one suite (nightly results) and say whether
+    /// the newest segment is a regression.
+    History(HistoryArgs),
     /// Remove containers that interrupted runs left behind (those labelled `tagbench.run`).
     Clean(CleanArgs),
     /// Internal: run a job inside a container or child process and print the JSON-lines protocol.
@@ -83,6 +91,9 @@ pub struct RunArgs {
     /// Do not draw the progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// Where the end-of-run report goes: DIR/<run-id>/{index.html, summary.md, plots}.
+    #[arg(long, default_value = "reports", value_name = "DIR")]
+    pub report_dir: PathBuf,
     /// Do not write a report at the end of the run.
     #[arg(long)]
     pub no_report: bool,
@@ -106,4 +117,99 @@ pub struct CleanArgs {
     /// Remove only the containers of this run (its id); without it, those of every run.
     #[arg(long, value_name = "ID")]
     pub run: Option<String>,
+}
+
+/// The statistics settings shared by `compare`, `report` and `history`.
+#[derive(Debug, Args, Clone)]
+pub struct StatsArgs {
+    /// Family-wise significance level of the Mann-Whitney tests, Holm-corrected across every
+    /// compared metric.
+    #[arg(long, default_value_t = 0.01, value_name = "P")]
+    pub alpha: f64,
+    /// Relative change that counts as noise (0.03 = 3%): a regression needs the whole 95% CI of
+    /// the ratio of medians beyond it, in the metric's bad direction.
+    #[arg(long, default_value_t = 0.03, value_name = "FRACTION")]
+    pub noise: f64,
+    /// Noise threshold for one metric, e.g. `ttft=0.05`. Repeatable.
+    #[arg(long = "noise-for", value_name = "METRIC=FRACTION")]
+    pub noise_for: Vec<String>,
+    /// Bootstrap resamples for the CI of the ratio of medians.
+    #[arg(long = "bootstrap", default_value_t = 2000, value_name = "N")]
+    pub bootstrap: usize,
+    /// Seed of the bootstrap (results are deterministic for a given seed).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct CompareArgs {
+    /// BASELINE CANDIDATE (run directories or results.csv files); with `--along`, any number of
+    /// runs to compare within.
+    #[arg(required = true, value_name = "RUN")]
+    pub runs: Vec<PathBuf>,
+    /// Compare along this column within the runs: image, gpu_name, engine, target, device,
+    /// image_id or run_id.
+    #[arg(long, value_name = "COLUMN")]
+    pub along: Option<String>,
+    /// With `--along`: the column value every other value is compared against.
+    #[arg(long, value_name = "VALUE", requires = "along")]
+    pub baseline: Option<String>,
+    #[command(flatten)]
+    pub stats: StatsArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = crate::compare::Format::Table)]
+    pub format: crate::compare::Format,
+    /// Write the output to this file instead of stdout (the verdict summary still goes to stderr).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ReportArgs {
+    /// Run directories (or results.csv files) to report on.
+    #[arg(required = true, value_name = "RUN")]
+    pub runs: Vec<PathBuf>,
+    /// Output directory (created): index.html, summary.md, *.svg, *.png.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Include a comparison: without `--along`, the baseline RUN every RUN is compared with;
+    /// with `--along COLUMN`, the column value to compare against.
+    #[arg(long, value_name = "RUN|VALUE")]
+    pub baseline: Option<String>,
+    /// Compare along this column within the runs (see `compare --along`).
+    #[arg(long, value_name = "COLUMN", requires = "baseline")]
+    pub along: Option<String>,
+    #[command(flatten)]
+    pub stats: StatsArgs,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct HistoryArgs {
+    /// Directory holding run directories of one suite (ordered by run.json `started_at`).
+    #[arg(value_name = "RESULTS_DIR")]
+    pub results_dir: PathBuf,
+    /// Only runs of this suite (default: the suite of the newest run).
+    #[arg(long)]
+    pub suite: Option<String>,
+    /// At most this many runs on each side of a change point enter its t-test.
+    #[arg(long, default_value_t = 50)]
+    pub window: usize,
+    /// A change point needs a t-test p-value below this.
+    #[arg(long, default_value_t = 0.001, value_name = "P")]
+    pub max_p: f64,
+    /// Every segment between change points has at least this many runs.
+    #[arg(long, default_value_t = 3)]
+    pub min_segment: usize,
+    /// Relative change that counts as noise (the smallest change point magnitude).
+    #[arg(long, default_value_t = 0.03, value_name = "FRACTION")]
+    pub noise: f64,
+    /// Noise threshold for one metric, e.g. `ttft=0.05`. Repeatable.
+    #[arg(long = "noise-for", value_name = "METRIC=FRACTION")]
+    pub noise_for: Vec<String>,
+    /// Output format (junit is not offered here).
+    #[arg(long, value_enum, default_value_t = crate::compare::Format::Table)]
+    pub format: crate::compare::Format,
+    /// Write the output to this file instead of stdout.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }

@@ -6,11 +6,14 @@
 
 pub mod case;
 pub mod cli;
+pub mod compare;
 pub mod engine;
 pub mod error;
 pub mod executor;
+pub mod history;
 pub mod measure;
 pub mod protocol;
+pub mod report;
 pub mod results;
 pub mod runner;
 pub mod stats;
@@ -29,6 +32,9 @@ pub fn main_impl() -> i32 {
     let result = match cli.command {
         Command::Run(args) => runner::cmd_run(args),
         Command::List(args) => runner::cmd_list(args),
+        Command::Compare(args) => compare::cmd_compare(args),
+        Command::Report(args) => report::cmd_report(args),
+        Command::History(args) => history::cmd_history(args),
         Command::Clean(args) => executor::docker::cmd_clean(args.run.as_deref()),
         Command::Worker(args) => {
             let stdout = std::io::stdout().lock();

@@ -163,6 +163,8 @@ pub fn cmd_run(mut args: RunArgs) -> Result<i32> {
         stored.run_id = Some(meta.run_id.clone());
         stored.results_dir = dir.parent().map(Path::to_path_buf).unwrap_or_default();
         stored.no_progress |= args.no_progress;
+        stored.report_dir = args.report_dir.clone();
+        stored.no_report |= args.no_report;
         args = stored;
         resume_dir = Some(dir);
     }
@@ -282,6 +284,13 @@ pub fn cmd_run(mut args: RunArgs) -> Result<i32> {
         failed,
         run.results_csv().display()
     );
+    if !args.no_report {
+        // A report that cannot be written must not hide the results, which are on disk.
+        match crate::report::write_run_report(&dir, &args.report_dir) {
+            Ok(index) => eprintln!("report in {}", index.display()),
+            Err(e) => eprintln!("warning: failed to write the report: {e:#}"),
+        }
+    }
     Ok(if failed > 0 { EXIT_ERROR } else { EXIT_OK })
 }
 

@@ -1,6 +1,14 @@
 //! Statistics as pure functions: summaries of one sample set here; comparisons and change-point
 //! detection beside it. Nothing in this module runs a benchmark or renders anything.
 
+pub mod bootstrap;
+pub mod edivisive;
+pub mod holm;
+pub mod mannwhitney;
 pub mod summary;
 
+pub use bootstrap::{ratio_of_medians_ci, RatioCi};
+pub use edivisive::{change_points, ChangePoint, EDivisiveSettings};
+pub use holm::holm_adjust;
+pub use mannwhitney::{mann_whitney, MannWhitney};
 pub use summary::{percentile_sorted, summarize, Summary};

@@ -1,0 +1,292 @@
+//! Renders a comparison as an aligned text table, Markdown, JSON or JUnit XML.
+
+use anyhow::Result;
+
+use super::{CompareReport, Comparison, Verdict};
+use crate::runner::fmt_num;
+
+/// Output formats of `compare`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned columns for a terminal.
+    #[default]
+    Table,
+    /// A GitHub-flavoured Markdown table (CI job summaries, PR comments).
+    Markdown,
+    /// Every field, machine-readable.
+    Json,
+    /// JUnit XML: one test case per metric, regressions and failures as failures.
+    Junit,
+}
+
+pub fn render(report: &CompareReport, format: Format) -> Result<String> {
+    Ok(match format {
+        Format::Table => table(report),
+        Format::Markdown => markdown(report),
+        Format::Json => serde_json::to_string_pretty(report)? + "\n",
+        Format::Junit => junit(report),
+    })
+}
+
+/// `+5.2%` for a ratio of 1.052.
+pub fn pct(ratio: f64) -> String {
+    format!("{:+.1}%", (ratio - 1.0) * 100.0)
+}
+
+fn opt_num(v: Option<f64>) -> String {
+    v.map(fmt_num).unwrap_or_else(|| "-".into())
+}
+
+fn p_text(c: &Comparison) -> String {
+    match c.p_adj.or(c.judgement.p) {
+        Some(p) if p < 1e-300 => "<1e-300".into(),
+        Some(p) if p < 1e-4 => format!("{p:.0e}"),
+        Some(p) => format!("{p:.4}"),
+        None => "-".into(),
+    }
+}
+
+/// The cells of one comparison, in header order.
+pub fn cells(c: &Comparison, along: bool) -> Vec<String> {
+    let mut v = vec![
+        c.workload.clone(),
+        c.case.clone(),
+        c.metric.clone(),
+        c.gpu.clone(),
+    ];
+    if along {
+        v.push(c.candidate.label.clone());
+    } else if !c.context.is_empty() {
+        v[3] = format!("{} {}", c.gpu, c.context);
+    }
+    v.extend([
+        opt_num(c.baseline.median),
+        opt_num(c.candidate.median),
+        c.unit.clone(),
+        c.judgement.ratio.map(pct).unwrap_or_else(|| "-".into()),
+        match (c.judgement.ci_low, c.judgement.ci_high) {
+            (Some(l), Some(h)) => format!("[{}, {}]", pct(l), pct(h)),
+            _ => "-".into(),
+        },
+        p_text(c),
+        c.verdict.as_str().to_string(),
+    ]);
+    v
+}
+
+pub fn header(along: bool) -> Vec<&'static str> {
+    let mut h = vec!["workload", "case", "metric", "gpu"];
+    if along {
+        h.push("candidate");
+    }
+    h.extend([
+        "baseline",
+        "candidate",
+        "unit",
+        "change",
+        "95% CI",
+        "p (Holm)",
+        "verdict",
+    ]);
+    h
+}
+
+fn is_along(r: &CompareReport) -> bool {
+    r.mode != "runs"
+}
+
+fn table(r: &CompareReport) -> String {
+    let along = is_along(r);
+    let mut rows: Vec<Vec<String>> = vec![header(along).into_iter().map(String::from).collect()];
+    rows.extend(r.comparisons.iter().map(|c| cells(c, along)));
+    let cols = rows[0].len();
+    let widths: Vec<usize> = (0..cols)
+        .map(|i| rows.iter().map(|l| l[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let numeric_from = if along { 5 } else { 4 };
+    let mut out = format!("baseline: {} ({})\n", r.baseline, r.mode);
+    for l in &rows {
+        let mut s = String::new();
+        for (i, cell) in l.iter().enumerate() {
+            let pad = " ".repeat(widths[i] - cell.chars().count());
+            if i >= numeric_from && i != cols - 1 && i != numeric_from + 2 {
+                s.push_str(&pad);
+                s.push_str(cell);
+            } else {
+                s.push_str(cell);
+                s.push_str(&pad);
+            }
+            s.push_str("  ");
+        }
+        out.push_str(s.trim_end());
+        out.push('\n');
+    }
+    let notes: Vec<&Comparison> = r
+        .comparisons
+        .iter()
+        .filter(|c| !matches!(c.verdict, Verdict::Same))
+        .collect();
+    if !notes.is_empty() {
+        out.push('\n');
+        for c in notes {
+            out.push_str(&format!(
+                "{}: {}/{} {} ({}): {}\n",
+                c.verdict.as_str(),
+                c.workload,
+                c.case,
+                c.metric,
+                c.candidate.label,
+                c.reason
+            ));
+        }
+    }
+    out
+}
+
+/// Escapes text for a Markdown table cell (pipes, HTML, backticks).
+pub fn md_escape(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for ch in s.chars() {
+        match ch {
+            '|' => o.push_str("\\|"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '&' => o.push_str("&amp;"),
+            '`' | '*' | '_' | '[' | ']' | '\\' => {
+                o.push('\\');
+                o.push(ch);
+            }
+            '\n' | '\r' => o.push(' '),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+fn verdict_mark(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Regression => "🔴 regression",
+        Verdict::Failed => "🔴 failed",
+        Verdict::Improvement => "🟢 improvement",
+        Verdict::Same => "same",
+        Verdict::Noisy => "⚪ noisy",
+        Verdict::Missing => "⚪ missing",
+    }
+}
+
+/// The comparison as Markdown (also used inside `summary.md`).
+pub fn markdown(r: &CompareReport) -> String {
+    let along = is_along(r);
+    let mut out = format!(
+        "**Baseline:** {} ({})  \n**Verdicts:** {}\n\n",
+        md_escape(&r.baseline),
+        md_escape(&r.mode),
+        md_escape(&r.summary_line())
+    );
+    let h = header(along);
+    out.push_str(&format!("| {} |\n", h.join(" | ")));
+    out.push_str(&format!("|{}\n", "---|".repeat(h.len())));
+    for c in &r.comparisons {
+        let mut cells = cells(c, along);
+        if let Some(last) = cells.last_mut() {
+            *last = verdict_mark(c.verdict).to_string();
+        }
+        let cells: Vec<String> = cells.iter().map(|s| md_escape(s)).collect();
+        out.push_str(&format!("| {} |\n", cells.join(" | ")));
+    }
+    let notes: Vec<&Comparison> = r
+        .comparisons
+        .iter()
+        .filter(|c| {
+            matches!(
+                c.verdict,
+                Verdict::Regression | Verdict::Failed | Verdict::Missing | Verdict::Noisy
+            )
+        })
+        .collect();
+    if !notes.is_empty() {
+        out.push_str("\n<details><summary>Why</summary>\n\n");
+        for c in notes {
+            out.push_str(&format!(
+                "- **{}** {}/{} {} ({}): {}\n",
+                c.verdict.as_str(),
+                md_escape(&c.workload),
+                md_escape(&c.case),
+                md_escape(&c.metric),
+                md_escape(&c.candidate.label),
+                md_escape(&c.reason)
+            ));
+        }
+        out.push_str("\n</details>\n");
+    }
+    out
+}
+
+/// Escapes text for XML attributes and content.
+pub fn xml_escape(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for ch in s.chars() {
+        match ch {
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '&' => o.push_str("&amp;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&#39;"),
+            // XML 1.0 forbids most control characters, escaped or not.
+            c if (c as u32) < 0x20 && c != '\n' && c != '\t' && c != '\r' => o.push(' '),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+fn junit(r: &CompareReport) -> String {
+    let failures = r.count(Verdict::Regression) + r.count(Verdict::Failed);
+    let skipped = r.count(Verdict::Noisy) + r.count(Verdict::Missing);
+    let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    out.push_str(&format!(
+        "<testsuites name=\"tagbench compare\" tests=\"{}\" failures=\"{failures}\" skipped=\"{skipped}\">\n",
+        r.comparisons.len()
+    ));
+    out.push_str(&format!(
+        "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" skipped=\"{skipped}\">\n",
+        xml_escape(&format!("baseline {} ({})", r.baseline, r.mode)),
+        r.comparisons.len()
+    ));
+    for c in &r.comparisons {
+        let cells = cells(c, is_along(r));
+        out.push_str(&format!(
+            "    <testcase classname=\"{}\" name=\"{}\">\n",
+            xml_escape(&format!("{}.{}", c.workload, c.candidate.label)),
+            xml_escape(&format!("{} {} {}", c.case, c.metric, c.gpu))
+        ));
+        let detail = xml_escape(&format!(
+            "baseline {} {}, candidate {} {}, change {}, CI {}, p {}: {}",
+            cells[cells.len() - 7],
+            c.unit,
+            cells[cells.len() - 6],
+            c.unit,
+            cells[cells.len() - 4],
+            cells[cells.len() - 3],
+            cells[cells.len() - 2],
+            c.reason
+        ));
+        match c.verdict {
+            Verdict::Regression | Verdict::Failed => out.push_str(&format!(
+                "      <failure type=\"{}\" message=\"{detail}\">{detail}</failure>\n",
+                c.verdict.as_str()
+            )),
+            Verdict::Noisy | Verdict::Missing => out.push_str(&format!(
+                "      <skipped message=\"{}: {detail}\"/>\n",
+                c.verdict.as_str()
+            )),
+            Verdict::Same | Verdict::Improvement => out.push_str(&format!(
+                "      <system-out>{}: {detail}</system-out>\n",
+                c.verdict.as_str()
+            )),
+        }
+        out.push_str("    </testcase>\n");
+    }
+    out.push_str("  </testsuite>\n</testsuites>\n");
+    out
+}

@@ -1,0 +1,243 @@
+//! The verdict on one matched metric: the rank test and the bootstrap CI from the samples,
+//! then (after Holm's correction across the family) regression, improvement, same or noisy.
+
+use serde::Serialize;
+
+use crate::stats::{mann_whitney, ratio_of_medians_ci};
+
+/// What a comparison concludes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Significant, and the whole CI is worse than the noise threshold.
+    Regression,
+    /// Significant, and the whole CI is better than the noise threshold.
+    Improvement,
+    /// The whole CI lies within the noise threshold.
+    Same,
+    /// Too few samples, or too much spread to tell.
+    Noisy,
+    /// Measured in the baseline, failed in the candidate.
+    Failed,
+    /// Measured on one side only (skipped, not run, or new).
+    Missing,
+}
+
+impl Verdict {
+    pub const ALL: [Verdict; 6] = [
+        Verdict::Regression,
+        Verdict::Improvement,
+        Verdict::Same,
+        Verdict::Noisy,
+        Verdict::Failed,
+        Verdict::Missing,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Regression => "regression",
+            Verdict::Improvement => "improvement",
+            Verdict::Same => "same",
+            Verdict::Noisy => "noisy",
+            Verdict::Failed => "failed",
+            Verdict::Missing => "missing",
+        }
+    }
+}
+
+/// The statistics of one comparison, before the family correction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Judgement {
+    /// median(candidate) / median(baseline).
+    pub ratio: Option<f64>,
+    /// Bootstrap 95% CI of the ratio.
+    pub ci_low: Option<f64>,
+    pub ci_high: Option<f64>,
+    /// Two-sided Mann-Whitney p-value (uncorrected).
+    pub p: Option<f64>,
+}
+
+/// Bootstrap CI level.
+pub const CI_LEVEL: f64 = 0.95;
+
+/// Runs the test and the bootstrap; `Err` says why no verdict is possible (→ `noisy`).
+pub fn judge(
+    baseline: &[f64],
+    candidate: &[f64],
+    min_samples: usize,
+    resamples: usize,
+    seed: u64,
+) -> Result<Judgement, String> {
+    let (nb, nc) = (baseline.len(), candidate.len());
+    if nb < min_samples || nc < min_samples {
+        return Err(format!(
+            "too few samples ({nb} vs {nc}; at least {min_samples} a side)"
+        ));
+    }
+    let mw = mann_whitney(baseline, candidate).ok_or("samples are not finite numbers")?;
+    let ci = ratio_of_medians_ci(baseline, candidate, resamples, CI_LEVEL, seed)
+        .ok_or("the baseline's median is zero: no ratio")?;
+    Ok(Judgement {
+        ratio: Some(ci.ratio),
+        ci_low: Some(ci.low),
+        ci_high: Some(ci.high),
+        p: Some(mw.p),
+    })
+}
+
+/// The verdict from a judgement, its Holm-adjusted p-value, α, the noise threshold and the
+/// metric's good direction (`lower` or `higher`), with the reason in words.
+///
+/// The band of "no real change" is [1/(1+noise), 1+noise] in the direction where larger is
+/// worse, symmetric in log space so that a latency and the matching throughput (its inverse)
+/// get the same verdict.
+pub fn verdict(j: &Judgement, p_adj: f64, alpha: f64, noise: f64, better: &str) -> (Verdict, String) {
+    let (Some(lo), Some(hi)) = (j.ci_low, j.ci_high) else {
+        return (Verdict::Noisy, "no CI".into());
+    };
+    // "Worse factor": > 1 means the candidate is worse.
+    let (w_lo, w_hi) = if better == "higher" {
+        (1.0 / hi, 1.0 / lo)
+    } else {
+        (lo, hi)
+    };
+    let up = 1.0 + noise;
+    let down = 1.0 / up;
+    let pct = |x: f64| format!("{:+.1}%", (x - 1.0) * 100.0);
+    let ci = format!("worse-by CI [{}, {}]", pct(w_lo), pct(w_hi));
+    let significant = p_adj < alpha;
+    if significant && w_lo > up {
+        (
+            Verdict::Regression,
+            format!("{ci} entirely beyond +{:.1}%", noise * 100.0),
+        )
+    } else if significant && w_hi < down {
+        (Verdict::Improvement, format!("{ci} entirely below {}", pct(down)))
+    } else if w_lo >= down && w_hi <= up {
+        (Verdict::Same, format!("{ci} within ±{:.1}%", noise * 100.0))
+    } else if !significant && (w_lo > up || w_hi < down) {
+        (
+            Verdict::Noisy,
+            format!("{ci} but the rank test is not significant (p = {p_adj:.3})"),
+        )
+    } else {
+        (
+            Verdict::Noisy,
+            format!("{ci} crosses the ±{:.1}% threshold", noise * 100.0),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+
+    /// Log-normal-ish timing samples: median `level`, relative spread `cv`.
+    fn samples(rng: &mut StdRng, level: f64, cv: f64, n: usize) -> Vec<f64> {
+        (0..n)
+            .map(|_| {
+                // Box-Muller: a standard normal from two uniforms.
+                let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
+                let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+                level * (cv * z).exp()
+            })
+            .collect()
+    }
+
+    fn decide(base: &[f64], cand: &[f64], better: &str) -> Verdict {
+        match judge(base, cand, 5, 2000, 1) {
+            Ok(j) => verdict(&j, j.p.unwrap_or(1.0), 0.01, 0.03, better).0,
+            Err(_) => Verdict::Noisy,
+        }
+    }
+
+    /// The default noise level of a measurement: the sampler stops at a 1% relative CI
+    /// half-width of the median, which for ~2% spread per sample takes about 50 samples.
+    const CV: f64 = 0.02;
+    const N: usize = 50;
+
+    #[test]
+    fn five_percent_slowdown_is_flagged() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let mut flagged = 0;
+        for _ in 0..20 {
+            let a = samples(&mut rng, 10.0, CV, N);
+            let b = samples(&mut rng, 10.5, CV, N);
+            if decide(&a, &b, "lower") == Verdict::Regression {
+                flagged += 1;
+            }
+            // The same slowdown seen as a throughput.
+            let ta: Vec<f64> = a.iter().map(|x| 1.0 / x).collect();
+            let tb: Vec<f64> = b.iter().map(|x| 1.0 / x).collect();
+            assert_eq!(decide(&a, &b, "lower"), decide(&ta, &tb, "higher"));
+        }
+        assert!(flagged >= 18, "5% slowdown flagged {flagged}/20 times");
+    }
+
+    #[test]
+    fn five_percent_speedup_is_improvement() {
+        let mut rng = StdRng::seed_from_u64(12);
+        let a = samples(&mut rng, 10.0, CV, N);
+        let b = samples(&mut rng, 9.5, CV, N);
+        assert_eq!(decide(&a, &b, "lower"), Verdict::Improvement);
+    }
+
+    #[test]
+    fn one_percent_shift_is_same() {
+        let mut rng = StdRng::seed_from_u64(13);
+        for _ in 0..20 {
+            let a = samples(&mut rng, 10.0, CV, N);
+            let b = samples(&mut rng, 10.1, CV, N);
+            assert_eq!(decide(&a, &b, "lower"), Verdict::Same);
+        }
+    }
+
+    #[test]
+    fn a_a_is_never_a_regression() {
+        let mut rng = StdRng::seed_from_u64(14);
+        for _ in 0..50 {
+            let a = samples(&mut rng, 10.0, 0.05, 20);
+            let b = samples(&mut rng, 10.0, 0.05, 20);
+            let v = decide(&a, &b, "lower");
+            assert!(matches!(v, Verdict::Same | Verdict::Noisy), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn bimodal_is_noisy() {
+        let mut rng = StdRng::seed_from_u64(15);
+        // Half the samples on a fast path, half on a slow one (e.g. two NUMA placements).
+        let bimodal = |rng: &mut StdRng| -> Vec<f64> {
+            (0..40)
+                .map(|i| if i % 2 == 0 { 10.0 } else { 15.0 } * (1.0 + 0.01 * rng.random::<f64>()))
+                .collect()
+        };
+        let a = bimodal(&mut rng);
+        let b = bimodal(&mut rng);
+        assert_eq!(decide(&a, &b, "lower"), Verdict::Noisy);
+    }
+
+    #[test]
+    fn tiny_sample_is_noisy() {
+        let err = judge(&[1.0, 1.1, 0.9], &[2.0, 2.1, 1.9], 5, 100, 1).unwrap_err();
+        assert!(err.contains("too few samples (3 vs 3"), "{err}");
+        assert_eq!(
+            decide(&[1.0, 1.1, 0.9], &[2.0, 2.1, 1.9], "lower"),
+            Verdict::Noisy
+        );
+    }
+
+    #[test]
+    fn not_significant_after_correction_is_not_a_regression() {
+        let j = Judgement {
+            ratio: Some(1.2),
+            ci_low: Some(1.1),
+            ci_high: Some(1.3),
+            p: Some(0.001),
+        };
+        assert_eq!(verdict(&j, 0.001, 0.01, 0.03, "lower").0, Verdict::Regression);
+        assert_eq!(verdict(&j, 0.02, 0.01, 0.03, "lower").0, Verdict::Noisy);
+        assert_eq!(verdict(&j, 0.001, 0.01, 0.03, "higher").0, Verdict::Improvement);
+    }
+}

@@ -1,0 +1,342 @@
+//! Which rows are the same measurement: across two runs, or across the values of one column
+//! (image, gpu_name, engine, target, ...) within runs. Then every matched pair is judged and
+//! the family is Holm-corrected.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::{bail, Result};
+
+use super::judge::{judge, verdict, Judgement, Verdict};
+use super::{CompareOptions, CompareReport, Comparison, LoadedRun, Measurement, Side};
+use crate::results::{ResultRow, Status};
+use crate::stats::bootstrap::fnv1a;
+use crate::stats::holm_adjust;
+
+/// Columns a comparison can run along.
+pub const ALONG_COLUMNS: [&str; 7] = [
+    "image", "gpu_name", "engine", "target", "device", "image_id", "run_id",
+];
+
+/// A row's value in a named column.
+pub fn column_value(row: &ResultRow, column: &str) -> Option<String> {
+    Some(match column {
+        "image" => row.image.clone(),
+        "image_id" => row.image_id.clone(),
+        "gpu_name" => row.gpu_name.clone(),
+        "engine" => row.engine.clone(),
+        "target" => row.target.clone(),
+        "device" => row.device.clone(),
+        "run_id" => row.run_id.clone(),
+        "executor" => row.executor.clone(),
+        _ => return None,
+    })
+}
+
+/// What identifies the same measurement on both sides: workload, case, metric and the
+/// context columns that must agree.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct MatchKey {
+    workload: String,
+    case: String,
+    metric: String,
+    context: Vec<(&'static str, String)>,
+}
+
+impl MatchKey {
+    fn status_key(&self) -> MatchKey {
+        MatchKey {
+            metric: String::new(),
+            ..self.clone()
+        }
+    }
+}
+
+fn gpu_label(row: &ResultRow) -> String {
+    match (row.gpu_index, row.gpu_name.is_empty()) {
+        (Some(i), false) => format!("{i}:{}", row.gpu_name),
+        (Some(i), true) => format!("gpu {i}"),
+        (None, false) => row.gpu_name.clone(),
+        (None, true) => row.device.clone(),
+    }
+}
+
+/// Context columns kept in the key for a comparison along `column` (`None`: two runs).
+fn context_of(row: &ResultRow, along: Option<&str>, with_target: bool) -> Vec<(&'static str, String)> {
+    let gpu = row.gpu_index.map(|i| i.to_string()).unwrap_or_default();
+    match along {
+        None => {
+            let mut v = vec![("gpu", gpu)];
+            if with_target {
+                v.insert(0, ("target", row.target.clone()));
+            }
+            v
+        }
+        Some(col) => {
+            let mut v: Vec<(&'static str, String)> = vec![
+                ("image", row.image.clone()),
+                ("engine", row.engine.clone()),
+                ("device", row.device.clone()),
+                ("gpu_name", row.gpu_name.clone()),
+                ("gpu", gpu),
+            ];
+            // The compared column, and the columns that follow from it, differ by design.
+            let drop: &[&str] = match col {
+                "image" | "image_id" | "target" | "run_id" => &["image"],
+                "gpu_name" => &["gpu_name", "gpu"],
+                "engine" => &["engine"],
+                "device" => &["device", "gpu_name", "gpu"],
+                _ => &[],
+            };
+            v.retain(|(k, _)| !drop.contains(k));
+            v
+        }
+    }
+}
+
+fn key_of(m: &Measurement, along: Option<&str>, with_target: bool) -> MatchKey {
+    MatchKey {
+        workload: m.row.workload.clone(),
+        case: m.row.case.clone(),
+        metric: m.row.metric.clone(),
+        context: context_of(&m.row, along, with_target),
+    }
+}
+
+/// Indexes a side by key; a duplicate key keeps the later row (with a warning).
+fn index<'a>(
+    ms: impl Iterator<Item = &'a Measurement>,
+    along: Option<&str>,
+    with_target: bool,
+    side: &str,
+) -> BTreeMap<MatchKey, &'a Measurement> {
+    let mut map = BTreeMap::new();
+    for m in ms {
+        if m.row.metric.is_empty() && m.row.status == Status::Ok {
+            continue; // a probe-like status row: nothing to compare
+        }
+        let k = key_of(m, along, with_target);
+        if let Some(old) = map.insert(k, m) {
+            if old.is_metric() && m.is_metric() {
+                eprintln!(
+                    "warning: {side}: two rows for {}/{} {} (targets `{}` and `{}`); using the later one",
+                    m.row.workload, m.row.case, m.row.metric, old.row.target, m.row.target
+                );
+            }
+        }
+    }
+    map
+}
+
+fn side(label: &str, m: Option<&Measurement>) -> Side {
+    match m {
+        Some(m) => Side {
+            label: label.to_string(),
+            median: m.row.median.filter(|_| m.is_metric()),
+            n: m.row.n.unwrap_or(m.samples.len()),
+            status: m.row.status.as_str().to_string(),
+            reason: m.row.reason.clone(),
+        },
+        None => Side {
+            label: label.to_string(),
+            status: "absent".into(),
+            ..Default::default()
+        },
+    }
+}
+
+/// Compares every key of `base` with `cand`; verdicts still need the family correction.
+fn pair_up(
+    base: &BTreeMap<MatchKey, &Measurement>,
+    cand: &BTreeMap<MatchKey, &Measurement>,
+    base_label: &str,
+    cand_label: &str,
+    opts: &CompareOptions,
+    out: &mut Vec<Comparison>,
+) {
+    let keys: BTreeSet<&MatchKey> = base
+        .keys()
+        .chain(cand.keys())
+        .filter(|k| !k.metric.is_empty())
+        .collect();
+    for key in keys {
+        let b = base.get(key).copied();
+        let c = cand.get(key).copied();
+        let any = b.or(c).map(|m| &m.row);
+        let Some(any) = any else { continue };
+        let noise = opts.noise_of(&key.metric);
+        let mut cmp = Comparison {
+            workload: key.workload.clone(),
+            case: key.case.clone(),
+            metric: key.metric.clone(),
+            unit: any.unit.clone(),
+            better: any.better.clone(),
+            gpu: gpu_label(any),
+            context: key
+                .context
+                .iter()
+                .filter(|(k, v)| *k != "gpu" && !v.is_empty())
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(","),
+            baseline: side(base_label, b),
+            candidate: side(cand_label, c),
+            judgement: Judgement::default(),
+            p_adj: None,
+            noise,
+            verdict: Verdict::Missing,
+            reason: String::new(),
+        };
+        let status_reason = |map: &BTreeMap<MatchKey, &Measurement>| {
+            map.get(&key.status_key())
+                .map(|m| (m.row.status, m.row.reason.clone()))
+        };
+        match (b, c) {
+            (Some(b), Some(c)) => {
+                cmp.judgement = Judgement {
+                    ratio: match (b.row.median, c.row.median) {
+                        (Some(x), Some(y)) if x != 0.0 => Some(y / x),
+                        _ => None,
+                    },
+                    ..Default::default()
+                };
+                if b.samples.is_empty() || c.samples.is_empty() {
+                    cmp.verdict = Verdict::Noisy;
+                    cmp.reason = "no samples in samples.csv: medians only, no test".into();
+                } else {
+                    let seed = opts.seed ^ fnv1a(&[&key.workload, &key.case, &key.metric, cand_label]);
+                    match judge(&b.samples, &c.samples, opts.min_samples, opts.bootstrap, seed) {
+                        Ok(j) => {
+                            cmp.judgement = j;
+                            cmp.verdict = Verdict::Noisy; // decided after the Holm correction
+                        }
+                        Err(why) => {
+                            cmp.verdict = Verdict::Noisy;
+                            cmp.reason = why;
+                        }
+                    }
+                }
+            }
+            (Some(_), None) => match status_reason(cand) {
+                Some((Status::Failed, why)) => {
+                    cmp.verdict = Verdict::Failed;
+                    cmp.candidate.status = "failed".into();
+                    cmp.reason = format!("failed in the candidate: {why}");
+                }
+                Some((st, why)) => {
+                    cmp.candidate.status = st.as_str().into();
+                    cmp.reason = format!("{} in the candidate: {why}", st.as_str());
+                }
+                None => cmp.reason = "not measured in the candidate".into(),
+            },
+            (None, Some(_)) => match status_reason(base) {
+                Some((st, why)) => {
+                    cmp.baseline.status = st.as_str().into();
+                    cmp.reason = format!("{} in the baseline: {why}", st.as_str());
+                }
+                None => cmp.reason = "not measured in the baseline".into(),
+            },
+            (None, None) => continue,
+        }
+        out.push(cmp);
+    }
+}
+
+/// Applies Holm's correction across every tested comparison and sets the verdicts.
+fn finish(mut comparisons: Vec<Comparison>, opts: &CompareOptions) -> Vec<Comparison> {
+    let tested: Vec<usize> = comparisons
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.judgement.p.is_some() && c.reason.is_empty())
+        .map(|(i, _)| i)
+        .collect();
+    let ps: Vec<f64> = tested
+        .iter()
+        .map(|&i| comparisons[i].judgement.p.unwrap_or(1.0))
+        .collect();
+    for (&i, p_adj) in tested.iter().zip(holm_adjust(&ps)) {
+        let c = &mut comparisons[i];
+        c.p_adj = Some(p_adj);
+        let (v, why) = verdict(&c.judgement, p_adj, opts.alpha, c.noise, &c.better);
+        c.verdict = v;
+        c.reason = why;
+    }
+    comparisons
+}
+
+/// Compares a candidate run with a baseline run.
+///
+/// Rows match on (workload, case, metric, gpu index). The target name joins the key only when
+/// both runs have the same several targets; with one target a side (the usual case: one image
+/// tag per run, or `local`), targets are paired whatever their names.
+pub fn compare_runs(base: &LoadedRun, cand: &LoadedRun, opts: &CompareOptions) -> Result<CompareReport> {
+    let targets =
+        |r: &LoadedRun| -> BTreeSet<String> { r.measurements.iter().map(|m| m.row.target.clone()).collect() };
+    let (tb, tc) = (targets(base), targets(cand));
+    let with_target = if tb.len() <= 1 && tc.len() <= 1 {
+        false
+    } else if tb == tc {
+        true
+    } else {
+        bail!(
+            "runs {} and {} have different targets ({:?} vs {:?}); compare within runs with --along target (or image) --baseline VALUE",
+            base.dir.display(),
+            cand.dir.display(),
+            tb,
+            tc
+        );
+    };
+    let (bl, cl) = (base.name(), cand.name());
+    let bi = index(base.measurements.iter(), None, with_target, &bl);
+    let ci = index(cand.measurements.iter(), None, with_target, &cl);
+    let mut out = Vec::new();
+    pair_up(&bi, &ci, &bl, &cl, opts, &mut out);
+    Ok(CompareReport {
+        mode: "runs".into(),
+        baseline: bl,
+        options: opts.clone(),
+        comparisons: finish(out, opts),
+    })
+}
+
+/// Compares, within `runs`, every value of `column` with the rows whose value is `baseline`.
+pub fn compare_along(
+    runs: &[LoadedRun],
+    column: &str,
+    baseline: &str,
+    opts: &CompareOptions,
+) -> Result<CompareReport> {
+    if !ALONG_COLUMNS.contains(&column) {
+        bail!(
+            "cannot compare along `{column}`: expected one of {}",
+            ALONG_COLUMNS.join(", ")
+        );
+    }
+    let all: Vec<&Measurement> = runs.iter().flat_map(|r| r.measurements.iter()).collect();
+    let mut groups: BTreeMap<String, Vec<&Measurement>> = BTreeMap::new();
+    for m in &all {
+        let v = column_value(&m.row, column).unwrap_or_default();
+        groups.entry(v).or_default().push(m);
+    }
+    let Some(base_rows) = groups.get(baseline) else {
+        let seen: Vec<&String> = groups.keys().collect();
+        bail!("no rows with {column} = `{baseline}`; the runs have {column} values {seen:?}");
+    };
+    if groups.len() < 2 {
+        bail!("nothing to compare: every row has {column} = `{baseline}`");
+    }
+    let bi = index(base_rows.iter().copied(), Some(column), false, baseline);
+    let mut out = Vec::new();
+    for (value, rows) in &groups {
+        if value == baseline {
+            continue;
+        }
+        let ci = index(rows.iter().copied(), Some(column), false, value);
+        pair_up(&bi, &ci, baseline, value, opts, &mut out);
+    }
+    Ok(CompareReport {
+        mode: format!("along {column}"),
+        baseline: baseline.to_string(),
+        options: opts.clone(),
+        comparisons: finish(out, opts),
+    })
+}

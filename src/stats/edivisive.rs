@@ -1,0 +1,281 @@
+//! Change points in a series by E-divisive means (Matteson & James 2014, "A Nonparametric
+//! Approach for Multiple Change Point Analysis of Multivariate Data") with a Welch t-test as the
+//! significance test, the variant MongoDB's signal-processing-algorithms and Hunter use for
+//! nightly performance series (Fleming et al., ICPE 2020; Ingo & Daly, ICPE 2023).
+
+use statrs::distribution::{ContinuousCDF, StudentsT};
+
+/// How change points are searched and accepted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EDivisiveSettings {
+    /// At most this many points on each side of a candidate enter its t-test, so that an old,
+    /// long-gone level does not dilute a recent change.
+    pub window: usize,
+    /// A candidate is kept only if the t-test's two-sided p-value is below this.
+    pub max_p: f64,
+    /// Every segment has at least this many points.
+    pub min_segment: usize,
+    /// A change smaller than this, relative to the earlier segment's mean, is ignored.
+    pub min_magnitude: f64,
+}
+
+impl Default for EDivisiveSettings {
+    fn default() -> Self {
+        EDivisiveSettings {
+            window: 50,
+            max_p: 0.001,
+            min_segment: 3,
+            min_magnitude: 0.03,
+        }
+    }
+}
+
+/// A change point: the series' level changes at `index` (the first point of the new segment).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ChangePoint {
+    pub index: usize,
+    /// The t-test's p-value between the windows around the point.
+    pub p: f64,
+    pub mean_before: f64,
+    pub mean_after: f64,
+}
+
+impl ChangePoint {
+    /// (after − before) / |before|.
+    pub fn rel_change(&self) -> f64 {
+        (self.mean_after - self.mean_before) / self.mean_before.abs()
+    }
+}
+
+/// Welch's unequal-variance t-test; two-sided p-value. Constant samples give p = 0 when the
+/// means differ and 1 when they do not.
+pub fn welch_t_test(a: &[f64], b: &[f64]) -> f64 {
+    let (na, nb) = (a.len() as f64, b.len() as f64);
+    if a.len() < 2 || b.len() < 2 {
+        return 1.0;
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let var = |v: &[f64], m: f64| v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64;
+    let (ma, mb) = (mean(a), mean(b));
+    let (va, vb) = (var(a, ma) / na, var(b, mb) / nb);
+    let se2 = va + vb;
+    if se2 <= 0.0 || !se2.is_finite() {
+        let scale = ma.abs().max(mb.abs()).max(f64::MIN_POSITIVE);
+        return if (ma - mb).abs() <= 1e-12 * scale {
+            1.0
+        } else {
+            0.0
+        };
+    }
+    let t = (ma - mb) / se2.sqrt();
+    let df = se2 * se2 / (va * va / (na - 1.0) + vb * vb / (nb - 1.0));
+    match StudentsT::new(0.0, 1.0, df) {
+        Ok(dist) => (2.0 * dist.sf(t.abs())).clamp(0.0, 1.0),
+        Err(_) => 1.0,
+    }
+}
+
+/// The split of `seg` that maximises the energy statistic Q̂(τ, κ) of Matteson & James: the
+/// left part is `seg[..τ]`, the right part `seg[τ..κ]` (κ lets a later change not blur this
+/// one), both at least `min_segment` long. Returns (τ, κ).
+fn best_split(seg: &[f64], min_segment: usize) -> Option<(usize, usize)> {
+    let m = seg.len();
+    let min_seg = min_segment.max(1);
+    if m < 2 * min_seg {
+        return None;
+    }
+    // prefix[a][b] = Σ_{i<a, j<b} |x_i − x_j|, so that any block of pairwise distances is O(1).
+    let w = m + 1;
+    let mut prefix = vec![0.0; w * w];
+    for a in 1..=m {
+        let mut row = 0.0;
+        for b in 1..=m {
+            row += (seg[a - 1] - seg[b - 1]).abs();
+            prefix[a * w + b] = prefix[(a - 1) * w + b] + row;
+        }
+    }
+    // Σ over i, j in [lo, hi) (each pair twice), and Σ over i in [a0, a1), j in [b0, b1).
+    let block = |lo: usize, hi: usize| prefix[hi * w + hi] - 2.0 * prefix[lo * w + hi] + prefix[lo * w + lo];
+    let rect = |a0: usize, a1: usize, b0: usize, b1: usize| {
+        prefix[a1 * w + b1] - prefix[a0 * w + b1] - prefix[a1 * w + b0] + prefix[a0 * w + b0]
+    };
+    let pairs = |n: f64| if n >= 2.0 { n * (n - 1.0) } else { f64::INFINITY };
+    let mut best: Option<(usize, usize, f64)> = None;
+    for tau in min_seg..=m - min_seg {
+        let nl = tau as f64;
+        let within_l = block(0, tau) / pairs(nl);
+        for kappa in tau + min_seg..=m {
+            let nr = (kappa - tau) as f64;
+            let cross = rect(0, tau, tau, kappa);
+            let e = 2.0 * cross / (nl * nr) - within_l - block(tau, kappa) / pairs(nr);
+            let q = nl * nr / (nl + nr) * e;
+            if best.is_none_or(|(_, _, bq)| q > bq) {
+                best = Some((tau, kappa, q));
+            }
+        }
+    }
+    best.map(|(t, k, _)| (t, k))
+}
+
+/// Tests a change at `index` between the segment `[lo, index)` and `[index, hi)`, using at most
+/// `window` points on each side; `None` if it is not significant or too small.
+fn test_point(
+    series: &[f64],
+    lo: usize,
+    index: usize,
+    hi: usize,
+    s: &EDivisiveSettings,
+) -> Option<ChangePoint> {
+    let left = &series[lo.max(index.saturating_sub(s.window))..index];
+    let right = &series[index..hi.min(index + s.window)];
+    if left.len() < s.min_segment || right.len() < s.min_segment {
+        return None;
+    }
+    let p = welch_t_test(left, right);
+    let cp = ChangePoint {
+        index,
+        p,
+        mean_before: left.iter().sum::<f64>() / left.len() as f64,
+        mean_after: right.iter().sum::<f64>() / right.len() as f64,
+    };
+    let magnitude = cp.rel_change().abs();
+    (p < s.max_p && magnitude.is_finite() && magnitude >= s.min_magnitude).then_some(cp)
+}
+
+/// Change points of `series`, in index order.
+///
+/// Divisive search: in every current segment find the split that maximises Q̂, keep the most
+/// significant split that passes the t-test and the magnitude threshold, repeat until none
+/// does. Then every kept point is tested again between its final neighbours, and the weakest
+/// one that no longer passes is dropped until all pass (as Hunter's `merge` does).
+pub fn change_points(series: &[f64], s: &EDivisiveSettings) -> Vec<ChangePoint> {
+    if series.iter().any(|v| !v.is_finite()) {
+        return Vec::new();
+    }
+    let n = series.len();
+    let mut points: Vec<usize> = Vec::new();
+    loop {
+        let mut bounds = vec![0];
+        bounds.extend(&points);
+        bounds.push(n);
+        let mut best: Option<ChangePoint> = None;
+        for w in bounds.windows(2) {
+            let (lo, hi) = (w[0], w[1]);
+            let Some((tau, kappa)) = best_split(&series[lo..hi], s.min_segment) else {
+                continue;
+            };
+            if let Some(cp) = test_point(series, lo, lo + tau, lo + kappa, s) {
+                if best.is_none_or(|b| cp.p < b.p) {
+                    best = Some(cp);
+                }
+            }
+        }
+        match best {
+            Some(cp) => {
+                points.push(cp.index);
+                points.sort_unstable();
+            }
+            None => break,
+        }
+    }
+    loop {
+        let mut tested = Vec::with_capacity(points.len());
+        let mut weakest: Option<(usize, f64)> = None;
+        for (i, &idx) in points.iter().enumerate() {
+            let lo = if i == 0 { 0 } else { points[i - 1] };
+            let hi = points.get(i + 1).copied().unwrap_or(n);
+            match test_point(series, lo, idx, hi, s) {
+                Some(cp) => tested.push(cp),
+                None => {
+                    // The p-value without the threshold, to drop the weakest first.
+                    let left = &series[lo.max(idx.saturating_sub(s.window))..idx];
+                    let right = &series[idx..hi.min(idx + s.window)];
+                    let p = welch_t_test(left, right);
+                    if weakest.is_none_or(|(_, wp)| p > wp) {
+                        weakest = Some((i, p));
+                    }
+                }
+            }
+        }
+        match weakest {
+            Some((i, _)) => {
+                points.remove(i);
+            }
+            None => return tested,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+
+    fn noisy(rng: &mut StdRng, level: f64, n: usize, rel_noise: f64) -> Vec<f64> {
+        (0..n)
+            .map(|_| level * (1.0 + rel_noise * (rng.random::<f64>() * 2.0 - 1.0)))
+            .collect()
+    }
+
+    #[test]
+    fn welch_reference() {
+        // scipy.stats.ttest_ind([1,2,3,4,5],[3,4,5,6,7], equal_var=False) → t = −2, df = 8,
+        // p = 0.0805.
+        let p = welch_t_test(&[1.0, 2.0, 3.0, 4.0, 5.0], &[3.0, 4.0, 5.0, 6.0, 7.0]);
+        assert!((p - 0.0805).abs() < 1e-3, "{p}");
+        assert_eq!(welch_t_test(&[1.0, 1.0, 1.0], &[1.0, 1.0, 1.0]), 1.0);
+        assert_eq!(welch_t_test(&[1.0, 1.0, 1.0], &[2.0, 2.0, 2.0]), 0.0);
+    }
+
+    #[test]
+    fn finds_a_step() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut v = noisy(&mut rng, 100.0, 20, 0.01);
+        v.extend(noisy(&mut rng, 110.0, 10, 0.01));
+        let cps = change_points(&v, &EDivisiveSettings::default());
+        assert_eq!(cps.len(), 1, "{cps:?}");
+        assert_eq!(cps[0].index, 20);
+        assert!((cps[0].rel_change() - 0.10).abs() < 0.01);
+    }
+
+    #[test]
+    fn finds_two_steps_and_recent_one_at_minimum_segment() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let mut v = noisy(&mut rng, 100.0, 15, 0.005);
+        v.extend(noisy(&mut rng, 80.0, 15, 0.005));
+        v.extend(noisy(&mut rng, 120.0, 3, 0.005));
+        let idx: Vec<usize> = change_points(&v, &EDivisiveSettings::default())
+            .iter()
+            .map(|c| c.index)
+            .collect();
+        assert_eq!(idx, [15, 30]);
+    }
+
+    #[test]
+    fn flat_noise_and_small_steps_give_nothing() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let v = noisy(&mut rng, 100.0, 60, 0.02);
+        assert!(change_points(&v, &EDivisiveSettings::default()).is_empty());
+        // A clean 1% step is significant but below the 3% magnitude threshold.
+        let mut w = noisy(&mut rng, 100.0, 20, 0.001);
+        w.extend(noisy(&mut rng, 101.0, 20, 0.001));
+        assert!(change_points(&w, &EDivisiveSettings::default()).is_empty());
+        assert!(change_points(&[1.0, 2.0], &EDivisiveSettings::default()).is_empty());
+    }
+
+    proptest! {
+        #[test]
+        fn segments_respect_minimum(v in proptest::collection::vec(1.0f64..2.0, 0..60)) {
+            let s = EDivisiveSettings { max_p: 0.5, min_magnitude: 0.0, ..Default::default() };
+            let cps = change_points(&v, &s);
+            let mut last = 0;
+            for c in &cps {
+                prop_assert!(c.index >= last + s.min_segment);
+                prop_assert!(c.p < s.max_p);
+                last = c.index;
+            }
+            prop_assert!(cps.is_empty() || v.len() - last >= s.min_segment);
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! Synthetic run directories for the end-to-end tests: real CSV files written through the
+//! library's RunWriter, with samples drawn from a known distribution.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use tagbench::results::{ResultRow, RunDir, RunMeta, RunWriter, SampleRow, Status};
+use tagbench::stats::summarize;
+
+/// Log-normal timing samples: median `level`, relative spread `cv`.
+pub fn samples(seed: u64, level: f64, cv: f64, n: usize) -> Vec<f64> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
+            let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+            level * (cv * z).exp()
+        })
+        .collect()
+}
+
+/// One measured (target, case) of a synthetic run.
+pub struct Case {
+    pub target: String,
+    pub image: String,
+    pub workload: String,
+    pub case: String,
+    /// Latency samples (ms); throughput is derived as 1000/latency "ops/s".
+    pub latency_ms: Vec<f64>,
+    pub status: Status,
+    pub reason: String,
+}
+
+impl Case {
+    pub fn gemm(target: &str, image: &str, size: u32, latency_ms: Vec<f64>) -> Case {
+        Case {
+            target: target.into(),
+            image: image.into(),
+            workload: "gemm".into(),
+            case: format!("size={size},dtype=fp32"),
+            latency_ms,
+            status: Status::Ok,
+            reason: String::new(),
+        }
+    }
+    pub fn status(target: &str, workload: &str, case: &str, status: Status, reason: &str) -> Case {
+        Case {
+            target: target.into(),
+            image: String::new(),
+            workload: workload.into(),
+            case: case.into(),
+            latency_ms: Vec::new(),
+            status,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Writes a run directory `root/run_id` and returns its path.
+pub fn write_run(root: &Path, run_id: &str, started_at: &str, cases: &[Case]) -> PathBuf {
+    let dir = root.join(run_id);
+    let run = RunDir::new(&dir);
+    let mut w = RunWriter::open(&run).unwrap();
+    for c in cases {
+        let base = ResultRow {
+            schema: 1,
+            run_id: run_id.into(),
+            suite: "smoke".into(),
+            workload: c.workload.clone(),
+            case: c.case.clone(),
+            engine: "native".into(),
+            executor: "local".into(),
+            image: c.image.clone(),
+            device: "cpu".into(),
+            status: c.status,
+            reason: c.reason.clone(),
+            started_at: started_at.into(),
+            target: c.target.clone(),
+            ..Default::default()
+        };
+        if c.status != Status::Ok {
+            w.write_case(&[base], &[]).unwrap();
+            continue;
+        }
+        let mut rows = Vec::new();
+        let mut srows = Vec::new();
+        let tput: Vec<f64> = c.latency_ms.iter().map(|v| 1000.0 / v).collect();
+        for (metric, unit, better, values) in [
+            ("latency", "ms", "lower", &c.latency_ms),
+            ("throughput", "GFLOP/s", "higher", &tput),
+        ] {
+            let s = summarize(values).unwrap();
+            rows.push(ResultRow {
+                metric: metric.into(),
+                unit: unit.into(),
+                better: better.into(),
+                n: Some(s.n),
+                median: Some(s.median),
+                mean: Some(s.mean),
+                stddev: Some(s.stddev),
+                min: Some(s.min),
+                max: Some(s.max),
+                p05: Some(s.p05),
+                p95: Some(s.p95),
+                ci_low: Some(s.ci_low),
+                ci_high: Some(s.ci_high),
+                outliers: Some(s.outliers),
+                ..base.clone()
+            });
+            for (i, v) in values.iter().enumerate() {
+                srows.push(SampleRow {
+                    run_id: run_id.into(),
+                    image: c.image.clone(),
+                    workload: c.workload.clone(),
+                    case: c.case.clone(),
+                    metric: metric.into(),
+                    sample: i,
+                    value: *v,
+                    target: c.target.clone(),
+                    engine: "native".into(),
+                    ..Default::default()
+                });
+            }
+        }
+        w.write_case(&rows, &srows).unwrap();
+    }
+    let meta = RunMeta {
+        schema: 1,
+        run_id: run_id.into(),
+        suite: "smoke".into(),
+        started_at: started_at.into(),
+        state: "complete".into(),
+        ..Default::default()
+    };
+    run.write_meta(&meta).unwrap();
+    dir
+}
+
+/// The tagbench binary.
+pub fn tagbench() -> assert_cmd::Command {
+    assert_cmd::Command::cargo_bin("tagbench").unwrap()
+}
