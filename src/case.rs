@@ -167,6 +167,11 @@ pub struct MeasureSettings {
     /// Wall-clock limit for the whole case in the worker; past it the host kills the worker and
     /// records a `failed` row.
     pub timeout_s: Seconds,
+    /// How many separate worker processes (containers) measure the case, interleaved across
+    /// targets. A process is the unit of replication: memory layout, thread placement and clock
+    /// state differ between processes far more than between samples of one process, so
+    /// comparisons judge on the spread of per-round medians when each side has 3 or more.
+    pub rounds: usize,
 }
 
 impl Default for MeasureSettings {
@@ -179,6 +184,7 @@ impl Default for MeasureSettings {
             max_time_s: 2.0,
             target_rel_ci: 0.01,
             timeout_s: 300.0,
+            rounds: 3,
         }
     }
 }

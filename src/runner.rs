@@ -201,12 +201,26 @@ pub fn cmd_run(mut args: RunArgs) -> Result<i32> {
     let run = RunDir::new(&dir);
     std::fs::create_dir_all(run.logs()).with_context(|| format!("failed to create {}", dir.display()))?;
 
+    let mut not_ok = HashSet::new();
     let (mut meta, done) = if resume_dir.is_some() {
         let meta = run.read_meta()?;
-        let done: HashSet<(String, String, String)> = crate::results::read_results(&run)?
-            .into_iter()
-            .map(|r| (r.target, r.workload, r.case))
+        let rows = crate::results::read_results(&run)?;
+        let done: HashSet<(String, String, String, usize)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.target.clone(),
+                    r.workload.clone(),
+                    r.case.clone(),
+                    r.round.unwrap_or(0),
+                )
+            })
             .collect();
+        not_ok.extend(
+            rows.into_iter()
+                .filter(|r| r.status != Status::Ok)
+                .map(|r| (r.target, r.workload, r.case)),
+        );
         (meta, done)
     } else {
         std::fs::write(dir.join("suite.toml"), &suite_text)?;
@@ -229,7 +243,7 @@ pub fn cmd_run(mut args: RunArgs) -> Result<i32> {
     run.write_meta(&meta)?;
     let mut writer = RunWriter::open(&run)?;
 
-    let total = targets.len() * cases.len();
+    let total = targets.len() * cases.iter().map(rounds_of).sum::<usize>();
     let bar = if args.no_progress || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         ProgressBar::hidden()
     } else {
@@ -240,10 +254,11 @@ pub fn cmd_run(mut args: RunArgs) -> Result<i32> {
             .expect("valid template"),
     );
     eprintln!(
-        "run {run_id}: suite `{}`, {} cases × {} targets → {}",
+        "run {run_id}: suite `{}`, {} cases × {} targets, up to {} rounds → {}",
         suite.name,
         cases.len(),
         targets.len(),
+        cases.iter().map(rounds_of).max().unwrap_or(1),
         dir.display()
     );
 
@@ -253,29 +268,59 @@ pub fn cmd_run(mut args: RunArgs) -> Result<i32> {
         run: run.clone(),
         bar: bar.clone(),
         counts: BTreeMap::new(),
+        round: 0,
+        not_ok,
     };
-    for target in &targets {
-        let pending: Vec<Case> = cases
-            .iter()
-            .filter(|c| !done.contains(&(target.display_name(), c.workload.clone(), c.id.clone())))
-            .cloned()
-            .collect();
-        bar.inc((cases.len() - pending.len()) as u64);
-        if pending.is_empty() {
-            continue;
+    // Round by round, each target in a fresh worker; the order of targets alternates (A B, B A,
+    // ...) so that drift over time affects every side alike.
+    let max_rounds = cases.iter().map(rounds_of).max().unwrap_or(1);
+    let mut prepared: Vec<Option<Option<Prepared>>> = targets.iter().map(|_| None).collect();
+    for round in 0..max_rounds {
+        ctx.round = round;
+        let order: Vec<usize> = if round % 2 == 0 {
+            (0..targets.len()).collect()
+        } else {
+            (0..targets.len()).rev().collect()
+        };
+        for ti in order {
+            let target = &targets[ti];
+            let tname = target.display_name();
+            let due: Vec<&Case> = cases.iter().filter(|c| round < rounds_of(c)).collect();
+            let pending: Vec<Case> = due
+                .iter()
+                .filter(|c| !done.contains(&(tname.clone(), c.workload.clone(), c.id.clone(), round)))
+                // A case that was skipped or failed is not measured again in later rounds.
+                .filter(|c| {
+                    round == 0
+                        || !ctx
+                            .not_ok
+                            .contains(&(tname.clone(), c.workload.clone(), c.id.clone()))
+                })
+                .map(|c| (*c).clone())
+                .collect();
+            bar.inc((due.len() - pending.len()) as u64);
+            if pending.is_empty() {
+                continue;
+            }
+            let slot = &mut prepared[ti];
+            if slot.is_none() {
+                *slot = Some(prepare_target(&mut ctx, &mut writer, target, &pending)?);
+            }
+            let Some(Some(p)) = slot.as_mut() else {
+                continue;
+            };
+            run_target(&mut ctx, &mut writer, target, p, pending)?;
+            meta.targets.retain(|t| t.name != p.meta.name);
+            meta.targets.push(p.meta.clone());
+            run.write_meta(&meta)?;
         }
-        let tmeta = run_target(&mut ctx, &mut writer, target, pending)?;
-        meta.targets.retain(|t| t.name != tmeta.name);
-        meta.targets.push(tmeta);
-        run.write_meta(&meta)?;
     }
     bar.finish_and_clear();
     meta.finished_at = Some(now());
     meta.state = "complete".into();
     run.write_meta(&meta)?;
 
-    let rows = crate::results::read_results(&run)?;
-    print_table(&rows);
+    print_table(&crate::compare::LoadedRun::load(&dir)?.measurements);
     let failed = ctx.counts.get(&Status::Failed).copied().unwrap_or(0);
     eprintln!(
         "{} ok, {} skipped, {} failed rows; results in {}",
@@ -331,6 +376,25 @@ struct RunContext {
     run: RunDir,
     bar: ProgressBar,
     counts: BTreeMap<Status, usize>,
+    /// The round being measured (0-based).
+    round: usize,
+    /// (target, workload, case) that were skipped or failed: not run again in later rounds.
+    not_ok: HashSet<(String, String, String)>,
+}
+
+/// How many rounds a case is measured in (the probe reports facts: once is enough).
+fn rounds_of(c: &Case) -> usize {
+    if c.kind == crate::case::WorkloadKind::Probe {
+        1
+    } else {
+        c.measure.rounds.max(1)
+    }
+}
+
+/// A target whose executor is ready.
+struct Prepared {
+    exec: Box<dyn Executor>,
+    meta: TargetMeta,
 }
 
 /// Rows of the case being received, written when the case ends.
@@ -343,16 +407,23 @@ struct CaseBuffer {
     sample_index: BTreeMap<String, usize>,
 }
 
-fn run_target(
+/// Prepares a target once for all rounds; `None` (after writing failed rows for `pending`) when it
+/// cannot run.
+fn prepare_target(
     ctx: &mut RunContext,
     writer: &mut RunWriter,
     target: &TargetSpec,
-    mut pending: Vec<Case>,
-) -> Result<TargetMeta> {
+    pending: &[Case],
+) -> Result<Option<Prepared>> {
     let tname = target.display_name();
     let mut exec: Box<dyn Executor> = executor::for_target(target, &ctx.run_id)?;
-    let mut tmeta = match exec.prepare(target) {
-        Ok(m) => m,
+    match exec.prepare(target) {
+        Ok(mut meta) => {
+            if meta.name.is_empty() {
+                meta.name = tname;
+            }
+            Ok(Some(Prepared { exec, meta }))
+        }
         Err(e) => {
             let reason = format!("{e:#}");
             ctx.bar.suspend(|| eprintln!("error: target {tname}: {reason}"));
@@ -362,16 +433,24 @@ fn run_target(
                 image: target.image.clone().unwrap_or_default(),
                 ..Default::default()
             };
-            for c in &pending {
+            for c in pending {
                 let row = status_row(ctx, &meta, target, c, Status::Failed, &reason, &now());
                 write_case(ctx, writer, vec![row], vec![])?;
             }
-            return Ok(meta);
+            Ok(None)
         }
-    };
-    if tmeta.name.is_empty() {
-        tmeta.name = tname.clone();
     }
+}
+
+fn run_target(
+    ctx: &mut RunContext,
+    writer: &mut RunWriter,
+    target: &TargetSpec,
+    prepared: &mut Prepared,
+    mut pending: Vec<Case>,
+) -> Result<()> {
+    let tname = target.display_name();
+    let Prepared { exec, meta: tmeta } = prepared;
     let safe_name: String = tname
         .chars()
         .map(|c| {
@@ -385,7 +464,10 @@ fn run_target(
     let mut attempt = 0;
     while !pending.is_empty() {
         attempt += 1;
-        let log = ctx.run.logs().join(format!("{safe_name}-{attempt}.log"));
+        let log = ctx
+            .run
+            .logs()
+            .join(format!("{safe_name}-r{}-{attempt}.log", ctx.round));
         let job = Job {
             run_id: ctx.run_id.clone(),
             engine: target.engine.unwrap_or_default(),
@@ -432,7 +514,7 @@ fn run_target(
                     match msg {
                         Message::Env { info } => tmeta.env.extend(info),
                         Message::Start { case, workload } => {
-                            flush_case(ctx, writer, &mut buf, &mut pending)?;
+                            flush_case(ctx, writer, &mut buf, &mut pending, target, tmeta)?;
                             let c = pending.iter().find(|c| c.id == case && c.workload == workload);
                             deadline = Instant::now() + secs(c.map_or(300.0, |c| c.measure.timeout_s));
                             ctx.bar.set_message(format!("{tname}: {workload}/{case}"));
@@ -458,6 +540,7 @@ fn run_target(
                                 value,
                                 target: tname.clone(),
                                 engine: tmeta.engine.clone(),
+                                round: Some(ctx.round),
                             });
                             *idx += 1;
                         }
@@ -505,6 +588,7 @@ fn run_target(
                                 started_at: buf.started_at.clone(),
                                 outliers: Some(s.outliers),
                                 target: tname.clone(),
+                                round: Some(ctx.round),
                             });
                         }
                         Message::Status {
@@ -566,7 +650,7 @@ fn run_target(
                                 .suspend(|| eprintln!("warning: {tname}: {workload}/{case}: {message}"));
                         }
                         Message::Done => {
-                            flush_case(ctx, writer, &mut buf, &mut pending)?;
+                            flush_case(ctx, writer, &mut buf, &mut pending, target, tmeta)?;
                             finished = true;
                             break;
                         }
@@ -618,9 +702,9 @@ fn run_target(
             rows: vec![row],
             ..Default::default()
         };
-        flush_case(ctx, writer, &mut buf, &mut pending)?;
+        flush_case(ctx, writer, &mut buf, &mut pending, target, tmeta)?;
     }
-    Ok(tmeta)
+    Ok(())
 }
 
 fn secs(s: f64) -> Duration {
@@ -674,6 +758,7 @@ fn status_row(
         reason: reason.to_string(),
         started_at: started_at.to_string(),
         target: target.display_name(),
+        round: Some(ctx.round),
         ..Default::default()
     }
 }
@@ -683,28 +768,30 @@ fn flush_case(
     writer: &mut RunWriter,
     buf: &mut CaseBuffer,
     pending: &mut Vec<Case>,
+    target: &TargetSpec,
+    tmeta: &TargetMeta,
 ) -> Result<()> {
     let Some((w, c)) = buf.case.take() else {
         return Ok(());
     };
-    let rows = std::mem::take(&mut buf.rows);
+    let mut rows = std::mem::take(&mut buf.rows);
     let samples = std::mem::take(&mut buf.samples);
     buf.sample_index.clear();
-    pending.retain(|p| !(p.workload == w && p.id == c));
     if rows.is_empty() {
         // A case that ended without any result is a worker bug; record it rather than lose it.
-        let row = ResultRow {
-            workload: w,
-            case: c,
-            status: Status::Failed,
-            reason: "the worker reported nothing for this case".into(),
-            run_id: ctx.run_id.clone(),
-            suite: ctx.suite.clone(),
-            schema: SCHEMA_VERSION,
-            ..Default::default()
-        };
-        return write_case(ctx, writer, vec![row], samples);
+        let case = case_of(pending, &w, &c);
+        let reason = "the worker reported nothing for this case";
+        rows.push(status_row(
+            ctx,
+            tmeta,
+            target,
+            &case,
+            Status::Failed,
+            reason,
+            &buf.started_at,
+        ));
     }
+    pending.retain(|p| !(p.workload == w && p.id == c));
     write_case(ctx, writer, rows, samples)
 }
 
@@ -717,19 +804,36 @@ fn write_case(
     writer.write_case(&rows, &samples)?;
     for r in &rows {
         *ctx.counts.entry(r.status).or_default() += 1;
+        if r.status != Status::Ok {
+            ctx.not_ok
+                .insert((r.target.clone(), r.workload.clone(), r.case.clone()));
+        }
     }
     ctx.bar.inc(1);
     Ok(())
 }
 
-/// The short table printed at the end of a run.
-pub fn print_table(rows: &[ResultRow]) {
+/// The short table printed at the end of a run: one line per (target, case, metric), rounds
+/// pooled; `rounds` is how many worker processes measured it and how far their medians spread
+/// (half the range, relative to the pooled median): the process-to-process noise that
+/// comparisons judge against.
+pub fn print_table(measurements: &[crate::compare::Measurement]) {
+    const RIGHT: [usize; 3] = [4, 6, 7];
     let mut lines = vec![[
-        "target", "workload", "case", "metric", "median", "unit", "±ci", "status",
+        "target",
+        "workload",
+        "case",
+        "metric",
+        "median",
+        "unit",
+        "±ci",
+        "rounds ±",
+        "status",
     ]
     .map(String::from)
     .to_vec()];
-    for r in rows {
+    for m in measurements {
+        let r = &m.row;
         let (median, ci) = match (r.median, r.ci_low, r.ci_high, r.n) {
             // Fewer than 6 samples have no 95% CI of the median: say how many there were.
             (Some(m), _, _, Some(n)) if n < 6 => (fmt_num(m), format!("n={n}")),
@@ -738,6 +842,24 @@ pub fn print_table(rows: &[ResultRow]) {
             }
             (Some(m), ..) => (fmt_num(m), String::new()),
             _ => (String::new(), String::new()),
+        };
+        let medians: Vec<f64> = m
+            .rounds
+            .iter()
+            .filter(|v| !v.is_empty())
+            .filter_map(|v| crate::stats::summarize(v).map(|s| s.median))
+            .collect();
+        let spread = match (r.median, medians.len()) {
+            (Some(med), n) if n > 1 && med != 0.0 => {
+                let (lo, hi) = medians
+                    .iter()
+                    .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+                        (a.min(x), b.max(x))
+                    });
+                format!("{n}× {:.1}%", (hi - lo) / 2.0 / med.abs() * 100.0)
+            }
+            (_, n) if n == 1 => "1×".to_string(),
+            _ => String::new(),
         };
         let status = if r.reason.is_empty() {
             r.status.as_str().to_string()
@@ -752,27 +874,28 @@ pub fn print_table(rows: &[ResultRow]) {
             median,
             r.unit.clone(),
             ci,
+            spread,
             status,
         ]);
     }
-    let widths: Vec<usize> = (0..7)
+    let cols = lines[0].len() - 1;
+    let widths: Vec<usize> = (0..cols)
         .map(|i| lines.iter().map(|l| l[i].chars().count()).max().unwrap_or(0))
         .collect();
     for l in &lines {
         let mut s = String::new();
-        for i in 0..7 {
-            let cell = &l[i];
-            let pad = widths[i] - cell.chars().count();
-            if i == 4 || i == 6 {
-                s.push_str(&" ".repeat(pad));
+        for (i, cell) in l.iter().take(cols).enumerate() {
+            let pad = " ".repeat(widths[i] - cell.chars().count());
+            if RIGHT.contains(&i) {
+                s.push_str(&pad);
                 s.push_str(cell);
             } else {
                 s.push_str(cell);
-                s.push_str(&" ".repeat(pad));
+                s.push_str(&pad);
             }
             s.push_str("  ");
         }
-        s.push_str(&l[7]);
+        s.push_str(&l[cols]);
         println!("{}", s.trim_end());
     }
 }

@@ -87,9 +87,30 @@ fn smoke_suite_runs_every_workload_kind() {
         .unwrap();
     let n = samples
         .iter()
-        .filter(|s| s.case == gemm_lat.case && s.metric == "latency")
+        .filter(|s| s.case == gemm_lat.case && s.metric == "latency" && s.round == gemm_lat.round)
         .count();
     assert_eq!(Some(n), gemm_lat.n);
+    // Three rounds (worker processes) of every measured case; the probe and skipped cases once.
+    let rounds = |w: &str, case: &str, metric: &str| {
+        let mut r: Vec<_> = rows
+            .iter()
+            .filter(|r| r.workload == w && r.case == case && r.metric == metric)
+            .map(|r| r.round.unwrap())
+            .collect();
+        r.sort();
+        r
+    };
+    assert_eq!(rounds("gemm", &gemm_lat.case, "latency"), [0, 1, 2]);
+    assert_eq!(rounds("probe", "default", ""), [0]);
+    assert_eq!(rounds("allreduce", &ar[0].case, ""), [0]);
+    // Each round ran in its own worker, with its own log.
+    let logs = std::fs::read_dir(run.logs())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".log"))
+        .count();
+    assert_eq!(logs, 3);
 }
 
 fn write_suite(dir: &Path, text: &str) -> PathBuf {
@@ -135,10 +156,11 @@ fn malformed_suites_exit_2_naming_the_line_and_write_nothing() {
     }
 }
 
-/// Eight gemm cases of about a third of a second each.
+/// Eight gemm cases of about a third of a second each, two rounds.
 const SLOW_SUITE: &str = r#"
 name = "slow"
 [defaults]
+rounds = 2
 warmup_s = 0.0
 min_samples = 1000
 max_samples = 1000
@@ -194,7 +216,7 @@ fn killed_run_is_readable_and_resume_finishes_it() {
     child.wait().unwrap();
     let before = read_results(&run).unwrap();
     assert!(!before.is_empty());
-    assert!(before.len() < 16, "the run finished before it was killed");
+    assert!(before.len() < 32, "the run finished before it was killed");
     assert!(before
         .iter()
         .all(|r| r.status == Status::Ok && r.median.unwrap() > 0.0));
@@ -214,16 +236,16 @@ fn killed_run_is_readable_and_resume_finishes_it() {
         String::from_utf8_lossy(&out.stderr)
     );
     let after = read_results(&run).unwrap();
-    // Every case once, two metrics each; the rows from before the kill untouched.
-    assert_eq!(after.len(), 16, "{after:#?}");
+    // Every case once per round, two metrics each; the rows from before the kill untouched.
+    assert_eq!(after.len(), 32, "{after:#?}");
     assert_eq!(&after[..before.len()], &before[..]);
     let mut keys: Vec<_> = after
         .iter()
-        .map(|r| (r.workload.clone(), r.case.clone(), r.metric.clone()))
+        .map(|r| (r.workload.clone(), r.case.clone(), r.metric.clone(), r.round))
         .collect();
     keys.sort();
     keys.dedup();
-    assert_eq!(keys.len(), 16);
+    assert_eq!(keys.len(), 32);
     assert_eq!(run.read_meta().unwrap().state, "complete");
 }
 
@@ -235,6 +257,7 @@ fn case_past_its_time_limit_fails_and_the_run_goes_on() {
 warmup_s = 0.0
 min_samples = 3
 max_time_s = 0.1
+rounds = 3
 
 [[workload]]
 kind = "gemm"
@@ -262,6 +285,7 @@ size = 64
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     let rows = read_results(&only_run(&tmp.path().join("r"))).unwrap();
     let slow = rows_of(&rows, "slow");
+    // Failed in round 0, not run again in rounds 1 and 2.
     assert_eq!(slow.len(), 1);
     assert_eq!(slow[0].status, Status::Failed);
     assert!(
@@ -271,7 +295,7 @@ size = 64
     );
     let fast = rows_of(&rows, "fast");
     assert!(
-        fast.iter().all(|r| r.status == Status::Ok) && fast.len() == 2,
+        fast.iter().all(|r| r.status == Status::Ok) && fast.len() == 6,
         "{fast:?}"
     );
 }

@@ -3,7 +3,8 @@
 
 use serde::Serialize;
 
-use crate::stats::{mann_whitney, ratio_of_medians_ci};
+use crate::stats::bootstrap::median_in_place;
+use crate::stats::{mann_whitney, ratio_of_medians_ci, welch_log_ratio};
 
 /// What a comparison concludes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -82,6 +83,54 @@ pub fn judge(
         ci_low: Some(ci.low),
         ci_high: Some(ci.high),
         p: Some(mw.p),
+    })
+}
+
+/// Rounds a side needs before comparisons judge on the spread between rounds.
+pub const MIN_ROUNDS: usize = 3;
+
+/// Judges two measurements given per round (worker process).
+///
+/// With at least [`MIN_ROUNDS`] rounds a side, the round is the unit of replication: the ratio of
+/// the geometric means of the per-round medians, Welch's t interval and p-value on their logs.
+/// Samples within one process are not independent of that process's memory layout, thread
+/// placement and clocks; treating them as independent across processes declares differences
+/// that a second run does not reproduce. With fewer rounds, the sample-level test and bootstrap
+/// of [`judge`] are used on the pooled samples, and the reason says so.
+pub fn judge_rounds(
+    baseline: &[Vec<f64>],
+    candidate: &[Vec<f64>],
+    min_samples: usize,
+    resamples: usize,
+    seed: u64,
+) -> Result<Judgement, String> {
+    let pooled = |r: &[Vec<f64>]| -> Vec<f64> { r.iter().flatten().copied().collect() };
+    let (b, c) = (pooled(baseline), pooled(candidate));
+    let rounds = |r: &[Vec<f64>]| r.iter().filter(|v| !v.is_empty()).count();
+    if rounds(baseline) < MIN_ROUNDS || rounds(candidate) < MIN_ROUNDS {
+        return judge(&b, &c, min_samples, resamples, seed);
+    }
+    if b.len() < min_samples || c.len() < min_samples {
+        return Err(format!(
+            "too few samples ({} vs {}; at least {min_samples} a side)",
+            b.len(),
+            c.len()
+        ));
+    }
+    let medians = |r: &[Vec<f64>]| -> Vec<f64> {
+        r.iter()
+            .filter(|v| !v.is_empty())
+            .map(|v| median_in_place(&mut v.clone()))
+            .collect()
+    };
+    let (mb, mc) = (medians(baseline), medians(candidate));
+    let w = welch_log_ratio(&mb, &mc, CI_LEVEL)
+        .ok_or("per-round medians are not all positive: no ratio of geometric means")?;
+    Ok(Judgement {
+        ratio: Some(w.ratio),
+        ci_low: Some(w.low),
+        ci_high: Some(w.high),
+        p: Some(w.p),
     })
 }
 
@@ -239,5 +288,63 @@ mod tests {
         assert_eq!(verdict(&j, 0.001, 0.01, 0.03, "lower").0, Verdict::Regression);
         assert_eq!(verdict(&j, 0.02, 0.01, 0.03, "lower").0, Verdict::Noisy);
         assert_eq!(verdict(&j, 0.001, 0.01, 0.03, "higher").0, Verdict::Improvement);
+    }
+
+    /// Rounds whose level jumps between two values (process-level effects), tight within.
+    fn bimodal_rounds(rng: &mut StdRng, rounds: usize, shift: f64) -> Vec<Vec<f64>> {
+        (0..rounds)
+            .map(|_| {
+                let level = if rng.random::<bool>() { 1.0 } else { 1.3 };
+                samples(rng, level * shift, 0.01, 40)
+            })
+            .collect()
+    }
+
+    fn decide_rounds(base: &[Vec<f64>], cand: &[Vec<f64>]) -> Verdict {
+        match judge_rounds(base, cand, 5, 2000, 1) {
+            Ok(j) => verdict(&j, j.p.unwrap_or(1.0), 0.01, 0.03, "lower").0,
+            Err(_) => Verdict::Noisy,
+        }
+    }
+
+    #[test]
+    fn process_level_jumps_are_not_regressions_with_rounds() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let (mut with_rounds, mut pooled) = (0, 0);
+        for _ in 0..200 {
+            let b = bimodal_rounds(&mut rng, 3, 1.0);
+            let c = bimodal_rounds(&mut rng, 3, 1.0);
+            with_rounds += (decide_rounds(&b, &c) == Verdict::Regression) as usize;
+            let flat = |r: &[Vec<f64>]| r.iter().flatten().copied().collect::<Vec<_>>();
+            pooled += (decide(&flat(&b), &flat(&c), "lower") == Verdict::Regression) as usize;
+        }
+        // Judged on rounds: at most the test's α (1%) plus sampling luck.
+        assert!(with_rounds <= 4, "{with_rounds} of 200 A/A comparisons flagged");
+        // Judged on pooled samples, the same data is flagged often: why rounds exist.
+        assert!(pooled > 40, "pooled flagged only {pooled} of 200");
+    }
+
+    #[test]
+    fn five_percent_slowdown_with_stable_rounds_is_flagged() {
+        let mut rng = StdRng::seed_from_u64(12);
+        let mut hits = 0;
+        for _ in 0..20 {
+            let b: Vec<Vec<f64>> = (0..3).map(|_| samples(&mut rng, 1.0, CV, N)).collect();
+            let c: Vec<Vec<f64>> = (0..3).map(|_| samples(&mut rng, 1.05, CV, N)).collect();
+            hits += (decide_rounds(&b, &c) == Verdict::Regression) as usize;
+        }
+        assert!(hits >= 18, "flagged {hits} of 20");
+    }
+
+    #[test]
+    fn fewer_rounds_fall_back_to_samples() {
+        let mut rng = StdRng::seed_from_u64(13);
+        let b = vec![samples(&mut rng, 1.0, CV, N), samples(&mut rng, 1.0, CV, N)];
+        let c = vec![samples(&mut rng, 1.1, CV, N), samples(&mut rng, 1.1, CV, N)];
+        let flat = |r: &[Vec<f64>]| r.iter().flatten().copied().collect::<Vec<_>>();
+        assert_eq!(
+            judge_rounds(&b, &c, 5, 2000, 1).unwrap(),
+            judge(&flat(&b), &flat(&c), 5, 2000, 1).unwrap()
+        );
     }
 }

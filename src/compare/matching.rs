@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{bail, Result};
 
-use super::judge::{judge, verdict, Judgement, Verdict};
+use super::judge::{judge_rounds, verdict, Judgement, Verdict};
 use super::{CompareOptions, CompareReport, Comparison, LoadedRun, Measurement, Side};
 use crate::results::{ResultRow, Status};
 use crate::stats::bootstrap::fnv1a;
@@ -204,7 +204,7 @@ fn pair_up(
                     cmp.reason = "no samples in samples.csv: medians only, no test".into();
                 } else {
                     let seed = opts.seed ^ fnv1a(&[&key.workload, &key.case, &key.metric, cand_label]);
-                    match judge(&b.samples, &c.samples, opts.min_samples, opts.bootstrap, seed) {
+                    match judge_rounds(&b.rounds, &c.rounds, opts.min_samples, opts.bootstrap, seed) {
                         Ok(j) => {
                             cmp.judgement = j;
                             cmp.verdict = Verdict::Noisy; // decided after the Holm correction

@@ -55,11 +55,15 @@ impl CompareOptions {
     }
 }
 
-/// One (target, case, metric) of a run with its samples.
+/// One (target, case, metric) of a run with its samples, pooled over the run's rounds.
 #[derive(Debug, Clone)]
 pub struct Measurement {
+    /// The row, its summary recomputed from the pooled samples when there were several rounds.
     pub row: ResultRow,
+    /// Every sample, round after round.
     pub samples: Vec<f64>,
+    /// The samples of each round (worker process), in round order.
+    pub rounds: Vec<Vec<f64>>,
 }
 
 impl Measurement {
@@ -69,7 +73,7 @@ impl Measurement {
     }
 }
 
-/// (target, workload, case, metric, gpu index): where a sample belongs.
+/// (target, workload, case, metric, gpu index): what one measurement is, across rounds.
 type SampleKey = (String, String, String, String, Option<usize>);
 
 /// A run directory read into memory.
@@ -91,31 +95,52 @@ impl LoadedRun {
         let rows = read_results(&run)?;
         let samples = read_samples(&run)?;
         let meta = run.read_meta().ok();
-        let mut by_key: BTreeMap<SampleKey, Vec<(usize, f64)>> = BTreeMap::new();
+        let key_of = |r: &ResultRow| -> SampleKey {
+            (
+                r.target.clone(),
+                r.workload.clone(),
+                r.case.clone(),
+                r.metric.clone(),
+                r.gpu_index,
+            )
+        };
+        let mut by_key: BTreeMap<(SampleKey, usize), Vec<(usize, f64)>> = BTreeMap::new();
         for s in samples {
+            let round = s.round.unwrap_or(0);
             by_key
-                .entry((s.target, s.workload, s.case, s.metric, s.gpu_index))
+                .entry(((s.target, s.workload, s.case, s.metric, s.gpu_index), round))
                 .or_default()
                 .push((s.sample, s.value));
         }
-        let measurements = rows
+        // One measurement per key: the rows of its rounds pooled, in the order keys first appear.
+        let mut order: Vec<SampleKey> = Vec::new();
+        let mut grouped: BTreeMap<SampleKey, Vec<ResultRow>> = BTreeMap::new();
+        for row in rows {
+            let k = key_of(&row);
+            if !grouped.contains_key(&k) {
+                order.push(k.clone());
+            }
+            grouped.entry(k).or_default().push(row);
+        }
+        let measurements = order
             .into_iter()
-            .map(|row| {
-                let mut v = by_key
-                    .get(&(
-                        row.target.clone(),
-                        row.workload.clone(),
-                        row.case.clone(),
-                        row.metric.clone(),
-                        row.gpu_index,
-                    ))
-                    .cloned()
-                    .unwrap_or_default();
-                v.sort_by_key(|&(i, _)| i);
-                Measurement {
-                    samples: v.into_iter().map(|(_, x)| x).collect(),
-                    row,
+            .map(|k| {
+                let mut rows = grouped.remove(&k).unwrap_or_default();
+                rows.sort_by_key(|r| r.round.unwrap_or(0));
+                let rounds: Vec<Vec<f64>> = rows
+                    .iter()
+                    .filter_map(|r| {
+                        let mut v = by_key.remove(&(k.clone(), r.round.unwrap_or(0)))?;
+                        v.sort_by_key(|&(i, _)| i);
+                        Some(v.into_iter().map(|(_, x)| x).collect())
+                    })
+                    .collect();
+                let samples: Vec<f64> = rounds.iter().flatten().copied().collect();
+                let mut row = rows.swap_remove(0);
+                if rounds.len() > 1 {
+                    pool_summary(&mut row, &samples);
                 }
+                Measurement { row, samples, rounds }
             })
             .collect();
         Ok(LoadedRun {
@@ -133,6 +158,24 @@ impl LoadedRun {
             .filter(|s| !s.is_empty())
             .or_else(|| self.dir.file_name().map(|f| f.to_string_lossy().into_owned()))
             .unwrap_or_else(|| self.dir.display().to_string())
+    }
+}
+
+/// Replaces a row's summary by that of the pooled samples of all its rounds.
+fn pool_summary(row: &mut ResultRow, samples: &[f64]) {
+    if let Some(s) = crate::stats::summarize(samples) {
+        row.n = Some(s.n);
+        row.median = Some(s.median);
+        row.mean = Some(s.mean);
+        row.stddev = Some(s.stddev);
+        row.min = Some(s.min);
+        row.max = Some(s.max);
+        row.p05 = Some(s.p05);
+        row.p95 = Some(s.p95);
+        row.ci_low = Some(s.ci_low);
+        row.ci_high = Some(s.ci_high);
+        row.outliers = Some(s.outliers);
+        row.round = None;
     }
 }
 

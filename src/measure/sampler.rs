@@ -100,6 +100,7 @@ mod tests {
             max_time_s: 10.0,
             target_rel_ci: 0.01,
             timeout_s: 60.0,
+            rounds: 1,
         }
     }
 

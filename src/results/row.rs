@@ -61,6 +61,8 @@ pub struct ResultRow {
     pub outliers: Option<usize>,
     /// The target's name in the suite (`local`, or the image): what `compare` matches runs on.
     pub target: String,
+    /// Which worker process (0-based) measured this row; see `rounds` in the suite.
+    pub round: Option<usize>,
 }
 
 impl ResultRow {
@@ -90,4 +92,6 @@ pub struct SampleRow {
     pub value: f64,
     pub target: String,
     pub engine: String,
+    /// Which worker process (0-based) took the sample.
+    pub round: Option<usize>,
 }

@@ -6,9 +6,11 @@ pub mod edivisive;
 pub mod holm;
 pub mod mannwhitney;
 pub mod summary;
+pub mod welch;
 
 pub use bootstrap::{ratio_of_medians_ci, RatioCi};
 pub use edivisive::{change_points, ChangePoint, EDivisiveSettings};
 pub use holm::holm_adjust;
 pub use mannwhitney::{mann_whitney, MannWhitney};
 pub use summary::{percentile_sorted, summarize, Summary};
+pub use welch::{welch_log_ratio, LogRatio};

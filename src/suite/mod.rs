@@ -309,6 +309,7 @@ struct MeasureOverrides {
     max_time_s: Option<f64>,
     target_rel_ci: Option<f64>,
     timeout_s: Option<f64>,
+    rounds: Option<usize>,
 }
 
 impl MeasureOverrides {
@@ -334,6 +335,9 @@ impl MeasureOverrides {
         if let Some(v) = self.timeout_s {
             s.timeout_s = v;
         }
+        if let Some(v) = self.rounds {
+            s.rounds = v;
+        }
     }
 }
 
@@ -352,6 +356,9 @@ fn check_measure(s: &MeasureSettings) -> Result<(), String> {
         if !(v >= 0.0 && v.is_finite()) {
             return Err(format!("`{k}` must be a non-negative number of seconds"));
         }
+    }
+    if s.rounds == 0 || s.rounds > 100 {
+        return Err("`rounds` must be between 1 and 100".into());
     }
     if s.timeout_s.is_nan() || s.timeout_s <= 0.0 {
         return Err("`timeout_s` must be positive".into());
