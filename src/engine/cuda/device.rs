@@ -126,6 +126,9 @@ impl Gpu {
 
     /// Enqueues a fill of every byte of `buf` with `byte` (poisoning outputs before a check).
     pub fn memset(&self, buf: &DeviceBuf, byte: u8) -> Result<()> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| anyhow!("failed to bind GPU {}: {e}", self.ordinal))?;
         // SAFETY: the range is the buffer's own, allocated on this stream.
         unsafe { cudarc::driver::result::memset_d8_async(buf.ptr, byte, buf.len(), self.stream.cu_stream()) }
             .map_err(|e| anyhow!("failed to fill a buffer on GPU {}: {e}", self.ordinal))

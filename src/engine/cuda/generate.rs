@@ -794,16 +794,9 @@ impl<'a> DeviceModel<'a> {
     }
 
     /// C = alpha·op(A)·op(B) + beta·C on the GPU's stream (fp32 accumulation).
-    fn gemm(
-        &self,
-        g: &GemmArgs,
-        alpha: f32,
-        a: u64,
-        b: u64,
-        beta: f32,
-        c: u64,
-        what: &str,
-    ) -> anyhow::Result<()> {
+    /// `scalars` are (alpha, beta); `abc` the device addresses of A, B and C.
+    fn gemm(&self, g: &GemmArgs, scalars: (f32, f32), abc: [u64; 3], what: &str) -> anyhow::Result<()> {
+        let ((alpha, beta), [a, b, c]) = (scalars, abc);
         // SAFETY: the pointers address buffers sized for the arguments (see `Activations`);
         // scalars are host values alive across the call.
         blas_check(
@@ -936,11 +929,8 @@ impl<'a> DeviceModel<'a> {
             self.rms_norm(self.h.ptr, self.x.ptr, &w[ATTN_NORM], t, d.hidden, d.hidden)?;
             self.gemm(
                 &linear_args(t, d.hidden, d.qkv_width(), d.hidden),
-                1.0,
-                w[QKV].ptr,
-                self.h.ptr,
-                0.0,
-                self.qkv.ptr,
+                (1.0, 0.0),
+                [w[QKV].ptr, self.h.ptr, self.qkv.ptr],
                 "cublasGemmEx (QKV projection)",
             )?;
             let n = (t * (d.heads + d.kv_heads) * d.head_dim / 2) as u64;
@@ -1017,21 +1007,15 @@ impl<'a> DeviceModel<'a> {
             // The residual add is the GEMM's epilogue: beta = 1 accumulates onto x in fp32.
             self.gemm(
                 &linear_args(t, d.attn_width(), d.hidden, d.attn_width()),
-                1.0,
-                w[O_PROJ].ptr,
-                self.attn.ptr,
-                1.0,
-                self.x.ptr,
+                (1.0, 1.0),
+                [w[O_PROJ].ptr, self.attn.ptr, self.x.ptr],
                 "cublasGemmEx (output projection)",
             )?;
             self.rms_norm(self.h.ptr, self.x.ptr, &w[MLP_NORM], t, d.hidden, d.hidden)?;
             self.gemm(
                 &linear_args(t, d.hidden, 2 * d.inter, d.hidden),
-                1.0,
-                w[GATE_UP].ptr,
-                self.h.ptr,
-                0.0,
-                self.gu.ptr,
+                (1.0, 0.0),
+                [w[GATE_UP].ptr, self.h.ptr, self.gu.ptr],
                 "cublasGemmEx (gate/up projection)",
             )?;
             let n = (t * d.inter) as u64;
@@ -1050,11 +1034,8 @@ impl<'a> DeviceModel<'a> {
             )?;
             self.gemm(
                 &linear_args(t, d.inter, d.hidden, d.inter),
-                1.0,
-                w[DOWN].ptr,
-                self.act.ptr,
-                1.0,
-                self.x.ptr,
+                (1.0, 1.0),
+                [w[DOWN].ptr, self.act.ptr, self.x.ptr],
                 "cublasGemmEx (down projection)",
             )?;
         }
@@ -1070,11 +1051,8 @@ impl<'a> DeviceModel<'a> {
         )?;
         self.gemm(
             &linear_args(d.batch, d.hidden, d.vocab, d.hidden),
-            1.0,
-            self.globals[LM_HEAD].ptr,
-            self.last.ptr,
-            0.0,
-            self.logits.ptr,
+            (1.0, 0.0),
+            [self.globals[LM_HEAD].ptr, self.last.ptr, self.logits.ptr],
             "cublasGemmEx (LM head)",
         )?;
         launch(
@@ -1356,6 +1334,13 @@ pub fn run(rt: &mut Runtime, case: &Case) -> Result<CaseOutput, CaseError> {
         ttft.iter().map(|s| (p.batch * p.prompt_len) as f64 / s).collect(),
     );
     let peak = free0.saturating_sub(min_free);
+    if (peak as f64) < 0.9 * plan.total() as f64 {
+        out.warn(format!(
+            "peak_memory ({} MiB) is below the {} MiB the case allocated: another process freed GPU memory during the case",
+            peak >> 20,
+            plan.total() >> 20
+        ));
+    }
     out.metric(
         metric::PEAK_MEMORY,
         "MiB",
