@@ -62,6 +62,13 @@ for size in (1024, 4096, 8192):
     a, b = tf.get(f"size={size},dtype=fp32"), tf.get(f"size={size},dtype=tf32")
     if a and b:
         print(f"  tf32 / fp32 speedup at {size}³: {b / a:.2f}x")
+gen = {}
+for r in rows:
+    if r["workload"] == "generate" and r["status"] == "ok":
+        gen.setdefault(r["case"], {})[r["metric"]] = (float(r["median"]), r["unit"])
+for case, m in gen.items():
+    print(f"  generate {case}: " + ", ".join(
+        f"{k} {m[k][0]:.2f} {m[k][1]}" for k in ("ttft", "tpot", "decode_tokens_per_s", "peak_memory") if k in m))
 for r in rows:
     if r["workload"].startswith("allreduce") and r["metric"] == "busbw" and r["status"] == "ok":
         print(f"  allreduce {r['case']:<60} busbw {float(r['median']):8.1f} GB/s (largest size)")

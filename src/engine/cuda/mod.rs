@@ -12,6 +12,7 @@ pub mod attention;
 pub mod device;
 pub mod ffi;
 pub mod gemm;
+pub mod generate;
 pub mod kernels;
 pub mod loader;
 pub mod probe;
@@ -224,9 +225,7 @@ impl Engine for CudaEngine {
             WorkloadKind::Gemm => gemm::run(rt, case),
             WorkloadKind::Attention => attention::run(rt, case),
             WorkloadKind::Allreduce => allreduce::run(rt, case),
-            WorkloadKind::Generate => Err(CaseError::skipped(
-                "the native CUDA engine does not implement token generation (a Llama decoder on cuBLAS and NVRTC kernels is planned); use the torch engine",
-            )),
+            WorkloadKind::Generate => generate::run(rt, case),
             WorkloadKind::Precision => Err(CaseError::skipped(
                 "the native CUDA engine does not implement training steps; the torch engine does (engine = \"torch\")",
             )),
