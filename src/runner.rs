@@ -484,7 +484,7 @@ fn run_target(
                 let reason = format!("could not start the worker: {e:#}");
                 ctx.bar.suspend(|| eprintln!("error: target {tname}: {reason}"));
                 for c in &pending {
-                    let row = status_row(ctx, &tmeta, target, c, Status::Failed, &reason, &now());
+                    let row = status_row(ctx, tmeta, target, c, Status::Failed, &reason, &now());
                     write_case(ctx, writer, vec![row], vec![])?;
                 }
                 break;
@@ -599,7 +599,7 @@ fn run_target(
                             let c = case_of(&pending, &workload, &case);
                             buf.rows.push(status_row(
                                 ctx,
-                                &tmeta,
+                                tmeta,
                                 target,
                                 &c,
                                 Status::Ok,
@@ -615,7 +615,7 @@ fn run_target(
                             let c = case_of(&pending, &workload, &case);
                             buf.rows.push(status_row(
                                 ctx,
-                                &tmeta,
+                                tmeta,
                                 target,
                                 &c,
                                 Status::Skipped,
@@ -633,7 +633,7 @@ fn run_target(
                                 .suspend(|| eprintln!("error: {tname}: {workload}/{case}: {reason}"));
                             buf.rows.push(status_row(
                                 ctx,
-                                &tmeta,
+                                tmeta,
                                 target,
                                 &c,
                                 Status::Failed,
@@ -696,7 +696,7 @@ fn run_target(
         } else {
             buf.started_at.clone()
         };
-        let row = status_row(ctx, &tmeta, target, &case, Status::Failed, &reason, &started);
+        let row = status_row(ctx, tmeta, target, &case, Status::Failed, &reason, &started);
         buf = CaseBuffer {
             case: Some((w, c)),
             rows: vec![row],
@@ -858,7 +858,7 @@ pub fn print_table(measurements: &[crate::compare::Measurement]) {
                     });
                 format!("{n}× {:.1}%", (hi - lo) / 2.0 / med.abs() * 100.0)
             }
-            (_, n) if n == 1 => "1×".to_string(),
+            (_, 1) => "1×".to_string(),
             _ => String::new(),
         };
         let status = if r.reason.is_empty() {

@@ -301,6 +301,48 @@ size = 64
 }
 
 #[test]
+fn rounds_alternate_the_order_of_targets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = r#"
+[defaults]
+warmup_s = 0.0
+min_samples = 3
+max_time_s = 0.05
+rounds = 3
+[[target]]
+name = "a"
+local = true
+[[target]]
+name = "b"
+local = true
+[[workload]]
+kind = "gemm"
+size = 64
+"#;
+    let suite = write_suite(tmp.path(), text);
+    let out = tagbench()
+        .arg(&suite)
+        .arg("--results-dir")
+        .arg(tmp.path().join("r"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = read_results(&only_run(&tmp.path().join("r"))).unwrap();
+    let order: Vec<(String, usize)> = rows
+        .iter()
+        .filter(|r| r.metric == "latency")
+        .map(|r| (r.target.clone(), r.round.unwrap()))
+        .collect();
+    let want = [("a", 0), ("b", 0), ("b", 1), ("a", 1), ("a", 2), ("b", 2)];
+    assert_eq!(order, want.map(|(t, r)| (t.to_string(), r)));
+}
+
+#[test]
 fn list_and_filter() {
     let out = Command::new(cargo_bin("tagbench"))
         .args(["list", "--filter", "gemm/size=256"])

@@ -92,6 +92,8 @@ fn median(r: &Row) -> f64 {
 /// Small sizes and short sampling, so that the whole smoke suite runs in a CI minute.
 const QUICK: &[&str] = &[
     "--set",
+    "rounds=1",
+    "--set",
     "warmup_s=0.02",
     "--set",
     "min_samples=3",
@@ -280,6 +282,8 @@ fn noise_on_python_stdout_does_not_break_the_protocol() {
             "gemm/size=256,dtype=fp32",
             "--set",
             "max_time_s=0.1",
+            "--set",
+            "rounds=1",
         ],
         &[],
     );
@@ -300,6 +304,7 @@ fn native_and_torch_targets_in_one_run() {
         r#"
 name = "engines-test"
 [defaults]
+rounds = 1
 warmup_s = 0.02
 min_samples = 3
 max_time_s = 0.2

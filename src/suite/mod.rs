@@ -78,7 +78,7 @@ impl Suite {
 /// Top-level keys and what they hold.
 const TOP_KEYS: [&str; 5] = ["name", "description", "defaults", "target", "workload"];
 /// Measurement keys that a workload may override.
-const MEASURE_KEYS: [&str; 7] = [
+const MEASURE_KEYS: [&str; 8] = [
     "warmup_s",
     "min_samples",
     "max_samples",
@@ -86,6 +86,7 @@ const MEASURE_KEYS: [&str; 7] = [
     "max_time_s",
     "target_rel_ci",
     "timeout_s",
+    "rounds",
 ];
 
 fn compile(

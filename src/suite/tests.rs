@@ -134,7 +134,9 @@ fn overrides_apply_and_are_checked() {
 
 #[test]
 fn list_valued_param_is_not_an_axis_and_measure_override() {
-    let s = parse("[[workload]]\nkind = \"gemm\"\nsize = 8\nmax_samples = 20\nmin_samples = 3\n").unwrap();
+    let s = parse("[[workload]]\nkind = \"gemm\"\nsize = 8\nmax_samples = 20\nmin_samples = 3\nrounds = 5\n")
+        .unwrap();
+    assert_eq!(s.workloads[0].cases[0].measure.rounds, 5);
     assert_eq!(s.workloads[0].cases[0].measure.max_samples, 20);
     assert_eq!(s.workloads[0].cases[0].id, "size=8");
     let e = parse("[[workload]]\nkind = \"gemm\"\nsize = 8\nmax_samples = 2\nmin_samples = 3\n").unwrap_err();
