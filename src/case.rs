@@ -184,7 +184,7 @@ impl Default for MeasureSettings {
             max_time_s: 2.0,
             target_rel_ci: 0.01,
             timeout_s: 300.0,
-            rounds: 3,
+            rounds: 5,
         }
     }
 }

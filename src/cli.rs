@@ -122,18 +122,21 @@ pub struct CleanArgs {
 /// The statistics settings shared by `compare`, `report` and `history`.
 #[derive(Debug, Args, Clone)]
 pub struct StatsArgs {
-    /// Family-wise significance level of the Mann-Whitney tests, Holm-corrected across every
-    /// compared metric.
+    /// Family-wise significance level, Holm-corrected across every compared metric. The test is
+    /// Welch's t on the logs of the per-round medians when both sides have 3 or more rounds
+    /// (worker processes), else Mann-Whitney on the samples.
     #[arg(long, default_value_t = 0.01, value_name = "P")]
     pub alpha: f64,
     /// Relative change that counts as noise (0.03 = 3%): a regression needs the whole 95% CI of
-    /// the ratio of medians beyond it, in the metric's bad direction.
+    /// the ratio (of geometric means of per-round medians with 3+ rounds a side, else of
+    /// medians) beyond it, in the metric's bad direction.
     #[arg(long, default_value_t = 0.03, value_name = "FRACTION")]
     pub noise: f64,
     /// Noise threshold for one metric, e.g. `ttft=0.05`. Repeatable.
     #[arg(long = "noise-for", value_name = "METRIC=FRACTION")]
     pub noise_for: Vec<String>,
-    /// Bootstrap resamples for the CI of the ratio of medians.
+    /// Bootstrap resamples for the CI of the ratio of medians (sample-level comparisons, with
+    /// fewer than 3 rounds a side).
     #[arg(long = "bootstrap", default_value_t = 2000, value_name = "N")]
     pub bootstrap: usize,
     /// Seed of the bootstrap (results are deterministic for a given seed).

@@ -90,7 +90,7 @@ fn smoke_suite_runs_every_workload_kind() {
         .filter(|s| s.case == gemm_lat.case && s.metric == "latency" && s.round == gemm_lat.round)
         .count();
     assert_eq!(Some(n), gemm_lat.n);
-    // Three rounds (worker processes) of every measured case; the probe and skipped cases once.
+    // Five rounds (worker processes) of every measured case; the probe and skipped cases once.
     let rounds = |w: &str, case: &str, metric: &str| {
         let mut r: Vec<_> = rows
             .iter()
@@ -100,7 +100,7 @@ fn smoke_suite_runs_every_workload_kind() {
         r.sort();
         r
     };
-    assert_eq!(rounds("gemm", &gemm_lat.case, "latency"), [0, 1, 2]);
+    assert_eq!(rounds("gemm", &gemm_lat.case, "latency"), [0, 1, 2, 3, 4]);
     assert_eq!(rounds("probe", "default", ""), [0]);
     assert_eq!(rounds("allreduce", &ar[0].case, ""), [0]);
     // Each round ran in its own worker, with its own log.
@@ -110,7 +110,7 @@ fn smoke_suite_runs_every_workload_kind() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".log"))
         .count();
-    assert_eq!(logs, 3);
+    assert_eq!(logs, 5);
 }
 
 fn write_suite(dir: &Path, text: &str) -> PathBuf {

@@ -76,9 +76,91 @@ impl CaseOutput {
         );
     }
 
+    /// Token-generation metrics from per-generation timings, the same for every engine: TTFT
+    /// (prefill through the first token on the host), TPOT (mean decode step) and the token
+    /// rates derived per generation, so that each has a full distribution.
+    pub fn generation_metrics(
+        &mut self,
+        batch: usize,
+        prompt_len: usize,
+        ttft_s: &[Seconds],
+        tpot_s: &[Seconds],
+    ) {
+        use crate::workload::metric;
+        self.metric(
+            metric::TTFT,
+            "ms",
+            Better::Lower,
+            ttft_s.iter().map(|s| s * 1e3).collect(),
+        );
+        if !tpot_s.is_empty() {
+            self.metric(
+                metric::TPOT,
+                "ms",
+                Better::Lower,
+                tpot_s.iter().map(|s| s * 1e3).collect(),
+            );
+            self.metric(
+                metric::DECODE_TPS,
+                "tokens/s",
+                Better::Higher,
+                tpot_s.iter().map(|s| batch as f64 / s).collect(),
+            );
+        }
+        self.metric(
+            metric::PREFILL_TPS,
+            "tokens/s",
+            Better::Higher,
+            ttft_s.iter().map(|s| (batch * prompt_len) as f64 / s).collect(),
+        );
+    }
+
+    /// `speedup_vs_fp32` and `loss_diff_vs_fp32` of a reduced-precision training step against its
+    /// fp32 reference (same weights, data and steps), with a warning when the loss diverged.
+    pub fn versus_fp32(&mut self, mode: &str, reference: &PrecisionReference, median_s: Seconds, loss: f64) {
+        use crate::workload::metric;
+        self.metric(
+            metric::SPEEDUP,
+            "x",
+            Better::Higher,
+            vec![reference.step_median_s / median_s],
+        );
+        self.metric(
+            metric::LOSS_DIFF,
+            "relative",
+            Better::Lower,
+            vec![relative_diff(loss, reference.loss)],
+        );
+        if !loss.is_finite() {
+            self.warn(format!("{mode} loss is not finite after the seeded steps"));
+        }
+    }
+
     pub fn warn(&mut self, message: impl Into<String>) {
         self.warnings.push(message.into());
     }
+}
+
+/// The fp32 reference of a precision case, kept so that each mode compares with one measurement.
+#[derive(Debug, Clone)]
+pub struct PrecisionReference {
+    pub step_median_s: Seconds,
+    /// Loss after the seeded steps.
+    pub loss: f64,
+}
+
+/// |a − b| / |b|, or |a − b| where b is 0.
+pub fn relative_diff(a: f64, b: f64) -> f64 {
+    if b == 0.0 {
+        (a - b).abs()
+    } else {
+        ((a - b) / b).abs()
+    }
+}
+
+/// Mean time per output token of one generation's decode steps (`None` without any).
+pub fn mean_step(steps: &[Seconds]) -> Option<Seconds> {
+    (!steps.is_empty()).then(|| steps.iter().sum::<Seconds>() / steps.len() as Seconds)
 }
 
 /// Something that measures cases.
@@ -95,5 +177,29 @@ pub fn create(job: &Job) -> Box<dyn Engine> {
         (EngineKind::Native, Device::Cpu) => Box::new(cpu::CpuEngine::new()),
         (EngineKind::Native, Device::Cuda) => Box::new(cuda::CudaEngine::new(&job.gpus)),
         (EngineKind::Torch, device) => Box::new(torch::TorchEngine::new(device, &job.gpus)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_diff_of_zero_reference() {
+        assert_eq!(relative_diff(0.5, 0.0), 0.5);
+        assert!((relative_diff(1.1, 1.0) - 0.1).abs() < 1e-12);
+        assert!((relative_diff(0.9, -1.0) - 1.9).abs() < 1e-12);
+    }
+
+    #[test]
+    fn generation_metrics_derive_rates() {
+        let mut out = CaseOutput::new("cpu");
+        out.generation_metrics(2, 8, &[0.5], &[mean_step(&[0.1, 0.3]).unwrap()]);
+        let get = |n: &str| out.metrics.iter().find(|m| m.name == n).unwrap().values[0];
+        assert_eq!(get("ttft"), 500.0);
+        assert!((get("tpot") - 200.0).abs() < 1e-9);
+        assert!((get("decode_tokens_per_s") - 10.0).abs() < 1e-9);
+        assert_eq!(get("prefill_tokens_per_s"), 32.0);
+        assert_eq!(mean_step(&[]), None);
     }
 }

@@ -9,7 +9,7 @@ use candle_transformers::models::llama::{Cache, Config, Llama};
 
 use super::{candle_err, cpu_dtype, memory};
 use crate::case::{Better, Case};
-use crate::engine::CaseOutput;
+use crate::engine::{mean_step, CaseOutput};
 use crate::error::CaseError;
 use crate::measure::Sampler;
 use crate::workload::generate::{GenerateParams, ModelShape};
@@ -82,37 +82,8 @@ pub fn run(case: &Case) -> Result<CaseOutput, CaseError> {
 
     let mut out = CaseOutput::new("cpu");
     let ttft: Vec<f64> = runs.iter().map(|g| g.ttft_s).collect();
-    out.metric(
-        metric::TTFT,
-        "ms",
-        Better::Lower,
-        ttft.iter().map(|s| s * 1e3).collect(),
-    );
-    let decoding: Vec<&Generation> = runs.iter().filter(|g| !g.decode_steps_s.is_empty()).collect();
-    if !decoding.is_empty() {
-        let tpot: Vec<f64> = decoding
-            .iter()
-            .map(|g| g.decode_steps_s.iter().sum::<f64>() / g.decode_steps_s.len() as f64)
-            .collect();
-        out.metric(
-            metric::TPOT,
-            "ms",
-            Better::Lower,
-            tpot.iter().map(|s| s * 1e3).collect(),
-        );
-        out.metric(
-            metric::DECODE_TPS,
-            "tokens/s",
-            Better::Higher,
-            tpot.iter().map(|s| p.batch as f64 / s).collect(),
-        );
-    }
-    out.metric(
-        metric::PREFILL_TPS,
-        "tokens/s",
-        Better::Higher,
-        ttft.iter().map(|s| (p.batch * p.prompt_len) as f64 / s).collect(),
-    );
+    let tpot: Vec<f64> = runs.iter().filter_map(|g| mean_step(&g.decode_steps_s)).collect();
+    out.generation_metrics(p.batch, p.prompt_len, &ttft, &tpot);
     if tracked {
         if let Some(peak) = memory::peak_mib() {
             out.metric(metric::PEAK_MEMORY, "MiB", Better::Lower, vec![peak]);

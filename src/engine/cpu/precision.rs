@@ -21,12 +21,7 @@ use crate::workload::precision::{Mode, PrecisionModel, PrecisionParams};
 /// Steps from the seeded start before the loss is compared across modes.
 const NUMERICS_STEPS: usize = 10;
 
-/// The fp32 reference of a precision case.
-#[derive(Debug, Clone)]
-pub struct Reference {
-    pub step_median_s: f64,
-    pub loss: f64,
-}
+pub use crate::engine::PrecisionReference as Reference;
 
 pub fn run(engine: &mut CpuEngine, case: &Case) -> Result<CaseOutput, CaseError> {
     let p: PrecisionParams = case.params()?;
@@ -82,24 +77,7 @@ pub fn run(engine: &mut CpuEngine, case: &Case) -> Result<CaseOutput, CaseError>
                 r
             }
         };
-        out.metric(
-            metric::SPEEDUP,
-            "x",
-            Better::Higher,
-            vec![reference.step_median_s / median],
-        );
-        let diff = if reference.loss == 0.0 {
-            (loss - reference.loss).abs()
-        } else {
-            ((loss - reference.loss) / reference.loss).abs()
-        };
-        out.metric(metric::LOSS_DIFF, "relative", Better::Lower, vec![diff]);
-        if !loss.is_finite() {
-            out.warn(format!(
-                "{} loss is not finite after {NUMERICS_STEPS} steps",
-                p.mode.as_str()
-            ));
-        }
+        out.versus_fp32(p.mode.as_str(), &reference, median, loss);
     }
     Ok(out)
 }

@@ -16,7 +16,7 @@ use super::ffi::{self, Cublas};
 use super::kernels::{self, hash_uniform};
 use super::{gemm, Runtime};
 use crate::case::{Better, Case, Dtype};
-use crate::engine::CaseOutput;
+use crate::engine::{mean_step, CaseOutput};
 use crate::error::CaseError;
 use crate::measure::Sampler;
 use crate::workload::generate::{GenerateParams, ModelShape};
@@ -1302,37 +1302,8 @@ pub fn run(rt: &mut Runtime, case: &Case) -> Result<CaseOutput, CaseError> {
     out.gpu_name = gpu.name.clone();
     out.gpu_index = Some(gpu.ordinal);
     let ttft: Vec<f64> = runs.iter().map(|g| g.ttft_s).collect();
-    out.metric(
-        metric::TTFT,
-        "ms",
-        Better::Lower,
-        ttft.iter().map(|s| s * 1e3).collect(),
-    );
-    let decoding: Vec<&Generation> = runs.iter().filter(|g| !g.decode_steps_s.is_empty()).collect();
-    if !decoding.is_empty() {
-        let tpot: Vec<f64> = decoding
-            .iter()
-            .map(|g| g.decode_steps_s.iter().sum::<f64>() / g.decode_steps_s.len() as f64)
-            .collect();
-        out.metric(
-            metric::TPOT,
-            "ms",
-            Better::Lower,
-            tpot.iter().map(|s| s * 1e3).collect(),
-        );
-        out.metric(
-            metric::DECODE_TPS,
-            "tokens/s",
-            Better::Higher,
-            tpot.iter().map(|s| p.batch as f64 / s).collect(),
-        );
-    }
-    out.metric(
-        metric::PREFILL_TPS,
-        "tokens/s",
-        Better::Higher,
-        ttft.iter().map(|s| (p.batch * p.prompt_len) as f64 / s).collect(),
-    );
+    let tpot: Vec<f64> = runs.iter().filter_map(|g| mean_step(&g.decode_steps_s)).collect();
+    out.generation_metrics(p.batch, p.prompt_len, &ttft, &tpot);
     let peak = free0.saturating_sub(min_free);
     if (peak as f64) < 0.9 * plan.total() as f64 {
         out.warn(format!(

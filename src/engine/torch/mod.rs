@@ -24,12 +24,7 @@ use crate::workload::precision::{Mode, PrecisionParams};
 
 pub use self::python::python_command;
 
-/// The fp32 reference of a precision case, kept so that each mode compares with one measurement.
-#[derive(Debug, Clone)]
-struct Reference {
-    step_median_s: f64,
-    loss: f64,
-}
+use crate::engine::PrecisionReference as Reference;
 
 pub struct TorchEngine {
     python: std::ffi::OsString,
@@ -228,32 +223,7 @@ impl TorchEngine {
         let peak = self.finish()?["peak_memory_mib"].as_f64();
         let ttft: Vec<f64> = runs.iter().filter_map(|v| v["ttft_s"].as_f64()).collect();
         let tpot: Vec<f64> = runs.iter().filter_map(|v| v["tpot_s"].as_f64()).collect();
-        out.metric(
-            metric::TTFT,
-            "ms",
-            Better::Lower,
-            ttft.iter().map(|s| s * 1e3).collect(),
-        );
-        if !tpot.is_empty() {
-            out.metric(
-                metric::TPOT,
-                "ms",
-                Better::Lower,
-                tpot.iter().map(|s| s * 1e3).collect(),
-            );
-            out.metric(
-                metric::DECODE_TPS,
-                "tokens/s",
-                Better::Higher,
-                tpot.iter().map(|s| p.batch as f64 / s).collect(),
-            );
-        }
-        out.metric(
-            metric::PREFILL_TPS,
-            "tokens/s",
-            Better::Higher,
-            ttft.iter().map(|s| (p.batch * p.prompt_len) as f64 / s).collect(),
-        );
+        out.generation_metrics(p.batch, p.prompt_len, &ttft, &tpot);
         match peak {
             Some(mib) => out.metric(metric::PEAK_MEMORY, "MiB", Better::Lower, vec![mib]),
             None => out.warn("peak memory not measured: the kernel's peak-RSS reset (/proc/self/clear_refs) is not available"),
@@ -329,34 +299,8 @@ impl TorchEngine {
                 r
             }
         };
-        out.metric(
-            metric::SPEEDUP,
-            "x",
-            Better::Higher,
-            vec![reference.step_median_s / median],
-        );
-        out.metric(
-            metric::LOSS_DIFF,
-            "relative",
-            Better::Lower,
-            vec![relative_diff(loss, reference.loss)],
-        );
-        if !loss.is_finite() {
-            out.warn(format!(
-                "{} loss is not finite after the seeded steps",
-                p.mode.as_str()
-            ));
-        }
+        out.versus_fp32(p.mode.as_str(), &reference, median, loss);
         Ok(out)
-    }
-}
-
-/// |a − b| / |b|, or |a − b| where b is 0.
-fn relative_diff(a: f64, b: f64) -> f64 {
-    if b == 0.0 {
-        (a - b).abs()
-    } else {
-        ((a - b) / b).abs()
     }
 }
 
@@ -404,13 +348,6 @@ impl Engine for TorchEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn relative_diff_of_zero_reference() {
-        assert_eq!(relative_diff(0.5, 0.0), 0.5);
-        assert!((relative_diff(1.1, 1.0) - 0.1).abs() < 1e-12);
-        assert!((relative_diff(0.9, -1.0) - 1.9).abs() < 1e-12);
-    }
 
     #[test]
     fn missing_python_skips_every_case() {
