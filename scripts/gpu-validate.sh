@@ -11,13 +11,14 @@
 #    torch.distributed NCCL on every GPU), and says clearly when they do not.
 # Targets: bf16 8192³ within 3% of torch.matmul; fp32 vs tf32 speedup reported.
 #
-# Environment: TAGBENCH_RESULTS (results directory, default results/), TAGBENCH_TORCH_PYTHON
-# (the python to try, default python3).
+# Environment: TAGBENCH_RESULTS (results directory, default results/), TAGBENCH_REPORTS (report
+# directory, default reports/), TAGBENCH_TORCH_PYTHON (the python to try, default python3).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bin="${1:-$here/target/release/tagbench}"
 results="${TAGBENCH_RESULTS:-$here/results}"
+reports="${TAGBENCH_REPORTS:-$here/reports}"
 python="${TAGBENCH_TORCH_PYTHON:-python3}"
 run_id="gpu-validate-$(date +%Y%m%d-%H%M%S)"
 
@@ -35,7 +36,7 @@ fi
 
 set +e
 (cd "$here" && "$bin" run suites/gpu-validate.toml --device cuda --no-progress \
-    --results-dir "$results" --run-id "$run_id")
+    --results-dir "$results" --report-dir "$reports" --run-id "$run_id")
 rc=$?
 set -e
 csv="$results/$run_id/results.csv"

@@ -95,6 +95,7 @@ fn validation_script_runs_without_a_gpu() {
         .arg("scripts/gpu-validate.sh")
         .arg(&bin)
         .env("TAGBENCH_RESULTS", dir.path())
+        .env("TAGBENCH_REPORTS", dir.path().join("reports"))
         .env("TAGBENCH_TORCH_PYTHON", "/nonexistent/python3")
         .output()
         .unwrap();
@@ -106,4 +107,9 @@ fn validation_script_runs_without_a_gpu() {
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("no CUDA driver"), "{text}");
     assert!(text.contains("torch reference: skipped"), "{text}");
+    // The report goes where it was asked to, not into the checkout.
+    assert!(
+        dir.path().join("reports").read_dir().unwrap().next().is_some(),
+        "{text}"
+    );
 }
