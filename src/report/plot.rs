@@ -539,17 +539,7 @@ pub fn charts(runs: &[LoadedRun], comparison: Option<&CompareReport>) -> Vec<Cha
             title: "GEMM throughput vs size".into(),
             x_label: "matrix size (m = n = k)".into(),
             y_label: format!("throughput ({unit})"),
-            kind: ChartKind::Lines {
-                lines: lines
-                    .into_iter()
-                    .map(|(label, mut points)| {
-                        points.sort_by(|a, b| a.0.total_cmp(&b.0));
-                        Line { label, points }
-                    })
-                    .collect(),
-                log_x: true,
-                log_y: false,
-            },
+            kind: line_chart(lines, true, false),
         });
     }
     let bar_plots: [(&str, &str, &str, &str); 5] = [
@@ -635,17 +625,7 @@ pub fn charts(runs: &[LoadedRun], comparison: Option<&CompareReport>) -> Vec<Cha
             title: "All-reduce bus bandwidth vs message size".into(),
             x_label: "message size (bytes)".into(),
             y_label: format!("busbw ({unit})"),
-            kind: ChartKind::Lines {
-                lines: lines
-                    .into_iter()
-                    .map(|(label, mut points)| {
-                        points.sort_by(|a, b| a.0.total_cmp(&b.0));
-                        Line { label, points }
-                    })
-                    .collect(),
-                log_x: true,
-                log_y: true,
-            },
+            kind: line_chart(lines, true, true),
         });
     }
     if let Some(cmp) = comparison {
@@ -691,6 +671,21 @@ fn short_case(case: &str) -> String {
         format!("{s}…")
     } else {
         case.to_string()
+    }
+}
+
+/// Lines from series of (x, y) points, each sorted by x.
+fn line_chart(lines: BTreeMap<String, Vec<(f64, f64)>>, log_x: bool, log_y: bool) -> ChartKind {
+    ChartKind::Lines {
+        lines: lines
+            .into_iter()
+            .map(|(label, mut points)| {
+                points.sort_by(|a, b| a.0.total_cmp(&b.0));
+                Line { label, points }
+            })
+            .collect(),
+        log_x,
+        log_y,
     }
 }
 
