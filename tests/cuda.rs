@@ -24,6 +24,7 @@ fn no_driver_every_cuda_case_is_skipped() {
             "--device",
             "cuda",
             "--no-progress",
+            "--no-report",
             "--run-id",
             "nodriver",
             "--results-dir",

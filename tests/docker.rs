@@ -167,6 +167,8 @@ impl Run {
             .arg(self.dir.path().join("suite.toml"))
             .arg("--results-dir")
             .arg(self.dir.path().join("results"))
+            .arg("--report-dir")
+            .arg(self.dir.path().join("reports"))
             .arg("--run-id")
             .arg(&self.run_id)
             .arg("--no-progress");
