@@ -58,13 +58,20 @@ fn read_rows(csv_path: &Path) -> Vec<Row> {
 fn run(python: &Path, args: &[&str], extra_env: &[(&str, &str)]) -> (Vec<Row>, String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = Command::cargo_bin("tagbench").unwrap();
-    cmd.args(["run", "--no-progress", "--run-id", "t", "--results-dir"])
-        .arg(dir.path())
-        .args(args)
-        .env("TAGBENCH_PYTHON", python)
-        // One intra-op thread: the CI machine has 2 cores, and OpenMP threads waiting on each
-        // other under load make CPU timings (and the test) slow; correctness is what is tested.
-        .env("OMP_NUM_THREADS", "1");
+    cmd.args([
+        "run",
+        "--no-progress",
+        "--no-report",
+        "--run-id",
+        "t",
+        "--results-dir",
+    ])
+    .arg(dir.path())
+    .args(args)
+    .env("TAGBENCH_PYTHON", python)
+    // One intra-op thread: the CI machine has 2 cores, and OpenMP threads waiting on each
+    // other under load make CPU timings (and the test) slow; correctness is what is tested.
+    .env("OMP_NUM_THREADS", "1");
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
