@@ -10,7 +10,8 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::device::{self, rel_error, DeviceBuf, Gpu};
 use super::ffi::{self, Cublas};
-use super::{gemm, kernels, Runtime};
+use super::gemm::{self, blas_check};
+use super::{kernels, Runtime};
 use crate::case::{Case, Dtype, Seconds};
 use crate::engine::CaseOutput;
 use crate::error::CaseError;
@@ -165,14 +166,6 @@ impl Drop for Attn<'_> {
     }
 }
 
-fn check(rc: c_int, what: &str) -> anyhow::Result<()> {
-    if rc == ffi::CUBLAS_STATUS_SUCCESS {
-        Ok(())
-    } else {
-        Err(anyhow!("{what} failed with cuBLAS status {rc}"))
-    }
-}
-
 impl<'a> Attn<'a> {
     fn new(
         lib: Arc<Cublas>,
@@ -181,31 +174,18 @@ impl<'a> Attn<'a> {
         sh: Shape,
         dtype: Dtype,
     ) -> anyhow::Result<Self> {
-        let mut handle: ffi::Handle = std::ptr::null_mut();
         gpu.ctx
             .bind_to_thread()
             .map_err(|e| anyhow!("failed to bind GPU {}: {e}", gpu.ordinal))?;
-        // SAFETY: out pointer; destroyed in Drop.
-        unsafe {
-            check((lib.cublasCreate_v2)(&mut handle), "cublasCreate")?;
-            let a = Attn {
-                gpu,
-                lib: lib.clone(),
-                handle,
-                func,
-                sh,
-                ty: gemm::gemm_types(dtype).ab,
-            };
-            check(
-                (lib.cublasSetStream_v2)(handle, gpu.stream_ptr()),
-                "cublasSetStream",
-            )?;
-            check(
-                (lib.cublasSetMathMode)(handle, ffi::CUBLAS_DEFAULT_MATH),
-                "cublasSetMathMode",
-            )?;
-            Ok(a)
-        }
+        let handle = gemm::cublas_handle(&lib, gpu)?;
+        Ok(Attn {
+            gpu,
+            lib: lib.clone(),
+            handle,
+            func,
+            sh,
+            ty: gemm::gemm_types(dtype).ab,
+        })
     }
 
     /// Enqueues the three steps for one input set.
@@ -219,7 +199,7 @@ impl<'a> Attn<'a> {
         // SAFETY: pointer arrays hold b·h device addresses into buffers sized for the shape.
         unsafe {
             // Sᵀ (skv×sq, column-major) = K (op T of stored d×skv) · Qᵀ (stored d×sq).
-            check(
+            blas_check(
                 (self.lib.cublasGemmBatchedEx)(
                     self.handle,
                     ffi::CUBLAS_OP_T,
@@ -269,7 +249,7 @@ impl<'a> Attn<'a> {
         // SAFETY: as above.
         unsafe {
             // Oᵀ (d×sq) = Vᵀ (stored d×skv) · Pᵀ (stored skv×sq).
-            check(
+            blas_check(
                 (self.lib.cublasGemmBatchedEx)(
                     self.handle,
                     ffi::CUBLAS_OP_N,

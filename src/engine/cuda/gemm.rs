@@ -195,12 +195,38 @@ impl Drop for Problem<'_> {
     }
 }
 
-fn blas_check(rc: c_int, what: &str) -> anyhow::Result<()> {
+/// A cuBLAS status as a result naming the call.
+pub(super) fn blas_check(rc: c_int, what: &str) -> anyhow::Result<()> {
     if rc == ffi::CUBLAS_STATUS_SUCCESS {
         Ok(())
     } else {
         Err(anyhow!("{what} failed with cuBLAS status {rc}"))
     }
+}
+
+/// A cuBLAS handle on the GPU's stream with the default math mode; the caller owns it and
+/// destroys it in its Drop. The GPU's context must be bound to this thread.
+pub(super) fn cublas_handle(lib: &Cublas, gpu: &Gpu) -> anyhow::Result<ffi::Handle> {
+    let mut handle: ffi::Handle = std::ptr::null_mut();
+    // SAFETY: out pointer; a handle whose setup fails is destroyed here.
+    unsafe {
+        blas_check((lib.cublasCreate_v2)(&mut handle), "cublasCreate")?;
+        let r = blas_check(
+            (lib.cublasSetStream_v2)(handle, gpu.stream_ptr()),
+            "cublasSetStream",
+        )
+        .and_then(|_| {
+            blas_check(
+                (lib.cublasSetMathMode)(handle, ffi::CUBLAS_DEFAULT_MATH),
+                "cublasSetMathMode",
+            )
+        });
+        if let Err(e) = r {
+            (lib.cublasDestroy_v2)(handle);
+            return Err(e);
+        }
+    }
+    Ok(handle)
 }
 
 /// The BLAS library a dtype needs, opened once per worker.
@@ -227,25 +253,7 @@ impl<'a> Problem<'a> {
         let blas = match libs {
             Libs::Lt(lib) => Blas::Lt(Box::new(lt_plan(lib.clone(), gpu, types, cm)?)),
             Libs::Cublas(lib) => {
-                let mut handle: ffi::Handle = std::ptr::null_mut();
-                // SAFETY: out pointer; the handle is destroyed in Drop.
-                unsafe {
-                    blas_check((lib.cublasCreate_v2)(&mut handle), "cublasCreate")?;
-                    let r = blas_check(
-                        (lib.cublasSetStream_v2)(handle, gpu.stream_ptr()),
-                        "cublasSetStream",
-                    )
-                    .and_then(|_| {
-                        blas_check(
-                            (lib.cublasSetMathMode)(handle, ffi::CUBLAS_DEFAULT_MATH),
-                            "cublasSetMathMode",
-                        )
-                    });
-                    if let Err(e) = r {
-                        (lib.cublasDestroy_v2)(handle);
-                        return Err(e.into());
-                    }
-                }
+                let handle = cublas_handle(lib, gpu)?;
                 Blas::Cublas {
                     lib: lib.clone(),
                     handle,

@@ -13,8 +13,9 @@ use cudarc::driver::{CudaFunction, CudaModule, LaunchConfig, PushKernelArg};
 
 use super::device::{self, rel_error, DeviceBuf, EventTimer, Gpu};
 use super::ffi::{self, Cublas};
+use super::gemm::{self, blas_check};
 use super::kernels::{self, hash_uniform};
-use super::{gemm, Runtime};
+use super::Runtime;
 use crate::case::{Better, Case, Dtype};
 use crate::engine::{mean_step, CaseOutput};
 use crate::error::CaseError;
@@ -566,14 +567,6 @@ enum Arg {
     F32(f32),
 }
 
-fn blas_check(rc: c_int, what: &str) -> anyhow::Result<()> {
-    if rc == ffi::CUBLAS_STATUS_SUCCESS {
-        Ok(())
-    } else {
-        Err(anyhow!("{what} failed with cuBLAS status {rc}"))
-    }
-}
-
 /// Device pointer arrays of one query-block size: Q, S (= P) and O per (sequence, head).
 struct PhasePtrs {
     q: DeviceBuf,
@@ -640,25 +633,7 @@ impl<'a> DeviceModel<'a> {
         gpu.ctx
             .bind_to_thread()
             .map_err(|e| anyhow!("failed to bind GPU {}: {e}", gpu.ordinal))?;
-        let mut handle: ffi::Handle = std::ptr::null_mut();
-        // SAFETY: out pointer; destroyed in Drop (or here on failure).
-        unsafe {
-            blas_check((lib.cublasCreate_v2)(&mut handle), "cublasCreate")?;
-            let r = blas_check(
-                (lib.cublasSetStream_v2)(handle, gpu.stream_ptr()),
-                "cublasSetStream",
-            )
-            .and_then(|_| {
-                blas_check(
-                    (lib.cublasSetMathMode)(handle, ffi::CUBLAS_DEFAULT_MATH),
-                    "cublasSetMathMode",
-                )
-            });
-            if let Err(e) = r {
-                (lib.cublasDestroy_v2)(handle);
-                return Err(e);
-            }
-        }
+        let handle = gemm::cublas_handle(&lib, gpu)?;
         let e = dtype.size_bytes();
         let d = dims;
         let poisoned = |elems: usize| -> anyhow::Result<DeviceBuf> {
