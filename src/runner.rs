@@ -13,7 +13,9 @@ use crate::cli::{ListArgs, RunArgs, SuiteArgs};
 use crate::error::{EXIT_ERROR, EXIT_OK};
 use crate::executor::{self, Executor, LineEvent};
 use crate::protocol::{Job, Message};
-use crate::results::{ResultRow, RunDir, RunMeta, RunWriter, SampleRow, Status, TargetMeta, SCHEMA_VERSION};
+use crate::results::{
+    MetricId, Recorder, ResultRow, RunDir, RunMeta, RunWriter, SampleRow, Status, TargetMeta, SCHEMA_VERSION,
+};
 use crate::suite::{GpuSelection, Suite, TargetSpec, EMBEDDED_SMOKE};
 
 /// Reads the suite named on the command line (or the embedded smoke suite).
@@ -430,11 +432,13 @@ fn prepare_target(
             let meta = TargetMeta {
                 name: tname.clone(),
                 executor: exec.name().into(),
+                engine: target.engine.unwrap_or_default().as_str().into(),
+                device: target.device.unwrap_or_default().as_str().into(),
                 image: target.image.clone().unwrap_or_default(),
                 ..Default::default()
             };
             for c in pending {
-                let row = status_row(ctx, &meta, target, c, Status::Failed, &reason, &now());
+                let row = recorder(ctx, &meta).status(&c.workload, &c.id, Status::Failed, &reason, &now());
                 write_case(ctx, writer, vec![row], vec![])?;
             }
             Ok(None)
@@ -484,7 +488,8 @@ fn run_target(
                 let reason = format!("could not start the worker: {e:#}");
                 ctx.bar.suspend(|| eprintln!("error: target {tname}: {reason}"));
                 for c in &pending {
-                    let row = status_row(ctx, tmeta, target, c, Status::Failed, &reason, &now());
+                    let row =
+                        recorder(ctx, tmeta).status(&c.workload, &c.id, Status::Failed, &reason, &now());
                     write_case(ctx, writer, vec![row], vec![])?;
                 }
                 break;
@@ -512,9 +517,9 @@ fn run_target(
                         }
                     };
                     match msg {
-                        Message::Env { info } => tmeta.env.extend(info),
+                        Message::Env { info } => tmeta.learn_env(info),
                         Message::Start { case, workload } => {
-                            flush_case(ctx, writer, &mut buf, &mut pending, target, tmeta)?;
+                            flush_case(ctx, writer, &mut buf, &mut pending, tmeta)?;
                             let c = pending.iter().find(|c| c.id == case && c.workload == workload);
                             deadline = Instant::now() + secs(c.map_or(300.0, |c| c.measure.timeout_s));
                             ctx.bar.set_message(format!("{tname}: {workload}/{case}"));
@@ -528,20 +533,8 @@ fn run_target(
                             value,
                         } => {
                             let idx = buf.sample_index.entry(metric.clone()).or_insert(0);
-                            buf.samples.push(SampleRow {
-                                run_id: ctx.run_id.clone(),
-                                image: tmeta.image.clone(),
-                                image_id: tmeta.image_id.clone(),
-                                gpu_index: tmeta.gpu_index,
-                                workload,
-                                case,
-                                metric,
-                                sample: *idx,
-                                value,
-                                target: tname.clone(),
-                                engine: tmeta.engine.clone(),
-                                round: Some(ctx.round),
-                            });
+                            let row = recorder(ctx, tmeta).sample(&workload, &case, &metric, *idx, value);
+                            buf.samples.push(row);
                             *idx += 1;
                         }
                         Message::Summary {
@@ -555,91 +548,60 @@ fn run_target(
                             gpu_name,
                             gpu_index,
                         } => {
-                            let s = summary;
-                            buf.rows.push(ResultRow {
-                                schema: SCHEMA_VERSION,
-                                run_id: ctx.run_id.clone(),
-                                suite: ctx.suite.clone(),
-                                workload,
-                                case,
-                                engine: tmeta.engine.clone(),
-                                executor: tmeta.executor.clone(),
-                                image: tmeta.image.clone(),
-                                image_id: tmeta.image_id.clone(),
-                                // A container numbers its GPUs from 0; the target knows the host's index.
-                                gpu_index: tmeta.gpu_index.or(gpu_index),
-                                gpu_name,
-                                device,
-                                metric,
-                                unit,
-                                better: better.as_str().into(),
-                                n: Some(s.n),
-                                median: Some(s.median),
-                                mean: Some(s.mean),
-                                stddev: Some(s.stddev),
-                                min: Some(s.min),
-                                max: Some(s.max),
-                                p05: Some(s.p05),
-                                p95: Some(s.p95),
-                                ci_low: Some(s.ci_low),
-                                ci_high: Some(s.ci_high),
-                                status: Status::Ok,
-                                reason: String::new(),
-                                started_at: buf.started_at.clone(),
-                                outliers: Some(s.outliers),
-                                target: tname.clone(),
-                                round: Some(ctx.round),
-                            });
+                            tmeta.learn_device(&device, &gpu_name, gpu_index);
+                            let id = MetricId {
+                                workload: &workload,
+                                case: &case,
+                                metric: &metric,
+                                unit: &unit,
+                                better: better.as_str(),
+                            };
+                            let row = recorder(ctx, tmeta).metric(id, &summary, &buf.started_at);
+                            buf.rows.push(row);
                         }
                         Message::Status {
                             case,
                             workload,
                             reason,
                         } => {
-                            let c = case_of(&pending, &workload, &case);
-                            buf.rows.push(status_row(
-                                ctx,
-                                tmeta,
-                                target,
-                                &c,
+                            let row = recorder(ctx, tmeta).status(
+                                &workload,
+                                &case,
                                 Status::Ok,
                                 &reason,
                                 &buf.started_at,
-                            ));
+                            );
+                            buf.rows.push(row);
                         }
                         Message::Skip {
                             case,
                             workload,
                             reason,
                         } => {
-                            let c = case_of(&pending, &workload, &case);
-                            buf.rows.push(status_row(
-                                ctx,
-                                tmeta,
-                                target,
-                                &c,
+                            let row = recorder(ctx, tmeta).status(
+                                &workload,
+                                &case,
                                 Status::Skipped,
                                 &reason,
                                 &buf.started_at,
-                            ));
+                            );
+                            buf.rows.push(row);
                         }
                         Message::Error {
                             case,
                             workload,
                             reason,
                         } => {
-                            let c = case_of(&pending, &workload, &case);
                             ctx.bar
                                 .suspend(|| eprintln!("error: {tname}: {workload}/{case}: {reason}"));
-                            buf.rows.push(status_row(
-                                ctx,
-                                tmeta,
-                                target,
-                                &c,
+                            let row = recorder(ctx, tmeta).status(
+                                &workload,
+                                &case,
                                 Status::Failed,
                                 &reason,
                                 &buf.started_at,
-                            ));
+                            );
+                            buf.rows.push(row);
                         }
                         Message::Warning {
                             case,
@@ -650,7 +612,7 @@ fn run_target(
                                 .suspend(|| eprintln!("warning: {tname}: {workload}/{case}: {message}"));
                         }
                         Message::Done => {
-                            flush_case(ctx, writer, &mut buf, &mut pending, target, tmeta)?;
+                            flush_case(ctx, writer, &mut buf, &mut pending, tmeta)?;
                             finished = true;
                             break;
                         }
@@ -689,20 +651,19 @@ fn run_target(
             .case
             .clone()
             .unwrap_or_else(|| (pending[0].workload.clone(), pending[0].id.clone()));
-        let case = case_of(&pending, &w, &c);
         ctx.bar.suspend(|| eprintln!("error: {tname}: {w}/{c}: {reason}"));
         let started = if buf.started_at.is_empty() {
             now()
         } else {
             buf.started_at.clone()
         };
-        let row = status_row(ctx, tmeta, target, &case, Status::Failed, &reason, &started);
+        let row = recorder(ctx, tmeta).status(&w, &c, Status::Failed, &reason, &started);
         buf = CaseBuffer {
             case: Some((w, c)),
             rows: vec![row],
             ..Default::default()
         };
-        flush_case(ctx, writer, &mut buf, &mut pending, target, tmeta)?;
+        flush_case(ctx, writer, &mut buf, &mut pending, tmeta)?;
     }
     Ok(())
 }
@@ -711,55 +672,13 @@ fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.clamp(0.0, 1e7))
 }
 
-fn case_of(pending: &[Case], workload: &str, id: &str) -> Case {
-    pending
-        .iter()
-        .find(|c| c.workload == workload && c.id == id)
-        .cloned()
-        .unwrap_or_else(|| Case {
-            workload: workload.into(),
-            kind: crate::case::WorkloadKind::Probe,
-            id: id.into(),
-            params: Default::default(),
-            measure: Default::default(),
-        })
-}
-
-fn status_row(
-    ctx: &RunContext,
-    meta: &TargetMeta,
-    target: &TargetSpec,
-    case: &Case,
-    status: Status,
-    reason: &str,
-    started_at: &str,
-) -> ResultRow {
-    ResultRow {
-        schema: SCHEMA_VERSION,
-        run_id: ctx.run_id.clone(),
-        suite: ctx.suite.clone(),
-        workload: case.workload.clone(),
-        case: case.id.clone(),
-        engine: target.engine.unwrap_or_default().as_str().into(),
-        executor: if meta.executor.is_empty() {
-            if target.is_local() {
-                "local".into()
-            } else {
-                "docker".into()
-            }
-        } else {
-            meta.executor.clone()
-        },
-        image: meta.image.clone(),
-        image_id: meta.image_id.clone(),
-        gpu_index: meta.gpu_index,
-        device: target.device.unwrap_or_default().as_str().into(),
-        status,
-        reason: reason.to_string(),
-        started_at: started_at.to_string(),
-        target: target.display_name(),
-        round: Some(ctx.round),
-        ..Default::default()
+/// The one way rows of a target are built in this run and round.
+fn recorder<'a>(ctx: &'a RunContext, meta: &'a TargetMeta) -> Recorder<'a> {
+    Recorder {
+        run_id: &ctx.run_id,
+        suite: &ctx.suite,
+        round: ctx.round,
+        target: meta,
     }
 }
 
@@ -768,7 +687,6 @@ fn flush_case(
     writer: &mut RunWriter,
     buf: &mut CaseBuffer,
     pending: &mut Vec<Case>,
-    target: &TargetSpec,
     tmeta: &TargetMeta,
 ) -> Result<()> {
     let Some((w, c)) = buf.case.take() else {
@@ -779,17 +697,8 @@ fn flush_case(
     buf.sample_index.clear();
     if rows.is_empty() {
         // A case that ended without any result is a worker bug; record it rather than lose it.
-        let case = case_of(pending, &w, &c);
         let reason = "the worker reported nothing for this case";
-        rows.push(status_row(
-            ctx,
-            tmeta,
-            target,
-            &case,
-            Status::Failed,
-            reason,
-            &buf.started_at,
-        ));
+        rows.push(recorder(ctx, tmeta).status(&w, &c, Status::Failed, reason, &buf.started_at));
     }
     pending.retain(|p| !(p.workload == w && p.id == c));
     write_case(ctx, writer, rows, samples)

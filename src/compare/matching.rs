@@ -51,6 +51,37 @@ impl MatchKey {
     }
 }
 
+/// Context columns that say where a case ran; a worker that crashed before it learned its GPU
+/// leaves them empty or coarse (`cuda` for `cuda:0`).
+const DEVICE_COLUMNS: [&str; 3] = ["gpu", "device", "gpu_name"];
+
+fn without_device(context: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
+    context
+        .iter()
+        .filter(|(k, _)| !DEVICE_COLUMNS.contains(k))
+        .cloned()
+        .collect()
+}
+
+/// A `failed` status row of the same workload and case whatever its device columns: a failure
+/// in the candidate counts as `failed`, never `missing`, even when the crash came before the
+/// worker reported its GPU.
+fn failure_on_any_device<'a>(
+    map: &BTreeMap<MatchKey, &'a Measurement>,
+    key: &MatchKey,
+) -> Option<&'a Measurement> {
+    let context = without_device(&key.context);
+    map.iter()
+        .find(|(k, m)| {
+            m.row.status == Status::Failed
+                && k.metric.is_empty()
+                && k.workload == key.workload
+                && k.case == key.case
+                && without_device(&k.context) == context
+        })
+        .map(|(_, m)| *m)
+}
+
 fn gpu_label(row: &ResultRow) -> String {
     match (row.gpu_index, row.gpu_name.is_empty()) {
         (Some(i), false) => format!("{i}:{}", row.gpu_name),
@@ -188,6 +219,8 @@ fn pair_up(
         };
         let status_reason = |map: &BTreeMap<MatchKey, &Measurement>| {
             map.get(&key.status_key())
+                .copied()
+                .or_else(|| failure_on_any_device(map, key))
                 .map(|m| (m.row.status, m.row.reason.clone()))
         };
         match (b, c) {

@@ -164,17 +164,7 @@ impl LoadedRun {
 /// Replaces a row's summary by that of the pooled samples of all its rounds.
 fn pool_summary(row: &mut ResultRow, samples: &[f64]) {
     if let Some(s) = crate::stats::summarize(samples) {
-        row.n = Some(s.n);
-        row.median = Some(s.median);
-        row.mean = Some(s.mean);
-        row.stddev = Some(s.stddev);
-        row.min = Some(s.min);
-        row.max = Some(s.max);
-        row.p05 = Some(s.p05);
-        row.p95 = Some(s.p95);
-        row.ci_low = Some(s.ci_low);
-        row.ci_high = Some(s.ci_high);
-        row.outliers = Some(s.outliers);
+        crate::results::set_summary(row, &s);
         row.round = None;
     }
 }

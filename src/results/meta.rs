@@ -40,8 +40,15 @@ pub struct TargetMeta {
     pub repo_digests: Vec<String>,
     #[serde(default)]
     pub image_created: String,
+    /// The host's GPU index when the target has exactly one GPU.
     #[serde(default)]
     pub gpu_index: Option<usize>,
+    /// The GPU the worker reported (see `record.rs`); empty until it did.
+    #[serde(default)]
+    pub gpu_name: String,
+    /// The GPU index the worker reported (as its container numbers them).
+    #[serde(default)]
+    pub worker_gpu_index: Option<usize>,
     /// The worker's `env` message (probe): versions, devices, CPU.
     #[serde(default)]
     pub env: BTreeMap<String, String>,

@@ -2,9 +2,11 @@
 //! `samples.csv` (every sample), `run.json` (metadata) and `logs/`, under `results/<run-id>/`.
 
 pub mod meta;
+pub mod record;
 pub mod row;
 pub mod store;
 
 pub use meta::{RunMeta, TargetMeta};
+pub use record::{set_summary, MetricId, Recorder};
 pub use row::{ResultRow, SampleRow, Status, SCHEMA_VERSION};
 pub use store::{read_results, read_samples, RunDir, RunWriter};
