@@ -12,10 +12,12 @@ pub mod error;
 pub mod executor;
 pub mod history;
 pub mod measure;
+pub mod options;
 pub mod protocol;
+pub mod render;
 pub mod report;
 pub mod results;
-pub mod runner;
+pub mod run;
 pub mod stats;
 pub mod suite;
 pub mod worker;
@@ -30,8 +32,8 @@ use crate::error::{EXIT_ERROR, EXIT_OK};
 pub fn main_impl() -> i32 {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => runner::cmd_run(args),
-        Command::List(args) => runner::cmd_list(args),
+        Command::Run(args) => options::RunOptions::from_args(&args).and_then(run::cmd_run),
+        Command::List(args) => run::cmd_list(&options::SuiteOptions::from(&args.suite)),
         Command::Compare(args) => compare::cmd_compare(args),
         Command::Report(args) => report::cmd_report(args),
         Command::History(args) => history::cmd_history(args),

@@ -108,7 +108,7 @@ pub fn write_run_report(run_dir: &Path, report_dir: &Path) -> Result<PathBuf> {
 
 /// `tagbench report`.
 pub fn cmd_report(args: ReportArgs) -> Result<i32> {
-    let opts: CompareOptions = args.stats.options()?;
+    let opts = CompareOptions::from_args(&args.stats)?;
     let mut runs = args
         .runs
         .iter()

@@ -18,9 +18,13 @@ pub struct RunMeta {
     pub finished_at: Option<String>,
     /// `running`, `complete`, `interrupted`.
     pub state: String,
-    /// The command line that started the run (for `--resume`).
-    #[serde(default)]
+    /// The command line that started the run, as runs before `options` stored it (`--resume`
+    /// still reads it when `options` is absent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
+    /// The run options (`options::RunOptions`) that `--resume` rebuilds the run from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<serde_json::Value>,
     #[serde(default)]
     pub targets: Vec<TargetMeta>,
 }
