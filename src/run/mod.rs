@@ -1,7 +1,8 @@
 //! `tagbench run` and `tagbench list`: the plan ([`plan`]: suite, filters, targets, rounds), the
-//! round loop ([`scheduler`]), one supervised worker per target and round ([`supervise`]) and
+//! round loop ([`scheduler`]) writing into a [`context`], one supervised worker per target and round ([`supervise`]) and
 //! the table at the end ([`table`]). Rows are built only by `results::record`.
 
+pub mod context;
 pub mod plan;
 pub mod scheduler;
 pub mod supervise;
@@ -14,9 +15,10 @@ use anyhow::{bail, Context, Result};
 use crate::error::{EXIT_ERROR, EXIT_OK};
 use crate::options::{RunOptions, SuiteOptions};
 use crate::results::{LoadedRun, RunDir, RunMeta, RunWriter, Status, SCHEMA_VERSION};
+use context::RunContext;
 use plan::{filtered_cases, new_run_id, Plan};
 pub use plan::{load_suite, matches_filter, resolve_targets, safe_name};
-use scheduler::{progress_bar, run_rounds, Done, RunContext};
+use scheduler::{progress_bar, run_rounds, Done};
 
 /// The time now, as rows and run.json write it.
 pub(crate) fn now() -> String {
@@ -140,7 +142,7 @@ pub fn cmd_run(opts: RunOptions) -> Result<i32> {
         plan.max_rounds(),
         dir.display()
     );
-    let mut ctx = RunContext::new(&run_id, &plan.suite.name, &run, bar.clone(), &done);
+    let mut ctx = RunContext::new(&run_id, &plan.suite.name, &run, bar.clone(), done.not_ok.clone());
     run_rounds(&mut ctx, &mut writer, &plan, &done, &mut meta)?;
     bar.finish_and_clear();
     meta.finished_at = Some(now());

@@ -2,25 +2,23 @@
 //! over time affects every side alike; a case that was skipped or failed is not measured again;
 //! `--resume` skips what already has rows; progress on stderr; rows written per case.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::context::{CaseKey, RunContext};
 use super::plan::{rounds_of, Plan};
 use super::supervise::{prepare_target, run_target, Prepared};
 use crate::case::Case;
-use crate::results::{read_results, ResultRow, RunDir, RunMeta, RunWriter, SampleRow, Status};
-
-/// (target, workload, case): a case of a target across rounds.
-type CaseKey = (String, String, String);
+use crate::results::{read_results, RunDir, RunMeta, RunWriter, Status};
 
 /// What a run has already done (on `--resume`): the rounds with rows, and the cases that were
 /// skipped or failed.
 #[derive(Debug, Default)]
 pub struct Done {
     rounds: HashSet<(CaseKey, usize)>,
-    not_ok: HashSet<CaseKey>,
+    pub not_ok: HashSet<CaseKey>,
 }
 
 impl Done {
@@ -35,56 +33,6 @@ impl Done {
             done.rounds.insert((key, r.round.unwrap_or(0)));
         }
         Ok(done)
-    }
-}
-
-/// The state of a run the supervisor writes into.
-pub struct RunContext {
-    pub run_id: String,
-    pub suite: String,
-    pub run: RunDir,
-    pub bar: ProgressBar,
-    pub counts: BTreeMap<Status, usize>,
-    /// The round being measured (0-based).
-    pub round: usize,
-    /// (target, workload, case) that were skipped or failed: not run again in later rounds.
-    not_ok: HashSet<CaseKey>,
-}
-
-impl RunContext {
-    pub fn new(run_id: &str, suite: &str, run: &RunDir, bar: ProgressBar, done: &Done) -> Self {
-        RunContext {
-            run_id: run_id.to_string(),
-            suite: suite.to_string(),
-            run: run.clone(),
-            bar,
-            counts: BTreeMap::new(),
-            round: 0,
-            not_ok: done.not_ok.clone(),
-        }
-    }
-
-    /// Writes (and flushes) the rows of one finished case and counts them.
-    pub fn write_case(
-        &mut self,
-        writer: &mut RunWriter,
-        rows: Vec<ResultRow>,
-        samples: Vec<SampleRow>,
-    ) -> Result<()> {
-        writer.write_case(&rows, &samples)?;
-        for r in &rows {
-            *self.counts.entry(r.status).or_default() += 1;
-            if r.status != Status::Ok {
-                self.not_ok
-                    .insert((r.target.clone(), r.workload.clone(), r.case.clone()));
-            }
-        }
-        self.bar.inc(1);
-        Ok(())
-    }
-
-    pub fn count(&self, s: Status) -> usize {
-        self.counts.get(&s).copied().unwrap_or(0)
     }
 }
 

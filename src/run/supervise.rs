@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use super::scheduler::RunContext;
+use super::context::RunContext;
 use super::{now, plan::safe_name};
 use crate::case::{Case, MeasureSettings};
 use crate::executor::{self, Executor, LineEvent, WorkerHandle};
