@@ -26,7 +26,7 @@ pub mod workload;
 use clap::Parser;
 
 use crate::cli::{Cli, Command};
-use crate::error::{EXIT_ERROR, EXIT_OK};
+use crate::error::EXIT_OK;
 
 /// Runs the command line and returns the process exit code.
 pub fn main_impl() -> i32 {
@@ -47,7 +47,7 @@ pub fn main_impl() -> i32 {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            EXIT_ERROR
+            error::exit_code_of(&e)
         }
     }
 }

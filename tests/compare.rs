@@ -472,3 +472,59 @@ fn crash_on_a_cuda_target_is_failed_not_missing() {
         );
     }
 }
+
+/// `report --baseline` and `compare` give the same exit code for the same pair of runs.
+#[test]
+fn report_and_compare_agree_on_exit_codes() {
+    let t = tempfile::tempdir().unwrap();
+    let base = write_run(
+        t.path(),
+        "base",
+        "2026-01-01T00:00:00Z",
+        &[Case::gemm("local", "", 256, samples(21, 10.0, CV, N))],
+    );
+    // Nothing in common: 2. Only a case missing on one side: 2. Same: 0. A crash: 1.
+    let other = write_run(
+        t.path(),
+        "other",
+        "2026-01-02T00:00:00Z",
+        &[Case {
+            workload: "attention".into(),
+            ..Case::gemm("local", "", 64, samples(22, 10.0, CV, N))
+        }],
+    );
+    let same = write_run(
+        t.path(),
+        "same",
+        "2026-01-02T00:00:00Z",
+        &[Case::gemm("local", "", 256, samples(23, 10.0, CV, N))],
+    );
+    let crashed = write_run(
+        t.path(),
+        "crashed",
+        "2026-01-02T00:00:00Z",
+        &[Case::status(
+            "local",
+            "gemm",
+            "size=256,dtype=fp32",
+            Status::Failed,
+            "worker ended: signal 11",
+        )],
+    );
+    for (cand, code) in [(&other, 2), (&same, 0), (&crashed, 1)] {
+        tagbench()
+            .args(["compare"])
+            .arg(&base)
+            .arg(cand)
+            .assert()
+            .code(code);
+        tagbench()
+            .args(["report", "--baseline"])
+            .arg(&base)
+            .arg("--out")
+            .arg(t.path().join("report"))
+            .arg(cand)
+            .assert()
+            .code(code);
+    }
+}

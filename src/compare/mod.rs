@@ -9,7 +9,7 @@ pub mod matching;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::error::{EXIT_ERROR, EXIT_OK, EXIT_REGRESSION};
+use crate::error::NothingMatched;
 pub use crate::options::CompareOptions;
 pub use crate::results::{LoadedRun, Measurement};
 
@@ -85,13 +85,16 @@ impl CompareReport {
     }
 
     pub fn exit_code(&self) -> i32 {
-        if self.matched() == 0 && !self.has_regression() {
-            EXIT_ERROR
-        } else if self.has_regression() {
-            EXIT_REGRESSION
-        } else {
-            EXIT_OK
+        let regressions = self.count(Verdict::Regression) + self.count(Verdict::Failed);
+        crate::error::comparison_exit(self.matched(), regressions)
+    }
+
+    /// An error when no key appears on both sides at all (`compare` and `report` alike).
+    pub fn ensure_matched(&self) -> Result<()> {
+        if self.comparisons.is_empty() {
+            return Err(NothingMatched.into());
         }
+        Ok(())
     }
 
     /// One line: counts per verdict and the settings.
@@ -146,9 +149,7 @@ pub fn cmd_compare(args: crate::cli::CompareArgs) -> Result<i32> {
             compare_runs(&base, &cand, &opts)?
         }
     };
-    if report.comparisons.is_empty() {
-        bail!("nothing matched: no (workload, case, metric, gpu) appears on both sides");
-    }
+    report.ensure_matched()?;
     let text = render(&report, args.format)?;
     match &args.output {
         Some(p) => std::fs::write(p, &text).with_context(|| format!("failed to write {}", p.display()))?,
