@@ -233,22 +233,13 @@ impl Session {
         meta: &mut TargetMeta,
         msg: Message,
     ) -> Result<()> {
-        let started = self.buf.started_at.clone();
-        match msg {
-            Message::Env { info } => meta.learn_env(info),
-            Message::Start { case, workload } => {
-                self.flush(ctx, writer, meta)?;
-                // A case the job does not list (a worker bug) gets the default limit.
-                let limit = self
-                    .pending
-                    .iter()
-                    .find(|c| c.id == case && c.workload == workload)
-                    .map_or(MeasureSettings::default().timeout_s, |c| c.measure.timeout_s);
-                self.deadline = Instant::now() + secs(limit);
-                ctx.bar.set_message(format!("{}: {workload}/{case}", self.tname));
-                self.buf.case = Some((workload, case));
-                self.buf.started_at = now();
+        let (status, case, workload, reason) = match msg {
+            Message::Env { info } => {
+                meta.learn_env(info);
+                return Ok(());
             }
+            Message::Start { case, workload } => return self.start_case(ctx, writer, meta, workload, case),
+            Message::Done => return self.flush(ctx, writer, meta),
             Message::Sample {
                 case,
                 workload,
@@ -259,6 +250,7 @@ impl Session {
                 let row = recorder(ctx, meta).sample(&workload, &case, &metric, *idx, value);
                 *idx += 1;
                 self.buf.samples.push(row);
+                return Ok(());
             }
             Message::Summary {
                 case,
@@ -279,50 +271,9 @@ impl Session {
                     unit: &unit,
                     better: better.as_str(),
                 };
-                self.buf
-                    .rows
-                    .push(recorder(ctx, meta).metric(id, &summary, &started));
-            }
-            Message::Status {
-                case,
-                workload,
-                reason,
-            } => {
-                self.buf.rows.push(recorder(ctx, meta).status(
-                    &workload,
-                    &case,
-                    Status::Ok,
-                    &reason,
-                    &started,
-                ));
-            }
-            Message::Skip {
-                case,
-                workload,
-                reason,
-            } => {
-                self.buf.rows.push(recorder(ctx, meta).status(
-                    &workload,
-                    &case,
-                    Status::Skipped,
-                    &reason,
-                    &started,
-                ));
-            }
-            Message::Error {
-                case,
-                workload,
-                reason,
-            } => {
-                ctx.bar
-                    .suspend(|| eprintln!("error: {}: {workload}/{case}: {reason}", self.tname));
-                self.buf.rows.push(recorder(ctx, meta).status(
-                    &workload,
-                    &case,
-                    Status::Failed,
-                    &reason,
-                    &started,
-                ));
+                let row = recorder(ctx, meta).metric(id, &summary, &self.buf.started_at);
+                self.buf.rows.push(row);
+                return Ok(());
             }
             Message::Warning {
                 case,
@@ -331,9 +282,53 @@ impl Session {
             } => {
                 ctx.bar
                     .suspend(|| eprintln!("warning: {}: {workload}/{case}: {message}", self.tname));
+                return Ok(());
             }
-            Message::Done => self.flush(ctx, writer, meta)?,
-        }
+            Message::Status {
+                case,
+                workload,
+                reason,
+            } => (Status::Ok, case, workload, reason),
+            Message::Skip {
+                case,
+                workload,
+                reason,
+            } => (Status::Skipped, case, workload, reason),
+            Message::Error {
+                case,
+                workload,
+                reason,
+            } => {
+                ctx.bar
+                    .suspend(|| eprintln!("error: {}: {workload}/{case}: {reason}", self.tname));
+                (Status::Failed, case, workload, reason)
+            }
+        };
+        let row = recorder(ctx, meta).status(&workload, &case, status, &reason, &self.buf.started_at);
+        self.buf.rows.push(row);
+        Ok(())
+    }
+
+    /// A case begins: the previous one is written and this one's time limit starts.
+    fn start_case(
+        &mut self,
+        ctx: &mut RunContext,
+        writer: &mut RunWriter,
+        meta: &TargetMeta,
+        workload: String,
+        case: String,
+    ) -> Result<()> {
+        self.flush(ctx, writer, meta)?;
+        // A case the job does not list (a worker bug) gets the default limit.
+        let limit = self
+            .pending
+            .iter()
+            .find(|c| c.id == case && c.workload == workload)
+            .map_or(MeasureSettings::default().timeout_s, |c| c.measure.timeout_s);
+        self.deadline = Instant::now() + secs(limit);
+        ctx.bar.set_message(format!("{}: {workload}/{case}", self.tname));
+        self.buf.case = Some((workload, case));
+        self.buf.started_at = now();
         Ok(())
     }
 
