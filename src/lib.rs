@@ -1,8 +1,12 @@
 //! tagbench: a benchmark and regression harness for GPU deep-learning container images.
 //!
-//! Suites expand into cases ([`suite`]), executors start a worker ([`executor`]) that measures
-//! with an engine ([`engine`]) and streams the protocol ([`protocol`]); the runner ([`runner`])
-//! writes results ([`results`]).
+//! The data flow: the command line ([`cli`]) becomes validated [`options`]; suites expand into
+//! cases ([`suite`]); a run plans targets and rounds and supervises one worker per target and
+//! round ([`run`]); executors start that worker ([`executor`]), which measures with an engine
+//! ([`engine`]) and streams the protocol ([`protocol`]); every row is built by
+//! [`results::record`] and read back by [`results::load`]; [`compare`], [`history`] and
+//! [`report`] judge and show runs through [`render`] and the pure statistics of [`stats`].
+//! Exit codes live in [`error`]. A module imports only modules below it.
 
 pub mod case;
 pub mod cli;
