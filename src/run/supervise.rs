@@ -318,6 +318,17 @@ impl Session {
         workload: String,
         case: String,
     ) -> Result<()> {
+        if self.buf.case.as_ref() == Some(&(workload.clone(), case.clone())) && self.buf.rows.is_empty() {
+            // The same start line twice (seen with Docker's attach stream under load): the
+            // case has not reported anything yet, so it goes on; failing it would be wrong.
+            ctx.bar.suspend(|| {
+                eprintln!(
+                    "warning: {}: {workload}/{case}: repeated start line ignored",
+                    self.tname
+                )
+            });
+            return Ok(());
+        }
         self.flush(ctx, writer, meta)?;
         // A case the job does not list (a worker bug) gets the default limit.
         let limit = self
@@ -381,4 +392,87 @@ impl Session {
 
 fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.clamp(0.0, 1e7))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use indicatif::ProgressBar;
+
+    use super::*;
+    use crate::results::{read_results, RunDir};
+
+    fn start(w: &str, c: &str) -> Message {
+        Message::Start {
+            case: c.into(),
+            workload: w.into(),
+        }
+    }
+
+    /// Rows from protocol lines, with a repeated start line and a crash before any GPU is known.
+    #[test]
+    fn protocol_lines_become_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        let mut writer = RunWriter::open(&run).unwrap();
+        let mut ctx = RunContext::new("r", "s", &run, ProgressBar::hidden(), HashSet::new());
+        let mut meta = TargetMeta {
+            name: "img".into(),
+            executor: "docker".into(),
+            engine: "native".into(),
+            device: "cuda".into(),
+            ..Default::default()
+        };
+        let case = |id: &str| Case {
+            workload: "gemm".into(),
+            kind: crate::case::WorkloadKind::Gemm,
+            id: id.into(),
+            params: Default::default(),
+            measure: Default::default(),
+        };
+        let mut s = Session {
+            tname: "img".into(),
+            pending: vec![case("a"), case("b")],
+            buf: CaseBuffer::default(),
+            deadline: Instant::now(),
+        };
+        let summary = crate::stats::summarize(&[1.0, 2.0, 3.0]).unwrap();
+        let lines = [
+            start("gemm", "a"),
+            start("gemm", "a"),
+            Message::Summary {
+                case: "a".into(),
+                workload: "gemm".into(),
+                metric: "latency".into(),
+                unit: "ms".into(),
+                better: crate::case::Better::Lower,
+                summary,
+                device: "cuda:0".into(),
+                gpu_name: "NVIDIA H100 80GB HBM3".into(),
+                gpu_index: Some(0),
+            },
+            start("gemm", "b"),
+        ];
+        for m in lines {
+            s.handle(&mut ctx, &mut writer, &mut meta, m).unwrap();
+        }
+        s.fail_current(
+            &mut ctx,
+            &mut writer,
+            &meta,
+            "worker ended during the case: signal 11",
+        )
+        .unwrap();
+        let rows = read_results(&run).unwrap();
+        assert_eq!(rows.len(), 2, "{rows:#?}");
+        assert_eq!((rows[0].status, rows[0].metric.as_str()), (Status::Ok, "latency"));
+        assert_eq!((rows[1].status, rows[1].case.as_str()), (Status::Failed, "b"));
+        // The failed row carries the GPU the worker reported for the case before it.
+        for r in &rows {
+            assert_eq!((r.device.as_str(), r.gpu_index), ("cuda:0", Some(0)));
+            assert_eq!(r.gpu_name, "NVIDIA H100 80GB HBM3");
+        }
+        assert!(s.pending.is_empty());
+    }
 }
