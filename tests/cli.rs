@@ -376,6 +376,11 @@ fn help_documents_flags() {
     }
 }
 
+fn exits_zero(out: &std::process::Output) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+}
+
 /// A run.json written before run options were stored (only the old `args`) still resumes; a
 /// bad one fails with an error that names run.json.
 #[test]
@@ -392,12 +397,7 @@ fn resume_reads_a_run_json_with_only_args() {
         .args(["--filter", "probe", "--run-id", "old"])
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    exits_zero(&out);
     let run = RunDir::new(results.join("old"));
     let rows = read_results(&run).unwrap().len();
     let meta: serde_json::Value =
@@ -412,12 +412,7 @@ fn resume_reads_a_run_json_with_only_args() {
     };
     legacy(serde_json::json!(["--filter", "probe"]));
     let out = run_cmd().args(["--resume", "old"]).output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    exits_zero(&out);
     assert_eq!(
         read_results(&run).unwrap().len(),
         rows,
