@@ -160,8 +160,8 @@ pub struct CompareArgs {
     #[command(flatten)]
     pub stats: StatsArgs,
     /// Output format.
-    #[arg(long, value_enum, default_value_t = crate::compare::Format::Table)]
-    pub format: crate::compare::Format,
+    #[arg(long, value_enum, default_value_t = crate::render::Format::Table)]
+    pub format: crate::render::Format,
     /// Write the output to this file instead of stdout (the verdict summary still goes to stderr).
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -210,8 +210,8 @@ pub struct HistoryArgs {
     #[arg(long = "noise-for", value_name = "METRIC=FRACTION")]
     pub noise_for: Vec<String>,
     /// Output format (junit is not offered here).
-    #[arg(long, value_enum, default_value_t = crate::compare::Format::Table)]
-    pub format: crate::compare::Format,
+    #[arg(long, value_enum, default_value_t = crate::render::Format::Table)]
+    pub format: crate::render::Format,
     /// Write the output to this file instead of stdout.
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,

@@ -9,10 +9,13 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::cli::HistoryArgs;
-use crate::compare::format::{md_escape, pct};
-use crate::compare::{parse_noise_for, Format, LoadedRun};
 use crate::error::{EXIT_OK, EXIT_REGRESSION};
-use crate::runner::fmt_num;
+use crate::options::noise_thresholds;
+use crate::render::escape::md_escape;
+use crate::render::num::{fmt_num, pct};
+use crate::render::table::aligned;
+use crate::render::Format;
+use crate::results::LoadedRun;
 use crate::stats::{change_points, EDivisiveSettings};
 
 /// A change point in a series, named by the run where the new level starts.
@@ -261,9 +264,6 @@ pub fn render(h: &History, format: Format) -> Result<String> {
         Format::Table => {
             let mut all = vec![header.iter().map(|s| s.to_string()).collect::<Vec<_>>()];
             all.extend(rows);
-            let widths: Vec<usize> = (0..header.len())
-                .map(|i| all.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-                .collect();
             let mut o = format!(
                 "suite {}: {} runs ({} … {})\n",
                 h.suite,
@@ -271,15 +271,7 @@ pub fn render(h: &History, format: Format) -> Result<String> {
                 h.runs.first().cloned().unwrap_or_default(),
                 h.runs.last().cloned().unwrap_or_default()
             );
-            for r in &all {
-                let line: Vec<String> = r
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| format!("{c}{}", " ".repeat(widths[i] - c.chars().count())))
-                    .collect();
-                o.push_str(line.join("  ").trim_end());
-                o.push('\n');
-            }
+            o.push_str(&aligned(&all, |_| false));
             o
         }
     })
@@ -287,20 +279,13 @@ pub fn render(h: &History, format: Format) -> Result<String> {
 
 /// `tagbench history`.
 pub fn cmd_history(args: HistoryArgs) -> Result<i32> {
-    if !(0.0..1.0).contains(&args.noise) {
-        bail!("bad --noise {}: must be in [0, 1)", args.noise);
-    }
-    let noise_for = args
-        .noise_for
-        .iter()
-        .map(|s| parse_noise_for(s))
-        .collect::<Result<BTreeMap<_, _>>>()?;
+    let (noise, noise_for) = noise_thresholds(args.noise, &args.noise_for)?;
     let (suite, runs) = load_runs(&args.results_dir, args.suite.as_deref())?;
     let settings = EDivisiveSettings {
         window: args.window.max(1),
         max_p: args.max_p,
         min_segment: args.min_segment.max(1),
-        min_magnitude: args.noise,
+        min_magnitude: noise,
     };
     let h = analyse(&suite, &runs, &settings, &noise_for);
     if h.series.is_empty() {

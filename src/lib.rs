@@ -1,8 +1,12 @@
 //! tagbench: a benchmark and regression harness for GPU deep-learning container images.
 //!
-//! Suites expand into cases ([`suite`]), executors start a worker ([`executor`]) that measures
-//! with an engine ([`engine`]) and streams the protocol ([`protocol`]); the runner ([`runner`])
-//! writes results ([`results`]).
+//! The data flow: the command line ([`cli`]) becomes validated [`options`]; suites expand into
+//! cases ([`suite`]); a run plans targets and rounds and supervises one worker per target and
+//! round ([`run`]); executors start that worker ([`executor`]), which measures with an engine
+//! ([`engine`]) and streams the protocol ([`protocol`]); every row is built by
+//! [`results::record`] and read back by [`results::load`]; [`compare`], [`history`] and
+//! [`report`] judge and show runs through [`render`] and the pure statistics of [`stats`].
+//! Exit codes live in [`error`]. A module imports only modules below it.
 
 pub mod case;
 pub mod cli;
@@ -12,10 +16,12 @@ pub mod error;
 pub mod executor;
 pub mod history;
 pub mod measure;
+pub mod options;
 pub mod protocol;
+pub mod render;
 pub mod report;
 pub mod results;
-pub mod runner;
+pub mod run;
 pub mod stats;
 pub mod suite;
 pub mod worker;
@@ -24,14 +30,14 @@ pub mod workload;
 use clap::Parser;
 
 use crate::cli::{Cli, Command};
-use crate::error::{EXIT_ERROR, EXIT_OK};
+use crate::error::EXIT_OK;
 
 /// Runs the command line and returns the process exit code.
 pub fn main_impl() -> i32 {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => runner::cmd_run(args),
-        Command::List(args) => runner::cmd_list(args),
+        Command::Run(args) => options::RunOptions::from_args(&args).and_then(run::cmd_run),
+        Command::List(args) => run::cmd_list(&options::SuiteOptions::from(&args.suite)),
         Command::Compare(args) => compare::cmd_compare(args),
         Command::Report(args) => report::cmd_report(args),
         Command::History(args) => history::cmd_history(args),
@@ -45,7 +51,7 @@ pub fn main_impl() -> i32 {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            EXIT_ERROR
+            error::exit_code_of(&e)
         }
     }
 }

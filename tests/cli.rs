@@ -375,3 +375,54 @@ fn help_documents_flags() {
         assert!(text.contains(flag), "{flag} missing from --help");
     }
 }
+
+fn exits_zero(out: &std::process::Output) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+}
+
+/// A run.json written before run options were stored (only the old `args`) still resumes; a
+/// bad one fails with an error that names run.json.
+#[test]
+fn resume_reads_a_run_json_with_only_args() {
+    let tmp = tempfile::tempdir().unwrap();
+    let results = tmp.path().join("results");
+    let run_cmd = || {
+        let mut c = Command::new(cargo_bin("tagbench"));
+        c.args(["run", "--no-progress", "--no-report", "--results-dir"])
+            .arg(&results);
+        c
+    };
+    let out = run_cmd()
+        .args(["--filter", "probe", "--run-id", "old"])
+        .output()
+        .unwrap();
+    exits_zero(&out);
+    let run = RunDir::new(results.join("old"));
+    let rows = read_results(&run).unwrap().len();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.run_json()).unwrap()).unwrap();
+    assert_eq!(meta["options"]["filter"][0], "probe");
+    let legacy = |args: serde_json::Value| {
+        let mut m = meta.clone();
+        m.as_object_mut().unwrap().remove("options");
+        m["args"] = args;
+        m["state"] = "running".into();
+        std::fs::write(run.run_json(), serde_json::to_string(&m).unwrap()).unwrap();
+    };
+    legacy(serde_json::json!(["--filter", "probe"]));
+    let out = run_cmd().args(["--resume", "old"]).output().unwrap();
+    exits_zero(&out);
+    assert_eq!(
+        read_results(&run).unwrap().len(),
+        rows,
+        "nothing is measured twice"
+    );
+    assert_eq!(run.read_meta().unwrap().state, "complete");
+
+    legacy(serde_json::json!(["--no-such-flag"]));
+    let out = run_cmd().args(["--resume", "old"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("run.json"), "{err}");
+}

@@ -366,3 +366,165 @@ fn real_runs_fewer_threads_is_a_gemm_regression() {
         tables.join("\n")
     );
 }
+
+/// Rewrites a run into `root/run_id` as if it had run on one H100 (`cuda:0`, GPU 0), the way a
+/// CUDA target's worker labels its rows.
+fn relabel_as_h100(src: &std::path::Path, root: &std::path::Path, run_id: &str) -> std::path::PathBuf {
+    use tagbench::results::{read_results, read_samples, RunDir, RunWriter};
+    let from = RunDir::new(src);
+    let dir = root.join(run_id);
+    let to = RunDir::new(&dir);
+    let mut w = RunWriter::open(&to).unwrap();
+    let mut rows = read_results(&from).unwrap();
+    for r in &mut rows {
+        r.run_id = run_id.into();
+        r.device = "cuda:0".into();
+        r.gpu_index = Some(0);
+        r.gpu_name = "NVIDIA H100 80GB HBM3".into();
+    }
+    let mut samples = read_samples(&from).unwrap();
+    for s in &mut samples {
+        s.run_id = run_id.into();
+        s.gpu_index = Some(0);
+    }
+    w.write_case(&rows, &samples).unwrap();
+    let mut meta = from.read_meta().unwrap();
+    meta.run_id = run_id.into();
+    to.write_meta(&meta).unwrap();
+    dir
+}
+
+/// The failed row of a case whose worker crashed on a CUDA target before it reported its GPU,
+/// built by the library's one row constructor exactly as the runner writes it.
+fn crashed_on_cuda(dir: &std::path::Path, workload: &str, case: &str) {
+    use tagbench::results::{Recorder, RunDir, RunWriter, TargetMeta};
+    let target = TargetMeta {
+        name: "local".into(),
+        executor: "docker".into(),
+        engine: "native".into(),
+        device: "cuda".into(),
+        ..Default::default()
+    };
+    let rec = Recorder {
+        run_id: "cand",
+        suite: "smoke",
+        round: 0,
+        target: &target,
+    };
+    let row = rec.status(
+        workload,
+        case,
+        Status::Failed,
+        "worker ended during the case: killed by signal 11 (SIGSEGV)",
+        "2026-01-02T00:00:00Z",
+    );
+    assert_eq!((row.device.as_str(), row.gpu_index), ("cuda", None));
+    RunWriter::open(&RunDir::new(dir))
+        .unwrap()
+        .write_case(&[row], &[])
+        .unwrap();
+}
+
+#[test]
+fn crash_on_a_cuda_target_is_failed_not_missing() {
+    let t = tempfile::tempdir().unwrap();
+    let raw = write_run(
+        &t.path().join("raw"),
+        "base",
+        "2026-01-01T00:00:00Z",
+        &[
+            Case::gemm("local", "", 256, samples(11, 10.0, CV, N)),
+            Case::gemm("local", "", 1024, samples(12, 80.0, CV, N)),
+        ],
+    );
+    let base = relabel_as_h100(&raw, t.path(), "base");
+
+    // The crashed case alone: nothing else matched, still a failure (exit 1, not 2).
+    let raw = write_run(&t.path().join("raw"), "cand1", "2026-01-02T00:00:00Z", &[]);
+    let alone = relabel_as_h100(&raw, t.path(), "cand1");
+    crashed_on_cuda(&alone, "gemm", "size=256,dtype=fp32");
+    // The crashed case beside one that ran: failed and same.
+    let raw = write_run(
+        &t.path().join("raw"),
+        "cand2",
+        "2026-01-02T00:00:00Z",
+        &[Case::gemm("local", "", 1024, samples(13, 80.0, CV, N))],
+    );
+    let beside = relabel_as_h100(&raw, t.path(), "cand2");
+    crashed_on_cuda(&beside, "gemm", "size=256,dtype=fp32");
+
+    for cand in [&alone, &beside] {
+        let out = tagbench().args(["compare"]).arg(&base).arg(cand).assert().code(1);
+        let text = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+        for metric in ["latency", "throughput"] {
+            assert!(
+                text.lines()
+                    .any(|l| l.contains("size=256") && l.contains(metric) && l.ends_with("failed")),
+                "{text}"
+            );
+        }
+        assert!(text.contains("SIGSEGV"), "{text}");
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.contains("size=256") && l.ends_with("missing")),
+            "{text}"
+        );
+    }
+}
+
+/// `report --baseline` and `compare` give the same exit code for the same pair of runs.
+#[test]
+fn report_and_compare_agree_on_exit_codes() {
+    let t = tempfile::tempdir().unwrap();
+    let base = write_run(
+        t.path(),
+        "base",
+        "2026-01-01T00:00:00Z",
+        &[Case::gemm("local", "", 256, samples(21, 10.0, CV, N))],
+    );
+    // Nothing in common: 2. Only a case missing on one side: 2. Same: 0. A crash: 1.
+    let other = write_run(
+        t.path(),
+        "other",
+        "2026-01-02T00:00:00Z",
+        &[Case {
+            workload: "attention".into(),
+            ..Case::gemm("local", "", 64, samples(22, 10.0, CV, N))
+        }],
+    );
+    let same = write_run(
+        t.path(),
+        "same",
+        "2026-01-02T00:00:00Z",
+        &[Case::gemm("local", "", 256, samples(23, 10.0, CV, N))],
+    );
+    let crashed = write_run(
+        t.path(),
+        "crashed",
+        "2026-01-02T00:00:00Z",
+        &[Case::status(
+            "local",
+            "gemm",
+            "size=256,dtype=fp32",
+            Status::Failed,
+            "worker ended: signal 11",
+        )],
+    );
+    for (cand, code) in [(&other, 2), (&same, 0), (&crashed, 1)] {
+        tagbench()
+            .args(["compare"])
+            .arg(&base)
+            .arg(cand)
+            .assert()
+            .code(code);
+        tagbench()
+            .args(["report", "--baseline"])
+            .arg(&base)
+            .arg("--out")
+            .arg(t.path().join("report"))
+            .arg(cand)
+            .assert()
+            .code(code);
+    }
+}

@@ -3,21 +3,10 @@
 use anyhow::Result;
 
 use super::{CompareReport, Comparison, Verdict};
-use crate::runner::fmt_num;
-
-/// Output formats of `compare`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum Format {
-    /// Aligned columns for a terminal.
-    #[default]
-    Table,
-    /// A GitHub-flavoured Markdown table (CI job summaries, PR comments).
-    Markdown,
-    /// Every field, machine-readable.
-    Json,
-    /// JUnit XML: one test case per metric, regressions and failures as failures.
-    Junit,
-}
+use crate::render::escape::{md_escape, xml_escape};
+use crate::render::num::{fmt_num, pct};
+use crate::render::table::aligned;
+use crate::render::Format;
 
 pub fn render(report: &CompareReport, format: Format) -> Result<String> {
     Ok(match format {
@@ -26,11 +15,6 @@ pub fn render(report: &CompareReport, format: Format) -> Result<String> {
         Format::Json => serde_json::to_string_pretty(report)? + "\n",
         Format::Junit => junit(report),
     })
-}
-
-/// `+5.2%` for a ratio of 1.052.
-pub fn pct(ratio: f64) -> String {
-    format!("{:+.1}%", (ratio - 1.0) * 100.0)
 }
 
 fn opt_num(v: Option<f64>) -> String {
@@ -100,27 +84,12 @@ fn table(r: &CompareReport) -> String {
     let mut rows: Vec<Vec<String>> = vec![header(along).into_iter().map(String::from).collect()];
     rows.extend(r.comparisons.iter().map(|c| cells(c, along)));
     let cols = rows[0].len();
-    let widths: Vec<usize> = (0..cols)
-        .map(|i| rows.iter().map(|l| l[i].chars().count()).max().unwrap_or(0))
-        .collect();
     let numeric_from = if along { 5 } else { 4 };
     let mut out = format!("baseline: {} ({})\n", r.baseline, r.mode);
-    for l in &rows {
-        let mut s = String::new();
-        for (i, cell) in l.iter().enumerate() {
-            let pad = " ".repeat(widths[i] - cell.chars().count());
-            if i >= numeric_from && i != cols - 1 && i != numeric_from + 2 {
-                s.push_str(&pad);
-                s.push_str(cell);
-            } else {
-                s.push_str(cell);
-                s.push_str(&pad);
-            }
-            s.push_str("  ");
-        }
-        out.push_str(s.trim_end());
-        out.push('\n');
-    }
+    // Numbers right-aligned; the unit and the verdict read as words.
+    out.push_str(&aligned(&rows, |i| {
+        i >= numeric_from && i != cols - 1 && i != numeric_from + 2
+    }));
     let notes: Vec<&Comparison> = r
         .comparisons
         .iter()
@@ -141,26 +110,6 @@ fn table(r: &CompareReport) -> String {
         }
     }
     out
-}
-
-/// Escapes text for a Markdown table cell (pipes, HTML, backticks).
-pub fn md_escape(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for ch in s.chars() {
-        match ch {
-            '|' => o.push_str("\\|"),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '&' => o.push_str("&amp;"),
-            '`' | '*' | '_' | '[' | ']' | '\\' => {
-                o.push('\\');
-                o.push(ch);
-            }
-            '\n' | '\r' => o.push(' '),
-            c => o.push(c),
-        }
-    }
-    o
 }
 
 fn verdict_mark(v: Verdict) -> &'static str {
@@ -220,24 +169,6 @@ pub fn markdown(r: &CompareReport) -> String {
         out.push_str("\n</details>\n");
     }
     out
-}
-
-/// Escapes text for XML attributes and content.
-pub fn xml_escape(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for ch in s.chars() {
-        match ch {
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '&' => o.push_str("&amp;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&#39;"),
-            // XML 1.0 forbids most control characters, escaped or not.
-            c if (c as u32) < 0x20 && c != '\n' && c != '\t' && c != '\r' => o.push(' '),
-            c => o.push(c),
-        }
-    }
-    o
 }
 
 fn junit(r: &CompareReport) -> String {

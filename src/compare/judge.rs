@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use crate::render::num::pct;
 use crate::stats::bootstrap::median_in_place;
 use crate::stats::{mann_whitney, ratio_of_medians_ci, welch_log_ratio};
 
@@ -152,7 +153,6 @@ pub fn verdict(j: &Judgement, p_adj: f64, alpha: f64, noise: f64, better: &str) 
     };
     let up = 1.0 + noise;
     let down = 1.0 / up;
-    let pct = |x: f64| format!("{:+.1}%", (x - 1.0) * 100.0);
     let ci = format!("worse-by CI [{}, {}]", pct(w_lo), pct(w_hi));
     let significant = p_adj < alpha;
     if significant && w_lo > up {

@@ -51,6 +51,37 @@ impl MatchKey {
     }
 }
 
+/// Context columns that say where a case ran; a worker that crashed before it learned its GPU
+/// leaves them empty or coarse (`cuda` for `cuda:0`).
+const DEVICE_COLUMNS: [&str; 3] = ["gpu", "device", "gpu_name"];
+
+fn without_device(context: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
+    context
+        .iter()
+        .filter(|(k, _)| !DEVICE_COLUMNS.contains(k))
+        .cloned()
+        .collect()
+}
+
+/// A `failed` status row of the same workload and case whatever its device columns: a failure
+/// in the candidate counts as `failed`, never `missing`, even when the crash came before the
+/// worker reported its GPU.
+fn failure_on_any_device<'a>(
+    map: &BTreeMap<MatchKey, &'a Measurement>,
+    key: &MatchKey,
+) -> Option<&'a Measurement> {
+    let context = without_device(&key.context);
+    map.iter()
+        .find(|(k, m)| {
+            m.row.status == Status::Failed
+                && k.metric.is_empty()
+                && k.workload == key.workload
+                && k.case == key.case
+                && without_device(&k.context) == context
+        })
+        .map(|(_, m)| *m)
+}
+
 fn gpu_label(row: &ResultRow) -> String {
     match (row.gpu_index, row.gpu_name.is_empty()) {
         (Some(i), false) => format!("{i}:{}", row.gpu_name),
@@ -144,6 +175,31 @@ fn side(label: &str, m: Option<&Measurement>) -> Side {
     }
 }
 
+/// The verdict of a key measured on one side only: `failed` when the candidate failed it
+/// (whatever device columns its row carries), else `missing` with the other side's status.
+fn absent_in(cmp: &mut Comparison, map: &BTreeMap<MatchKey, &Measurement>, key: &MatchKey, which: &str) {
+    let found = map
+        .get(&key.status_key())
+        .copied()
+        .or_else(|| failure_on_any_device(map, key))
+        .map(|m| (m.row.status, m.row.reason.clone()));
+    let side = if which == "candidate" {
+        &mut cmp.candidate
+    } else {
+        &mut cmp.baseline
+    };
+    match found {
+        Some((st, why)) => {
+            side.status = st.as_str().into();
+            cmp.reason = format!("{} in the {which}: {why}", st.as_str());
+            if st == Status::Failed && which == "candidate" {
+                cmp.verdict = Verdict::Failed;
+            }
+        }
+        None => cmp.reason = format!("not measured in the {which}"),
+    }
+}
+
 /// Compares every key of `base` with `cand`; verdicts still need the family correction.
 fn pair_up(
     base: &BTreeMap<MatchKey, &Measurement>,
@@ -186,10 +242,6 @@ fn pair_up(
             verdict: Verdict::Missing,
             reason: String::new(),
         };
-        let status_reason = |map: &BTreeMap<MatchKey, &Measurement>| {
-            map.get(&key.status_key())
-                .map(|m| (m.row.status, m.row.reason.clone()))
-        };
         match (b, c) {
             (Some(b), Some(c)) => {
                 cmp.judgement = Judgement {
@@ -216,25 +268,8 @@ fn pair_up(
                     }
                 }
             }
-            (Some(_), None) => match status_reason(cand) {
-                Some((Status::Failed, why)) => {
-                    cmp.verdict = Verdict::Failed;
-                    cmp.candidate.status = "failed".into();
-                    cmp.reason = format!("failed in the candidate: {why}");
-                }
-                Some((st, why)) => {
-                    cmp.candidate.status = st.as_str().into();
-                    cmp.reason = format!("{} in the candidate: {why}", st.as_str());
-                }
-                None => cmp.reason = "not measured in the candidate".into(),
-            },
-            (None, Some(_)) => match status_reason(base) {
-                Some((st, why)) => {
-                    cmp.baseline.status = st.as_str().into();
-                    cmp.reason = format!("{} in the baseline: {why}", st.as_str());
-                }
-                None => cmp.reason = "not measured in the baseline".into(),
-            },
+            (Some(_), None) => absent_in(&mut cmp, cand, key, "candidate"),
+            (None, Some(_)) => absent_in(&mut cmp, base, key, "baseline"),
             (None, None) => continue,
         }
         out.push(cmp);

@@ -648,7 +648,7 @@ impl Executor for DockerExecutor {
                 GpuSelection::List(l) if l.len() == 1 => Some(l[0]),
                 _ => None,
             },
-            env: Default::default(),
+            ..Default::default()
         };
         let check_ms = self
             .preflight(target, &image)

@@ -9,13 +9,13 @@ use anyhow::{Context, Result};
 
 use super::{ReportData, Reporter};
 use crate::compare::format::{cells, header};
+use crate::render::num::fmt_num;
 use crate::results::Status;
-use crate::runner::fmt_num;
 
 pub struct HtmlReport;
 
 /// Escapes text for HTML content and quoted attributes (the XML rules serve HTML too).
-pub use crate::compare::format::xml_escape as esc;
+pub use crate::render::escape::xml_escape as esc;
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}\
 table{border-collapse:collapse;margin:1em 0;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;text-align:left}\

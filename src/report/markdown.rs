@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use super::{ReportData, Reporter};
-use crate::compare::format::md_escape;
+use crate::render::escape::md_escape;
+use crate::render::num::ci_pct;
+use crate::render::num::fmt_num;
 use crate::results::Status;
-use crate::runner::fmt_num;
 
 pub struct MarkdownSummary;
 
@@ -41,9 +42,7 @@ pub fn summary(data: &ReportData) -> String {
             for m in run.measurements.iter().filter(|m| m.is_metric()) {
                 let r = &m.row;
                 let ci = match (r.median, r.ci_low, r.ci_high) {
-                    (Some(x), Some(l), Some(h)) if x != 0.0 => {
-                        format!("{:.1}%", (h - l) / 2.0 / x.abs() * 100.0)
-                    }
+                    (Some(x), Some(l), Some(h)) => ci_pct(x, l, h).unwrap_or_default(),
                     _ => String::new(),
                 };
                 o.push_str(&format!(

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::cli::ReportArgs;
 use crate::compare::{compare_along, compare_runs, CompareOptions, CompareReport, LoadedRun};
-use crate::error::{EXIT_OK, EXIT_REGRESSION};
+use crate::error::EXIT_OK;
 
 /// What every reporter sees: the runs, an optional comparison and the drawn plots.
 pub struct ReportData {
@@ -108,20 +108,25 @@ pub fn write_run_report(run_dir: &Path, report_dir: &Path) -> Result<PathBuf> {
 
 /// `tagbench report`.
 pub fn cmd_report(args: ReportArgs) -> Result<i32> {
-    let opts: CompareOptions = args.stats.options()?;
+    let opts = CompareOptions::from_args(&args.stats)?;
     let mut runs = args
         .runs
         .iter()
         .map(|p| LoadedRun::load(p))
         .collect::<Result<Vec<_>>>()?;
     let comparison = match (&args.along, &args.baseline) {
-        (Some(col), Some(value)) => Some(compare_along(&runs, col, value, &opts)?),
+        (Some(col), Some(value)) => {
+            let c = compare_along(&runs, col, value, &opts)?;
+            c.ensure_matched()?;
+            Some(c)
+        }
         (None, Some(base)) => {
             let base_run = LoadedRun::load(Path::new(base))?;
             if runs.len() != 1 {
                 bail!("--baseline RUN compares one candidate run; give one RUN (or use --along)");
             }
             let c = compare_runs(&base_run, &runs[0], &opts)?;
+            c.ensure_matched()?;
             runs.insert(0, base_run);
             Some(c)
         }
@@ -136,11 +141,10 @@ pub fn cmd_report(args: ReportArgs) -> Result<i32> {
     Ok(match &data.comparison {
         Some(c) => {
             eprintln!("{}", c.summary_line());
-            if c.has_regression() {
-                EXIT_REGRESSION
-            } else {
-                EXIT_OK
+            if c.matched() == 0 {
+                eprintln!("error: nothing matched with measurements on both sides");
             }
+            c.exit_code()
         }
         None => EXIT_OK,
     })

@@ -180,10 +180,10 @@ where
             if x >= 1.0 {
                 format!("{x:.0}")
             } else {
-                crate::runner::fmt_num(x)
+                crate::render::num::fmt_num(x)
             }
         } else {
-            crate::runner::fmt_num(*v)
+            crate::render::num::fmt_num(*v)
         }
     };
     let fy = |v: &f64| {
@@ -195,10 +195,10 @@ where
             if y >= 1.0 {
                 format!("{y:.0}")
             } else {
-                crate::runner::fmt_num(y)
+                crate::render::num::fmt_num(y)
             }
         } else {
-            crate::runner::fmt_num(*v)
+            crate::render::num::fmt_num(*v)
         }
     };
     chart
@@ -291,7 +291,7 @@ where
         .y_desc(spec.y_label.as_str())
         .y_labels(n)
         .y_label_formatter(&fy)
-        .x_label_formatter(&|v| crate::runner::fmt_num(*v))
+        .x_label_formatter(&|v| crate::render::num::fmt_num(*v))
         .label_style((FAMILY, 12))
         .draw()
         .map_err(err)?;
@@ -364,7 +364,7 @@ where
         .x_desc(spec.x_label.as_str())
         .y_labels(n)
         .y_label_formatter(&fy)
-        .x_label_formatter(&|v| crate::compare::format::pct(*v))
+        .x_label_formatter(&|v| crate::render::num::pct(*v))
         .label_style((FAMILY, 12))
         .draw()
         .map_err(err)?;

@@ -18,9 +18,13 @@ pub struct RunMeta {
     pub finished_at: Option<String>,
     /// `running`, `complete`, `interrupted`.
     pub state: String,
-    /// The command line that started the run (for `--resume`).
-    #[serde(default)]
+    /// The command line that started the run, as runs before `options` stored it (`--resume`
+    /// still reads it when `options` is absent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
+    /// The run options (`options::RunOptions`) that `--resume` rebuilds the run from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<serde_json::Value>,
     #[serde(default)]
     pub targets: Vec<TargetMeta>,
 }
@@ -40,8 +44,15 @@ pub struct TargetMeta {
     pub repo_digests: Vec<String>,
     #[serde(default)]
     pub image_created: String,
+    /// The host's GPU index when the target has exactly one GPU.
     #[serde(default)]
     pub gpu_index: Option<usize>,
+    /// The GPU the worker reported (see `record.rs`); empty until it did.
+    #[serde(default)]
+    pub gpu_name: String,
+    /// The GPU index the worker reported (as its container numbers them).
+    #[serde(default)]
+    pub worker_gpu_index: Option<usize>,
     /// The worker's `env` message (probe): versions, devices, CPU.
     #[serde(default)]
     pub env: BTreeMap<String, String>,

@@ -1,10 +1,14 @@
 //! The results of a run on disk: `results.csv` (one row per target, case and metric),
 //! `samples.csv` (every sample), `run.json` (metadata) and `logs/`, under `results/<run-id>/`.
 
+pub mod load;
 pub mod meta;
+pub mod record;
 pub mod row;
 pub mod store;
 
+pub use load::{LoadedRun, Measurement};
 pub use meta::{RunMeta, TargetMeta};
+pub use record::{set_summary, MetricId, Recorder};
 pub use row::{ResultRow, SampleRow, Status, SCHEMA_VERSION};
 pub use store::{read_results, read_samples, RunDir, RunWriter};

@@ -3,8 +3,6 @@
 //! significance test, the variant MongoDB's signal-processing-algorithms and Hunter use for
 //! nightly performance series (Fleming et al., ICPE 2020; Ingo & Daly, ICPE 2023).
 
-use statrs::distribution::{ContinuousCDF, StudentsT};
-
 /// How change points are searched and accepted.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EDivisiveSettings {
@@ -47,32 +45,9 @@ impl ChangePoint {
     }
 }
 
-/// Welch's unequal-variance t-test; two-sided p-value. Constant samples give p = 0 when the
-/// means differ and 1 when they do not.
-pub fn welch_t_test(a: &[f64], b: &[f64]) -> f64 {
-    let (na, nb) = (a.len() as f64, b.len() as f64);
-    if a.len() < 2 || b.len() < 2 {
-        return 1.0;
-    }
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    let var = |v: &[f64], m: f64| v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64;
-    let (ma, mb) = (mean(a), mean(b));
-    let (va, vb) = (var(a, ma) / na, var(b, mb) / nb);
-    let se2 = va + vb;
-    if se2 <= 0.0 || !se2.is_finite() {
-        let scale = ma.abs().max(mb.abs()).max(f64::MIN_POSITIVE);
-        return if (ma - mb).abs() <= 1e-12 * scale {
-            1.0
-        } else {
-            0.0
-        };
-    }
-    let t = (ma - mb) / se2.sqrt();
-    let df = se2 * se2 / (va * va / (na - 1.0) + vb * vb / (nb - 1.0));
-    match StudentsT::new(0.0, 1.0, df) {
-        Ok(dist) => (2.0 * dist.sf(t.abs())).clamp(0.0, 1.0),
-        Err(_) => 1.0,
-    }
+/// Welch's t-test p-value of two segments (1 when either is too short to test).
+fn welch_t_test(a: &[f64], b: &[f64]) -> f64 {
+    super::welch::welch_t(a, b).map_or(1.0, |w| w.p)
 }
 
 /// The split of `seg` that maximises the energy statistic Q̂(τ, κ) of Matteson & James: the

@@ -13,4 +13,4 @@ pub use edivisive::{change_points, ChangePoint, EDivisiveSettings};
 pub use holm::holm_adjust;
 pub use mannwhitney::{mann_whitney, MannWhitney};
 pub use summary::{percentile_sorted, summarize, Summary};
-pub use welch::{welch_log_ratio, LogRatio};
+pub use welch::{welch_log_ratio, welch_t, LogRatio, WelchT};

@@ -19,6 +19,20 @@ pub struct LogRatio {
     pub df: f64,
 }
 
+/// Welch's unequal-variance t statistic of `mean(b) − mean(a)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WelchT {
+    /// `mean(b) − mean(a)`.
+    pub diff: f64,
+    /// Standard error of `diff`.
+    pub se: f64,
+    /// Welch–Satterthwaite degrees of freedom (infinite when there is no spread).
+    pub df: f64,
+    /// Two-sided p-value of "no difference". Without any spread the difference is exact: 0 when
+    /// the means differ (beyond rounding), 1 when they do not.
+    pub p: f64,
+}
+
 fn mean_var(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
     let m = v.iter().sum::<f64>() / n;
@@ -26,11 +40,40 @@ fn mean_var(v: &[f64]) -> (f64, f64) {
     (m, var)
 }
 
-/// `None` unless both sides have at least two values, all positive and finite.
-pub fn welch_log_ratio(baseline: &[f64], candidate: &[f64], level: f64) -> Option<LogRatio> {
-    if baseline.len() < 2 || candidate.len() < 2 {
+/// Welch's t-test (Welch, 1947); `None` unless both sides have two or more values.
+pub fn welch_t(a: &[f64], b: &[f64]) -> Option<WelchT> {
+    if a.len() < 2 || b.len() < 2 {
         return None;
     }
+    let (na, nb) = (a.len() as f64, b.len() as f64);
+    let (ma, va) = mean_var(a);
+    let (mb, vb) = mean_var(b);
+    let (sa, sb) = (va / na, vb / nb);
+    let se2 = sa + sb;
+    let diff = mb - ma;
+    if se2 <= 0.0 || !se2.is_finite() {
+        let scale = ma.abs().max(mb.abs()).max(f64::MIN_POSITIVE);
+        let p = if diff.abs() <= 1e-12 * scale { 1.0 } else { 0.0 };
+        return Some(WelchT {
+            diff,
+            se: 0.0,
+            df: f64::INFINITY,
+            p,
+        });
+    }
+    let df = se2 * se2 / (sa * sa / (na - 1.0) + sb * sb / (nb - 1.0));
+    let t = StudentsT::new(0.0, 1.0, df).ok()?;
+    let se = se2.sqrt();
+    Some(WelchT {
+        diff,
+        se,
+        df,
+        p: (2.0 * t.sf((diff / se).abs())).clamp(0.0, 1.0),
+    })
+}
+
+/// `None` unless both sides have at least two values, all positive and finite.
+pub fn welch_log_ratio(baseline: &[f64], candidate: &[f64], level: f64) -> Option<LogRatio> {
     if baseline
         .iter()
         .chain(candidate)
@@ -40,34 +83,27 @@ pub fn welch_log_ratio(baseline: &[f64], candidate: &[f64], level: f64) -> Optio
     }
     let lb: Vec<f64> = baseline.iter().map(|v| v.ln()).collect();
     let lc: Vec<f64> = candidate.iter().map(|v| v.ln()).collect();
-    let (mb, vb) = mean_var(&lb);
-    let (mc, vc) = mean_var(&lc);
-    let (nb, nc) = (lb.len() as f64, lc.len() as f64);
-    let diff = mc - mb;
-    let (sb, sc) = (vb / nb, vc / nc);
-    let se = (sb + sc).sqrt();
-    if se == 0.0 {
+    let w = welch_t(&lb, &lc)?;
+    let r = w.diff.exp();
+    if w.se == 0.0 {
         // No spread at all: the difference is exact.
-        let p = if diff == 0.0 { 1.0 } else { 0.0 };
-        let r = diff.exp();
         return Some(LogRatio {
             ratio: r,
             low: r,
             high: r,
-            p,
-            df: f64::INFINITY,
+            p: w.p,
+            df: w.df,
         });
     }
-    let df = (sb + sc).powi(2) / (sb.powi(2) / (nb - 1.0) + sc.powi(2) / (nc - 1.0));
-    let t = StudentsT::new(0.0, 1.0, df).ok()?;
-    let q = t.inverse_cdf(0.5 + level / 2.0);
-    let p = 2.0 * (1.0 - t.cdf((diff / se).abs()));
+    let q = StudentsT::new(0.0, 1.0, w.df)
+        .ok()?
+        .inverse_cdf(0.5 + level / 2.0);
     Some(LogRatio {
-        ratio: diff.exp(),
-        low: (diff - q * se).exp(),
-        high: (diff + q * se).exp(),
-        p: p.clamp(0.0, 1.0),
-        df,
+        ratio: r,
+        low: (w.diff - q * w.se).exp(),
+        high: (w.diff + q * w.se).exp(),
+        p: w.p,
+        df: w.df,
     })
 }
 

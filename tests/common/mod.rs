@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use tagbench::results::{ResultRow, RunDir, RunMeta, RunWriter, SampleRow, Status};
+use tagbench::results::{set_summary, ResultRow, RunDir, RunMeta, RunWriter, SampleRow, Status};
 use tagbench::stats::summarize;
 
 /// Log-normal timing samples: median `level`, relative spread `cv`.
@@ -91,24 +91,14 @@ pub fn write_run(root: &Path, run_id: &str, started_at: &str, cases: &[Case]) ->
             ("latency", "ms", "lower", &c.latency_ms),
             ("throughput", "GFLOP/s", "higher", &tput),
         ] {
-            let s = summarize(values).unwrap();
-            rows.push(ResultRow {
+            let mut row = ResultRow {
                 metric: metric.into(),
                 unit: unit.into(),
                 better: better.into(),
-                n: Some(s.n),
-                median: Some(s.median),
-                mean: Some(s.mean),
-                stddev: Some(s.stddev),
-                min: Some(s.min),
-                max: Some(s.max),
-                p05: Some(s.p05),
-                p95: Some(s.p95),
-                ci_low: Some(s.ci_low),
-                ci_high: Some(s.ci_high),
-                outliers: Some(s.outliers),
                 ..base.clone()
-            });
+            };
+            set_summary(&mut row, &summarize(values).unwrap());
+            rows.push(row);
             for (i, v) in values.iter().enumerate() {
                 srows.push(SampleRow {
                     run_id: run_id.into(),

@@ -1,0 +1,62 @@
+//! The state a run writes into: ids, the run directory, the progress bar, the round being
+//! measured, row counts, and which cases were skipped or failed.
+
+use std::collections::{BTreeMap, HashSet};
+
+use anyhow::Result;
+use indicatif::ProgressBar;
+
+use crate::results::{ResultRow, RunDir, RunWriter, SampleRow, Status};
+
+/// (target, workload, case): a case of a target across rounds.
+pub type CaseKey = (String, String, String);
+
+/// The state of a run the supervisor writes into.
+pub struct RunContext {
+    pub run_id: String,
+    pub suite: String,
+    pub run: RunDir,
+    pub bar: ProgressBar,
+    pub counts: BTreeMap<Status, usize>,
+    /// The round being measured (0-based).
+    pub round: usize,
+    /// (target, workload, case) that were skipped or failed: not run again in later rounds.
+    pub not_ok: HashSet<CaseKey>,
+}
+
+impl RunContext {
+    pub fn new(run_id: &str, suite: &str, run: &RunDir, bar: ProgressBar, not_ok: HashSet<CaseKey>) -> Self {
+        RunContext {
+            run_id: run_id.to_string(),
+            suite: suite.to_string(),
+            run: run.clone(),
+            bar,
+            counts: BTreeMap::new(),
+            round: 0,
+            not_ok,
+        }
+    }
+
+    /// Writes (and flushes) the rows of one finished case and counts them.
+    pub fn write_case(
+        &mut self,
+        writer: &mut RunWriter,
+        rows: Vec<ResultRow>,
+        samples: Vec<SampleRow>,
+    ) -> Result<()> {
+        writer.write_case(&rows, &samples)?;
+        for r in &rows {
+            *self.counts.entry(r.status).or_default() += 1;
+            if r.status != Status::Ok {
+                self.not_ok
+                    .insert((r.target.clone(), r.workload.clone(), r.case.clone()));
+            }
+        }
+        self.bar.inc(1);
+        Ok(())
+    }
+
+    pub fn count(&self, s: Status) -> usize {
+        self.counts.get(&s).copied().unwrap_or(0)
+    }
+}

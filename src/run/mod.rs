@@ -1,0 +1,172 @@
+//! `tagbench run` and `tagbench list`: the plan ([`plan`]: suite, filters, targets, rounds), the
+//! round loop ([`scheduler`]) writing into a [`context`], one supervised worker per target and round ([`supervise`]) and
+//! the table at the end ([`table`]). Rows are built only by `results::record`.
+
+pub mod context;
+pub mod plan;
+pub mod scheduler;
+pub mod supervise;
+pub mod table;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::error::{EXIT_ERROR, EXIT_OK};
+use crate::options::{RunOptions, SuiteOptions};
+use crate::results::{LoadedRun, RunDir, RunMeta, RunWriter, Status, SCHEMA_VERSION};
+use context::RunContext;
+use plan::{filtered_cases, new_run_id, Plan};
+pub use plan::{load_suite, matches_filter, resolve_targets, safe_name};
+use scheduler::{progress_bar, run_rounds, Done};
+
+/// The time now, as rows and run.json write it.
+pub(crate) fn now() -> String {
+    chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// `tagbench list`.
+pub fn cmd_list(opts: &SuiteOptions) -> Result<i32> {
+    let (suite, _) = load_suite(opts)?;
+    let cases = filtered_cases(&suite, &opts.filter);
+    for case in &cases {
+        println!("{}", case.label());
+    }
+    eprintln!("{} cases in suite `{}`", cases.len(), suite.name);
+    Ok(if cases.is_empty() { EXIT_ERROR } else { EXIT_OK })
+}
+
+/// `--resume`: the run directory, and the options the run was started with (the suite is the
+/// copy in the run directory).
+fn resume(opts: &RunOptions) -> Result<Option<(PathBuf, RunOptions)>> {
+    let Some(r) = &opts.resume else {
+        return Ok(None);
+    };
+    let dir = if r.is_dir() {
+        r.clone()
+    } else {
+        opts.results_dir.join(r)
+    };
+    let run = RunDir::new(&dir);
+    let meta = run
+        .read_meta()
+        .with_context(|| format!("failed to resume {}", dir.display()))?;
+    let stored: Option<RunOptions> = meta
+        .options
+        .clone()
+        .map(serde_json::from_value)
+        .transpose()
+        .with_context(|| {
+            format!(
+                "failed to read the options stored in {}",
+                run.run_json().display()
+            )
+        })?;
+    let mut o = opts.resumed(stored.as_ref(), &meta.args, &run.run_json())?;
+    o.suite.path = Some(dir.join("suite.toml"));
+    o.run_id = Some(meta.run_id.clone());
+    o.results_dir = dir.parent().map(Path::to_path_buf).unwrap_or_default();
+    Ok(Some((dir, o)))
+}
+
+/// A new run's run.json.
+fn new_meta(plan: &Plan, opts: &RunOptions, run_id: &str) -> Result<RunMeta> {
+    Ok(RunMeta {
+        schema: SCHEMA_VERSION,
+        run_id: run_id.to_string(),
+        suite: plan.suite.name.clone(),
+        suite_path: plan.suite.path.display().to_string(),
+        tagbench_version: env!("CARGO_PKG_VERSION").to_string(),
+        host: crate::engine::cpu::probe::host_info(),
+        started_at: now(),
+        finished_at: None,
+        state: "running".into(),
+        args: Vec::new(),
+        options: Some(serde_json::to_value(opts)?),
+        targets: Vec::new(),
+    })
+}
+
+/// Creates (or, resuming, reopens) the run directory: run.json, the suite copy, what is done.
+fn open_run(
+    dir: &Path,
+    resuming: bool,
+    plan: &Plan,
+    opts: &RunOptions,
+    run_id: &str,
+) -> Result<(RunDir, RunMeta, Done)> {
+    if !resuming && dir.exists() {
+        bail!(
+            "run directory {} exists already (use --resume to finish it)",
+            dir.display()
+        );
+    }
+    let run = RunDir::new(dir);
+    std::fs::create_dir_all(run.logs()).with_context(|| format!("failed to create {}", dir.display()))?;
+    let (mut meta, done) = if resuming {
+        (run.read_meta()?, Done::read(&run)?)
+    } else {
+        let suite_copy = dir.join("suite.toml");
+        std::fs::write(&suite_copy, &plan.suite_text)
+            .with_context(|| format!("failed to write {}", suite_copy.display()))?;
+        (new_meta(plan, opts, run_id)?, Done::default())
+    };
+    meta.state = "running".into();
+    run.write_meta(&meta)?;
+    Ok((run, meta, done))
+}
+
+/// `tagbench run`.
+pub fn cmd_run(opts: RunOptions) -> Result<i32> {
+    let resumed = resume(&opts)?;
+    let (resume_dir, opts) = match resumed {
+        Some((dir, o)) => (Some(dir), o),
+        None => (None, opts),
+    };
+    let plan = Plan::build(&opts)?;
+    let run_id = opts
+        .run_id
+        .clone()
+        .unwrap_or_else(|| new_run_id(&plan.suite.name));
+    let dir = resume_dir
+        .clone()
+        .unwrap_or_else(|| opts.results_dir.join(&run_id));
+    let (run, mut meta, done) = open_run(&dir, resume_dir.is_some(), &plan, &opts, &run_id)?;
+    let mut writer = RunWriter::open(&run)?;
+    let bar = progress_bar(plan.total_steps(), opts.no_progress);
+    eprintln!(
+        "run {run_id}: suite `{}`, {} cases × {} targets, up to {} rounds → {}",
+        plan.suite.name,
+        plan.cases.len(),
+        plan.targets.len(),
+        plan.max_rounds(),
+        dir.display()
+    );
+    let mut ctx = RunContext::new(&run_id, &plan.suite.name, &run, bar.clone(), done.not_ok.clone());
+    run_rounds(&mut ctx, &mut writer, &plan, &done, &mut meta)?;
+    bar.finish_and_clear();
+    meta.finished_at = Some(now());
+    meta.state = "complete".into();
+    run.write_meta(&meta)?;
+    finish(&ctx, &dir, &opts)
+}
+
+/// The end of a run: the table, the counts, the report; exit 2 when a case failed.
+fn finish(ctx: &RunContext, dir: &Path, opts: &RunOptions) -> Result<i32> {
+    print!("{}", table::render(&LoadedRun::load(dir)?.measurements));
+    let failed = ctx.count(Status::Failed);
+    eprintln!(
+        "{} ok, {} skipped, {failed} failed rows; results in {}",
+        ctx.count(Status::Ok),
+        ctx.count(Status::Skipped),
+        ctx.run.results_csv().display()
+    );
+    if !opts.no_report {
+        // A report that cannot be written must not hide the results, which are on disk.
+        match crate::report::write_run_report(dir, &opts.report_dir) {
+            Ok(index) => eprintln!("report in {}", index.display()),
+            Err(e) => eprintln!("warning: failed to write the report: {e:#}"),
+        }
+    }
+    Ok(if failed > 0 { EXIT_ERROR } else { EXIT_OK })
+}
