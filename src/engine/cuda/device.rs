@@ -224,6 +224,106 @@ impl EventTimer {
             .map_err(|e| anyhow!("CUDA error while timing: {e}"))?;
         Ok(ms as f64 * 1e-3)
     }
+
+    /// An estimate of one call's GPU time: batches of 1, 2, 4, ... calls of `f` are timed until
+    /// one spans a quarter of `target_s`; that batch's time over its calls (a single call on an
+    /// idle GPU would overstate it by the launch latency, and the batch then come out short).
+    pub fn per_call<E: From<anyhow::Error>>(
+        &self,
+        target_s: Seconds,
+        mut f: impl FnMut() -> Result<(), E>,
+    ) -> Result<Seconds, E> {
+        let mut est = f64::NAN;
+        for n in estimate_batches() {
+            let t = self.time(|| -> Result<(), E> {
+                for _ in 0..n {
+                    f()?;
+                }
+                Ok(())
+            })?;
+            est = t / n as f64;
+            if t >= target_s / 4.0 {
+                break;
+            }
+        }
+        Ok(est)
+    }
+}
+
+/// GPU time one timed sample should span. A sample of one ~100 µs call recorded on an idle GPU
+/// carries the launch latency and the host's enqueue time between the start event and the
+/// first kernel (5–15% of a 1024³ GEMM); a batch of calls between the two events spreads that
+/// over the batch, and from a few milliseconds on it is under the events' ~0.5 µs resolution
+/// and the per-call noise (nvbench reaches the same end by queueing a spin kernel before the
+/// start event).
+pub const SAMPLE_TARGET_S: Seconds = 2e-3;
+
+/// The most calls one sample batches (a 5 µs call at 2 ms is 400).
+pub const MAX_CALLS_PER_SAMPLE: usize = 10_000;
+
+/// The sample target in force: [`SAMPLE_TARGET_S`], or `TAGBENCH_CUDA_SAMPLE_MS` (milliseconds)
+/// where set, so that `scripts/gpu-validate.sh` can show that the time per call does not depend
+/// on the batch size.
+pub fn sample_target_s() -> Seconds {
+    sample_target_from(std::env::var("TAGBENCH_CUDA_SAMPLE_MS").ok().as_deref())
+}
+
+/// [`sample_target_s`] from the variable's value; anything but a positive number is ignored.
+pub fn sample_target_from(ms: Option<&str>) -> Seconds {
+    match ms.and_then(|v| v.trim().parse::<f64>().ok()) {
+        Some(v) if v.is_finite() && v > 0.0 => v * 1e-3,
+        _ => SAMPLE_TARGET_S,
+    }
+}
+
+/// Calls per timed sample so that one sample spans at least `target_s` of GPU work, from an
+/// estimate of one call's time; between 1 and [`MAX_CALLS_PER_SAMPLE`]. A sample's value is its
+/// time divided by this count.
+pub fn calls_per_sample(per_call_s: Seconds, target_s: Seconds) -> usize {
+    if per_call_s.is_nan() || per_call_s <= 0.0 || target_s.is_nan() || target_s <= 0.0 {
+        return 1;
+    }
+    // The 1e-9 keeps a ratio that is whole up to rounding (2 ms / 1 µs = 2000.0000000000002)
+    // from costing one more call.
+    let n = (target_s / per_call_s * (1.0 - 1e-9)).ceil();
+    if n >= MAX_CALLS_PER_SAMPLE as f64 {
+        MAX_CALLS_PER_SAMPLE
+    } else {
+        (n as usize).max(1)
+    }
+}
+
+/// The batch sizes [`EventTimer::per_call`] tries: 1, 2, 4, ... up to the cap.
+pub fn estimate_batches() -> impl Iterator<Item = usize> {
+    (0..)
+        .map(|i| 1usize << i)
+        .take_while(|n| *n <= MAX_CALLS_PER_SAMPLE)
+}
+
+/// Samples of `next` (one call of the workload, enqueued on the timer's stream) in batches sized
+/// by [`calls_per_sample`] for the target in force; each sample is a batch's time over its
+/// calls. Returns the samples and the batch size. Telemetry is read between samples.
+pub fn sample_batched(
+    timer: &EventTimer,
+    settings: &crate::case::MeasureSettings,
+    rec: &mut super::telemetry::Recorder,
+    mut next: impl FnMut() -> Result<(), crate::error::CaseError>,
+) -> Result<(crate::measure::sampler::Samples, usize), crate::error::CaseError> {
+    let target = sample_target_s();
+    next()?;
+    let batch = calls_per_sample(timer.per_call(target, &mut next)?, target);
+    use crate::error::CaseError;
+    let samples = crate::measure::Sampler::new(settings).run(|| -> Result<Seconds, CaseError> {
+        let t = timer.time(|| -> Result<(), CaseError> {
+            for _ in 0..batch {
+                next()?;
+            }
+            Ok(())
+        })?;
+        rec.tick();
+        Ok(t / batch as f64)
+    })?;
+    Ok((samples, batch))
 }
 
 /// The UUID as nvidia-smi prints it: `GPU-` and 8-4-4-4-12 hex digits.
@@ -451,5 +551,41 @@ mod tests {
         assert!((rel_error(&[1.1], &[1.0]) - 0.1).abs() < 1e-6);
         assert_eq!(rel_error(&[f32::NAN], &[1.0]), f64::INFINITY);
         assert_eq!(rel_error(&[1.0], &[1.0, 2.0]), f64::INFINITY);
+    }
+
+    #[test]
+    fn batch_spans_the_target() {
+        // A 1024³ fp16 GEMM on an H100 (~5 µs): 400 calls per 2 ms sample.
+        assert_eq!(calls_per_sample(5e-6, 2e-3), 400);
+        assert_eq!(calls_per_sample(10e-6, 100e-6), 10);
+        // A call longer than the target: one per sample.
+        assert_eq!(calls_per_sample(20e-3, 2e-3), 1);
+        assert_eq!(calls_per_sample(2e-3, 2e-3), 1);
+        // Capped; nonsense estimates give 1.
+        assert_eq!(calls_per_sample(1e-12, 2e-3), MAX_CALLS_PER_SAMPLE);
+        assert_eq!(calls_per_sample(0.0, 2e-3), 1);
+        assert_eq!(calls_per_sample(f64::NAN, 2e-3), 1);
+        assert_eq!(calls_per_sample(1e-6, f64::NAN), 1);
+        // Every sample then spans at least the target (up to the cap).
+        for per in [1e-6, 3.3e-6, 7e-5, 1.9e-3] {
+            let n = calls_per_sample(per, SAMPLE_TARGET_S);
+            assert!(n as f64 * per >= SAMPLE_TARGET_S * (1.0 - 1e-12), "{per}: {n}");
+            assert!(
+                (n - 1) as f64 * per < SAMPLE_TARGET_S,
+                "{per}: {n} is more than needed"
+            );
+        }
+    }
+
+    #[test]
+    fn sample_target_override() {
+        assert_eq!(sample_target_from(None), SAMPLE_TARGET_S);
+        assert_eq!(sample_target_from(Some("0.1")), 1e-4);
+        assert_eq!(sample_target_from(Some("5")), 5e-3);
+        assert_eq!(sample_target_from(Some("-1")), SAMPLE_TARGET_S);
+        assert_eq!(sample_target_from(Some("x")), SAMPLE_TARGET_S);
+        let b: Vec<usize> = estimate_batches().collect();
+        assert_eq!(b[..4], [1, 2, 4, 8]);
+        assert!(*b.last().unwrap() <= MAX_CALLS_PER_SAMPLE);
     }
 }

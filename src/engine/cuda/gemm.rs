@@ -10,10 +10,9 @@ use anyhow::anyhow;
 use super::device::{self, rel_error, DeviceBuf, Gpu};
 use super::ffi::{self, Cublas, CublasLt};
 use super::Runtime;
-use crate::case::{Case, Dtype, Seconds};
+use crate::case::{Case, Dtype};
 use crate::engine::CaseOutput;
 use crate::error::CaseError;
-use crate::measure::Sampler;
 use crate::workload::gemm::{GemmParams, Layout};
 use crate::workload::metric;
 
@@ -139,15 +138,6 @@ pub fn tolerance(d: Dtype) -> f64 {
         Dtype::Fp16 => 5e-3,
         Dtype::Bf16 | Dtype::Fp8 => 2e-2,
     }
-}
-
-/// Calls per timed sample so that one sample spans at least `min_s` (a single small GEMM is
-/// shorter than the event resolution and launch gaps), between 1 and 1000.
-pub fn calls_per_sample(one_call_s: Seconds, min_s: Seconds) -> usize {
-    if one_call_s.is_nan() || one_call_s <= 0.0 {
-        return 1;
-    }
-    ((min_s / one_call_s).ceil() as usize).clamp(1, 1000)
 }
 
 /// One GEMM problem on one GPU, ready to launch.
@@ -535,23 +525,13 @@ pub fn run(rt: &mut Runtime, case: &Case) -> Result<CaseOutput, CaseError> {
     }
     let timer = gpu.timer()?;
     let mut rec = rt.recorder(gpu);
-    // Size the batch once: enough calls per sample to span 100 µs.
-    prob.launch(&sets[0].0, &sets[0].1, &sets[0].2)?;
-    let one = timer.time(|| prob.launch(&sets[0].0, &sets[0].1, &sets[0].2))?;
-    let batch = calls_per_sample(one, 100e-6);
     let mut i = 0usize;
-    let samples = Sampler::new(&case.measure).run(|| -> Result<Seconds, CaseError> {
-        let t = timer.time(|| -> Result<(), CaseError> {
-            for _ in 0..batch {
-                let (a, b, c) = &sets[i % sets.len()];
-                i += 1;
-                prob.launch(a, b, c)?;
-            }
-            Ok(())
-        })?;
-        rec.tick();
-        Ok(t / batch as f64)
+    let (samples, batch) = device::sample_batched(&timer, &case.measure, &mut rec, || {
+        let (a, b, c) = &sets[i % sets.len()];
+        i += 1;
+        Ok(prob.launch(a, b, c)?)
     })?;
+    out.env.insert("calls_per_sample".into(), batch.to_string());
     out.latency_and_rate(&samples.values, p.flops(), metric::THROUGHPUT, "TFLOP/s", 1e12);
     rec.finish(&mut out);
     out.env.insert(
@@ -635,15 +615,6 @@ mod tests {
         // fp8's TN form is layout nt.
         let cm = col_major(Layout::Nt, 16, 16, 16);
         assert_eq!((cm.op_first, cm.op_second), (ffi::CUBLAS_OP_T, ffi::CUBLAS_OP_N));
-    }
-
-    #[test]
-    fn batch_sizing() {
-        assert_eq!(calls_per_sample(1e-3, 100e-6), 1);
-        assert_eq!(calls_per_sample(10e-6, 100e-6), 10);
-        assert_eq!(calls_per_sample(1e-9, 100e-6), 1000);
-        assert_eq!(calls_per_sample(0.0, 100e-6), 1);
-        assert_eq!(calls_per_sample(f64::NAN, 100e-6), 1);
     }
 
     #[test]

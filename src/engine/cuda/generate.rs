@@ -551,7 +551,7 @@ impl Kernels {
             rms_norm: f("rms_norm")?,
             rope: f("rope")?,
             kv_append: f("kv_append")?,
-            softmax: f("softmax_causal")?,
+            softmax: f("softmax_rows")?,
             swiglu: f("swiglu")?,
             argmax: f("argmax_rows")?,
         })
@@ -968,8 +968,9 @@ impl<'a> DeviceModel<'a> {
                     Arg::I32(d.max_seq as i32),
                     Arg::I32(sq as i32),
                     Arg::I32(pos0 as i32),
+                    Arg::I32(1),
                 ],
-                "softmax_causal",
+                "softmax_rows (causal)",
             )?;
             self.gemm_batched(
                 &pv_args(d, sq, skv),
