@@ -10,7 +10,49 @@ use rand::{Rng, SeedableRng};
 
 use crate::case::{Dtype, Seconds};
 
+/// What the driver says of a GPU without a context (no memory taken on it): enough for the
+/// run's environment and the probe to describe GPUs no case has opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuFacts {
+    pub ordinal: usize,
+    pub name: String,
+    pub uuid: String,
+    pub cc: (i32, i32),
+    pub sm_count: i32,
+    pub l2_bytes: usize,
+    pub total_mem_bytes: usize,
+}
+
+impl GpuFacts {
+    pub fn query(ordinal: usize) -> Result<GpuFacts> {
+        use cudarc::driver::result::device;
+        let dev = device::get(ordinal as i32).map_err(|e| anyhow!("failed to get GPU {ordinal}: {e}"))?;
+        // SAFETY: `dev` is a valid device handle; attributes need no context.
+        let attr = |a: CUdevice_attribute| {
+            unsafe { device::get_attribute(dev, a) }
+                .map_err(|e| anyhow!("failed to read {a:?} of GPU {ordinal}: {e}"))
+        };
+        use CUdevice_attribute as A;
+        Ok(GpuFacts {
+            ordinal,
+            name: device::get_name(dev).unwrap_or_else(|_| "unknown GPU".into()),
+            uuid: device::get_uuid(dev)
+                .map(|u| format_uuid(&u.bytes.map(|b| b as u8)))
+                .unwrap_or_default(),
+            cc: (
+                attr(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
+                attr(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
+            ),
+            sm_count: attr(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
+            l2_bytes: attr(A::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)?.max(0) as usize,
+            // SAFETY: as above.
+            total_mem_bytes: unsafe { device::total_mem(dev) }.unwrap_or(0),
+        })
+    }
+}
+
 /// A GPU: its context and the stream every workload on it uses.
+#[derive(Clone)]
 pub struct Gpu {
     pub ordinal: usize,
     pub ctx: Arc<CudaContext>,
@@ -35,24 +77,15 @@ impl Gpu {
         let stream = ctx
             .new_stream()
             .map_err(|e| anyhow!("failed to create a stream on GPU {ordinal}: {e}"))?;
-        let attr = |a: CUdevice_attribute| {
-            ctx.attribute(a)
-                .map_err(|e| anyhow!("failed to read {a:?} of GPU {ordinal}: {e}"))
-        };
-        let uuid = ctx
-            .uuid()
-            .map(|u| format_uuid(&u.bytes.map(|b| b as u8)))
-            .unwrap_or_default();
+        let f = GpuFacts::query(ordinal)?;
         Ok(Gpu {
             ordinal,
-            name: ctx.name().unwrap_or_else(|_| "unknown GPU".into()),
-            uuid,
-            cc: ctx
-                .compute_capability()
-                .map_err(|e| anyhow!("failed to read the compute capability of GPU {ordinal}: {e}"))?,
-            sm_count: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
-            l2_bytes: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)?.max(0) as usize,
-            total_mem_bytes: ctx.total_mem().unwrap_or(0),
+            name: f.name,
+            uuid: f.uuid,
+            cc: f.cc,
+            sm_count: f.sm_count,
+            l2_bytes: f.l2_bytes,
+            total_mem_bytes: f.total_mem_bytes,
             ctx,
             stream,
         })

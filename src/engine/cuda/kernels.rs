@@ -494,7 +494,8 @@ fn module(
     src: &str,
 ) -> Result<Arc<CudaModule>, CaseError> {
     let kind = t_kind(dtype).ok_or_else(|| CaseError::skipped(format!("no {name} kernels for {dtype}")))?;
-    let key = (gpu_index, format!("{name}-{kind}"));
+    // Keyed by ordinal: the runtime's GPU list is the current case's, not a fixed one.
+    let key = (rt.gpus[gpu_index].ordinal, format!("{name}-{kind}"));
     if let Some(m) = rt.kernels.get(&key) {
         return Ok(m.clone());
     }
