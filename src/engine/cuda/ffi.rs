@@ -107,6 +107,7 @@ pub const CUBLASLT_MATMUL_DESC_TRANSA: c_int = 3;
 pub const CUBLASLT_MATMUL_DESC_TRANSB: c_int = 4;
 pub const CUBLASLT_MATMUL_DESC_A_SCALE_POINTER: c_int = 17;
 pub const CUBLASLT_MATMUL_DESC_B_SCALE_POINTER: c_int = 18;
+pub const CUBLASLT_MATMUL_DESC_FAST_ACCUM: c_int = 25;
 pub const CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES: c_int = 1;
 
 /// `cublasLtMatmulHeuristicResult_t`: the algorithm (64 opaque bytes), its workspace, status,
@@ -244,6 +245,10 @@ mod tests {
         assert_eq!(
             CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,
             lt::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER as c_int
+        );
+        assert_eq!(
+            CUBLASLT_MATMUL_DESC_FAST_ACCUM,
+            lt::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_FAST_ACCUM as c_int
         );
         assert_eq!(
             NCCL_BFLOAT16,

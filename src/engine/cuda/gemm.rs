@@ -235,13 +235,20 @@ fn libs(rt: &mut Runtime, dtype: Dtype) -> Result<Libs, CaseError> {
 }
 
 impl<'a> Problem<'a> {
-    fn new(libs: &Libs, gpu: &'a Gpu, dtype: Dtype, cm: ColMajor) -> Result<Problem<'a>, CaseError> {
+    /// `fast_accum` applies to the cuBLASLt (fp8) path only.
+    fn new(
+        libs: &Libs,
+        gpu: &'a Gpu,
+        dtype: Dtype,
+        cm: ColMajor,
+        fast_accum: bool,
+    ) -> Result<Problem<'a>, CaseError> {
         let types = gemm_types(dtype);
         gpu.ctx
             .bind_to_thread()
             .map_err(|e| anyhow!("failed to bind GPU {}: {e}", gpu.ordinal))?;
         let blas = match libs {
-            Libs::Lt(lib) => Blas::Lt(Box::new(lt_plan(lib.clone(), gpu, types, cm)?)),
+            Libs::Lt(lib) => Blas::Lt(Box::new(lt_plan(lib.clone(), gpu, types, cm, fast_accum)?)),
             Libs::Cublas(lib) => {
                 let handle = cublas_handle(lib, gpu)?;
                 Blas::Cublas {
@@ -313,8 +320,15 @@ impl<'a> Problem<'a> {
 }
 
 /// Builds the cuBLASLt fp8 plan: TN column-major operands (the only form cuBLASLt's fp8
-/// kernels take), unit scales, bf16 output, the heuristic's first algorithm.
-fn lt_plan(lib: Arc<CublasLt>, gpu: &Gpu, types: GemmTypes, cm: ColMajor) -> Result<LtPlan, CaseError> {
+/// kernels take), unit scales, bf16 output, fast accumulation as asked, the heuristic's first
+/// algorithm (chosen after the attributes are set: fast accumulation changes the candidates).
+fn lt_plan(
+    lib: Arc<CublasLt>,
+    gpu: &Gpu,
+    types: GemmTypes,
+    cm: ColMajor,
+    fast_accum: bool,
+) -> Result<LtPlan, CaseError> {
     const WORKSPACE: usize = 32 << 20;
     gpu.ctx
         .bind_to_thread()
@@ -361,6 +375,13 @@ fn lt_plan(lib: Arc<CublasLt>, gpu: &Gpu, types: GemmTypes, cm: ColMajor) -> Res
                 ffi::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
                 &sb as *const u64 as *const c_void,
                 8,
+            )?;
+            // int8_t in cublasLt.h.
+            let fa = fast_accum as i8;
+            set(
+                ffi::CUBLASLT_MATMUL_DESC_FAST_ACCUM,
+                &fa as *const i8 as *const c_void,
+                1,
             )?;
             // Stored shapes (column-major rows × cols): first operand is op_first^-1 of m×k.
             let (r0, c0) = if ta == ffi::CUBLAS_OP_T {
@@ -446,9 +467,15 @@ fn elems(m: u64, n: u64, k: u64) -> (usize, usize, usize) {
 
 /// Runs a small problem of the same dtype and layout and compares it with the float64
 /// reference; the output is poisoned first so that unwritten elements fail.
-fn check_small(libs: &Libs, gpu: &Gpu, dtype: Dtype, layout: Layout) -> Result<f64, CaseError> {
+fn check_small(
+    libs: &Libs,
+    gpu: &Gpu,
+    dtype: Dtype,
+    layout: Layout,
+    fast_accum: bool,
+) -> Result<f64, CaseError> {
     let (m, n, k) = (64u64, 48u64, 80u64);
-    let prob = Problem::new(libs, gpu, dtype, col_major(layout, m, n, k))?;
+    let prob = Problem::new(libs, gpu, dtype, col_major(layout, m, n, k), fast_accum)?;
     let (ea, eb, ec) = elems(m, n, k);
     let (ab, av) = device::random_values(dtype, ea, 0x5eed_0001);
     let (bb, bv) = device::random_values(dtype, eb, 0x5eed_0002);
@@ -499,10 +526,11 @@ pub fn run(rt: &mut Runtime, case: &Case) -> Result<CaseOutput, CaseError> {
         }
     }
     let gpu = gpu0;
-    let rel_err = check_small(&libs, gpu, p.dtype, layout)?;
+    let fast_accum = p.fast_accum.unwrap_or(false);
+    let rel_err = check_small(&libs, gpu, p.dtype, layout, fast_accum)?;
 
     let cm = col_major(layout, p.m, p.n, p.k);
-    let prob = Problem::new(&libs, gpu, p.dtype, cm)?;
+    let prob = Problem::new(&libs, gpu, p.dtype, cm, fast_accum)?;
     let (ea, eb, ec) = elems(p.m, p.n, p.k);
     let in_bytes = p.dtype.size_bytes();
     let out_bytes = output_dtype(p.dtype).size_bytes();
@@ -532,6 +560,9 @@ pub fn run(rt: &mut Runtime, case: &Case) -> Result<CaseOutput, CaseError> {
         Ok(prob.launch(a, b, c)?)
     })?;
     out.env.insert("calls_per_sample".into(), batch.to_string());
+    if p.dtype == Dtype::Fp8 {
+        out.env.insert("fp8_fast_accum".into(), fast_accum.to_string());
+    }
     out.latency_and_rate(&samples.values, p.flops(), metric::THROUGHPUT, "TFLOP/s", 1e12);
     rec.finish(&mut out);
     out.env.insert(
