@@ -51,19 +51,20 @@ impl GpuFacts {
     }
 }
 
-/// A GPU: its context and the stream every workload on it uses.
+/// A GPU: its context and the stream every workload on it uses, and (through `Deref`) its
+/// facts (`gpu.name`, `gpu.cc`, ...).
 #[derive(Clone)]
 pub struct Gpu {
-    pub ordinal: usize,
+    pub facts: GpuFacts,
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
-    pub name: String,
-    /// `GPU-xxxxxxxx-xxxx-...` as nvidia-smi and NVML spell it.
-    pub uuid: String,
-    pub cc: (i32, i32),
-    pub sm_count: i32,
-    pub l2_bytes: usize,
-    pub total_mem_bytes: usize,
+}
+
+impl std::ops::Deref for Gpu {
+    type Target = GpuFacts;
+    fn deref(&self) -> &GpuFacts {
+        &self.facts
+    }
 }
 
 impl Gpu {
@@ -77,15 +78,8 @@ impl Gpu {
         let stream = ctx
             .new_stream()
             .map_err(|e| anyhow!("failed to create a stream on GPU {ordinal}: {e}"))?;
-        let f = GpuFacts::query(ordinal)?;
         Ok(Gpu {
-            ordinal,
-            name: f.name,
-            uuid: f.uuid,
-            cc: f.cc,
-            sm_count: f.sm_count,
-            l2_bytes: f.l2_bytes,
-            total_mem_bytes: f.total_mem_bytes,
+            facts: GpuFacts::query(ordinal)?,
             ctx,
             stream,
         })

@@ -236,6 +236,21 @@ fn gib(b: u64) -> f64 {
     b as f64 / (1u64 << 30) as f64
 }
 
+/// A cuBLAS GEMM call (`cublasGemmEx`, or `cublasGemmBatchedEx` with `; batch`) on `$s`'s
+/// handle and element type with the dimensions of a [`GemmArgs`], fp32 compute: the one place
+/// that spells out cuBLAS's argument order for both.
+macro_rules! gemm_call {
+    ($f:expr, $s:expr, $g:expr, $alpha:expr, $a:expr, $b:expr, $beta:expr, $c:expr $(; $batch:expr)?) => {
+        ($f)(
+            $s.handle, $g.op_a, $g.op_b,
+            $g.m as c_int, $g.n as c_int, $g.k as c_int,
+            $alpha, $a, $s.ty, $g.lda as c_int, $b, $s.ty, $g.ldb as c_int,
+            $beta, $c, $s.ty, $g.ldc as c_int,
+            $($batch,)? ffi::CUBLAS_COMPUTE_32F, ffi::CUBLAS_GEMM_DEFAULT,
+        )
+    };
+}
+
 /// Column-major cuBLAS arguments of one GEMM (or each GEMM of a batch): C (m×n, ldc) =
 /// op_a(A)·op_b(B).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -776,26 +791,15 @@ impl<'a> DeviceModel<'a> {
         // scalars are host values alive across the call.
         blas_check(
             unsafe {
-                (self.lib.cublasGemmEx)(
-                    self.handle,
-                    g.op_a,
-                    g.op_b,
-                    g.m as c_int,
-                    g.n as c_int,
-                    g.k as c_int,
+                gemm_call!(
+                    self.lib.cublasGemmEx,
+                    self,
+                    g,
                     &alpha as *const f32 as *const c_void,
                     a as usize as *const c_void,
-                    self.ty,
-                    g.lda as c_int,
                     b as usize as *const c_void,
-                    self.ty,
-                    g.ldb as c_int,
                     &beta as *const f32 as *const c_void,
-                    c as usize as *mut c_void,
-                    self.ty,
-                    g.ldc as c_int,
-                    ffi::CUBLAS_COMPUTE_32F,
-                    ffi::CUBLAS_GEMM_DEFAULT,
+                    c as usize as *mut c_void
                 )
             },
             what,
@@ -817,27 +821,16 @@ impl<'a> DeviceModel<'a> {
         // SAFETY: each array holds batch·heads device addresses into buffers sized for `g`.
         blas_check(
             unsafe {
-                (self.lib.cublasGemmBatchedEx)(
-                    self.handle,
-                    g.op_a,
-                    g.op_b,
-                    g.m as c_int,
-                    g.n as c_int,
-                    g.k as c_int,
+                gemm_call!(
+                    self.lib.cublasGemmBatchedEx,
+                    self,
+                    g,
                     &alpha as *const f32 as *const c_void,
                     a.ptr as usize as *const *const c_void,
-                    self.ty,
-                    g.lda as c_int,
                     b.ptr as usize as *const *const c_void,
-                    self.ty,
-                    g.ldb as c_int,
                     &zero as *const f32 as *const c_void,
-                    c.ptr as usize as *const *mut c_void,
-                    self.ty,
-                    g.ldc as c_int,
-                    batch,
-                    ffi::CUBLAS_COMPUTE_32F,
-                    ffi::CUBLAS_GEMM_DEFAULT,
+                    c.ptr as usize as *const *mut c_void;
+                    batch
                 )
             },
             what,

@@ -228,9 +228,8 @@ impl Runtime {
     /// Makes `ordinals` the current case's GPUs, opening those not opened yet.
     pub fn select(&mut self, ordinals: &[usize]) -> Result<(), String> {
         for &o in ordinals {
-            if !self.opened.contains_key(&o) {
-                let g = Gpu::open(o).map_err(|e| format!("{e:#}"))?;
-                self.opened.insert(o, g);
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.opened.entry(o) {
+                slot.insert(Gpu::open(o).map_err(|e| format!("{e:#}"))?);
             }
         }
         self.gpus = ordinals.iter().map(|o| self.opened[o].clone()).collect();
