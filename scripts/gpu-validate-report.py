@@ -226,7 +226,13 @@ def main(argv):
                 if nv is not None or tv is not None:
                     lines.append(f"| {w}/{c} | {m} | {fmt(nv, 3)} | {fmt(tv, 3)} |")
         total, bad = statuses(native, w)
-        check(f"{w} (tokens equal the float64 host reference)", total > 0 and not bad, "; ".join(bad) or f"{total} cases")
+        check(f"{w} (logits and tokens against the float64 host decoder)", total > 0 and not bad, "; ".join(bad) or f"{total} cases")
+    for dtype in DTYPES:
+        tokens = find_key(nj, f"generate_{dtype}_check_tokens")
+        if tokens:
+            lines.append(f"| check ({dtype}) | device tokens | {tokens} | |")
+            same, _, total = tokens.split()[:3]
+            check(f"generate {dtype} tokens equal the float64 reference", same == total, tokens)
     lines.append("")
 
     # All-reduce.

@@ -166,6 +166,11 @@ fn validation_page_judges_each_path() {
         ];
         native.push(("gemm", "size=4096,dtype=fp32", "throughput", 50.0, "failed"));
         write_results(dir.path(), "n", &native);
+        std::fs::write(
+            dir.path().join("n/run.json"),
+            r#"{"targets": [{"env": {"driver": "580.159.04", "generate_bf16_check_tokens": "4 of 4 equal the float64 reference", "generate_fp32_check_tokens": "3 of 4 equal the float64 reference"}}]}"#,
+        )
+        .unwrap();
         write_results(
             dir.path(),
             "t",
@@ -215,6 +220,15 @@ fn validation_page_judges_each_path() {
         "{stdout}"
     );
     assert!(stdout.contains("PASS  telemetry"), "{stdout}");
+    assert!(md.contains("| driver | 580.159.04 "), "{md}");
+    assert!(
+        stdout.contains("PASS  generate bf16 tokens equal the float64 reference"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("FAIL  generate fp32 tokens equal the float64 reference"),
+        "{stdout}"
+    );
     // The failed fp32 case fails its path and the exit code.
     assert!(stdout.contains("FAIL  gemm fp32"), "{stdout}");
     assert_eq!(code, Some(1), "{stdout}");

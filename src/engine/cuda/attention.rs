@@ -373,7 +373,9 @@ pub fn run(rt: &mut Runtime, case: &Case) -> Result<CaseOutput, CaseError> {
     out.gpu_index = Some(gpu.ordinal);
     out.latency_and_rate(&samples.values, p.flops(), metric::THROUGHPUT, "TFLOP/s", 1e12);
     rec.finish(&mut out);
-    out.env.insert("calls_per_sample".into(), batch.to_string());
+    // Per case: the worker's env messages merge into one map for the target.
+    out.env
+        .insert(format!("calls_per_sample {}", case.label()), batch.to_string());
     if p.causal {
         out.warn("causal attention on the math path computes the full score matrix and masks it; TFLOP/s counts the causal half, as FlashAttention does");
     }

@@ -559,10 +559,9 @@ pub fn run(rt: &mut Runtime, case: &Case) -> Result<CaseOutput, CaseError> {
         i += 1;
         Ok(prob.launch(a, b, c)?)
     })?;
-    out.env.insert("calls_per_sample".into(), batch.to_string());
-    if p.dtype == Dtype::Fp8 {
-        out.env.insert("fp8_fast_accum".into(), fast_accum.to_string());
-    }
+    // Per case: the worker's env messages merge into one map for the target.
+    out.env
+        .insert(format!("calls_per_sample {}", case.label()), batch.to_string());
     out.latency_and_rate(&samples.values, p.flops(), metric::THROUGHPUT, "TFLOP/s", 1e12);
     rec.finish(&mut out);
     out.env.insert(

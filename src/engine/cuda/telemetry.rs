@@ -53,7 +53,7 @@ pub fn decode_throttle_reasons(bits: u64) -> Vec<String> {
 /// set), and `sw_power_cap`. An H100 SXM runs large bf16 / fp8 GEMMs at its power limit by
 /// design (the boost algorithm trades clock for power within the cap); counting that as
 /// throttling would warn on nearly every heavy case. The cap is reported on its own
-/// ([`SW_POWER_CAP`], [`power_cap_note`]); a clock it pushed under the threshold is still
+/// ([`SW_POWER_CAP`], [`power_capped_pct`]); a clock it pushed under the threshold is still
 /// flagged by [`clock_is_low`].
 pub const SLOWDOWN_MASK: u64 = 0x8 | 0x10 | 0x20 | 0x40 | 0x80;
 
@@ -65,18 +65,17 @@ pub fn is_slowdown(bits: u64) -> bool {
     bits & SLOWDOWN_MASK != 0
 }
 
-/// The separate note for readings taken at the power cap, if any were.
-pub fn power_cap_note(readings: &[Reading]) -> Option<String> {
+/// The share of readings, in percent, taken at the software power cap (the `gpu_power_capped`
+/// metric): reported beside the clocks, not as throttling.
+pub fn power_capped_pct(readings: &[Reading]) -> f64 {
+    if readings.is_empty() {
+        return 0.0;
+    }
     let capped = readings
         .iter()
         .filter(|r| r.throttle_bits.unwrap_or(0) & SW_POWER_CAP != 0)
         .count();
-    (capped > 0).then(|| {
-        format!(
-            "{capped} of {} telemetry samples at the software power cap (sw_power_cap: the board held its power limit; not counted as throttling)",
-            readings.len()
-        )
-    })
+    100.0 * capped as f64 / readings.len() as f64
 }
 
 /// nvbench's rule: a clock under `THROTTLE_THRESHOLD` of the default is throttled.
@@ -219,7 +218,8 @@ impl Recorder {
         self.readings.push(t.read(*h));
     }
 
-    /// Adds the telemetry metrics (`gpu_sm_clock` MHz, `gpu_power` W, `gpu_temperature` °C) and
+    /// Adds the telemetry metrics (`gpu_sm_clock` MHz, `gpu_power` W, `gpu_temperature` °C,
+    /// `gpu_power_capped` % of readings at the software power cap) and
     /// a warning when any reading had a low clock or a slowdown reason.
     pub fn finish(self, out: &mut CaseOutput) {
         if self.readings.is_empty() {
@@ -242,9 +242,13 @@ impl Recorder {
         if let Some(w) = throttle_warning(&self.readings, self.default_mhz) {
             out.warn(w);
         }
-        if let Some(n) = power_cap_note(&self.readings) {
-            out.env.insert("gpu_power_capped".into(), n);
-        }
+        // The power cap is its own metric (share of readings), never a throttle warning.
+        out.metric(
+            "gpu_power_capped",
+            "%",
+            Better::Lower,
+            vec![power_capped_pct(&self.readings)],
+        );
     }
 }
 
@@ -354,10 +358,9 @@ mod tests {
         // large bf16 GEMMs); it is reported on its own.
         let capped = [r(1900.0, 0x4), r(1950.0, 0)];
         assert_eq!(throttle_warning(&capped, Some(1980.0)), None);
-        let note = power_cap_note(&capped).unwrap();
-        assert!(note.starts_with("1 of 2 "), "{note}");
-        assert!(note.contains("sw_power_cap"), "{note}");
-        assert_eq!(power_cap_note(&ok), None);
+        assert_eq!(power_capped_pct(&capped), 50.0);
+        assert_eq!(power_capped_pct(&ok), 0.0);
+        assert_eq!(power_capped_pct(&[]), 0.0);
         // A clock the cap pushed under the threshold is still flagged, naming the cap.
         let w = throttle_warning(&[r(1000.0, 0x4)], Some(1980.0)).unwrap();
         assert!(w.contains("1 of 1") && w.contains("sw_power_cap"), "{w}");
@@ -372,7 +375,10 @@ mod tests {
         let mut out = CaseOutput::new("cuda:0");
         rec.finish(&mut out);
         let names: Vec<&str> = out.metrics.iter().map(|m| m.name.as_str()).collect();
-        assert_eq!(names, ["gpu_sm_clock", "gpu_power", "gpu_temperature"]);
+        assert_eq!(
+            names,
+            ["gpu_sm_clock", "gpu_power", "gpu_temperature", "gpu_power_capped"]
+        );
         assert_eq!(out.warnings.len(), 1);
         assert!(out.warnings[0].contains("hw_slowdown"));
         let mut rec = Recorder::manual(Some(2000.0));
@@ -380,7 +386,8 @@ mod tests {
         let mut out = CaseOutput::new("cuda:0");
         rec.finish(&mut out);
         assert!(out.warnings.is_empty());
-        assert!(out.env["gpu_power_capped"].contains("1 of 1"));
+        let capped = out.metrics.iter().find(|m| m.name == "gpu_power_capped").unwrap();
+        assert_eq!(capped.values, [100.0]);
         // Without NVML, ticking records nothing and nothing is added.
         let mut none = Recorder::new(None, "GPU-x");
         none.tick();
