@@ -98,6 +98,7 @@ fn validation_script_runs_without_a_gpu() {
         .env("TAGBENCH_RESULTS", dir.path())
         .env("TAGBENCH_REPORTS", dir.path().join("reports"))
         .env("TAGBENCH_TORCH_PYTHON", "/nonexistent/python3")
+        .env("TAGBENCH_VALIDATION_DOC", dir.path().join("gpu-validation.md"))
         .output()
         .unwrap();
     let text = format!(
@@ -112,5 +113,125 @@ fn validation_script_runs_without_a_gpu() {
     assert!(
         dir.path().join("reports").read_dir().unwrap().next().is_some(),
         "{text}"
+    );
+    // Without a GPU the validation page is not overwritten with an empty one.
+    assert!(!dir.path().join("gpu-validation.md").exists(), "{text}");
+    assert!(text.contains("nothing to validate"), "{text}");
+}
+
+/// Writes a results.csv with the columns the validation report reads.
+fn write_results(dir: &std::path::Path, run: &str, rows: &[(&str, &str, &str, f64, &str)]) {
+    let d = dir.join(run);
+    std::fs::create_dir_all(&d).unwrap();
+    let mut w = csv::Writer::from_path(d.join("results.csv")).unwrap();
+    w.write_record([
+        "workload", "case", "metric", "median", "status", "reason", "gpu_name",
+    ])
+    .unwrap();
+    for (wl, case, metric, median, status) in rows {
+        let median = median.to_string();
+        w.write_record([
+            *wl,
+            *case,
+            *metric,
+            median.as_str(),
+            *status,
+            "",
+            "NVIDIA H100 80GB HBM3",
+        ])
+        .unwrap();
+    }
+    w.flush().unwrap();
+}
+
+/// The page `scripts/gpu-validate.sh` writes, from made-up results: figures beside torch's and
+/// the peak, and PASS/FAIL by the issue's rules (bf16 8192³ within 3% of torch.matmul; time per
+/// call at 2 ms and 8 ms samples within 3%).
+#[test]
+fn validation_page_judges_each_path() {
+    if std::process::Command::new("python3").arg("-V").output().is_err() {
+        eprintln!("skipped: python3 not found");
+        return;
+    }
+    let page = |native_bf16: f64, batch_2ms: f64| {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = "ok";
+        let mut native = vec![
+            ("probe", "default", "status", 1.0, ok),
+            ("gemm", "size=8192,dtype=bf16", "throughput", native_bf16, ok),
+            ("gemm", "size=8192,dtype=bf16", "gpu_sm_clock", 1980.0, ok),
+            ("generate", "model=llama-3-8b,layers=4", "tpot", 4.2, ok),
+            ("allreduce-1gpu", "ranks=1", "busbw", 0.0, ok),
+            ("allreduce-1gpu", "ranks=1", "wrong_elements", 0.0, ok),
+        ];
+        native.push(("gemm", "size=4096,dtype=fp32", "throughput", 50.0, "failed"));
+        write_results(dir.path(), "n", &native);
+        std::fs::write(
+            dir.path().join("n/run.json"),
+            r#"{"targets": [{"env": {"driver": "580.159.04", "generate_bf16_check_tokens": "4 of 4 equal the float64 reference", "generate_fp32_check_tokens": "3 of 4 equal the float64 reference"}}]}"#,
+        )
+        .unwrap();
+        write_results(
+            dir.path(),
+            "t",
+            &[("gemm", "size=8192,dtype=bf16", "throughput", 760.0, ok)],
+        );
+        for (ms, lat) in [("0.001", 0.0031), ("2", batch_2ms), ("8", 0.0028)] {
+            write_results(
+                dir.path(),
+                &format!("n-batch-{ms}"),
+                &[("gemm", "size=1024,dtype=bf16", "latency", lat, ok)],
+            );
+        }
+        let meta = dir.path().join("meta.env");
+        std::fs::write(
+            &meta,
+            "date=2026-11-24T00:00:00Z\ntorch_status=torch 2.11.0 CUDA 13.0\n",
+        )
+        .unwrap();
+        let md = dir.path().join("docs/gpu-validation.md");
+        let out = std::process::Command::new("python3")
+            .arg("scripts/gpu-validate-report.py")
+            .arg(dir.path())
+            .args(["n", "t"])
+            .arg(&meta)
+            .arg(&md)
+            .output()
+            .unwrap();
+        let text = std::fs::read_to_string(&md).unwrap_or_default();
+        (
+            out.status.code(),
+            text,
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let (code, md, stdout) = page(750.0, 0.00281);
+    assert!(md.contains("| date | 2026-11-24T00:00:00Z |"), "{md}");
+    assert!(
+        md.contains("| gemm/size=8192,dtype=bf16 | 750.0 | 760.0 | 0.987 | 989.4 | 75.8 |"),
+        "{md}"
+    );
+    assert!(md.contains("| driver | 580.159.04 "), "{md}");
+    // The failed fp32 case and the fp32 tokens that differ fail their paths and the exit code.
+    for line in [
+        "PASS  bf16 8192³ within 3% of torch.matmul",
+        "PASS  time per call independent of the batch",
+        "PASS  telemetry",
+        "PASS  generate bf16 tokens equal the float64 reference",
+        "FAIL  generate fp32 tokens equal the float64 reference",
+        "FAIL  gemm fp32",
+    ] {
+        assert!(stdout.contains(line), "{line}: {stdout}");
+    }
+    assert_eq!(code, Some(1), "{stdout}");
+    // 5% under torch, and a per-call time that moves with the batch, fail.
+    let (_, _, stdout) = page(720.0, 0.0030);
+    assert!(
+        stdout.contains("FAIL  bf16 8192³ within 3% of torch.matmul"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("FAIL  time per call independent of the batch"),
+        "{stdout}"
     );
 }

@@ -33,6 +33,11 @@ pub struct GemmParams {
     pub dtype: Dtype,
     #[serde(default = "default_layout")]
     pub layout: Layout,
+    /// fp8 only: cuBLASLt's `CUBLASLT_MATMUL_DESC_FAST_ACCUM` (torch `_scaled_mm`'s
+    /// `use_fast_accum`): partial sums kept in the tensor core's lower-precision accumulator,
+    /// faster, and what published fp8 figures use. A sweep axis (`[false, true]`) measures both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fast_accum: Option<bool>,
 }
 
 fn default_dtype() -> Dtype {
@@ -53,6 +58,9 @@ impl GemmParams {
         }
         if self.m == 0 || self.n == 0 || self.k == 0 {
             return Err("m, n and k must be positive".into());
+        }
+        if self.fast_accum.is_some() && self.dtype != Dtype::Fp8 {
+            return Err("`fast_accum` applies to dtype fp8 only".into());
         }
         Ok(())
     }
@@ -82,6 +90,7 @@ mod tests {
             size: Some(1024),
             dtype: Dtype::Fp32,
             layout: Layout::Nn,
+            fast_accum: None,
         };
         p.normalize().unwrap();
         assert_eq!((p.m, p.n, p.k), (1024, 1024, 1024));
@@ -97,6 +106,7 @@ mod tests {
             size: None,
             dtype: Dtype::Fp32,
             layout: Layout::Nn,
+            fast_accum: None,
         };
         assert!(p.normalize().is_err());
         let mut p = GemmParams {
@@ -106,7 +116,20 @@ mod tests {
             size: Some(4),
             dtype: Dtype::Fp32,
             layout: Layout::Nn,
+            fast_accum: None,
         };
         assert!(p.normalize().unwrap_err().contains("either"));
+        let mut p = GemmParams {
+            m: 2,
+            n: 2,
+            k: 2,
+            size: None,
+            dtype: Dtype::Bf16,
+            layout: Layout::Nn,
+            fast_accum: Some(true),
+        };
+        assert!(p.normalize().unwrap_err().contains("fp8 only"));
+        p.dtype = Dtype::Fp8;
+        assert!(p.normalize().is_ok());
     }
 }

@@ -118,11 +118,42 @@ struct Comms {
     comms: Vec<ffi::Handle>,
 }
 
+/// The NCCL calls that tear communicators down, in order (see [`teardown_plan`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Teardown {
+    GroupStart,
+    Finalize(usize),
+    GroupEnd,
+    Destroy(usize),
+}
+
+/// How `n` communicators of one process are torn down. `ncclCommFinalize` is collective and
+/// `ncclCommDestroy` may wait on the other ranks of a node: called one communicator at a time
+/// from a single thread, the first call can wait forever for ranks that have not been reached
+/// (seen with ≥ 2 GPUs). NCCL's documentation for one thread driving several communicators:
+/// finalize them all inside one group, then destroy each.
+pub fn teardown_plan(n: usize) -> Vec<Teardown> {
+    let mut plan = vec![Teardown::GroupStart];
+    plan.extend((0..n).map(Teardown::Finalize));
+    plan.push(Teardown::GroupEnd);
+    plan.extend((0..n).map(Teardown::Destroy));
+    plan
+}
+
 impl Drop for Comms {
     fn drop(&mut self) {
-        for c in &self.comms {
-            // SAFETY: each communicator was created by ncclCommInitAll and is destroyed once.
-            unsafe { (self.nccl.ncclCommDestroy)(*c) };
+        let live: Vec<ffi::Handle> = self.comms.iter().copied().filter(|c| !c.is_null()).collect();
+        for step in teardown_plan(live.len()) {
+            // SAFETY: each communicator was created by ncclCommInitAll; the plan finalizes each
+            // once inside one group and destroys each once afterwards.
+            unsafe {
+                match step {
+                    Teardown::GroupStart => (self.nccl.ncclGroupStart)(),
+                    Teardown::Finalize(i) => (self.nccl.ncclCommFinalize)(live[i]),
+                    Teardown::GroupEnd => (self.nccl.ncclGroupEnd)(),
+                    Teardown::Destroy(i) => (self.nccl.ncclCommDestroy)(live[i]),
+                }
+            };
         }
     }
 }
@@ -415,5 +446,27 @@ mod tests {
         // nccl-tests arithmetic from workload::allreduce: 8 ranks, 1 GiB in 10 ms.
         let alg = algbw_gbps(1 << 30, 0.01);
         assert!((busbw_gbps(alg, 8) - alg * 1.75).abs() < 1e-9);
+    }
+
+    #[test]
+    fn communicators_are_finalized_in_one_group_then_destroyed() {
+        use Teardown::*;
+        assert_eq!(
+            teardown_plan(2),
+            vec![
+                GroupStart,
+                Finalize(0),
+                Finalize(1),
+                GroupEnd,
+                Destroy(0),
+                Destroy(1)
+            ]
+        );
+        assert_eq!(teardown_plan(0), vec![GroupStart, GroupEnd]);
+        // No destroy before the group that finalizes every communicator has ended.
+        let p = teardown_plan(8);
+        let end = p.iter().position(|s| *s == GroupEnd).unwrap();
+        assert!(p[..end].iter().all(|s| !matches!(s, Destroy(_))));
+        assert_eq!(p[..end].iter().filter(|s| matches!(s, Finalize(_))).count(), 8);
     }
 }

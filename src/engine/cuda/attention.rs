@@ -12,10 +12,9 @@ use super::device::{self, rel_error, DeviceBuf, Gpu};
 use super::ffi::{self, Cublas};
 use super::gemm::{self, blas_check};
 use super::{kernels, Runtime};
-use crate::case::{Case, Dtype, Seconds};
+use crate::case::{Case, Dtype};
 use crate::engine::CaseOutput;
 use crate::error::CaseError;
-use crate::measure::Sampler;
 use crate::workload::attention::{AttentionParams, Backend};
 use crate::workload::metric;
 
@@ -230,7 +229,7 @@ impl<'a> Attn<'a> {
         let seq_q = sh.sq as i32;
         let offset = sh.skv as i32 - sh.sq as i32;
         let causal = sh.causal as i32;
-        let threads = (cols.clamp(32, 1024) as u32).div_ceil(32) * 32;
+        let threads = kernels::row_threads(sh.skv);
         let cfg = LaunchConfig {
             grid_dim: (rows as u32, 1, 1),
             block_dim: (threads, 1, 1),
@@ -238,13 +237,15 @@ impl<'a> Attn<'a> {
         };
         let sptr = set.s.ptr;
         let mut b = self.gpu.stream.launch_builder(&self.func);
+        // Rows are contiguous here: the leading dimension is the row length.
         b.arg(&sptr)
             .arg(&rows)
+            .arg(&cols)
             .arg(&cols)
             .arg(&seq_q)
             .arg(&offset)
             .arg(&causal);
-        // SAFETY: the arguments match softmax_rows(T*, int, int, int, int, int).
+        // SAFETY: the arguments match softmax_rows(T*, int, int, int, int, int, int).
         unsafe { b.launch(cfg) }.map_err(|e| anyhow!("softmax kernel launch failed: {e}"))?;
         // SAFETY: as above.
         unsafe {
@@ -361,26 +362,20 @@ pub fn run(rt: &mut Runtime, case: &Case) -> Result<CaseOutput, CaseError> {
     let attn = Attn::new(lib, gpu, func, sh, p.dtype)?;
     let timer = gpu.timer()?;
     let mut rec = rt.recorder(gpu);
-    attn.launch(&sets[0])?;
-    let one = timer.time(|| attn.launch(&sets[0]))?;
-    let batch = gemm::calls_per_sample(one, 100e-6);
-    let mut i = 0;
-    let samples = Sampler::new(&case.measure).run(|| -> Result<Seconds, CaseError> {
-        let t = timer.time(|| -> Result<(), CaseError> {
-            for _ in 0..batch {
-                attn.launch(&sets[i % sets.len()])?;
-                i += 1;
-            }
-            Ok(())
-        })?;
-        rec.tick();
-        Ok(t / batch as f64)
+    let mut i = 0usize;
+    let (samples, batch) = device::sample_batched(&timer, &case.measure, &mut rec, || {
+        attn.launch(&sets[i % sets.len()])?;
+        i += 1;
+        Ok(())
     })?;
     let mut out = CaseOutput::new(gpu.device_label());
     out.gpu_name = gpu.name.clone();
     out.gpu_index = Some(gpu.ordinal);
     out.latency_and_rate(&samples.values, p.flops(), metric::THROUGHPUT, "TFLOP/s", 1e12);
     rec.finish(&mut out);
+    // Per case: the worker's env messages merge into one map for the target.
+    out.env
+        .insert(format!("calls_per_sample {}", case.label()), batch.to_string());
     if p.causal {
         out.warn("causal attention on the math path computes the full score matrix and masks it; TFLOP/s counts the causal half, as FlashAttention does");
     }

@@ -10,18 +10,61 @@ use rand::{Rng, SeedableRng};
 
 use crate::case::{Dtype, Seconds};
 
-/// A GPU: its context and the stream every workload on it uses.
-pub struct Gpu {
+/// What the driver says of a GPU without a context (no memory taken on it): enough for the
+/// run's environment and the probe to describe GPUs no case has opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuFacts {
     pub ordinal: usize,
-    pub ctx: Arc<CudaContext>,
-    pub stream: Arc<CudaStream>,
     pub name: String,
-    /// `GPU-xxxxxxxx-xxxx-...` as nvidia-smi and NVML spell it.
     pub uuid: String,
     pub cc: (i32, i32),
     pub sm_count: i32,
     pub l2_bytes: usize,
     pub total_mem_bytes: usize,
+}
+
+impl GpuFacts {
+    pub fn query(ordinal: usize) -> Result<GpuFacts> {
+        use cudarc::driver::result::device;
+        let dev = device::get(ordinal as i32).map_err(|e| anyhow!("failed to get GPU {ordinal}: {e}"))?;
+        // SAFETY: `dev` is a valid device handle; attributes need no context.
+        let attr = |a: CUdevice_attribute| {
+            unsafe { device::get_attribute(dev, a) }
+                .map_err(|e| anyhow!("failed to read {a:?} of GPU {ordinal}: {e}"))
+        };
+        use CUdevice_attribute as A;
+        Ok(GpuFacts {
+            ordinal,
+            name: device::get_name(dev).unwrap_or_else(|_| "unknown GPU".into()),
+            uuid: device::get_uuid(dev)
+                .map(|u| format_uuid(&u.bytes.map(|b| b as u8)))
+                .unwrap_or_default(),
+            cc: (
+                attr(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
+                attr(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
+            ),
+            sm_count: attr(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
+            l2_bytes: attr(A::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)?.max(0) as usize,
+            // SAFETY: as above.
+            total_mem_bytes: unsafe { device::total_mem(dev) }.unwrap_or(0),
+        })
+    }
+}
+
+/// A GPU: its context and the stream every workload on it uses, and (through `Deref`) its
+/// facts (`gpu.name`, `gpu.cc`, ...).
+#[derive(Clone)]
+pub struct Gpu {
+    pub facts: GpuFacts,
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+}
+
+impl std::ops::Deref for Gpu {
+    type Target = GpuFacts;
+    fn deref(&self) -> &GpuFacts {
+        &self.facts
+    }
 }
 
 impl Gpu {
@@ -35,24 +78,8 @@ impl Gpu {
         let stream = ctx
             .new_stream()
             .map_err(|e| anyhow!("failed to create a stream on GPU {ordinal}: {e}"))?;
-        let attr = |a: CUdevice_attribute| {
-            ctx.attribute(a)
-                .map_err(|e| anyhow!("failed to read {a:?} of GPU {ordinal}: {e}"))
-        };
-        let uuid = ctx
-            .uuid()
-            .map(|u| format_uuid(&u.bytes.map(|b| b as u8)))
-            .unwrap_or_default();
         Ok(Gpu {
-            ordinal,
-            name: ctx.name().unwrap_or_else(|_| "unknown GPU".into()),
-            uuid,
-            cc: ctx
-                .compute_capability()
-                .map_err(|e| anyhow!("failed to read the compute capability of GPU {ordinal}: {e}"))?,
-            sm_count: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
-            l2_bytes: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)?.max(0) as usize,
-            total_mem_bytes: ctx.total_mem().unwrap_or(0),
+            facts: GpuFacts::query(ordinal)?,
             ctx,
             stream,
         })
@@ -224,6 +251,106 @@ impl EventTimer {
             .map_err(|e| anyhow!("CUDA error while timing: {e}"))?;
         Ok(ms as f64 * 1e-3)
     }
+
+    /// An estimate of one call's GPU time: batches of 1, 2, 4, ... calls of `f` are timed until
+    /// one spans a quarter of `target_s`; that batch's time over its calls (a single call on an
+    /// idle GPU would overstate it by the launch latency, and the batch then come out short).
+    pub fn per_call<E: From<anyhow::Error>>(
+        &self,
+        target_s: Seconds,
+        mut f: impl FnMut() -> Result<(), E>,
+    ) -> Result<Seconds, E> {
+        let mut est = f64::NAN;
+        for n in estimate_batches() {
+            let t = self.time(|| -> Result<(), E> {
+                for _ in 0..n {
+                    f()?;
+                }
+                Ok(())
+            })?;
+            est = t / n as f64;
+            if t >= target_s / 4.0 {
+                break;
+            }
+        }
+        Ok(est)
+    }
+}
+
+/// GPU time one timed sample should span. A sample of one ~100 µs call recorded on an idle GPU
+/// carries the launch latency and the host's enqueue time between the start event and the
+/// first kernel (5–15% of a 1024³ GEMM); a batch of calls between the two events spreads that
+/// over the batch, and from a few milliseconds on it is under the events' ~0.5 µs resolution
+/// and the per-call noise (nvbench reaches the same end by queueing a spin kernel before the
+/// start event).
+pub const SAMPLE_TARGET_S: Seconds = 2e-3;
+
+/// The most calls one sample batches (a 5 µs call at 2 ms is 400).
+pub const MAX_CALLS_PER_SAMPLE: usize = 10_000;
+
+/// The sample target in force: [`SAMPLE_TARGET_S`], or `TAGBENCH_CUDA_SAMPLE_MS` (milliseconds)
+/// where set, so that `scripts/gpu-validate.sh` can show that the time per call does not depend
+/// on the batch size.
+pub fn sample_target_s() -> Seconds {
+    sample_target_from(std::env::var("TAGBENCH_CUDA_SAMPLE_MS").ok().as_deref())
+}
+
+/// [`sample_target_s`] from the variable's value; anything but a positive number is ignored.
+pub fn sample_target_from(ms: Option<&str>) -> Seconds {
+    match ms.and_then(|v| v.trim().parse::<f64>().ok()) {
+        Some(v) if v.is_finite() && v > 0.0 => v * 1e-3,
+        _ => SAMPLE_TARGET_S,
+    }
+}
+
+/// Calls per timed sample so that one sample spans at least `target_s` of GPU work, from an
+/// estimate of one call's time; between 1 and [`MAX_CALLS_PER_SAMPLE`]. A sample's value is its
+/// time divided by this count.
+pub fn calls_per_sample(per_call_s: Seconds, target_s: Seconds) -> usize {
+    if per_call_s.is_nan() || per_call_s <= 0.0 || target_s.is_nan() || target_s <= 0.0 {
+        return 1;
+    }
+    // The 1e-9 keeps a ratio that is whole up to rounding (2 ms / 1 µs = 2000.0000000000002)
+    // from costing one more call.
+    let n = (target_s / per_call_s * (1.0 - 1e-9)).ceil();
+    if n >= MAX_CALLS_PER_SAMPLE as f64 {
+        MAX_CALLS_PER_SAMPLE
+    } else {
+        (n as usize).max(1)
+    }
+}
+
+/// The batch sizes [`EventTimer::per_call`] tries: 1, 2, 4, ... up to the cap.
+pub fn estimate_batches() -> impl Iterator<Item = usize> {
+    (0..)
+        .map(|i| 1usize << i)
+        .take_while(|n| *n <= MAX_CALLS_PER_SAMPLE)
+}
+
+/// Samples of `next` (one call of the workload, enqueued on the timer's stream) in batches sized
+/// by [`calls_per_sample`] for the target in force; each sample is a batch's time over its
+/// calls. Returns the samples and the batch size. Telemetry is read between samples.
+pub fn sample_batched(
+    timer: &EventTimer,
+    settings: &crate::case::MeasureSettings,
+    rec: &mut super::telemetry::Recorder,
+    mut next: impl FnMut() -> Result<(), crate::error::CaseError>,
+) -> Result<(crate::measure::sampler::Samples, usize), crate::error::CaseError> {
+    let target = sample_target_s();
+    next()?;
+    let batch = calls_per_sample(timer.per_call(target, &mut next)?, target);
+    use crate::error::CaseError;
+    let samples = crate::measure::Sampler::new(settings).run(|| -> Result<Seconds, CaseError> {
+        let t = timer.time(|| -> Result<(), CaseError> {
+            for _ in 0..batch {
+                next()?;
+            }
+            Ok(())
+        })?;
+        rec.tick();
+        Ok(t / batch as f64)
+    })?;
+    Ok((samples, batch))
 }
 
 /// The UUID as nvidia-smi prints it: `GPU-` and 8-4-4-4-12 hex digits.
@@ -451,5 +578,41 @@ mod tests {
         assert!((rel_error(&[1.1], &[1.0]) - 0.1).abs() < 1e-6);
         assert_eq!(rel_error(&[f32::NAN], &[1.0]), f64::INFINITY);
         assert_eq!(rel_error(&[1.0], &[1.0, 2.0]), f64::INFINITY);
+    }
+
+    #[test]
+    fn batch_spans_the_target() {
+        // A 1024³ fp16 GEMM on an H100 (~5 µs): 400 calls per 2 ms sample.
+        assert_eq!(calls_per_sample(5e-6, 2e-3), 400);
+        assert_eq!(calls_per_sample(10e-6, 100e-6), 10);
+        // A call longer than the target: one per sample.
+        assert_eq!(calls_per_sample(20e-3, 2e-3), 1);
+        assert_eq!(calls_per_sample(2e-3, 2e-3), 1);
+        // Capped; nonsense estimates give 1.
+        assert_eq!(calls_per_sample(1e-12, 2e-3), MAX_CALLS_PER_SAMPLE);
+        assert_eq!(calls_per_sample(0.0, 2e-3), 1);
+        assert_eq!(calls_per_sample(f64::NAN, 2e-3), 1);
+        assert_eq!(calls_per_sample(1e-6, f64::NAN), 1);
+        // Every sample then spans at least the target (up to the cap).
+        for per in [1e-6, 3.3e-6, 7e-5, 1.9e-3] {
+            let n = calls_per_sample(per, SAMPLE_TARGET_S);
+            assert!(n as f64 * per >= SAMPLE_TARGET_S * (1.0 - 1e-12), "{per}: {n}");
+            assert!(
+                (n - 1) as f64 * per < SAMPLE_TARGET_S,
+                "{per}: {n} is more than needed"
+            );
+        }
+    }
+
+    #[test]
+    fn sample_target_override() {
+        assert_eq!(sample_target_from(None), SAMPLE_TARGET_S);
+        assert_eq!(sample_target_from(Some("0.1")), 1e-4);
+        assert_eq!(sample_target_from(Some("5")), 5e-3);
+        assert_eq!(sample_target_from(Some("-1")), SAMPLE_TARGET_S);
+        assert_eq!(sample_target_from(Some("x")), SAMPLE_TARGET_S);
+        let b: Vec<usize> = estimate_batches().collect();
+        assert_eq!(b[..4], [1, 2, 4, 8]);
+        assert!(*b.last().unwrap() <= MAX_CALLS_PER_SAMPLE);
     }
 }

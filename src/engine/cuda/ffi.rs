@@ -25,7 +25,21 @@ macro_rules! api {
 
         impl $name {
             pub fn load(spec: &LibSpec) -> Result<Self, LoadError> {
-                let l = loader::open(spec)?;
+                Self::from_loaded(loader::open(spec)?, spec.what)
+            }
+
+            /// Opens the library at `path` (tests that point at a known file).
+            pub fn load_path(path: &std::path::Path, what: &'static str) -> Result<Self, LoadError> {
+                // SAFETY: as in `loader::open`: NVIDIA's libraries, loaded to be called.
+                let lib = unsafe { libloading::Library::new(path) }.map_err(|e| LoadError::Open {
+                    what,
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
+                Self::from_loaded(loader::Loaded { lib, path: path.display().to_string() }, what)
+            }
+
+            fn from_loaded(l: loader::Loaded, what: &'static str) -> Result<Self, LoadError> {
                 $(
                     // SAFETY: the symbol's C signature is the one declared (cuBLAS/NCCL/NVRTC/NVML
                     // headers of CUDA 12 and 13 agree on it).
@@ -36,7 +50,7 @@ macro_rules! api {
                     }
                     .map(|s| *s)
                     .map_err(|_| LoadError::Symbol {
-                        what: spec.what,
+                        what,
                         path: l.path.clone(),
                         symbol: stringify!($f).to_string(),
                     })?;
@@ -93,6 +107,7 @@ pub const CUBLASLT_MATMUL_DESC_TRANSA: c_int = 3;
 pub const CUBLASLT_MATMUL_DESC_TRANSB: c_int = 4;
 pub const CUBLASLT_MATMUL_DESC_A_SCALE_POINTER: c_int = 17;
 pub const CUBLASLT_MATMUL_DESC_B_SCALE_POINTER: c_int = 18;
+pub const CUBLASLT_MATMUL_DESC_FAST_ACCUM: c_int = 25;
 pub const CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES: c_int = 1;
 
 /// `cublasLtMatmulHeuristicResult_t`: the algorithm (64 opaque bytes), its workspace, status,
@@ -138,6 +153,10 @@ api!(
         nvrtcCompileProgram: fn(Handle, c_int, *const *const c_char) -> c_int;
         nvrtcGetPTXSize: fn(Handle, *mut usize) -> c_int;
         nvrtcGetPTX: fn(Handle, *mut c_char) -> c_int;
+        nvrtcGetCUBINSize: fn(Handle, *mut usize) -> c_int;
+        nvrtcGetCUBIN: fn(Handle, *mut c_char) -> c_int;
+        nvrtcGetNumSupportedArchs: fn(*mut c_int) -> c_int;
+        nvrtcGetSupportedArchs: fn(*mut c_int) -> c_int;
         nvrtcGetProgramLogSize: fn(Handle, *mut usize) -> c_int;
         nvrtcGetProgramLog: fn(Handle, *mut c_char) -> c_int;
         nvrtcDestroyProgram: fn(*mut Handle) -> c_int;
@@ -161,6 +180,7 @@ api!(
         ncclGetVersion: fn(*mut c_int) -> c_int;
         ncclGetErrorString: fn(c_int) -> *const c_char;
         ncclCommInitAll: fn(*mut Handle, c_int, *const c_int) -> c_int;
+        ncclCommFinalize: fn(Handle) -> c_int;
         ncclCommDestroy: fn(Handle) -> c_int;
         ncclGroupStart: fn() -> c_int;
         ncclGroupEnd: fn() -> c_int;
@@ -225,6 +245,10 @@ mod tests {
         assert_eq!(
             CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,
             lt::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER as c_int
+        );
+        assert_eq!(
+            CUBLASLT_MATMUL_DESC_FAST_ACCUM,
+            lt::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_FAST_ACCUM as c_int
         );
         assert_eq!(
             NCCL_BFLOAT16,

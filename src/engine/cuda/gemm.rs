@@ -10,10 +10,9 @@ use anyhow::anyhow;
 use super::device::{self, rel_error, DeviceBuf, Gpu};
 use super::ffi::{self, Cublas, CublasLt};
 use super::Runtime;
-use crate::case::{Case, Dtype, Seconds};
+use crate::case::{Case, Dtype};
 use crate::engine::CaseOutput;
 use crate::error::CaseError;
-use crate::measure::Sampler;
 use crate::workload::gemm::{GemmParams, Layout};
 use crate::workload::metric;
 
@@ -141,15 +140,6 @@ pub fn tolerance(d: Dtype) -> f64 {
     }
 }
 
-/// Calls per timed sample so that one sample spans at least `min_s` (a single small GEMM is
-/// shorter than the event resolution and launch gaps), between 1 and 1000.
-pub fn calls_per_sample(one_call_s: Seconds, min_s: Seconds) -> usize {
-    if one_call_s.is_nan() || one_call_s <= 0.0 {
-        return 1;
-    }
-    ((min_s / one_call_s).ceil() as usize).clamp(1, 1000)
-}
-
 /// One GEMM problem on one GPU, ready to launch.
 struct Problem<'a> {
     gpu: &'a Gpu,
@@ -245,13 +235,20 @@ fn libs(rt: &mut Runtime, dtype: Dtype) -> Result<Libs, CaseError> {
 }
 
 impl<'a> Problem<'a> {
-    fn new(libs: &Libs, gpu: &'a Gpu, dtype: Dtype, cm: ColMajor) -> Result<Problem<'a>, CaseError> {
+    /// `fast_accum` applies to the cuBLASLt (fp8) path only.
+    fn new(
+        libs: &Libs,
+        gpu: &'a Gpu,
+        dtype: Dtype,
+        cm: ColMajor,
+        fast_accum: bool,
+    ) -> Result<Problem<'a>, CaseError> {
         let types = gemm_types(dtype);
         gpu.ctx
             .bind_to_thread()
             .map_err(|e| anyhow!("failed to bind GPU {}: {e}", gpu.ordinal))?;
         let blas = match libs {
-            Libs::Lt(lib) => Blas::Lt(Box::new(lt_plan(lib.clone(), gpu, types, cm)?)),
+            Libs::Lt(lib) => Blas::Lt(Box::new(lt_plan(lib.clone(), gpu, types, cm, fast_accum)?)),
             Libs::Cublas(lib) => {
                 let handle = cublas_handle(lib, gpu)?;
                 Blas::Cublas {
@@ -323,8 +320,15 @@ impl<'a> Problem<'a> {
 }
 
 /// Builds the cuBLASLt fp8 plan: TN column-major operands (the only form cuBLASLt's fp8
-/// kernels take), unit scales, bf16 output, the heuristic's first algorithm.
-fn lt_plan(lib: Arc<CublasLt>, gpu: &Gpu, types: GemmTypes, cm: ColMajor) -> Result<LtPlan, CaseError> {
+/// kernels take), unit scales, bf16 output, fast accumulation as asked, the heuristic's first
+/// algorithm (chosen after the attributes are set: fast accumulation changes the candidates).
+fn lt_plan(
+    lib: Arc<CublasLt>,
+    gpu: &Gpu,
+    types: GemmTypes,
+    cm: ColMajor,
+    fast_accum: bool,
+) -> Result<LtPlan, CaseError> {
     const WORKSPACE: usize = 32 << 20;
     gpu.ctx
         .bind_to_thread()
@@ -371,6 +375,13 @@ fn lt_plan(lib: Arc<CublasLt>, gpu: &Gpu, types: GemmTypes, cm: ColMajor) -> Res
                 ffi::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
                 &sb as *const u64 as *const c_void,
                 8,
+            )?;
+            // int8_t in cublasLt.h.
+            let fa = fast_accum as i8;
+            set(
+                ffi::CUBLASLT_MATMUL_DESC_FAST_ACCUM,
+                &fa as *const i8 as *const c_void,
+                1,
             )?;
             // Stored shapes (column-major rows × cols): first operand is op_first^-1 of m×k.
             let (r0, c0) = if ta == ffi::CUBLAS_OP_T {
@@ -456,9 +467,15 @@ fn elems(m: u64, n: u64, k: u64) -> (usize, usize, usize) {
 
 /// Runs a small problem of the same dtype and layout and compares it with the float64
 /// reference; the output is poisoned first so that unwritten elements fail.
-fn check_small(libs: &Libs, gpu: &Gpu, dtype: Dtype, layout: Layout) -> Result<f64, CaseError> {
+fn check_small(
+    libs: &Libs,
+    gpu: &Gpu,
+    dtype: Dtype,
+    layout: Layout,
+    fast_accum: bool,
+) -> Result<f64, CaseError> {
     let (m, n, k) = (64u64, 48u64, 80u64);
-    let prob = Problem::new(libs, gpu, dtype, col_major(layout, m, n, k))?;
+    let prob = Problem::new(libs, gpu, dtype, col_major(layout, m, n, k), fast_accum)?;
     let (ea, eb, ec) = elems(m, n, k);
     let (ab, av) = device::random_values(dtype, ea, 0x5eed_0001);
     let (bb, bv) = device::random_values(dtype, eb, 0x5eed_0002);
@@ -509,10 +526,11 @@ pub fn run(rt: &mut Runtime, case: &Case) -> Result<CaseOutput, CaseError> {
         }
     }
     let gpu = gpu0;
-    let rel_err = check_small(&libs, gpu, p.dtype, layout)?;
+    let fast_accum = p.fast_accum.unwrap_or(false);
+    let rel_err = check_small(&libs, gpu, p.dtype, layout, fast_accum)?;
 
     let cm = col_major(layout, p.m, p.n, p.k);
-    let prob = Problem::new(&libs, gpu, p.dtype, cm)?;
+    let prob = Problem::new(&libs, gpu, p.dtype, cm, fast_accum)?;
     let (ea, eb, ec) = elems(p.m, p.n, p.k);
     let in_bytes = p.dtype.size_bytes();
     let out_bytes = output_dtype(p.dtype).size_bytes();
@@ -535,23 +553,15 @@ pub fn run(rt: &mut Runtime, case: &Case) -> Result<CaseOutput, CaseError> {
     }
     let timer = gpu.timer()?;
     let mut rec = rt.recorder(gpu);
-    // Size the batch once: enough calls per sample to span 100 µs.
-    prob.launch(&sets[0].0, &sets[0].1, &sets[0].2)?;
-    let one = timer.time(|| prob.launch(&sets[0].0, &sets[0].1, &sets[0].2))?;
-    let batch = calls_per_sample(one, 100e-6);
     let mut i = 0usize;
-    let samples = Sampler::new(&case.measure).run(|| -> Result<Seconds, CaseError> {
-        let t = timer.time(|| -> Result<(), CaseError> {
-            for _ in 0..batch {
-                let (a, b, c) = &sets[i % sets.len()];
-                i += 1;
-                prob.launch(a, b, c)?;
-            }
-            Ok(())
-        })?;
-        rec.tick();
-        Ok(t / batch as f64)
+    let (samples, batch) = device::sample_batched(&timer, &case.measure, &mut rec, || {
+        let (a, b, c) = &sets[i % sets.len()];
+        i += 1;
+        Ok(prob.launch(a, b, c)?)
     })?;
+    // Per case: the worker's env messages merge into one map for the target.
+    out.env
+        .insert(format!("calls_per_sample {}", case.label()), batch.to_string());
     out.latency_and_rate(&samples.values, p.flops(), metric::THROUGHPUT, "TFLOP/s", 1e12);
     rec.finish(&mut out);
     out.env.insert(
@@ -635,15 +645,6 @@ mod tests {
         // fp8's TN form is layout nt.
         let cm = col_major(Layout::Nt, 16, 16, 16);
         assert_eq!((cm.op_first, cm.op_second), (ffi::CUBLAS_OP_T, ffi::CUBLAS_OP_N));
-    }
-
-    #[test]
-    fn batch_sizing() {
-        assert_eq!(calls_per_sample(1e-3, 100e-6), 1);
-        assert_eq!(calls_per_sample(10e-6, 100e-6), 10);
-        assert_eq!(calls_per_sample(1e-9, 100e-6), 1000);
-        assert_eq!(calls_per_sample(0.0, 100e-6), 1);
-        assert_eq!(calls_per_sample(f64::NAN, 100e-6), 1);
     }
 
     #[test]

@@ -236,6 +236,21 @@ fn gib(b: u64) -> f64 {
     b as f64 / (1u64 << 30) as f64
 }
 
+/// A cuBLAS GEMM call (`cublasGemmEx`, or `cublasGemmBatchedEx` with `; batch`) on `$s`'s
+/// handle and element type with the dimensions of a [`GemmArgs`], fp32 compute: the one place
+/// that spells out cuBLAS's argument order for both.
+macro_rules! gemm_call {
+    ($f:expr, $s:expr, $g:expr, $alpha:expr, $a:expr, $b:expr, $beta:expr, $c:expr $(; $batch:expr)?) => {
+        ($f)(
+            $s.handle, $g.op_a, $g.op_b,
+            $g.m as c_int, $g.n as c_int, $g.k as c_int,
+            $alpha, $a, $s.ty, $g.lda as c_int, $b, $s.ty, $g.ldb as c_int,
+            $beta, $c, $s.ty, $g.ldc as c_int,
+            $($batch,)? ffi::CUBLAS_COMPUTE_32F, ffi::CUBLAS_GEMM_DEFAULT,
+        )
+    };
+}
+
 /// Column-major cuBLAS arguments of one GEMM (or each GEMM of a batch): C (m×n, ldc) =
 /// op_a(A)·op_b(B).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -514,7 +529,7 @@ impl HostModel {
 }
 
 /// Index of the largest value, the lowest among ties (the argmax kernel's rule).
-pub fn argmax(v: &[f32]) -> usize {
+pub fn argmax<T: PartialOrd>(v: &[T]) -> usize {
     let mut best = 0;
     for (i, x) in v.iter().enumerate() {
         if *x > v[best] {
@@ -551,7 +566,7 @@ impl Kernels {
             rms_norm: f("rms_norm")?,
             rope: f("rope")?,
             kv_append: f("kv_append")?,
-            softmax: f("softmax_causal")?,
+            softmax: f("softmax_rows")?,
             swiglu: f("swiglu")?,
             argmax: f("argmax_rows")?,
         })
@@ -776,26 +791,15 @@ impl<'a> DeviceModel<'a> {
         // scalars are host values alive across the call.
         blas_check(
             unsafe {
-                (self.lib.cublasGemmEx)(
-                    self.handle,
-                    g.op_a,
-                    g.op_b,
-                    g.m as c_int,
-                    g.n as c_int,
-                    g.k as c_int,
+                gemm_call!(
+                    self.lib.cublasGemmEx,
+                    self,
+                    g,
                     &alpha as *const f32 as *const c_void,
                     a as usize as *const c_void,
-                    self.ty,
-                    g.lda as c_int,
                     b as usize as *const c_void,
-                    self.ty,
-                    g.ldb as c_int,
                     &beta as *const f32 as *const c_void,
-                    c as usize as *mut c_void,
-                    self.ty,
-                    g.ldc as c_int,
-                    ffi::CUBLAS_COMPUTE_32F,
-                    ffi::CUBLAS_GEMM_DEFAULT,
+                    c as usize as *mut c_void
                 )
             },
             what,
@@ -817,27 +821,16 @@ impl<'a> DeviceModel<'a> {
         // SAFETY: each array holds batch·heads device addresses into buffers sized for `g`.
         blas_check(
             unsafe {
-                (self.lib.cublasGemmBatchedEx)(
-                    self.handle,
-                    g.op_a,
-                    g.op_b,
-                    g.m as c_int,
-                    g.n as c_int,
-                    g.k as c_int,
+                gemm_call!(
+                    self.lib.cublasGemmBatchedEx,
+                    self,
+                    g,
                     &alpha as *const f32 as *const c_void,
                     a.ptr as usize as *const *const c_void,
-                    self.ty,
-                    g.lda as c_int,
                     b.ptr as usize as *const *const c_void,
-                    self.ty,
-                    g.ldb as c_int,
                     &zero as *const f32 as *const c_void,
-                    c.ptr as usize as *const *mut c_void,
-                    self.ty,
-                    g.ldc as c_int,
-                    batch,
-                    ffi::CUBLAS_COMPUTE_32F,
-                    ffi::CUBLAS_GEMM_DEFAULT,
+                    c.ptr as usize as *const *mut c_void;
+                    batch
                 )
             },
             what,
@@ -968,8 +961,9 @@ impl<'a> DeviceModel<'a> {
                     Arg::I32(d.max_seq as i32),
                     Arg::I32(sq as i32),
                     Arg::I32(pos0 as i32),
+                    Arg::I32(1),
                 ],
-                "softmax_causal",
+                "softmax_rows (causal)",
             )?;
             self.gemm_batched(
                 &pv_args(d, sq, skv),
@@ -1171,7 +1165,15 @@ pub fn tolerance(d: Dtype) -> f64 {
 
 /// Runs the check model on the device (prefill, then one decode step fed the device's own
 /// argmax) and compares its logits with the float64 host decoder on the downloaded weights.
-fn check_small(gpu: &Gpu, lib: Arc<Cublas>, k: Kernels, dtype: Dtype, case: &Dims) -> Result<f64, CaseError> {
+/// `tokens_equal` receives (device tokens equal to the float64 decoder's argmax, tokens checked).
+fn check_small(
+    gpu: &Gpu,
+    lib: Arc<Cublas>,
+    k: Kernels,
+    dtype: Dtype,
+    case: &Dims,
+    tokens_equal: &mut (usize, usize),
+) -> Result<f64, CaseError> {
     let d = check_dims(case);
     let m = DeviceModel::new(gpu, lib, k, d, dtype, 0x6e6e_0001)?;
     let prompt: Vec<i32> = (0..d.batch * d.prompt_len)
@@ -1192,6 +1194,9 @@ fn check_small(gpu: &Gpu, lib: Arc<Cublas>, k: Kernels, dtype: Dtype, case: &Dim
     let host = m.to_host(dtype)?;
     let mut got = Vec::new();
     let mut want = Vec::new();
+    // Device tokens against the float64 decoder's argmax (recorded; a near-tie in bf16 may
+    // legitimately differ, the logits' error is what fails the check).
+    let (mut same, mut total) = (0usize, 0usize);
     for b in 0..d.batch {
         for (logits, tok) in [(&pre, first[b]), (&dec, toks[b])] {
             let row = &logits[b * d.vocab..][..d.vocab];
@@ -1210,10 +1215,16 @@ fn check_small(gpu: &Gpu, lib: Arc<Cublas>, k: Kernels, dtype: Dtype, case: &Dim
         let r = host.forward(&mut cache, &ids, None);
         got.extend_from_slice(&pre[b * d.vocab..][..d.vocab]);
         want.extend_from_slice(&r[d.prompt_len - 1]);
+        let prefill_ref = argmax(&r[d.prompt_len - 1]);
         let r = host.forward(&mut cache, &[first[b] as u32], None);
         got.extend_from_slice(&dec[b * d.vocab..][..d.vocab]);
         want.extend_from_slice(&r[0]);
+        for (tok, reference) in [(first[b], prefill_ref), (toks[b], argmax(&r[0]))] {
+            total += 1;
+            same += (tok as usize == reference) as usize;
+        }
     }
+    *tokens_equal = (same, total);
     let err = rel_error(&got, &want);
     if err.is_nan() || err > tolerance(dtype) {
         return Err(CaseError::Failed(anyhow!(
@@ -1232,7 +1243,15 @@ pub fn run(rt: &mut Runtime, case: &Case) -> Result<CaseOutput, CaseError> {
     let lib = rt.cublas()?;
     let module = kernels::generate_module(rt, 0, p.dtype)?;
     let gpu = rt.gpu0();
-    let check_err = check_small(gpu, lib.clone(), Kernels::load(&module)?, p.dtype, &dims)?;
+    let mut tokens_equal = (0, 0);
+    let check_err = check_small(
+        gpu,
+        lib.clone(),
+        Kernels::load(&module)?,
+        p.dtype,
+        &dims,
+        &mut tokens_equal,
+    )?;
     gpu.synchronize()?;
 
     let plan = MemoryPlan::of(&dims, p.dtype.size_bytes());
@@ -1297,6 +1316,13 @@ pub fn run(rt: &mut Runtime, case: &Case) -> Result<CaseOutput, CaseError> {
     out.env.insert(
         format!("generate_{}_check_rel_error", p.dtype),
         format!("{check_err:.2e}"),
+    );
+    out.env.insert(
+        format!("generate_{}_check_tokens", p.dtype),
+        format!(
+            "{} of {} equal the float64 reference",
+            tokens_equal.0, tokens_equal.1
+        ),
     );
     out.env.insert(
         "generate_planned_mib".into(),

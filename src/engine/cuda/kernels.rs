@@ -1,9 +1,16 @@
-//! CUDA C kernels compiled at run time with the image's NVRTC (to PTX for the GPU's compute
-//! capability) and loaded through the driver. The sources include no headers, so they compile
-//! with any NVRTC (12 or 13) without an include path: fp16 converts through PTX `cvt`, bf16
-//! through bit operations.
+//! CUDA C kernels compiled at run time with the image's NVRTC to a cubin for the GPU's own
+//! `sm_XY` and loaded through the driver. The sources include no headers, so they compile with
+//! any NVRTC (12 or 13) without an include path: fp16 converts through PTX `cvt`, bf16 through
+//! bit operations.
+//!
+//! Why a cubin and not PTX: the driver must understand the PTX ISA version the image's NVRTC
+//! emits (NVRTC 12.8 writes PTX 8.7, 13.2 writes 9.2), and images are routinely newer than the
+//! host driver. CUDA's minor-version compatibility covers cubins (and cuBLAS), not PTX JIT, so a
+//! PTX module from a newer toolkit fails with `CUDA_ERROR_UNSUPPORTED_PTX_VERSION`. PTX is used
+//! only when this NVRTC cannot write machine code for the GPU at all (a GPU newer than the
+//! toolkit), where the driver is necessarily the newer side and can JIT it.
 
-use std::ffi::{c_char, CString};
+use std::ffi::{c_char, c_int, CString};
 use std::sync::Arc;
 
 use anyhow::anyhow;
@@ -38,10 +45,11 @@ __device__ __forceinline__ T from_f(float f) {
 #define NEG_INF __int_as_float(0xff800000)
 "#;
 
-/// Row softmax of attention scores in place, one block per row, fp32 arithmetic. Row `r` is
-/// query `r % seq_q`; with `causal`, key `j` is masked when `j > q + offset` (offset = seq_kv −
-/// seq_q: the mask is aligned to the bottom right, as FlashAttention and torch SDPA align it)
-/// and masked probabilities are written as 0.
+/// Row softmax of attention scores in place over the first `cols` entries of rows `ld` apart,
+/// one block per row, fp32 arithmetic. Row `r` is query `r % seq_q`; with `causal`, key `j` is
+/// masked when `j > q + offset` (offset = seq_kv − seq_q: the mask is aligned to the bottom
+/// right, as FlashAttention and torch SDPA align it) and masked probabilities are written as 0.
+/// Attention (`ld = cols`) and token generation (`ld` = the KV cache length, causal) share it.
 pub const SOFTMAX: &str = r#"
 __device__ float block_reduce(float v, float* red, int is_max) {
     for (int o = 16; o > 0; o >>= 1) {
@@ -65,11 +73,11 @@ __device__ float block_reduce(float v, float* red, int is_max) {
     return r;
 }
 
-extern "C" __global__ void softmax_rows(T* s, int rows, int cols, int seq_q, int offset, int causal) {
+extern "C" __global__ void softmax_rows(T* s, int rows, int cols, int ld, int seq_q, int offset, int causal) {
     __shared__ float red[32];
     int row = blockIdx.x;
     if (row >= rows) return;
-    T* p = s + (long long)row * cols;
+    T* p = s + (long long)row * ld;
     int q = row % seq_q;
     int limit = causal ? min(cols, max(0, q + offset + 1)) : cols;
     float m = NEG_INF;
@@ -172,27 +180,6 @@ extern "C" __global__ void kv_append(T* kc, T* vc, const T* qkv, int rows, int s
     }
 }
 
-/* Causal row softmax in place over the first cols entries of rows ld apart: row r is query
-   r % seq_q, which sees keys j <= q + offset (offset = keys - queries, bottom-right aligned);
-   masked entries become 0. */
-extern "C" __global__ void softmax_causal(T* s, int rows, int cols, int ld, int seq_q, int offset) {
-    __shared__ float red[32];
-    int row = blockIdx.x;
-    if (row >= rows) return;
-    T* p = s + (long long)row * ld;
-    int q = row % seq_q;
-    int limit = min(cols, max(0, q + offset + 1));
-    float m = NEG_INF;
-    for (int j = threadIdx.x; j < limit; j += blockDim.x) m = fmaxf(m, to_f(p[j]));
-    m = block_reduce(m, red, 1);
-    float sum = 0.0f;
-    for (int j = threadIdx.x; j < limit; j += blockDim.x) sum += __expf(to_f(p[j]) - m);
-    sum = block_reduce(sum, red, 0);
-    float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-    for (int j = threadIdx.x; j < cols; j += blockDim.x)
-        p[j] = from_f(j < limit ? __expf(to_f(p[j]) - m) * inv : 0.0f);
-}
-
 /* SwiGLU: out[t][i] = silu(gu[t][i]) * gu[t][inter + i] (gate then up in the fused row). */
 extern "C" __global__ void swiglu(T* out, const T* gu, int rows, int inter) {
     long long n = (long long)rows * inter;
@@ -237,14 +224,15 @@ extern "C" __global__ void argmax_rows(int* out, const T* x, int cols) {
 }
 "#;
 
-/// The kernels of [`GENERATE`], in the order the engine loads them.
+/// The kernels of the generate module ([`SOFTMAX`]'s `softmax_rows` and [`GENERATE`]), in the
+/// order the engine loads them.
 pub const GENERATE_KERNELS: [&str; 8] = [
     "init_uniform",
     "embed",
     "rms_norm",
     "rope",
     "kv_append",
-    "softmax_causal",
+    "softmax_rows",
     "swiglu",
     "argmax_rows",
 ];
@@ -284,17 +272,108 @@ pub fn t_kind(d: Dtype) -> Option<u32> {
     }
 }
 
-/// NVRTC options for a GPU: PTX for its own compute capability.
-pub fn nvrtc_options(cc: (i32, i32), t_kind: u32) -> Vec<String> {
+/// What NVRTC is asked to write for a GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Machine code for `sm_XY` (`XY` = 10·major + minor): loads on that GPU whatever the
+    /// driver's own PTX support, which is what minor-version compatibility promises.
+    Cubin(u32),
+    /// PTX for `compute_XY`, JIT-compiled by the driver: only for a GPU newer than every arch
+    /// this NVRTC knows, where the driver is necessarily the newer side.
+    Ptx(u32),
+}
+
+impl Target {
+    /// The `--gpu-architecture` value.
+    pub fn arch_flag(self) -> String {
+        match self {
+            Target::Cubin(a) => format!("sm_{a}"),
+            Target::Ptx(a) => format!("compute_{a}"),
+        }
+    }
+}
+
+/// The compile target for a GPU of compute capability `cc`, given the archs this NVRTC lists
+/// (`nvrtcGetSupportedArchs`: 75, 80, 86, 87, 89, 90, 100, ... as plain numbers).
+///
+/// - the GPU's own `sm_XY` when NVRTC supports it. Plain `sm_90`, never `sm_90a`: no kernel
+///   here uses arch-specific instructions (wgmma, setmaxnreg), and an `a` cubin runs on that
+///   exact chip only;
+/// - else the newest supported arch of the same major not above the GPU's (a cubin runs on
+///   later minors of its major: `sm_80` code runs on an 8.6 GPU);
+/// - else, when the GPU is newer than every supported arch, PTX for the newest one;
+/// - else `None`: the GPU is older than anything this NVRTC can target (NVRTC 13 dropped
+///   everything before Turing).
+pub fn choose_target(cc: (i32, i32), supported: &[u32]) -> Option<Target> {
+    let dev = (cc.0.max(0) * 10 + cc.1.max(0)) as u32;
+    if supported.contains(&dev) {
+        return Some(Target::Cubin(dev));
+    }
+    if let Some(&same_major) = supported
+        .iter()
+        .filter(|&&a| a / 10 == dev / 10 && a <= dev)
+        .max()
+    {
+        return Some(Target::Cubin(same_major));
+    }
+    match supported.iter().max() {
+        Some(&newest) if newest < dev => Some(Target::Ptx(newest)),
+        _ => None,
+    }
+}
+
+/// NVRTC options for a target and element type.
+pub fn nvrtc_options(target: Target, t_kind: u32) -> Vec<String> {
     vec![
-        format!("--gpu-architecture=compute_{}{}", cc.0, cc.1),
+        format!("--gpu-architecture={}", target.arch_flag()),
         format!("-DT_KIND={t_kind}"),
         "--use_fast_math".into(),
     ]
 }
 
-/// Compiles `src` to PTX with NVRTC; the error carries NVRTC's log.
-pub fn compile_ptx(nvrtc: &Nvrtc, src: &str, name: &str, options: &[String]) -> anyhow::Result<String> {
+/// NVRTC's version, `(major, minor)`.
+pub fn nvrtc_version(nvrtc: &Nvrtc) -> (i32, i32) {
+    let (mut a, mut b) = (0, 0);
+    // SAFETY: out pointers to locals.
+    unsafe { (nvrtc.nvrtcVersion)(&mut a, &mut b) };
+    (a, b)
+}
+
+/// The `sm_XY` numbers this NVRTC can compile for.
+pub fn supported_archs(nvrtc: &Nvrtc) -> anyhow::Result<Vec<u32>> {
+    let mut n: c_int = 0;
+    // SAFETY: out pointer; then a buffer of the size NVRTC gave.
+    let rc = unsafe { (nvrtc.nvrtcGetNumSupportedArchs)(&mut n) };
+    if rc != NVRTC_SUCCESS || n <= 0 {
+        return Err(anyhow!("nvrtcGetNumSupportedArchs failed (status {rc})"));
+    }
+    let mut v = vec![0 as c_int; n as usize];
+    let rc = unsafe { (nvrtc.nvrtcGetSupportedArchs)(v.as_mut_ptr()) };
+    if rc != NVRTC_SUCCESS {
+        return Err(anyhow!("nvrtcGetSupportedArchs failed (status {rc})"));
+    }
+    Ok(v.into_iter().filter(|a| *a > 0).map(|a| a as u32).collect())
+}
+
+/// What NVRTC produced: a cubin (ELF) or PTX text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Compiled {
+    Cubin(Vec<u8>),
+    Ptx(String),
+}
+
+/// The 4 bytes every ELF file, hence every cubin, starts with.
+pub const ELF_MAGIC: [u8; 4] = [0x7f, b'E', b'L', b'F'];
+
+/// Compiles `src` with NVRTC for `target`; the error carries NVRTC's log.
+pub fn compile(
+    nvrtc: &Nvrtc,
+    src: &str,
+    name: &str,
+    target: Target,
+    t_kind: u32,
+) -> anyhow::Result<Compiled> {
+    let options = nvrtc_options(target, t_kind);
     let csrc = CString::new(src)?;
     let cname = CString::new(name)?;
     let copts: Vec<CString> = options
@@ -318,40 +397,68 @@ pub fn compile_ptx(nvrtc: &Nvrtc, src: &str, name: &str, options: &[String]) -> 
     if rc != NVRTC_SUCCESS {
         return Err(anyhow!("nvrtcCreateProgram failed for {name}: {}", err(rc)));
     }
-    let result = (|| {
-        // SAFETY: prog is valid until destroyed below; buffers are sized as NVRTC says.
-        let rc = unsafe { (nvrtc.nvrtcCompileProgram)(prog, opt_ptrs.len() as i32, opt_ptrs.as_ptr()) };
-        if rc != NVRTC_SUCCESS {
-            let mut n = 0usize;
-            let mut log = String::new();
-            if unsafe { (nvrtc.nvrtcGetProgramLogSize)(prog, &mut n) } == NVRTC_SUCCESS && n > 0 {
-                let mut buf = vec![0u8; n];
-                if unsafe { (nvrtc.nvrtcGetProgramLog)(prog, buf.as_mut_ptr() as *mut c_char) }
-                    == NVRTC_SUCCESS
-                {
-                    log = String::from_utf8_lossy(&buf)
-                        .trim_end_matches('\0')
-                        .trim()
-                        .to_string();
-                }
-            }
-            return Err(anyhow!("NVRTC failed to compile {name} ({}): {log}", err(rc)));
-        }
+    // One reader for both outputs: size, then a buffer of that size.
+    let read = |size: unsafe extern "C" fn(ffi::Handle, *mut usize) -> c_int,
+                get: unsafe extern "C" fn(ffi::Handle, *mut c_char) -> c_int,
+                what: &str|
+     -> anyhow::Result<Vec<u8>> {
         let mut n = 0usize;
-        let rc = unsafe { (nvrtc.nvrtcGetPTXSize)(prog, &mut n) };
+        // SAFETY: prog is valid until destroyed below; the buffer is sized as NVRTC says.
+        let rc = unsafe { size(prog, &mut n) };
         if rc != NVRTC_SUCCESS {
-            return Err(anyhow!("nvrtcGetPTXSize failed for {name}: {}", err(rc)));
+            return Err(anyhow!("{what} size failed for {name}: {}", err(rc)));
         }
         let mut buf = vec![0u8; n];
-        let rc = unsafe { (nvrtc.nvrtcGetPTX)(prog, buf.as_mut_ptr() as *mut c_char) };
+        let rc = unsafe { get(prog, buf.as_mut_ptr() as *mut c_char) };
         if rc != NVRTC_SUCCESS {
-            return Err(anyhow!("nvrtcGetPTX failed for {name}: {}", err(rc)));
+            return Err(anyhow!("{what} failed for {name}: {}", err(rc)));
         }
-        Ok(String::from_utf8_lossy(&buf).trim_end_matches('\0').to_string())
+        Ok(buf)
+    };
+    let result = (|| {
+        // SAFETY: prog is valid until destroyed below.
+        let rc = unsafe { (nvrtc.nvrtcCompileProgram)(prog, opt_ptrs.len() as i32, opt_ptrs.as_ptr()) };
+        if rc != NVRTC_SUCCESS {
+            let log = read(
+                nvrtc.nvrtcGetProgramLogSize,
+                nvrtc.nvrtcGetProgramLog,
+                "nvrtcGetProgramLog",
+            )
+            .map(|b| {
+                String::from_utf8_lossy(&b)
+                    .trim_end_matches('\0')
+                    .trim()
+                    .to_string()
+            })
+            .unwrap_or_default();
+            return Err(anyhow!("NVRTC failed to compile {name} ({}): {log}", err(rc)));
+        }
+        Ok(match target {
+            Target::Cubin(_) => Compiled::Cubin(read(
+                nvrtc.nvrtcGetCUBINSize,
+                nvrtc.nvrtcGetCUBIN,
+                "nvrtcGetCUBIN",
+            )?),
+            Target::Ptx(_) => {
+                let b = read(nvrtc.nvrtcGetPTXSize, nvrtc.nvrtcGetPTX, "nvrtcGetPTX")?;
+                Compiled::Ptx(String::from_utf8_lossy(&b).trim_end_matches('\0').to_string())
+            }
+        })
     })();
     // SAFETY: destroys the program created above.
     unsafe { (nvrtc.nvrtcDestroyProgram)(&mut prog) };
     result
+}
+
+/// The skip reason for a module the driver would not load: the versions that decide it.
+pub fn load_skip_reason(name: &str, target: Target, nvrtc: (i32, i32), driver_cuda: i32, e: &str) -> String {
+    format!(
+        "the driver (CUDA {}) could not load the {name} kernels NVRTC {}.{} built for {}: {e}",
+        super::cuda_version_string(driver_cuda),
+        nvrtc.0,
+        nvrtc.1,
+        target.arch_flag()
+    )
 }
 
 /// The softmax module for a GPU and dtype, compiled once per worker.
@@ -387,17 +494,39 @@ fn module(
     src: &str,
 ) -> Result<Arc<CudaModule>, CaseError> {
     let kind = t_kind(dtype).ok_or_else(|| CaseError::skipped(format!("no {name} kernels for {dtype}")))?;
-    let key = (gpu_index, format!("{name}-{kind}"));
+    // Keyed by ordinal: the runtime's GPU list is the current case's, not a fixed one.
+    let key = (rt.gpus[gpu_index].ordinal, format!("{name}-{kind}"));
     if let Some(m) = rt.kernels.get(&key) {
         return Ok(m.clone());
     }
     let nvrtc = rt.nvrtc()?;
     let gpu: &Gpu = &rt.gpus[gpu_index];
-    let ptx = compile_ptx(&nvrtc, src, &format!("{name}.cu"), &nvrtc_options(gpu.cc, kind))?;
-    let module = gpu
-        .ctx
-        .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
-        .map_err(|e| anyhow!("failed to load the NVRTC {name} PTX on GPU {}: {e}", gpu.ordinal))?;
+    let version = nvrtc_version(&nvrtc);
+    let archs = supported_archs(&nvrtc)?;
+    let target = choose_target(gpu.cc, &archs).ok_or_else(|| {
+        CaseError::skipped(format!(
+            "NVRTC {}.{} cannot compile for compute capability {}.{} of GPU {} (it supports sm_{})",
+            version.0,
+            version.1,
+            gpu.cc.0,
+            gpu.cc.1,
+            gpu.ordinal,
+            archs.iter().map(u32::to_string).collect::<Vec<_>>().join(", sm_")
+        ))
+    })?;
+    let image = match compile(&nvrtc, src, &format!("{name}.cu"), target, kind)? {
+        Compiled::Cubin(b) => cudarc::nvrtc::Ptx::from_binary(b),
+        Compiled::Ptx(p) => cudarc::nvrtc::Ptx::from_src(p),
+    };
+    let module = gpu.ctx.load_module(image).map_err(|e| {
+        CaseError::skipped(load_skip_reason(
+            name,
+            target,
+            version,
+            rt.driver_cuda_version,
+            &e.to_string(),
+        ))
+    })?;
     rt.kernels.insert(key, module.clone());
     Ok(module)
 }
@@ -418,11 +547,61 @@ mod tests {
 
     #[test]
     fn options_target_the_gpu() {
-        let o = nvrtc_options((9, 0), 2);
-        assert_eq!(o[0], "--gpu-architecture=compute_90");
+        let o = nvrtc_options(Target::Cubin(90), 2);
+        assert_eq!(o[0], "--gpu-architecture=sm_90");
         assert_eq!(o[1], "-DT_KIND=2");
+        assert_eq!(
+            nvrtc_options(Target::Ptx(120), 0)[0],
+            "--gpu-architecture=compute_120"
+        );
         assert_eq!(t_kind(Dtype::Fp8), None);
         assert_eq!(t_kind(Dtype::Bf16), Some(2));
+    }
+
+    /// NVRTC 12.8's and 13.2's `nvrtcGetSupportedArchs` lists.
+    const NVRTC_12_8: [u32; 15] = [50, 52, 53, 60, 61, 62, 70, 72, 75, 80, 86, 87, 89, 90, 100];
+    const NVRTC_13_2: [u32; 10] = [75, 80, 86, 87, 88, 89, 90, 100, 110, 120];
+
+    #[test]
+    fn target_is_the_gpus_own_sm() {
+        // H100 / H200: plain sm_90 (no kernel needs sm_90a's wgmma / setmaxnreg).
+        assert_eq!(choose_target((9, 0), &NVRTC_12_8), Some(Target::Cubin(90)));
+        assert_eq!(choose_target((9, 0), &NVRTC_13_2), Some(Target::Cubin(90)));
+        assert_eq!(choose_target((8, 0), &NVRTC_13_2), Some(Target::Cubin(80)));
+        assert_eq!(choose_target((8, 9), &NVRTC_12_8), Some(Target::Cubin(89)));
+    }
+
+    #[test]
+    fn target_falls_back_within_the_major() {
+        // An 8.6 GPU with an NVRTC that lists only 8.0 of that major: sm_80 code runs on 8.6.
+        assert_eq!(choose_target((8, 6), &[75, 80, 90]), Some(Target::Cubin(80)));
+        // Never a newer minor of the same major than the GPU (sm_87 code does not run on 8.6).
+        assert_eq!(choose_target((8, 6), &[75, 80, 87, 90]), Some(Target::Cubin(80)));
+    }
+
+    #[test]
+    fn gpu_newer_than_nvrtc_gets_ptx_and_older_gets_none() {
+        // Blackwell (12.0) with NVRTC 12.8, whose newest is sm_100: cubins do not cross majors, so
+        // PTX for compute_100, which the (necessarily newer) driver JIT-compiles.
+        assert_eq!(choose_target((12, 0), &NVRTC_12_8), Some(Target::Ptx(100)));
+        // Pascal (6.0) with NVRTC 13, which starts at Turing: nothing to compile for.
+        assert_eq!(choose_target((6, 0), &NVRTC_13_2), None);
+        assert_eq!(choose_target((9, 0), &[]), None);
+    }
+
+    #[test]
+    fn load_failure_names_both_versions() {
+        let r = load_skip_reason(
+            "softmax",
+            Target::Cubin(90),
+            (13, 2),
+            12080,
+            "CUDA_ERROR_NO_BINARY_FOR_GPU",
+        );
+        assert!(r.contains("CUDA 12.8"), "{r}");
+        assert!(r.contains("NVRTC 13.2"), "{r}");
+        assert!(r.contains("sm_90"), "{r}");
+        assert!(r.contains("CUDA_ERROR_NO_BINARY_FOR_GPU"), "{r}");
     }
 
     #[test]
@@ -491,44 +670,113 @@ mod tests {
         assert_ne!(hash_uniform(1, 0), hash_uniform(2, 0));
     }
 
-    /// NVRTC needs no GPU: where the library is found (an image, CI with the NVRTC wheel on
-    /// `LD_LIBRARY_PATH`), every module compiles for every element type and exports its kernels.
+    /// Where the tests find a libnvrtc: `TAGBENCH_NVRTC` (a file), else the library search the
+    /// engine does, else the `nvidia/*/lib` folders of `TAGBENCH_PYTHON`'s site-packages (the
+    /// torch venv that `scripts/test` installs ships NVRTC in its CUDA wheels).
+    fn find_nvrtc() -> Result<Nvrtc, String> {
+        use super::super::loader::{self, LIBNVRTC};
+        if let Some(p) = std::env::var_os("TAGBENCH_NVRTC") {
+            return Nvrtc::load_path(std::path::Path::new(&p), "NVRTC").map_err(|e| e.to_string());
+        }
+        let searched = match Nvrtc::load(&LIBNVRTC) {
+            Ok(n) => return Ok(n),
+            Err(e) => e.to_string(),
+        };
+        let Some(python) = std::env::var_os("TAGBENCH_PYTHON") else {
+            return Err(format!(
+                "{searched}; TAGBENCH_PYTHON and TAGBENCH_NVRTC are unset"
+            ));
+        };
+        let out = std::process::Command::new(&python)
+            .args(["-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
+            .output()
+            .map_err(|e| format!("failed to run {python:?}: {e}"))?;
+        let site = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        let nv = site.join("nvidia");
+        let mut dirs: Vec<std::path::PathBuf> = std::fs::read_dir(&nv)
+            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path().join("lib")).collect())
+            .unwrap_or_default();
+        dirs.sort();
+        match loader::find_in_dirs(&LIBNVRTC, &dirs) {
+            Some(p) => Nvrtc::load_path(&p, "NVRTC").map_err(|e| e.to_string()),
+            None => Err(format!("{searched}; none under {}", nv.display())),
+        }
+    }
+
+    /// NVRTC needs no GPU: every module compiles for every element type to a non-empty ELF
+    /// cubin for sm_80 and sm_90, and to PTX that exports every kernel.
     #[test]
-    fn kernels_compile_with_nvrtc_when_present() {
-        let nvrtc = match Nvrtc::load(&super::super::loader::LIBNVRTC) {
+    fn kernels_compile_to_cubin_with_nvrtc() {
+        let nvrtc = match find_nvrtc() {
             Ok(n) => n,
             Err(e) => {
-                eprintln!("skipped: {e}");
+                eprintln!("skipped: no libnvrtc found: {e}");
                 return;
             }
         };
-        for kind in 0..3 {
-            for cc in [(8, 0), (9, 0)] {
-                let opts = nvrtc_options(cc, kind);
-                let ptx = compile_ptx(
-                    &nvrtc,
-                    &format!("{PRELUDE}{SOFTMAX}{GENERATE}"),
-                    "generate.cu",
-                    &opts,
-                )
-                .unwrap_or_else(|e| panic!("T_KIND={kind} cc {cc:?}: {e:#}"));
-                for k in GENERATE_KERNELS.iter().chain(["softmax_rows"].iter()) {
+        let version = nvrtc_version(&nvrtc);
+        let archs = supported_archs(&nvrtc).unwrap();
+        assert!(
+            archs.contains(&80) && archs.contains(&90),
+            "{version:?} lists {archs:?}"
+        );
+        let modules = [
+            ("softmax", format!("{PRELUDE}{SOFTMAX}"), &["softmax_rows"][..]),
+            (
+                "generate",
+                format!("{PRELUDE}{SOFTMAX}{GENERATE}"),
+                &GENERATE_KERNELS[..],
+            ),
+        ];
+        for (name, src, entries) in &modules {
+            for kind in 0..3 {
+                for sm in [80, 90] {
+                    let target = choose_target((sm as i32 / 10, sm as i32 % 10), &archs).unwrap();
+                    assert_eq!(target, Target::Cubin(sm));
+                    let Compiled::Cubin(bin) = compile(&nvrtc, src, name, target, kind)
+                        .unwrap_or_else(|e| panic!("{name} T_KIND={kind} sm_{sm}: {e:#}"))
+                    else {
+                        panic!("{name}: a cubin target gave PTX");
+                    };
+                    assert!(
+                        bin.len() > 1024,
+                        "{name} T_KIND={kind} sm_{sm}: {} bytes",
+                        bin.len()
+                    );
+                    assert_eq!(bin[..4], ELF_MAGIC, "{name} T_KIND={kind} sm_{sm}");
+                    for k in entries.iter() {
+                        // The cubin's symbol table names every exported kernel.
+                        assert!(
+                            bin.windows(k.len()).any(|w| w == k.as_bytes()),
+                            "{name} T_KIND={kind} sm_{sm}: no {k} in the cubin"
+                        );
+                    }
+                }
+                let Compiled::Ptx(ptx) = compile(&nvrtc, src, name, Target::Ptx(80), kind).unwrap() else {
+                    panic!("{name}: a PTX target gave a cubin");
+                };
+                for k in entries.iter() {
                     assert!(
                         ptx.contains(&format!(".entry {k}(")),
-                        "T_KIND={kind}: no {k} in the PTX"
+                        "{name} T_KIND={kind}: no {k} in the PTX"
                     );
                 }
             }
         }
         // A broken source reports NVRTC's log.
-        let e = compile_ptx(
+        let e = compile(
             &nvrtc,
             "extern \"C\" __global__ void f() { undefined_name; }",
             "bad.cu",
-            &nvrtc_options((8, 0), 0),
+            Target::Cubin(80),
+            0,
         )
         .unwrap_err()
         .to_string();
         assert!(e.contains("undefined_name"), "{e}");
+        eprintln!(
+            "NVRTC {}.{}: every kernel compiled to cubin for sm_80 and sm_90",
+            version.0, version.1
+        );
     }
 }

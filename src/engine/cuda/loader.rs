@@ -17,8 +17,8 @@ pub struct LibSpec {
     pub what: &'static str,
     /// `libnccl.so`
     pub stem: &'static str,
-    /// `[2]` for NCCL, `[13, 12]` for cuBLAS: CUDA 13 first so that an image carrying both
-    /// uses the newer one (the driver must support it, which `probe` reports).
+    /// `[2]` for NCCL, [`TOOLKIT_MAJORS`] for cuBLAS, cuBLASLt, NVRTC and the runtime: narrowed
+    /// to what the driver runs by [`for_driver`] before anything is opened.
     pub majors: &'static [u32],
 }
 
@@ -32,20 +32,23 @@ pub const LIBNVML: LibSpec = LibSpec {
     stem: "libnvidia-ml.so",
     majors: &[1],
 };
+/// The CUDA toolkit majors a library may carry, newest first.
+pub const TOOLKIT_MAJORS: &[u32] = &[13, 12, 11];
+
 pub const LIBCUBLAS: LibSpec = LibSpec {
     what: "cuBLAS",
     stem: "libcublas.so",
-    majors: &[13, 12, 11],
+    majors: TOOLKIT_MAJORS,
 };
 pub const LIBCUBLASLT: LibSpec = LibSpec {
     what: "cuBLASLt",
     stem: "libcublasLt.so",
-    majors: &[13, 12, 11],
+    majors: TOOLKIT_MAJORS,
 };
 pub const LIBNVRTC: LibSpec = LibSpec {
     what: "NVRTC",
     stem: "libnvrtc.so",
-    majors: &[13, 12, 11],
+    majors: TOOLKIT_MAJORS,
 };
 pub const LIBNCCL: LibSpec = LibSpec {
     what: "NCCL",
@@ -55,8 +58,37 @@ pub const LIBNCCL: LibSpec = LibSpec {
 pub const LIBCUDART: LibSpec = LibSpec {
     what: "CUDA runtime",
     stem: "libcudart.so",
-    majors: &[13, 12, 11],
+    majors: TOOLKIT_MAJORS,
 };
+
+/// The toolkit majors a driver runs, newest first, from `cuDriverGetVersion` (12080 = 12.8).
+///
+/// A toolkit library needs a driver of at least its major (CUDA's minor-version compatibility
+/// covers 12.x libraries on any 12.x driver, not 13 on 12): `libcublas.so.13` on a 12.x
+/// driver loads and then fails in `cublasCreate`. So 13 only from a 13.0 driver on; older
+/// majors always (a newer driver runs them).
+pub fn toolkit_majors(driver_cuda_version: i32) -> &'static [u32] {
+    if driver_cuda_version >= 13000 {
+        &[13, 12, 11]
+    } else if driver_cuda_version >= 12000 {
+        &[12, 11]
+    } else {
+        &[11]
+    }
+}
+
+/// `spec` narrowed to the majors the driver runs (toolkit libraries only; NCCL's `.so.2`, the
+/// driver and NVML are not toolkit-versioned).
+pub fn for_driver(spec: &LibSpec, driver_cuda_version: i32) -> LibSpec {
+    if spec.majors == TOOLKIT_MAJORS {
+        LibSpec {
+            majors: toolkit_majors(driver_cuda_version),
+            ..*spec
+        }
+    } else {
+        *spec
+    }
+}
 
 /// Directories to search, in order: `LD_LIBRARY_PATH`, the CUDA toolkit, the distribution's
 /// library directories, the NVIDIA container toolkit's mount points, conda, and the `nvidia-*`
@@ -363,5 +395,30 @@ mod tests {
         assert_eq!(major_of("/x/libcublas.so.13.0.2", &LIBCUBLAS), Some(13));
         assert_eq!(major_of("libcublas.so.12", &LIBCUBLAS), Some(12));
         assert_eq!(major_of("libcublas.so", &LIBCUBLAS), None);
+    }
+
+    #[test]
+    fn library_major_follows_the_driver() {
+        assert_eq!(toolkit_majors(13000), &[13, 12, 11]);
+        assert_eq!(toolkit_majors(13020), &[13, 12, 11]);
+        // A 12.8 driver never gets a CUDA 13 library, even where the image prefers it.
+        assert_eq!(toolkit_majors(12080), &[12, 11]);
+        assert_eq!(toolkit_majors(12000), &[12, 11]);
+        assert_eq!(toolkit_majors(11080), &[11]);
+        let spec = for_driver(&LIBCUBLAS, 12080);
+        let n = names(&["libcublas.so.13", "libcublas.so.12"]);
+        assert_eq!(best_name(&spec, &n).as_deref(), Some("libcublas.so.12"));
+        assert_eq!(
+            best_name(&for_driver(&LIBCUBLAS, 13000), &n).as_deref(),
+            Some("libcublas.so.13")
+        );
+        // Only a 13 in the image on a 12 driver: nothing (a typed "not found", then a skip).
+        assert_eq!(best_name(&spec, &names(&["libcublas.so.13"])), None);
+        // NCCL and the driver are not narrowed.
+        assert_eq!(for_driver(&LIBNCCL, 12080), LIBNCCL);
+        assert_eq!(for_driver(&LIBCUDA, 11000), LIBCUDA);
+        for s in [LIBCUBLAS, LIBCUBLASLT, LIBNVRTC, LIBCUDART] {
+            assert_eq!(for_driver(&s, 12080).majors, &[12, 11], "{}", s.what);
+        }
     }
 }

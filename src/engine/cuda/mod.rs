@@ -104,7 +104,15 @@ pub struct Runtime {
     pub driver: loader::Loaded,
     /// `cuDriverGetVersion`: 12080 for 12.8.
     pub driver_cuda_version: i32,
+    /// GPUs the driver reports.
+    pub visible: usize,
+    /// The job's GPUs (`gpus` of the target); empty means any visible GPU.
+    pub wanted: Vec<usize>,
+    /// The current case's GPUs, in the order the case uses them ([`Runtime::select`]).
     pub gpus: Vec<Gpu>,
+    /// Every GPU opened so far: a context is created the first time a case needs its GPU and
+    /// kept for later cases.
+    opened: BTreeMap<usize, Gpu>,
     cublas: Lib<ffi::Cublas>,
     cublaslt: Lib<ffi::CublasLt>,
     nvrtc: Lib<ffi::Nvrtc>,
@@ -112,6 +120,74 @@ pub struct Runtime {
     pub telemetry: Option<Arc<telemetry::Telemetry>>,
     pub telemetry_error: Option<String>,
     pub(crate) kernels: BTreeMap<(usize, String), Arc<cudarc::driver::CudaModule>>,
+}
+
+/// How many GPUs a case needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GpuNeed {
+    /// Nothing runs on a GPU (a case the engine skips anyway).
+    None,
+    /// The first `n` GPUs of the job.
+    Count(usize),
+    /// Every GPU of the job (an all-reduce with `ranks = 0`).
+    All,
+}
+
+/// What a case needs: one GPU for GEMM, attention, generation and the probe (which describes
+/// the others without contexts), the ranks of an all-reduce, none for training steps.
+pub fn gpu_need(case: &Case) -> Result<GpuNeed, CaseError> {
+    Ok(match case.kind {
+        WorkloadKind::Precision => GpuNeed::None,
+        WorkloadKind::Allreduce => {
+            let p: crate::workload::allreduce::AllreduceParams = case.params()?;
+            if p.ranks == 0 {
+                GpuNeed::All
+            } else {
+                GpuNeed::Count(p.ranks)
+            }
+        }
+        _ => GpuNeed::Count(1),
+    })
+}
+
+/// The ordinals to open for a case: from the job's GPUs (all visible ones when the job names
+/// none), only as many as the case needs. A context costs about 0.5 GB of the GPU's memory and
+/// fails on a GPU that another process holds in exclusive mode, so a GPU no case needs is never
+/// touched.
+pub fn gpus_for_case(wanted: &[usize], visible: usize, need: GpuNeed) -> Result<Vec<usize>, String> {
+    if visible == 0 {
+        return Err("no CUDA device visible (the driver reports 0 GPUs)".into());
+    }
+    let pool: Vec<usize> = if wanted.is_empty() {
+        (0..visible).collect()
+    } else {
+        wanted.to_vec()
+    };
+    if let Some(bad) = pool.iter().find(|&&o| o >= visible) {
+        return Err(format!(
+            "GPU {bad} was asked for, but only {visible} GPUs are visible"
+        ));
+    }
+    match need {
+        GpuNeed::None => Ok(Vec::new()),
+        GpuNeed::All => Ok(pool),
+        GpuNeed::Count(n) if n <= pool.len() => Ok(pool[..n].to_vec()),
+        GpuNeed::Count(n) => Err(format!("needs {n} GPUs; the target has {}", pool.len())),
+    }
+}
+
+/// Runs one case, turning a panic (cudarc panics on some driver errors and missing symbols)
+/// into a `failed` case: the worker and the cases after it go on.
+pub fn catch_case(
+    label: &str,
+    f: impl FnOnce() -> Result<CaseOutput, CaseError>,
+) -> Result<CaseOutput, CaseError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        Err(CaseError::Failed(anyhow::anyhow!(
+            "the CUDA engine panicked in case {label}: {}",
+            panic_message(p.as_ref())
+        )))
+    })
 }
 
 impl Runtime {
@@ -122,26 +198,12 @@ impl Runtime {
         let mut v = 0;
         // SAFETY: out pointer to a local.
         unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) };
-        let count = cudarc::driver::result::device::get_count()
+        let visible = cudarc::driver::result::device::get_count()
             .map_err(|e| format!("failed to count CUDA devices: {e}"))?
             .max(0) as usize;
-        if count == 0 {
-            return Err("no CUDA device visible (the driver reports 0 GPUs)".into());
-        }
-        let ordinals: Vec<usize> = if wanted.is_empty() {
-            (0..count).collect()
-        } else {
-            wanted.to_vec()
-        };
-        if let Some(bad) = ordinals.iter().find(|&&o| o >= count) {
-            return Err(format!(
-                "GPU {bad} was asked for, but only {count} GPUs are visible"
-            ));
-        }
-        let mut gpus = Vec::new();
-        for o in ordinals {
-            gpus.push(Gpu::open(o).map_err(|e| format!("{e:#}"))?);
-        }
+        // The job's GPUs are checked now (every case would fail alike); contexts wait for a
+        // case that needs them.
+        gpus_for_case(wanted, visible, GpuNeed::None)?;
         let (telemetry, telemetry_error) = match telemetry::Telemetry::open() {
             Ok(t) => (Some(t), None),
             Err(e) => (None, Some(e)),
@@ -149,7 +211,10 @@ impl Runtime {
         Ok(Runtime {
             driver,
             driver_cuda_version: v,
-            gpus,
+            visible,
+            wanted: wanted.to_vec(),
+            gpus: Vec::new(),
+            opened: BTreeMap::new(),
             cublas: None,
             cublaslt: None,
             nvrtc: None,
@@ -160,20 +225,48 @@ impl Runtime {
         })
     }
 
+    /// Makes `ordinals` the current case's GPUs, opening those not opened yet.
+    pub fn select(&mut self, ordinals: &[usize]) -> Result<(), String> {
+        for &o in ordinals {
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.opened.entry(o) {
+                slot.insert(Gpu::open(o).map_err(|e| format!("{e:#}"))?);
+            }
+        }
+        self.gpus = ordinals.iter().map(|o| self.opened[o].clone()).collect();
+        Ok(())
+    }
+
+    /// The job's GPUs as the driver describes them, without creating contexts.
+    pub fn describe_gpus(&self) -> Vec<Result<device::GpuFacts, String>> {
+        gpus_for_case(&self.wanted, self.visible, GpuNeed::All)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|o| device::GpuFacts::query(o).map_err(|e| format!("{e:#}")))
+            .collect()
+    }
+
+    /// A toolkit library spec narrowed to the majors this driver runs.
+    pub fn spec(&self, spec: &LibSpec) -> LibSpec {
+        loader::for_driver(spec, self.driver_cuda_version)
+    }
+
     pub fn cublas(&mut self) -> Result<Arc<ffi::Cublas>, CaseError> {
-        get_lib(&mut self.cublas, &loader::LIBCUBLAS, ffi::Cublas::load)
+        let spec = self.spec(&loader::LIBCUBLAS);
+        get_lib(&mut self.cublas, &spec, ffi::Cublas::load)
     }
     pub fn cublaslt(&mut self) -> Result<Arc<ffi::CublasLt>, CaseError> {
-        get_lib(&mut self.cublaslt, &loader::LIBCUBLASLT, ffi::CublasLt::load)
+        let spec = self.spec(&loader::LIBCUBLASLT);
+        get_lib(&mut self.cublaslt, &spec, ffi::CublasLt::load)
     }
     pub fn nvrtc(&mut self) -> Result<Arc<ffi::Nvrtc>, CaseError> {
-        get_lib(&mut self.nvrtc, &loader::LIBNVRTC, ffi::Nvrtc::load)
+        let spec = self.spec(&loader::LIBNVRTC);
+        get_lib(&mut self.nvrtc, &spec, ffi::Nvrtc::load)
     }
     pub fn nccl(&mut self) -> Result<Arc<ffi::Nccl>, CaseError> {
         get_lib(&mut self.nccl, &loader::LIBNCCL, ffi::Nccl::load)
     }
 
-    /// The first GPU of the job: single-GPU workloads run there.
+    /// The first GPU of the case: single-GPU workloads run there.
     pub fn gpu0(&self) -> &Gpu {
         &self.gpus[0]
     }
@@ -189,8 +282,10 @@ pub fn cuda_version_string(v: i32) -> String {
     format!("{}.{}", v / 1000, (v % 1000) / 10)
 }
 
-impl Engine for CudaEngine {
-    fn env(&mut self) -> BTreeMap<String, String> {
+impl CudaEngine {
+    /// The run's environment: driver, the toolkit major chosen for it and the library files it
+    /// selects, and the job's GPUs (described without contexts).
+    fn describe(&mut self) -> BTreeMap<String, String> {
         let mut m = BTreeMap::from([("engine".to_string(), "native-cuda".to_string())]);
         match self.runtime() {
             Ok(rt) => {
@@ -200,10 +295,35 @@ impl Engine for CudaEngine {
                     cuda_version_string(rt.driver_cuda_version),
                 );
                 m.insert(
+                    "cuda_library_majors".into(),
+                    library_majors_note(rt.driver_cuda_version),
+                );
+                let dirs = loader::search_dirs();
+                for spec in [
+                    loader::LIBCUBLAS,
+                    loader::LIBCUBLASLT,
+                    loader::LIBNVRTC,
+                    loader::LIBNCCL,
+                ] {
+                    let key = format!(
+                        "{}_file",
+                        spec.stem.trim_start_matches("lib").trim_end_matches(".so")
+                    );
+                    let found = loader::find_in_dirs(&rt.spec(&spec), &dirs)
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|| {
+                            "not found (the dynamic loader's cache is tried at first use)".into()
+                        });
+                    m.insert(key, found);
+                }
+                m.insert(
                     "gpus".into(),
-                    rt.gpus
+                    rt.describe_gpus()
                         .iter()
-                        .map(|g| format!("{}: {}", g.ordinal, g.name))
+                        .map(|g| match g {
+                            Ok(g) => format!("{}: {}", g.ordinal, g.name),
+                            Err(e) => e.clone(),
+                        })
                         .collect::<Vec<_>>()
                         .join("; "),
                 );
@@ -218,18 +338,50 @@ impl Engine for CudaEngine {
         m
     }
 
-    fn run(&mut self, case: &Case) -> Result<CaseOutput, CaseError> {
+    /// One case: the driver, then only the GPUs the case needs, then the workload under
+    /// [`catch_case`].
+    fn run_case(&mut self, case: &Case) -> Result<CaseOutput, CaseError> {
         let rt = self.runtime()?;
-        match case.kind {
-            WorkloadKind::Probe => probe::run(rt),
-            WorkloadKind::Gemm => gemm::run(rt, case),
-            WorkloadKind::Attention => attention::run(rt, case),
-            WorkloadKind::Allreduce => allreduce::run(rt, case),
-            WorkloadKind::Generate => generate::run(rt, case),
-            WorkloadKind::Precision => Err(CaseError::skipped(
-                "the native CUDA engine does not implement training steps; the torch engine does (engine = \"torch\")",
-            )),
+        let need = gpu_need(case)?;
+        if need == GpuNeed::None {
+            return dispatch(rt, case);
         }
+        let ordinals = gpus_for_case(&rt.wanted, rt.visible, need).map_err(CaseError::skipped)?;
+        rt.select(&ordinals).map_err(CaseError::skipped)?;
+        catch_case(&case.label(), || dispatch(rt, case))
+    }
+}
+
+/// Which toolkit majors the driver allows, for run.json.
+pub fn library_majors_note(driver_cuda_version: i32) -> String {
+    let m = loader::toolkit_majors(driver_cuda_version);
+    format!(
+        "{} (driver supports CUDA {}; CUDA 13 libraries need a 13.0 driver)",
+        m.iter().map(u32::to_string).collect::<Vec<_>>().join(", "),
+        cuda_version_string(driver_cuda_version)
+    )
+}
+
+fn dispatch(rt: &mut Runtime, case: &Case) -> Result<CaseOutput, CaseError> {
+    match case.kind {
+        WorkloadKind::Probe => probe::run(rt),
+        WorkloadKind::Gemm => gemm::run(rt, case),
+        WorkloadKind::Attention => attention::run(rt, case),
+        WorkloadKind::Allreduce => allreduce::run(rt, case),
+        WorkloadKind::Generate => generate::run(rt, case),
+        WorkloadKind::Precision => Err(CaseError::skipped(
+            "the native CUDA engine does not implement training steps; the torch engine does (engine = \"torch\")",
+        )),
+    }
+}
+
+impl Engine for CudaEngine {
+    fn env(&mut self) -> BTreeMap<String, String> {
+        self.describe()
+    }
+
+    fn run(&mut self, case: &Case) -> Result<CaseOutput, CaseError> {
+        self.run_case(case)
     }
 }
 
@@ -279,5 +431,85 @@ mod tests {
                 other => panic!("{kind}: expected a skip, got {:?}", other.map(|_| ())),
             }
         }
+    }
+
+    #[test]
+    fn only_the_gpus_a_case_needs_are_opened() {
+        // No GPUs named: one GPU for a single-GPU case, not a context on all eight.
+        assert_eq!(gpus_for_case(&[], 8, GpuNeed::Count(1)), Ok(vec![0]));
+        assert_eq!(gpus_for_case(&[], 8, GpuNeed::Count(2)), Ok(vec![0, 1]));
+        assert_eq!(gpus_for_case(&[], 8, GpuNeed::None), Ok(vec![]));
+        assert_eq!(gpus_for_case(&[], 3, GpuNeed::All), Ok(vec![0, 1, 2]));
+        // Named GPUs: in the job's order.
+        assert_eq!(gpus_for_case(&[5, 2], 8, GpuNeed::Count(1)), Ok(vec![5]));
+        assert_eq!(gpus_for_case(&[5, 2], 8, GpuNeed::All), Ok(vec![5, 2]));
+        // Errors name the numbers.
+        assert_eq!(
+            gpus_for_case(&[9], 8, GpuNeed::Count(1)),
+            Err("GPU 9 was asked for, but only 8 GPUs are visible".into())
+        );
+        assert_eq!(
+            gpus_for_case(&[0], 8, GpuNeed::Count(2)),
+            Err("needs 2 GPUs; the target has 1".into())
+        );
+        assert!(gpus_for_case(&[], 0, GpuNeed::Count(1))
+            .unwrap_err()
+            .contains("0 GPUs"));
+    }
+
+    #[test]
+    fn need_follows_the_workload() {
+        let case = |kind: WorkloadKind, params: serde_json::Value| Case {
+            workload: kind.as_str().into(),
+            kind,
+            id: "x".into(),
+            params: params.as_object().cloned().unwrap_or_default(),
+            measure: Default::default(),
+        };
+        let none = serde_json::json!({});
+        assert_eq!(
+            gpu_need(&case(WorkloadKind::Gemm, none.clone())).unwrap(),
+            GpuNeed::Count(1)
+        );
+        assert_eq!(
+            gpu_need(&case(WorkloadKind::Probe, none.clone())).unwrap(),
+            GpuNeed::Count(1)
+        );
+        assert_eq!(
+            gpu_need(&case(WorkloadKind::Precision, none.clone())).unwrap(),
+            GpuNeed::None
+        );
+        assert_eq!(
+            gpu_need(&case(WorkloadKind::Allreduce, none)).unwrap(),
+            GpuNeed::All
+        );
+        assert_eq!(
+            gpu_need(&case(WorkloadKind::Allreduce, serde_json::json!({"ranks": 2}))).unwrap(),
+            GpuNeed::Count(2)
+        );
+    }
+
+    #[test]
+    fn a_panic_fails_the_case_only() {
+        let r = catch_case("gemm/size=1024", || panic!("CUDA_ERROR_ILLEGAL_ADDRESS"));
+        match r {
+            Err(CaseError::Failed(e)) => {
+                let m = e.to_string();
+                assert!(
+                    m.contains("gemm/size=1024") && m.contains("CUDA_ERROR_ILLEGAL_ADDRESS"),
+                    "{m}"
+                );
+            }
+            other => panic!("expected a failure, got {:?}", other.map(|_| ())),
+        }
+        // The next case runs normally.
+        assert!(catch_case("probe/default", || Ok(CaseOutput::new("cuda:0"))).is_ok());
+    }
+
+    #[test]
+    fn library_majors_are_recorded() {
+        let n = library_majors_note(12080);
+        assert!(n.starts_with("12, 11 (driver supports CUDA 12.8"), "{n}");
+        assert!(library_majors_note(13000).starts_with("13, 12, 11"));
     }
 }

@@ -35,7 +35,7 @@ pub fn run(rt: &mut Runtime) -> Result<CaseOutput, CaseError> {
         env.insert("driver".into(), v);
     }
     // The CUDA runtime is not called (cudarc drives the GPU); its file name carries its version.
-    match loader::find_in_dirs(&LIBCUDART, &loader::search_dirs()) {
+    match loader::find_in_dirs(&rt.spec(&LIBCUDART), &loader::search_dirs()) {
         Some(p) => {
             env.insert("cudart_path".into(), p.display().to_string());
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -80,10 +80,17 @@ pub fn run(rt: &mut Runtime) -> Result<CaseOutput, CaseError> {
     }
     match rt.nvrtc() {
         Ok(l) => {
-            let (mut a, mut b) = (0, 0);
-            // SAFETY: out pointers to locals.
-            unsafe { (l.nvrtcVersion)(&mut a, &mut b) };
+            let (a, b) = super::kernels::nvrtc_version(&l);
             env.insert("nvrtc".into(), format!("{a}.{b}"));
+            env.insert("nvrtc_path".into(), l.path.clone());
+            let cc = rt.gpu0().cc;
+            let target = super::kernels::supported_archs(&l)
+                .ok()
+                .and_then(|archs| super::kernels::choose_target(cc, &archs));
+            env.insert(
+                "nvrtc_target".into(),
+                target.map_or_else(|| "none".into(), |t| t.arch_flag()),
+            );
         }
         Err(e) => {
             env.insert("nvrtc".into(), e.to_string());
@@ -101,8 +108,21 @@ pub fn run(rt: &mut Runtime) -> Result<CaseOutput, CaseError> {
             env.insert("nccl".into(), e.to_string());
         }
     }
-    env.insert("gpu_count".into(), rt.gpus.len().to_string());
-    for g in &rt.gpus {
+    env.insert(
+        "cuda_library_majors".into(),
+        super::library_majors_note(rt.driver_cuda_version),
+    );
+    // Every GPU of the job, described by the driver without a context on it.
+    let facts = rt.describe_gpus();
+    env.insert("gpu_count".into(), facts.len().to_string());
+    for g in facts {
+        let g = match g {
+            Ok(g) => g,
+            Err(e) => {
+                env.insert("gpu_error".into(), e);
+                continue;
+            }
+        };
         let p = format!("gpu{}_", g.ordinal);
         env.insert(format!("{p}name"), g.name.clone());
         env.insert(format!("{p}uuid"), g.uuid.clone());

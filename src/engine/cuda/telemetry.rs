@@ -46,10 +46,36 @@ pub fn decode_throttle_reasons(bits: u64) -> Vec<String> {
     out
 }
 
-/// Reasons that mean the clock was lowered against the benchmark's will (idle and the
-/// applications-clock setting are not slowdowns).
+/// The reasons that lower clocks below what the workload asked: hardware slowdown, sync boost
+/// (held back to the slowest GPU of a group), thermal slowdowns and the power brake.
+///
+/// Not in the mask: `gpu_idle` and `applications_clocks_setting` (no work, or clocks someone
+/// set), and `sw_power_cap`. An H100 SXM runs large bf16 / fp8 GEMMs at its power limit by
+/// design (the boost algorithm trades clock for power within the cap); counting that as
+/// throttling would warn on nearly every heavy case. The cap is reported on its own
+/// ([`SW_POWER_CAP`], [`power_capped_pct`]); a clock it pushed under the threshold is still
+/// flagged by [`clock_is_low`].
+pub const SLOWDOWN_MASK: u64 = 0x8 | 0x10 | 0x20 | 0x40 | 0x80;
+
+/// `nvmlClocksThrottleReasonSwPowerCap`.
+pub const SW_POWER_CAP: u64 = 0x4;
+
+/// Whether a reading's reasons include one of [`SLOWDOWN_MASK`].
 pub fn is_slowdown(bits: u64) -> bool {
-    bits & (0x4 | 0x8 | 0x20 | 0x40 | 0x80) != 0
+    bits & SLOWDOWN_MASK != 0
+}
+
+/// The share of readings, in percent, taken at the software power cap (the `gpu_power_capped`
+/// metric): reported beside the clocks, not as throttling.
+pub fn power_capped_pct(readings: &[Reading]) -> f64 {
+    if readings.is_empty() {
+        return 0.0;
+    }
+    let capped = readings
+        .iter()
+        .filter(|r| r.throttle_bits.unwrap_or(0) & SW_POWER_CAP != 0)
+        .count();
+    100.0 * capped as f64 / readings.len() as f64
 }
 
 /// nvbench's rule: a clock under `THROTTLE_THRESHOLD` of the default is throttled.
@@ -192,7 +218,8 @@ impl Recorder {
         self.readings.push(t.read(*h));
     }
 
-    /// Adds the telemetry metrics (`gpu_sm_clock` MHz, `gpu_power` W, `gpu_temperature` °C) and
+    /// Adds the telemetry metrics (`gpu_sm_clock` MHz, `gpu_power` W, `gpu_temperature` °C,
+    /// `gpu_power_capped` % of readings at the software power cap) and
     /// a warning when any reading had a low clock or a slowdown reason.
     pub fn finish(self, out: &mut CaseOutput) {
         if self.readings.is_empty() {
@@ -215,6 +242,13 @@ impl Recorder {
         if let Some(w) = throttle_warning(&self.readings, self.default_mhz) {
             out.warn(w);
         }
+        // The power cap is its own metric (share of readings), never a throttle warning.
+        out.metric(
+            "gpu_power_capped",
+            "%",
+            Better::Lower,
+            vec![power_capped_pct(&self.readings)],
+        );
     }
 }
 
@@ -239,8 +273,11 @@ pub fn throttle_warning(readings: &[Reading], default_mhz: Option<f64>) -> Optio
         }
         if is_slowdown(bits) {
             slowed += 1;
-            bits_seen |= bits;
-        } else if is_low {
+            bits_seen |= bits & SLOWDOWN_MASK;
+        }
+        if is_low {
+            // A low clock names every reason NVML gave, the power cap included: the cap is
+            // then what lowered it.
             bits_seen |= bits;
         }
     }
@@ -275,6 +312,23 @@ mod tests {
     }
 
     #[test]
+    fn slowdown_mask_excludes_power_cap_idle_and_settings() {
+        for (bit, name) in THROTTLE_REASONS {
+            let counted = matches!(
+                name,
+                "hw_slowdown"
+                    | "sync_boost"
+                    | "sw_thermal_slowdown"
+                    | "hw_thermal_slowdown"
+                    | "hw_power_brake_slowdown"
+            );
+            assert_eq!(is_slowdown(bit), counted, "{name}");
+        }
+        assert!(!is_slowdown(SW_POWER_CAP));
+        assert!(is_slowdown(SW_POWER_CAP | 0x40));
+    }
+
+    #[test]
     fn low_clock_rule_is_75_percent() {
         assert!(clock_is_low(1000.0, 1980.0));
         assert!(!clock_is_low(1485.0, 1980.0)); // exactly 75%
@@ -300,11 +354,18 @@ mod tests {
         assert!(w.contains("1 of 2"), "{w}");
         assert!(w.contains("900 MHz lowest vs 1980 MHz"), "{w}");
         assert!(w.contains("hw_thermal_slowdown"), "{w}");
-        // A power cap without a low clock is still reported.
-        let capped = [r(1900.0, 0x4)];
-        assert!(throttle_warning(&capped, Some(1980.0))
-            .unwrap()
-            .contains("sw_power_cap"));
+        // A power cap at a normal clock is not throttling (an H100 SXM sits at its cap under
+        // large bf16 GEMMs); it is reported on its own.
+        let capped = [r(1900.0, 0x4), r(1950.0, 0)];
+        assert_eq!(throttle_warning(&capped, Some(1980.0)), None);
+        assert_eq!(power_capped_pct(&capped), 50.0);
+        assert_eq!(power_capped_pct(&ok), 0.0);
+        assert_eq!(power_capped_pct(&[]), 0.0);
+        // A clock the cap pushed under the threshold is still flagged, naming the cap.
+        let w = throttle_warning(&[r(1000.0, 0x4)], Some(1980.0)).unwrap();
+        assert!(w.contains("1 of 1") && w.contains("sw_power_cap"), "{w}");
+        // Sync boost counts (held back to the slowest GPU of a group).
+        assert!(throttle_warning(&[r(1900.0, 0x10)], Some(1980.0)).is_some());
     }
 
     #[test]
@@ -314,9 +375,19 @@ mod tests {
         let mut out = CaseOutput::new("cuda:0");
         rec.finish(&mut out);
         let names: Vec<&str> = out.metrics.iter().map(|m| m.name.as_str()).collect();
-        assert_eq!(names, ["gpu_sm_clock", "gpu_power", "gpu_temperature"]);
+        assert_eq!(
+            names,
+            ["gpu_sm_clock", "gpu_power", "gpu_temperature", "gpu_power_capped"]
+        );
         assert_eq!(out.warnings.len(), 1);
         assert!(out.warnings[0].contains("hw_slowdown"));
+        let mut rec = Recorder::manual(Some(2000.0));
+        rec.readings = vec![r(1990.0, 0x4)];
+        let mut out = CaseOutput::new("cuda:0");
+        rec.finish(&mut out);
+        assert!(out.warnings.is_empty());
+        let capped = out.metrics.iter().find(|m| m.name == "gpu_power_capped").unwrap();
+        assert_eq!(capped.values, [100.0]);
         // Without NVML, ticking records nothing and nothing is added.
         let mut none = Recorder::new(None, "GPU-x");
         none.tick();

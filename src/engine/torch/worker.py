@@ -234,6 +234,8 @@ class Gemm:
         per_set = m * k + k * n + m * n * 2
         self.sets = []
         one = torch.tensor(1.0, device=dev)
+        fast_accum = bool(req["params"].get("fast_accum", False))
+        self.facts["fast_accum"] = fast_accum
         for _ in range(rotation_count(dev, per_set, None)):
             a = torch.randn(m, k, device=dev).to(torch.float8_e4m3fn)
             b = torch.randn(n, k, device=dev).to(torch.float8_e4m3fn).t()
@@ -243,7 +245,7 @@ class Gemm:
         def op():
             a, b = self.sets[self.i % len(self.sets)]
             self.i += 1
-            return torch._scaled_mm(a, b, scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
+            return torch._scaled_mm(a, b, scale_a=one, scale_b=one, out_dtype=torch.bfloat16, use_fast_accum=fast_accum)
 
         try:
             out = op()
