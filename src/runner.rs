@@ -104,7 +104,7 @@ pub fn resolve_targets(suite: &Suite, args: &RunArgs) -> Result<Vec<TargetSpec>>
             t.pull = Some(p);
         }
     }
-    let targets = executor::docker::expand_gpu_each(targets, executor::docker::host_gpu_count)?;
+    let targets = executor::gpus::expand_gpu_each(targets, executor::gpus::host_gpu_count)?;
     let mut seen = HashSet::new();
     for t in &targets {
         if !seen.insert(t.display_name()) {

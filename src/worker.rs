@@ -33,11 +33,7 @@ pub fn run_job(job: &Job, out: impl Write) -> Result<()> {
         // A panic inside an engine (a library that asserts) fails the case, not the worker.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.run(case)))
             .unwrap_or_else(|p| {
-                let msg = p
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "unknown panic".into());
+                let msg = crate::sys::panic_message(p.as_ref());
                 Err(CaseError::Failed(anyhow::anyhow!("engine panicked: {msg}")))
             });
         match result {

@@ -156,6 +156,43 @@ fn malformed_suites_exit_2_naming_the_line_and_write_nothing() {
     }
 }
 
+#[test]
+fn bad_byte_sizes_exit_2_at_load_for_run_and_list() {
+    // A Docker target that would fail only when its container is created: the suite is refused
+    // at load, with its file and line, before any image is looked at.
+    let cases = [
+        ("shm_size = \"lots\"", "bad size `lots`"),
+        ("memory = \"8q\"", "bad size `8q`"),
+    ];
+    for (line3, what) in cases {
+        let text = format!(
+            "[[target]]\nimage = \"tagbench-no-such-image:none\"\n{line3}\n\n[[workload]]\nkind = \"probe\"\n"
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        let suite = write_suite(tmp.path(), &text);
+        let results = tmp.path().join("results");
+        let run = tagbench()
+            .arg(&suite)
+            .arg("--results-dir")
+            .arg(&results)
+            .output()
+            .unwrap();
+        let list = Command::new(cargo_bin("tagbench"))
+            .arg("list")
+            .arg(&suite)
+            .output()
+            .unwrap();
+        for out in [run, list] {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{stderr}");
+            assert!(stderr.contains("line 3") && stderr.contains(what), "{stderr}");
+            assert!(stderr.contains("bad.toml"), "{stderr}");
+            assert!(!stderr.contains("image"), "the image was looked at: {stderr}");
+        }
+        assert!(!results.exists(), "results written for a bad suite");
+    }
+}
+
 /// Eight gemm cases of about a third of a second each, two rounds.
 const SLOW_SUITE: &str = r#"
 name = "slow"

@@ -16,7 +16,7 @@ use toml::Spanned;
 
 use crate::case::{Case, MeasureSettings, WorkloadKind};
 use crate::error::{line_of, SuiteError};
-pub use target::{GpuNamed, GpuSelection, PullPolicy, TargetSpec};
+pub use target::{ByteSize, GpuNamed, GpuSelection, PullPolicy, TargetSpec};
 
 /// The suite compiled into the binary and used when no suite file is given: `suites/smoke.toml`.
 pub const EMBEDDED_SMOKE: &str = include_str!("../../suites/smoke.toml");

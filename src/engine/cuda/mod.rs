@@ -52,7 +52,7 @@ impl CudaEngine {
             let rt = std::panic::catch_unwind(|| Runtime::open(&wanted)).unwrap_or_else(|p| {
                 Err(format!(
                     "the CUDA driver could not be used: {}",
-                    panic_message(p.as_ref())
+                    crate::sys::panic_message(p.as_ref())
                 ))
             });
             self.rt = Some(rt);
@@ -63,13 +63,6 @@ impl CudaEngine {
             None => Err(CaseError::skipped(NO_DRIVER)),
         }
     }
-}
-
-pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// The skip reason for a driver that failed to load.
