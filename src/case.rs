@@ -198,8 +198,8 @@ pub struct Case {
     /// Stable identifier within the workload: `key=value` pairs of the parameters the suite gave,
     /// in suite order (`m=1024,n=1024,k=1024,dtype=fp32`); `default` when none were given.
     pub id: String,
-    /// Every parameter, defaults filled in, as the workload's typed parameter struct serialises.
-    pub params: serde_json::Map<String, serde_json::Value>,
+    /// Every parameter, defaults filled in, typed; its kind is `kind`.
+    pub params: crate::workload::Params,
     pub measure: MeasureSettings,
 }
 
@@ -207,11 +207,5 @@ impl Case {
     /// `workload/case`, the name used in messages.
     pub fn label(&self) -> String {
         format!("{}/{}", self.workload, self.id)
-    }
-
-    /// Parses the parameters into the workload's typed struct.
-    pub fn params<T: serde::de::DeserializeOwned>(&self) -> anyhow::Result<T> {
-        serde_json::from_value(serde_json::Value::Object(self.params.clone()))
-            .map_err(|e| anyhow::anyhow!("bad parameters for case {}: {e}", self.label()))
     }
 }

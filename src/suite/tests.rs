@@ -36,7 +36,10 @@ fn expands_cartesian_product_in_order() {
         ]
     );
     assert_eq!(s.workloads[0].cases[0].measure.max_time_s, 0.5);
-    assert_eq!(s.workloads[0].cases[0].params["layout"], "nn");
+    match &s.workloads[0].cases[0].params {
+        crate::workload::Params::Gemm(g) => assert_eq!(g.layout, crate::workload::gemm::Layout::Nn),
+        other => panic!("{other:?}"),
+    }
     assert_eq!(s.workloads[1].name, "ar");
     assert_eq!(s.cases().count(), 5);
 }

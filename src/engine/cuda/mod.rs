@@ -22,8 +22,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::{CaseOutput, Engine};
-use crate::case::{Case, WorkloadKind};
+use crate::case::Case;
 use crate::error::CaseError;
+use crate::workload::allreduce::AllreduceParams;
+use crate::workload::attention::AttentionParams;
+use crate::workload::gemm::GemmParams;
+use crate::workload::generate::GenerateParams;
+use crate::workload::precision::PrecisionParams;
+use crate::workload::probe::ProbeParams;
 use device::Gpu;
 use loader::{LibSpec, LoadError};
 
@@ -183,6 +189,10 @@ pub fn cuda_version_string(v: i32) -> String {
 }
 
 impl Engine for CudaEngine {
+    fn name(&self) -> &'static str {
+        "native CUDA"
+    }
+
     fn env(&mut self) -> BTreeMap<String, String> {
         let mut m = BTreeMap::from([("engine".to_string(), "native-cuda".to_string())]);
         match self.runtime() {
@@ -211,24 +221,39 @@ impl Engine for CudaEngine {
         m
     }
 
-    fn run(&mut self, case: &Case) -> Result<CaseOutput, CaseError> {
-        let rt = self.runtime()?;
-        match case.kind {
-            WorkloadKind::Probe => probe::run(rt),
-            WorkloadKind::Gemm => gemm::run(rt, case),
-            WorkloadKind::Attention => attention::run(rt, case),
-            WorkloadKind::Allreduce => allreduce::run(rt, case),
-            WorkloadKind::Generate => generate::run(rt, case),
-            WorkloadKind::Precision => Err(CaseError::skipped(
-                "the native CUDA engine does not implement training steps; the torch engine does (engine = \"torch\")",
-            )),
-        }
+    fn probe(&mut self, _p: &ProbeParams, _case: &Case) -> Result<CaseOutput, CaseError> {
+        probe::run(self.runtime()?)
+    }
+
+    fn gemm(&mut self, p: &GemmParams, case: &Case) -> Result<CaseOutput, CaseError> {
+        gemm::run(self.runtime()?, p, case)
+    }
+
+    fn attention(&mut self, p: &AttentionParams, case: &Case) -> Result<CaseOutput, CaseError> {
+        attention::run(self.runtime()?, p, case)
+    }
+
+    fn generate(&mut self, p: &GenerateParams, case: &Case) -> Result<CaseOutput, CaseError> {
+        generate::run(self.runtime()?, p, case)
+    }
+
+    fn precision(&mut self, _p: &PrecisionParams, _case: &Case) -> Result<CaseOutput, CaseError> {
+        // Without a driver every case gives the driver's reason, this one included.
+        self.runtime()?;
+        Err(CaseError::skipped(
+            "the native CUDA engine does not implement training steps; the torch engine does (engine = \"torch\")",
+        ))
+    }
+
+    fn allreduce(&mut self, p: &AllreduceParams, case: &Case) -> Result<CaseOutput, CaseError> {
+        allreduce::run(self.runtime()?, p, case)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::case::WorkloadKind;
 
     #[test]
     fn version_strings() {
@@ -264,10 +289,10 @@ mod tests {
                 workload: kind.as_str().into(),
                 kind,
                 id: "default".into(),
-                params: Default::default(),
+                params: crate::workload::example(kind),
                 measure: Default::default(),
             };
-            match e.run(&case) {
+            match crate::engine::run_case(&mut e, &case) {
                 Err(CaseError::Skipped(r)) => assert_eq!(r, NO_DRIVER),
                 other => panic!("{kind}: expected a skip, got {:?}", other.map(|_| ())),
             }
