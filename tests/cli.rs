@@ -119,6 +119,21 @@ fn write_suite(dir: &Path, text: &str) -> PathBuf {
     p
 }
 
+/// `tagbench run` of a suite with this text in a fresh directory: the directory (alive while
+/// kept), the suite file, where results would go, and the output.
+fn run_suite_text(text: &str) -> (tempfile::TempDir, PathBuf, PathBuf, std::process::Output) {
+    let tmp = tempfile::tempdir().unwrap();
+    let suite = write_suite(tmp.path(), text);
+    let results = tmp.path().join("results");
+    let out = tagbench()
+        .arg(&suite)
+        .arg("--results-dir")
+        .arg(&results)
+        .output()
+        .unwrap();
+    (tmp, suite, results, out)
+}
+
 #[test]
 fn malformed_suites_exit_2_naming_the_line_and_write_nothing() {
     let cases = [
@@ -139,15 +154,7 @@ fn malformed_suites_exit_2_naming_the_line_and_write_nothing() {
         ),
     ];
     for (text, line, what) in cases {
-        let tmp = tempfile::tempdir().unwrap();
-        let suite = write_suite(tmp.path(), text);
-        let results = tmp.path().join("results");
-        let out = tagbench()
-            .arg(&suite)
-            .arg("--results-dir")
-            .arg(&results)
-            .output()
-            .unwrap();
+        let (_tmp, _suite, results, out) = run_suite_text(text);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{stderr}");
         assert!(stderr.contains(line) && stderr.contains(what), "{stderr}");
@@ -168,15 +175,7 @@ fn bad_byte_sizes_exit_2_at_load_for_run_and_list() {
         let text = format!(
             "[[target]]\nimage = \"tagbench-no-such-image:none\"\n{line3}\n\n[[workload]]\nkind = \"probe\"\n"
         );
-        let tmp = tempfile::tempdir().unwrap();
-        let suite = write_suite(tmp.path(), &text);
-        let results = tmp.path().join("results");
-        let run = tagbench()
-            .arg(&suite)
-            .arg("--results-dir")
-            .arg(&results)
-            .output()
-            .unwrap();
+        let (_tmp, suite, results, run) = run_suite_text(&text);
         let list = Command::new(cargo_bin("tagbench"))
             .arg("list")
             .arg(&suite)

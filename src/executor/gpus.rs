@@ -60,23 +60,22 @@ pub fn expand_gpu_each(
 mod tests {
     use super::*;
 
-    fn target() -> TargetSpec {
-        TargetSpec {
-            image: Some("repo/name:tag".into()),
-            ..Default::default()
-        }
-    }
-
     #[test]
     fn each_expands_per_gpu() {
-        let mut t = target();
-        t.gpus = GpuSelection::Named(GpuNamed::Each);
-        let out = expand_gpu_each(vec![t, TargetSpec::local()], || Ok(2)).unwrap();
+        let image = TargetSpec {
+            image: Some("repo/name:tag".into()),
+            ..Default::default()
+        };
+        let each = TargetSpec {
+            gpus: GpuSelection::Named(GpuNamed::Each),
+            ..image.clone()
+        };
+        let out = expand_gpu_each(vec![each, TargetSpec::local()], || Ok(2)).unwrap();
         let names: Vec<String> = out.iter().map(TargetSpec::display_name).collect();
         assert_eq!(names, ["repo/name:tag@gpu0", "repo/name:tag@gpu1", "local"]);
         assert_eq!(out[1].gpus, GpuSelection::List(vec![1]));
         // No `each`: the GPUs are not counted at all.
-        let out = expand_gpu_each(vec![target()], || bail!("not called")).unwrap();
+        let out = expand_gpu_each(vec![image], || bail!("not called")).unwrap();
         assert_eq!(out.len(), 1);
     }
 }

@@ -47,34 +47,29 @@ impl Params {
     /// Reads and checks the parameters of a `kind` (used when a suite is read, so that a bad
     /// value fails before anything runs), every default filled in.
     pub fn parse<'de, D: serde::Deserializer<'de>>(kind: WorkloadKind, de: D) -> Result<Params, D::Error> {
-        use serde::de::Error as _;
-        let custom = D::Error::custom;
+        /// Reads `T` and runs its check, whose message becomes the deserializer's error.
+        fn checked<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+            de: D,
+            check: impl FnOnce(&mut T) -> Result<(), String>,
+        ) -> Result<T, D::Error> {
+            let mut p = T::deserialize(de)?;
+            check(&mut p).map_err(<D::Error as serde::de::Error>::custom)?;
+            Ok(p)
+        }
         Ok(match kind {
             WorkloadKind::Probe => Params::Probe(probe::ProbeParams::deserialize(de)?),
-            WorkloadKind::Gemm => {
-                let mut p = gemm::GemmParams::deserialize(de)?;
-                p.normalize().map_err(custom)?;
-                Params::Gemm(p)
-            }
+            WorkloadKind::Gemm => Params::Gemm(checked(de, gemm::GemmParams::normalize)?),
             WorkloadKind::Attention => {
-                let p = attention::AttentionParams::deserialize(de)?;
-                p.check().map_err(custom)?;
-                Params::Attention(p)
+                Params::Attention(checked(de, |p: &mut attention::AttentionParams| p.check())?)
             }
             WorkloadKind::Generate => {
-                let p = generate::GenerateParams::deserialize(de)?;
-                p.check().map_err(custom)?;
-                Params::Generate(p)
+                Params::Generate(checked(de, |p: &mut generate::GenerateParams| p.check())?)
             }
             WorkloadKind::Precision => {
-                let p = precision::PrecisionParams::deserialize(de)?;
-                p.check().map_err(custom)?;
-                Params::Precision(p)
+                Params::Precision(checked(de, |p: &mut precision::PrecisionParams| p.check())?)
             }
             WorkloadKind::Allreduce => {
-                let p = allreduce::AllreduceParams::deserialize(de)?;
-                p.check().map_err(custom)?;
-                Params::Allreduce(p)
+                Params::Allreduce(checked(de, |p: &mut allreduce::AllreduceParams| p.check())?)
             }
         })
     }
