@@ -3,14 +3,17 @@
 
 pub mod allreduce;
 pub mod attention;
+mod dtype;
 pub mod gemm;
 pub mod generate;
+mod kind;
 pub mod precision;
 pub mod probe;
 
 use serde::{Deserialize, Serialize};
 
-use crate::case::WorkloadKind;
+pub use dtype::Dtype;
+pub use kind::WorkloadKind;
 
 /// A case's parameters, typed: built once when the suite is read, carried in the job JSON to the
 /// worker (tagged with `kind`, so the file stays self-describing) and matched on by the engines.
@@ -136,7 +139,7 @@ mod tests {
         }
         match Params::from_case_id(WorkloadKind::Gemm, "m=64,n=32,k=16,dtype=bf16") {
             Some(Params::Gemm(g)) => {
-                assert_eq!((g.m, g.n, g.k, g.dtype), (64, 32, 16, crate::case::Dtype::Bf16));
+                assert_eq!((g.m, g.n, g.k, g.dtype), (64, 32, 16, Dtype::Bf16));
             }
             other => panic!("{other:?}"),
         }
