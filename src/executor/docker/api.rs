@@ -157,12 +157,15 @@ pub(super) async fn create_and_start(
     let id = created.id;
     let create_ms = t0.elapsed().as_secs_f64() * 1e3;
     let started = async {
-        // Attached before the start, so that not a byte of output is lost.
+        // Attached before the start, so that not a byte of output is lost. Without `logs`, as
+        // `docker run` attaches: replaying the log while the live stream runs can deliver the
+        // first lines twice when the worker writes them during the attach (seen as a duplicate
+        // `start` line, so the case's first half "reported nothing").
         let attach = AttachContainerOptionsBuilder::default()
             .stdout(true)
             .stderr(true)
             .stream(true)
-            .logs(true)
+            .logs(false)
             .build();
         let attached = call(
             &format!("attach to container {name}"),
