@@ -1,53 +1,12 @@
-//! One measurable case: a workload kind with scalar parameters and its measurement settings.
+//! One measurable case: a workload with typed parameters and its measurement settings.
 //!
 //! Cases are what a suite expands into, what the host hands the worker (as JSON), and what
 //! the CSV's `workload` and `case` columns name.
 
 use serde::{Deserialize, Serialize};
 
-/// The kinds of workload tagbench knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WorkloadKind {
-    Probe,
-    Gemm,
-    Attention,
-    Generate,
-    Precision,
-    Allreduce,
-}
-
-impl WorkloadKind {
-    pub const ALL: [WorkloadKind; 6] = [
-        WorkloadKind::Probe,
-        WorkloadKind::Gemm,
-        WorkloadKind::Attention,
-        WorkloadKind::Generate,
-        WorkloadKind::Precision,
-        WorkloadKind::Allreduce,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WorkloadKind::Probe => "probe",
-            WorkloadKind::Gemm => "gemm",
-            WorkloadKind::Attention => "attention",
-            WorkloadKind::Generate => "generate",
-            WorkloadKind::Precision => "precision",
-            WorkloadKind::Allreduce => "allreduce",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-}
-
-impl std::fmt::Display for WorkloadKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+// The workload's own vocabulary lives in `workload`; a case names it through these paths too.
+pub use crate::workload::{Dtype, WorkloadKind};
 
 /// What measures inside the worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum)]
@@ -101,46 +60,6 @@ impl Better {
             Better::Lower => "lower",
             Better::Higher => "higher",
         }
-    }
-}
-
-/// Element types of the compute workloads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Dtype {
-    Fp32,
-    /// fp32 storage, TF32 tensor-core math (CUDA only).
-    Tf32,
-    Fp16,
-    Bf16,
-    /// e4m3 inputs, higher-precision output (CUDA, compute capability >= 8.9).
-    Fp8,
-}
-
-impl Dtype {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Dtype::Fp32 => "fp32",
-            Dtype::Tf32 => "tf32",
-            Dtype::Fp16 => "fp16",
-            Dtype::Bf16 => "bf16",
-            Dtype::Fp8 => "fp8",
-        }
-    }
-
-    /// Bytes per stored input element.
-    pub fn size_bytes(self) -> usize {
-        match self {
-            Dtype::Fp32 | Dtype::Tf32 => 4,
-            Dtype::Fp16 | Dtype::Bf16 => 2,
-            Dtype::Fp8 => 1,
-        }
-    }
-}
-
-impl std::fmt::Display for Dtype {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -198,8 +117,8 @@ pub struct Case {
     /// Stable identifier within the workload: `key=value` pairs of the parameters the suite gave,
     /// in suite order (`m=1024,n=1024,k=1024,dtype=fp32`); `default` when none were given.
     pub id: String,
-    /// Every parameter, defaults filled in, as the workload's typed parameter struct serialises.
-    pub params: serde_json::Map<String, serde_json::Value>,
+    /// Every parameter, defaults filled in, typed; its kind is `kind`.
+    pub params: crate::workload::Params,
     pub measure: MeasureSettings,
 }
 
@@ -207,11 +126,5 @@ impl Case {
     /// `workload/case`, the name used in messages.
     pub fn label(&self) -> String {
         format!("{}/{}", self.workload, self.id)
-    }
-
-    /// Parses the parameters into the workload's typed struct.
-    pub fn params<T: serde::de::DeserializeOwned>(&self) -> anyhow::Result<T> {
-        serde_json::from_value(serde_json::Value::Object(self.params.clone()))
-            .map_err(|e| anyhow::anyhow!("bad parameters for case {}: {e}", self.label()))
     }
 }

@@ -24,6 +24,7 @@ pub mod results;
 pub mod run;
 pub mod stats;
 pub mod suite;
+pub mod sys;
 pub mod worker;
 pub mod workload;
 
@@ -41,7 +42,7 @@ pub fn main_impl() -> i32 {
         Command::Compare(args) => compare::cmd_compare(args),
         Command::Report(args) => report::cmd_report(args),
         Command::History(args) => history::cmd_history(args),
-        Command::Clean(args) => executor::docker::cmd_clean(args.run.as_deref()),
+        Command::Clean(args) => executor::clean::cmd_clean(args.run.as_deref()),
         Command::Worker(args) => {
             let stdout = std::io::stdout().lock();
             worker::run_job_file(&args.job, stdout).map(|_| EXIT_OK)

@@ -31,15 +31,13 @@ pub fn run_job(job: &Job, out: impl Write) -> Result<()> {
             workload: w.clone(),
         })?;
         // A panic inside an engine (a library that asserts) fails the case, not the worker.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.run(case)))
-            .unwrap_or_else(|p| {
-                let msg = p
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "unknown panic".into());
-                Err(CaseError::Failed(anyhow::anyhow!("engine panicked: {msg}")))
-            });
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            engine::run_case(engine.as_mut(), case)
+        }))
+        .unwrap_or_else(|p| {
+            let msg = crate::sys::panic_message(p.as_ref());
+            Err(CaseError::Failed(anyhow::anyhow!("engine panicked: {msg}")))
+        });
         match result {
             Ok(output) => emit_output(&mut em, &c, &w, output)?,
             Err(CaseError::Skipped(reason)) => em.emit(&Message::Skip {

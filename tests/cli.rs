@@ -119,6 +119,21 @@ fn write_suite(dir: &Path, text: &str) -> PathBuf {
     p
 }
 
+/// `tagbench run` of a suite with this text in a fresh directory: the directory (alive while
+/// kept), the suite file, where results would go, and the output.
+fn run_suite_text(text: &str) -> (tempfile::TempDir, PathBuf, PathBuf, std::process::Output) {
+    let tmp = tempfile::tempdir().unwrap();
+    let suite = write_suite(tmp.path(), text);
+    let results = tmp.path().join("results");
+    let out = tagbench()
+        .arg(&suite)
+        .arg("--results-dir")
+        .arg(&results)
+        .output()
+        .unwrap();
+    (tmp, suite, results, out)
+}
+
 #[test]
 fn malformed_suites_exit_2_naming_the_line_and_write_nothing() {
     let cases = [
@@ -139,19 +154,40 @@ fn malformed_suites_exit_2_naming_the_line_and_write_nothing() {
         ),
     ];
     for (text, line, what) in cases {
-        let tmp = tempfile::tempdir().unwrap();
-        let suite = write_suite(tmp.path(), text);
-        let results = tmp.path().join("results");
-        let out = tagbench()
-            .arg(&suite)
-            .arg("--results-dir")
-            .arg(&results)
-            .output()
-            .unwrap();
+        let (_tmp, _suite, results, out) = run_suite_text(text);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{stderr}");
         assert!(stderr.contains(line) && stderr.contains(what), "{stderr}");
         assert!(stderr.contains("bad.toml"), "{stderr}");
+        assert!(!results.exists(), "results written for a bad suite");
+    }
+}
+
+#[test]
+fn bad_byte_sizes_exit_2_at_load_for_run_and_list() {
+    // A Docker target that would fail only when its container is created: the suite is refused
+    // at load, with its file and line, before any image is looked at.
+    let cases = [
+        ("shm_size = \"lots\"", "bad size `lots`"),
+        ("memory = \"8q\"", "bad size `8q`"),
+    ];
+    for (line3, what) in cases {
+        let text = format!(
+            "[[target]]\nimage = \"tagbench-no-such-image:none\"\n{line3}\n\n[[workload]]\nkind = \"probe\"\n"
+        );
+        let (_tmp, suite, results, run) = run_suite_text(&text);
+        let list = Command::new(cargo_bin("tagbench"))
+            .arg("list")
+            .arg(&suite)
+            .output()
+            .unwrap();
+        for out in [run, list] {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{stderr}");
+            assert!(stderr.contains("line 3") && stderr.contains(what), "{stderr}");
+            assert!(stderr.contains("bad.toml"), "{stderr}");
+            assert!(!stderr.contains("image"), "the image was looked at: {stderr}");
+        }
         assert!(!results.exists(), "results written for a bad suite");
     }
 }

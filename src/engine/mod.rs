@@ -10,6 +10,13 @@ use std::collections::BTreeMap;
 use crate::case::{Better, Case, Device, EngineKind, Seconds};
 use crate::error::CaseError;
 use crate::protocol::Job;
+use crate::workload::allreduce::AllreduceParams;
+use crate::workload::attention::AttentionParams;
+use crate::workload::gemm::GemmParams;
+use crate::workload::generate::GenerateParams;
+use crate::workload::precision::PrecisionParams;
+use crate::workload::probe::ProbeParams;
+use crate::workload::Params;
 
 /// One metric of a case: its samples and how to read them.
 #[derive(Debug, Clone, PartialEq)]
@@ -163,12 +170,54 @@ pub fn mean_step(steps: &[Seconds]) -> Option<Seconds> {
     (!steps.is_empty()).then(|| steps.iter().sum::<Seconds>() / steps.len() as Seconds)
 }
 
-/// Something that measures cases.
+/// Something that measures cases: one method per workload. A workload an engine does not
+/// implement answers `skipped` with a reason naming the engine and the workload (as candle's
+/// dummy backends answer for a device that is not compiled in), so adding a workload to one
+/// engine leaves the others compiling and saying why they cannot run it.
 pub trait Engine {
+    /// The engine's name in skip reasons (`native CPU`, `torch`).
+    fn name(&self) -> &'static str;
     /// Facts about the environment as this engine sees it (versions, devices).
     fn env(&mut self) -> BTreeMap<String, String>;
-    /// Measures one case.
-    fn run(&mut self, case: &Case) -> Result<CaseOutput, CaseError>;
+
+    fn probe(&mut self, _p: &ProbeParams, case: &Case) -> Result<CaseOutput, CaseError> {
+        Err(not_implemented(self.name(), case))
+    }
+    fn gemm(&mut self, _p: &GemmParams, case: &Case) -> Result<CaseOutput, CaseError> {
+        Err(not_implemented(self.name(), case))
+    }
+    fn attention(&mut self, _p: &AttentionParams, case: &Case) -> Result<CaseOutput, CaseError> {
+        Err(not_implemented(self.name(), case))
+    }
+    fn generate(&mut self, _p: &GenerateParams, case: &Case) -> Result<CaseOutput, CaseError> {
+        Err(not_implemented(self.name(), case))
+    }
+    fn precision(&mut self, _p: &PrecisionParams, case: &Case) -> Result<CaseOutput, CaseError> {
+        Err(not_implemented(self.name(), case))
+    }
+    fn allreduce(&mut self, _p: &AllreduceParams, case: &Case) -> Result<CaseOutput, CaseError> {
+        Err(not_implemented(self.name(), case))
+    }
+}
+
+/// The skip of a workload an engine does not implement.
+fn not_implemented(engine: &str, case: &Case) -> CaseError {
+    CaseError::skipped(format!(
+        "the {engine} engine does not implement {} cases",
+        case.params.kind()
+    ))
+}
+
+/// Measures one case with `engine`: the one place that matches on the workload kind.
+pub fn run_case(engine: &mut dyn Engine, case: &Case) -> Result<CaseOutput, CaseError> {
+    match &case.params {
+        Params::Probe(p) => engine.probe(p, case),
+        Params::Gemm(p) => engine.gemm(p, case),
+        Params::Attention(p) => engine.attention(p, case),
+        Params::Generate(p) => engine.generate(p, case),
+        Params::Precision(p) => engine.precision(p, case),
+        Params::Allreduce(p) => engine.allreduce(p, case),
+    }
 }
 
 /// The engine a job asks for.
@@ -183,6 +232,32 @@ pub fn create(job: &Job) -> Box<dyn Engine> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An engine that implements nothing.
+    struct Nothing;
+    impl Engine for Nothing {
+        fn name(&self) -> &'static str {
+            "test"
+        }
+        fn env(&mut self) -> BTreeMap<String, String> {
+            BTreeMap::new()
+        }
+    }
+
+    #[test]
+    fn unimplemented_workloads_skip_naming_engine_and_workload() {
+        let case = Case {
+            workload: "g".into(),
+            kind: crate::case::WorkloadKind::Gemm,
+            id: "default".into(),
+            params: crate::workload::example(crate::case::WorkloadKind::Gemm),
+            measure: Default::default(),
+        };
+        match run_case(&mut Nothing, &case) {
+            Err(CaseError::Skipped(r)) => assert_eq!(r, "the test engine does not implement gemm cases"),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+    }
 
     #[test]
     fn relative_diff_of_zero_reference() {

@@ -136,7 +136,10 @@ impl WorkerHandle for LocalWorker {
         {
             use std::os::unix::process::ExitStatusExt;
             if let Some(sig) = status.signal() {
-                info.detail = Some(format!("killed by signal {sig} ({})", signal_name(sig)));
+                info.detail = Some(format!(
+                    "killed by signal {sig} ({})",
+                    crate::sys::signal_name(sig)
+                ));
             }
         }
         info.stderr_tail = log_tail(&self.log, 2000);
@@ -150,20 +153,6 @@ impl Drop for LocalWorker {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-    }
-}
-
-/// A signal's conventional name.
-pub fn signal_name(sig: i32) -> &'static str {
-    match sig {
-        4 => "SIGILL",
-        6 => "SIGABRT",
-        7 => "SIGBUS",
-        8 => "SIGFPE",
-        9 => "SIGKILL",
-        11 => "SIGSEGV",
-        15 => "SIGTERM",
-        _ => "signal",
     }
 }
 

@@ -1,7 +1,9 @@
 //! Executors start the worker somewhere (a local child process, a container) and hand its
 //! stdout back line by line. The runner is the same for all of them.
 
+pub mod clean;
 pub mod docker;
+pub mod gpus;
 pub mod local;
 
 use std::path::Path;

@@ -10,8 +10,9 @@ use anyhow::{anyhow, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
+use crate::case::WorkloadKind;
 use crate::compare::{CompareReport, LoadedRun, Measurement, Verdict};
-use crate::workload::metric;
+use crate::workload::{metric, Params};
 
 static FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
 const FAMILY: &str = "sans-serif";
@@ -521,14 +522,17 @@ pub fn charts(runs: &[LoadedRun], comparison: Option<&CompareReport>) -> Vec<Cha
     let mut lines: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     let mut unit = String::new();
     for (name, m) in metric_rows(runs, "gemm", metric::THROUGHPUT) {
-        let p = case_params(&m.row.case);
-        let num = |k: &str| p.get(k).and_then(|v| v.parse::<f64>().ok());
-        let size = num("size").or_else(|| match (num("m"), num("n"), num("k")) {
-            (Some(a), Some(b), Some(c)) => Some((a * b * c).cbrt()),
-            _ => None,
-        });
-        if let (Some(x), Some(y)) = (size, m.row.median) {
-            let dtype = p.get("dtype").cloned().unwrap_or_default();
+        let Some(Params::Gemm(p)) = Params::from_case_id(WorkloadKind::Gemm, &m.row.case) else {
+            continue;
+        };
+        // A cube's side; other shapes plot at the side of the cube with the same work.
+        let size = if p.m == p.n && p.n == p.k {
+            p.m as f64
+        } else {
+            ((p.m * p.n * p.k) as f64).cbrt()
+        };
+        if let Some(y) = m.row.median {
+            let (x, dtype) = (size, p.dtype.as_str());
             lines.entry(format!("{dtype} {name}")).or_default().push((x, y));
             unit = m.row.unit.clone();
         }
@@ -599,18 +603,13 @@ pub fn charts(runs: &[LoadedRun], comparison: Option<&CompareReport>) -> Vec<Cha
             .iter()
             .filter(|m| m.is_metric() && m.row.workload == "allreduce")
         {
-            let (base, suffix) = m
-                .row
-                .metric
-                .split_once('@')
-                .unwrap_or((m.row.metric.as_str(), ""));
+            let (base, suffix) = crate::workload::allreduce::split_sized(&m.row.metric);
             if base != metric::BUSBW {
                 continue;
             }
             let p = case_params(&m.row.case);
             let bytes = suffix
-                .parse::<f64>()
-                .ok()
+                .map(|b| b as f64)
                 .or_else(|| p.get("bytes").or(p.get("size")).and_then(|v| v.parse().ok()));
             if let (Some(x), Some(y)) = (bytes, m.row.median) {
                 let name = series_name(m, runs.len() > 1, &r.name());

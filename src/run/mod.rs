@@ -17,7 +17,7 @@ use crate::options::{RunOptions, SuiteOptions};
 use crate::results::{LoadedRun, RunDir, RunMeta, RunWriter, Status, SCHEMA_VERSION};
 use context::RunContext;
 use plan::{filtered_cases, new_run_id, Plan};
-pub use plan::{load_suite, matches_filter, resolve_targets, safe_name};
+pub use plan::{load_suite, matches_filter, resolve_targets};
 use scheduler::{progress_bar, run_rounds, Done};
 
 /// The time now, as rows and run.json write it.

@@ -89,7 +89,7 @@ pub fn resolve_targets(suite: &Suite, opts: &RunOptions) -> Result<Vec<TargetSpe
             t.pull = Some(p);
         }
     }
-    let targets = executor::docker::expand_gpu_each(targets, executor::docker::host_gpu_count)?;
+    let targets = executor::gpus::expand_gpu_each(targets, executor::gpus::host_gpu_count)?;
     let mut seen = HashSet::new();
     for t in &targets {
         if !seen.insert(t.display_name()) {
@@ -151,26 +151,12 @@ impl Plan {
     }
 }
 
-/// A name safe in file and container names: ASCII letters, digits, `-`, `_` and `.`; anything
-/// else becomes `_`. (The run id and the worker logs use it.)
-pub fn safe_name(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
 /// A fresh run id: local date and time, then the suite's name.
 pub fn new_run_id(suite: &str) -> String {
     format!(
         "{}-{}",
         chrono::Local::now().format("%Y%m%d-%H%M%S"),
-        safe_name(suite)
+        crate::sys::safe_name(suite)
     )
 }
 
@@ -187,8 +173,7 @@ mod tests {
     }
 
     #[test]
-    fn safe_names() {
-        assert_eq!(safe_name("repo/img:1.0 x"), "repo_img_1.0_x");
+    fn run_ids_are_safe_names() {
         assert!(new_run_id("my suite").ends_with("-my_suite"));
     }
 }

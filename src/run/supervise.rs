@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 use super::context::RunContext;
-use super::{now, plan::safe_name};
+use super::now;
 use crate::case::{Case, MeasureSettings};
 use crate::executor::{self, Executor, LineEvent, WorkerHandle};
 use crate::protocol::{Job, Message};
 use crate::results::{MetricId, Recorder, ResultRow, RunWriter, SampleRow, Status, TargetMeta};
 use crate::suite::{GpuSelection, TargetSpec};
+use crate::sys::safe_name;
 
 /// Added to the first case's limit of every worker: pulling nothing but still creating a
 /// container, loading CUDA and importing torch can take tens of seconds before the case

@@ -16,7 +16,7 @@ use toml::Spanned;
 
 use crate::case::{Case, MeasureSettings, WorkloadKind};
 use crate::error::{line_of, SuiteError};
-pub use target::{GpuNamed, GpuSelection, PullPolicy, TargetSpec};
+pub use target::{ByteSize, GpuNamed, GpuSelection, PullPolicy, TargetSpec};
 
 /// The suite compiled into the binary and used when no suite file is given: `suites/smoke.toml`.
 pub const EMBEDDED_SMOKE: &str = include_str!("../../suites/smoke.toml");
@@ -269,20 +269,19 @@ fn compile_workload(
             id_parts.push(format!("{}={}", k.get_ref(), id_value(v.get_ref())));
             t.insert((*k).clone(), (*v).clone());
         }
-        let params =
-            crate::workload::validate_params(kind, de(&Spanned::new(span.clone(), DeValue::Table(t))))
-                .map_err(|e: toml::de::Error| {
-                    let msg = e.message().trim().to_string();
-                    let sp = e.span().unwrap_or(span.clone());
-                    // An error on the whole table (a missing field, a cross-field check) is reported at
-                    // the workload; say which one.
-                    let msg = if sp == span {
-                        format!("workload `{name}`: {msg}")
-                    } else {
-                        msg
-                    };
-                    (sp, msg)
-                })?;
+        let params = crate::workload::Params::parse(kind, de(&Spanned::new(span.clone(), DeValue::Table(t))))
+            .map_err(|e: toml::de::Error| {
+                let msg = e.message().trim().to_string();
+                let sp = e.span().unwrap_or(span.clone());
+                // An error on the whole table (a missing field, a cross-field check) is reported at
+                // the workload; say which one.
+                let msg = if sp == span {
+                    format!("workload `{name}`: {msg}")
+                } else {
+                    msg
+                };
+                (sp, msg)
+            })?;
         let id = if id_parts.is_empty() {
             "default".to_string()
         } else {

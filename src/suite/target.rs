@@ -60,6 +60,81 @@ pub enum PullPolicy {
     Always,
 }
 
+/// A byte count written as a Docker-style size (`64m`, `1g`, `512MiB`, `1073741824`), parsed
+/// when the suite loads so that a bad one is reported with its file and line before anything
+/// runs. The units are binary, as `docker run --shm-size` reads them; the text is kept for
+/// messages and run.json.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ByteSize {
+    bytes: i64,
+    text: String,
+}
+
+impl ByteSize {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let t = s.trim().to_ascii_lowercase();
+        let digits_end = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(digits_end);
+        let num: f64 = num
+            .parse()
+            .map_err(|_| format!("bad size `{s}` (expected e.g. 64m, 1g, 2gib or a byte count)"))?;
+        let shift = match unit.trim().trim_end_matches("ib").trim_end_matches('b') {
+            "" => 0,
+            "k" => 10,
+            "m" => 20,
+            "g" => 30,
+            "t" => 40,
+            _ => return Err(format!("bad size `{s}` (unknown unit; expected b, k, m, g or t)")),
+        };
+        Ok(ByteSize {
+            bytes: (num * (1u64 << shift) as f64) as i64,
+            text: s.to_string(),
+        })
+    }
+
+    /// The size in bytes, as the Docker Engine API takes it.
+    pub fn bytes(&self) -> i64 {
+        self.bytes
+    }
+}
+
+impl std::fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    /// A string with a unit, or a plain byte count.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a size such as \"64m\", \"1g\" or a byte count")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                ByteSize::parse(v).map_err(E::custom)
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                ByteSize::parse(&v.to_string()).map_err(E::custom)
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                ByteSize::parse(&v.to_string()).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
 /// A `[[target]]` entry.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -83,7 +158,7 @@ pub struct TargetSpec {
     pub env: BTreeMap<String, String>,
     /// `/dev/shm` size, e.g. `"1g"` (PyTorch data loaders and NCCL need more than Docker's 64 MiB).
     #[serde(default)]
-    pub shm_size: Option<String>,
+    pub shm_size: Option<ByteSize>,
     /// IPC namespace: `private` (default) or `host`.
     #[serde(default)]
     pub ipc: Option<String>,
@@ -98,7 +173,7 @@ pub struct TargetSpec {
     pub cpus: Option<f64>,
     /// Memory limit, e.g. `"8g"`.
     #[serde(default)]
-    pub memory: Option<String>,
+    pub memory: Option<ByteSize>,
     #[serde(default)]
     pub pull: Option<PullPolicy>,
 }
@@ -152,5 +227,19 @@ mod tests {
             GpuSelection::List(vec![0, 2])
         );
         assert!(GpuSelection::parse("x").unwrap_err().contains("bad GPU index"));
+    }
+
+    #[test]
+    fn sizes() {
+        let b = |s: &str| ByteSize::parse(s).map(|b| b.bytes());
+        assert_eq!(b("64m").unwrap(), 64 << 20);
+        assert_eq!(b("1g").unwrap(), 1 << 30);
+        assert_eq!(b("2GiB").unwrap(), 2 << 30);
+        assert_eq!(b("512kb").unwrap(), 512 << 10);
+        assert_eq!(b("1000").unwrap(), 1000);
+        assert_eq!(b("1.5g").unwrap(), 3 << 29);
+        assert!(b("12q").is_err());
+        assert!(b("g").is_err());
+        assert_eq!(ByteSize::parse("8g").unwrap().to_string(), "8g");
     }
 }

@@ -36,7 +36,10 @@ fn expands_cartesian_product_in_order() {
         ]
     );
     assert_eq!(s.workloads[0].cases[0].measure.max_time_s, 0.5);
-    assert_eq!(s.workloads[0].cases[0].params["layout"], "nn");
+    match &s.workloads[0].cases[0].params {
+        crate::workload::Params::Gemm(g) => assert_eq!(g.layout, crate::workload::gemm::Layout::Nn),
+        other => panic!("{other:?}"),
+    }
     assert_eq!(s.workloads[1].name, "ar");
     assert_eq!(s.cases().count(), 5);
 }
@@ -166,4 +169,22 @@ fn shipped_suites_parse() {
         }
     }
     Suite::parse(EMBEDDED_SMOKE, Path::new("smoke.toml"), &[]).unwrap();
+}
+
+#[test]
+fn bad_byte_sizes_name_line_at_load() {
+    let text = "[[target]]\nimage = \"x:1\"\nshm_size = \"lots\"\n\n[[workload]]\nkind = \"probe\"\n";
+    let e = parse(text).unwrap_err();
+    assert_eq!(e.line, 3, "{e}");
+    assert!(e.message.contains("bad size `lots`"), "{e}");
+    assert!(e.to_string().contains("suites/t.toml"), "{e}");
+    let text = "[[target]]\nimage = \"x:1\"\nmemory = \"8q\"\n[[workload]]\nkind = \"probe\"\n";
+    let e = parse(text).unwrap_err();
+    assert_eq!(e.line, 3, "{e}");
+    assert!(e.message.contains("bad size `8q`"), "{e}");
+    let text =
+        "[[target]]\nimage = \"x:1\"\nshm_size = \"1g\"\nmemory = 1024\n[[workload]]\nkind = \"probe\"\n";
+    let t = &parse(text).unwrap().targets[0];
+    assert_eq!(t.shm_size.as_ref().map(ByteSize::bytes), Some(1 << 30));
+    assert_eq!(t.memory.as_ref().map(ByteSize::bytes), Some(1024));
 }

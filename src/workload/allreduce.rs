@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::case::Dtype;
+use super::Dtype;
 
 /// The reduction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +101,22 @@ pub fn sizes(min: u64, max: u64, factor: u64, elem: u64) -> Vec<u64> {
     out
 }
 
+/// The metric name of one message size (`busbw@1048576` is the bus bandwidth at 1 MiB messages).
+/// A case is a whole size sweep, so the size is part of the metric name: one row per size, so
+/// that reports plot bandwidth against size and comparisons pair sizes.
+pub fn sized(metric: &str, bytes: u64) -> String {
+    format!("{metric}@{bytes}")
+}
+
+/// The base metric and message size of a [`sized`] name (`busbw@1048576` → `busbw`, 1048576);
+/// a name without a size is returned whole.
+pub fn split_sized(name: &str) -> (&str, Option<u64>) {
+    match name.split_once('@') {
+        Some((base, bytes)) => (base, bytes.parse().ok()),
+        None => (name, None),
+    }
+}
+
 /// Algorithm bandwidth in GB/s: bytes / time.
 pub fn algbw_gbps(bytes: u64, seconds: f64) -> f64 {
     bytes as f64 / seconds / 1e9
@@ -120,6 +136,14 @@ pub fn busbw_gbps(algbw_gbps: f64, ranks: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sized_names_parse_back() {
+        let name = sized(crate::workload::metric::BUSBW, 1 << 20);
+        assert_eq!(name, "busbw@1048576");
+        assert_eq!(split_sized(&name), ("busbw", Some(1 << 20)));
+        assert_eq!(split_sized("latency"), ("latency", None));
+    }
 
     #[test]
     fn busbw_factor() {

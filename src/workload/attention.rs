@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::case::Dtype;
+use super::Dtype;
 
 /// Which implementation the engine should use. `auto` lets it choose (torch SDPA picks a
 /// backend; the native CPU engine always computes matmul-softmax-matmul).

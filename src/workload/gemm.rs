@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::case::Dtype;
+use super::Dtype;
 
 /// Operand layouts: `nn` (both row-major as stored), `nt` (B transposed), `tn`, `tt`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,58 +3,166 @@
 
 pub mod allreduce;
 pub mod attention;
+mod dtype;
 pub mod gemm;
 pub mod generate;
+mod kind;
 pub mod precision;
 pub mod probe;
 
-use crate::case::WorkloadKind;
+use serde::{Deserialize, Serialize};
 
-/// Checks a case's parameters against its kind (used when a suite is read, so that a bad value
-/// fails before anything runs) and returns them with every default filled in.
-pub fn validate_params<'de, D: serde::Deserializer<'de>>(
-    kind: WorkloadKind,
-    de: D,
-) -> Result<serde_json::Map<String, serde_json::Value>, D::Error> {
-    use serde::de::Error as _;
-    use serde::Deserialize as _;
-    fn to_map<E: serde::de::Error, T: serde::Serialize>(
-        v: T,
-    ) -> Result<serde_json::Map<String, serde_json::Value>, E> {
-        match serde_json::to_value(v).map_err(E::custom)? {
-            serde_json::Value::Object(m) => Ok(m),
-            _ => Err(E::custom("parameters must be a table")),
+pub use dtype::Dtype;
+pub use kind::WorkloadKind;
+
+/// A case's parameters, typed: built once when the suite is read, carried in the job JSON to the
+/// worker (tagged with `kind`, so the file stays self-describing) and matched on by the engines.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Params {
+    Probe(probe::ProbeParams),
+    Gemm(gemm::GemmParams),
+    Attention(attention::AttentionParams),
+    Generate(generate::GenerateParams),
+    Precision(precision::PrecisionParams),
+    Allreduce(allreduce::AllreduceParams),
+}
+
+impl Default for Params {
+    /// The probe's (empty) parameters: the case the runner adds for every target.
+    fn default() -> Self {
+        Params::Probe(probe::ProbeParams::default())
+    }
+}
+
+impl Params {
+    pub fn kind(&self) -> WorkloadKind {
+        match self {
+            Params::Probe(_) => WorkloadKind::Probe,
+            Params::Gemm(_) => WorkloadKind::Gemm,
+            Params::Attention(_) => WorkloadKind::Attention,
+            Params::Generate(_) => WorkloadKind::Generate,
+            Params::Precision(_) => WorkloadKind::Precision,
+            Params::Allreduce(_) => WorkloadKind::Allreduce,
         }
     }
-    let map = match kind {
-        WorkloadKind::Probe => to_map(probe::ProbeParams::deserialize(de)?)?,
-        WorkloadKind::Gemm => {
-            let mut p = gemm::GemmParams::deserialize(de)?;
-            p.normalize().map_err(D::Error::custom)?;
-            to_map(p)?
+
+    /// Reads and checks the parameters of a `kind` (used when a suite is read, so that a bad
+    /// value fails before anything runs), every default filled in.
+    pub fn parse<'de, D: serde::Deserializer<'de>>(kind: WorkloadKind, de: D) -> Result<Params, D::Error> {
+        /// Reads `T` and runs its check, whose message becomes the deserializer's error.
+        fn checked<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+            de: D,
+            check: impl FnOnce(&mut T) -> Result<(), String>,
+        ) -> Result<T, D::Error> {
+            let mut p = T::deserialize(de)?;
+            check(&mut p).map_err(<D::Error as serde::de::Error>::custom)?;
+            Ok(p)
         }
-        WorkloadKind::Attention => {
-            let p = attention::AttentionParams::deserialize(de)?;
-            p.check().map_err(D::Error::custom)?;
-            to_map(p)?
+        Ok(match kind {
+            WorkloadKind::Probe => Params::Probe(probe::ProbeParams::deserialize(de)?),
+            WorkloadKind::Gemm => Params::Gemm(checked(de, gemm::GemmParams::normalize)?),
+            WorkloadKind::Attention => {
+                Params::Attention(checked(de, |p: &mut attention::AttentionParams| p.check())?)
+            }
+            WorkloadKind::Generate => {
+                Params::Generate(checked(de, |p: &mut generate::GenerateParams| p.check())?)
+            }
+            WorkloadKind::Precision => {
+                Params::Precision(checked(de, |p: &mut precision::PrecisionParams| p.check())?)
+            }
+            WorkloadKind::Allreduce => {
+                Params::Allreduce(checked(de, |p: &mut allreduce::AllreduceParams| p.check())?)
+            }
+        })
+    }
+
+    /// The parameters recovered from a case id (`m=1024,n=1024,k=1024,dtype=fp32`, `default`),
+    /// for readers of stored results that have the id but not the suite; `None` where the id
+    /// does not read as parameters of `kind` (an id from another version, a list value).
+    pub fn from_case_id(kind: WorkloadKind, id: &str) -> Option<Params> {
+        let mut table = toml::Table::new();
+        for kv in id.split(',').filter(|kv| *kv != "default") {
+            let (k, v) = kv.split_once('=')?;
+            let v = v.trim();
+            let value = if let Ok(i) = v.parse::<i64>() {
+                toml::Value::Integer(i)
+            } else if let Ok(f) = v.parse::<f64>() {
+                toml::Value::Float(f)
+            } else if let Ok(b) = v.parse::<bool>() {
+                toml::Value::Boolean(b)
+            } else {
+                toml::Value::String(v.to_string())
+            };
+            table.insert(k.trim().to_string(), value);
         }
-        WorkloadKind::Generate => {
-            let p = generate::GenerateParams::deserialize(de)?;
-            p.check().map_err(D::Error::custom)?;
-            to_map(p)?
-        }
-        WorkloadKind::Precision => {
-            let p = precision::PrecisionParams::deserialize(de)?;
-            p.check().map_err(D::Error::custom)?;
-            to_map(p)?
-        }
-        WorkloadKind::Allreduce => {
-            let p = allreduce::AllreduceParams::deserialize(de)?;
-            p.check().map_err(D::Error::custom)?;
-            to_map(p)?
-        }
+        Params::parse(kind, toml::Value::Table(table)).ok()
+    }
+
+    /// The parameters alone, as a JSON object without the `kind` tag (what the torch worker
+    /// script reads).
+    pub fn to_json(&self) -> serde_json::Value {
+        let v = match self {
+            Params::Probe(p) => serde_json::to_value(p),
+            Params::Gemm(p) => serde_json::to_value(p),
+            Params::Attention(p) => serde_json::to_value(p),
+            Params::Generate(p) => serde_json::to_value(p),
+            Params::Precision(p) => serde_json::to_value(p),
+            Params::Allreduce(p) => serde_json::to_value(p),
+        };
+        // Plain structs of numbers, strings and enums always serialise.
+        v.unwrap_or_default()
+    }
+}
+
+/// The smallest valid parameters of each kind, for tests that need a case of every kind.
+#[cfg(test)]
+pub fn example(kind: WorkloadKind) -> Params {
+    let id = match kind {
+        WorkloadKind::Probe | WorkloadKind::Allreduce => "default",
+        WorkloadKind::Gemm => "size=8,dtype=fp32",
+        WorkloadKind::Attention => "heads=1,seq_q=8,head_dim=8",
+        WorkloadKind::Generate => "prompt_len=4,new_tokens=2",
+        WorkloadKind::Precision => "batch=2,mode=fp32",
     };
-    Ok(map)
+    Params::from_case_id(kind, id).expect("example parameters are valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_from_case_ids() {
+        for kind in WorkloadKind::ALL {
+            assert_eq!(example(kind).kind(), kind);
+        }
+        match Params::from_case_id(WorkloadKind::Gemm, "m=64,n=32,k=16,dtype=bf16") {
+            Some(Params::Gemm(g)) => {
+                assert_eq!((g.m, g.n, g.k, g.dtype), (64, 32, 16, Dtype::Bf16));
+            }
+            other => panic!("{other:?}"),
+        }
+        // `size` stands for m = n = k, as in a suite.
+        match Params::from_case_id(WorkloadKind::Gemm, "size=256") {
+            Some(Params::Gemm(g)) => assert_eq!((g.m, g.n, g.k), (256, 256, 256)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(Params::from_case_id(WorkloadKind::Gemm, "size=big"), None);
+        assert_eq!(Params::from_case_id(WorkloadKind::Gemm, "nonsense"), None);
+    }
+
+    #[test]
+    fn job_json_is_tagged_with_the_kind() {
+        let p = example(WorkloadKind::Gemm);
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(json["kind"], "gemm");
+        assert_eq!(json["m"], 8);
+        assert_eq!(serde_json::from_value::<Params>(json).unwrap(), p);
+        // The torch worker script gets the parameters alone.
+        assert!(p.to_json().get("kind").is_none());
+        assert_eq!(p.to_json()["layout"], "nn");
+    }
 }
 
 /// Keys whose list value is one parameter, not a sweep axis.

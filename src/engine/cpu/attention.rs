@@ -13,8 +13,7 @@ use crate::measure::Sampler;
 use crate::workload::attention::{AttentionParams, Backend};
 use crate::workload::metric;
 
-pub fn run(case: &Case) -> Result<CaseOutput, CaseError> {
-    let p: AttentionParams = case.params()?;
+pub fn run(p: &AttentionParams, case: &Case) -> Result<CaseOutput, CaseError> {
     if !matches!(p.backend, Backend::Auto | Backend::Math) {
         return Err(CaseError::skipped(format!(
             "backend {:?} is a CUDA kernel; the CPU engine computes matmul-softmax-matmul (backend = \"math\")",
@@ -22,7 +21,7 @@ pub fn run(case: &Case) -> Result<CaseOutput, CaseError> {
         )));
     }
     let dtype = cpu_dtype(p.dtype)?;
-    let attn = Attention::new(&p, dtype).map_err(candle_err)?;
+    let attn = Attention::new(p, dtype).map_err(candle_err)?;
     attn.check().map_err(candle_err)?;
     let samples = Sampler::new(&case.measure).run(|| -> Result<f64, CaseError> {
         let t = Instant::now();

@@ -12,8 +12,7 @@ use crate::measure::Sampler;
 use crate::workload::gemm::{GemmParams, Layout};
 use crate::workload::metric;
 
-pub fn run(case: &Case) -> Result<CaseOutput, CaseError> {
-    let p: GemmParams = case.params()?;
+pub fn run(p: &GemmParams, case: &Case) -> Result<CaseOutput, CaseError> {
     let dtype = cpu_dtype(p.dtype)?;
     let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
     let sets = rotation_count(p.bytes() as usize);

@@ -41,8 +41,7 @@ struct Generation {
     decode_steps_s: Vec<f64>,
 }
 
-pub fn run(case: &Case) -> Result<CaseOutput, CaseError> {
-    let p: GenerateParams = case.params()?;
+pub fn run(p: &GenerateParams, case: &Case) -> Result<CaseOutput, CaseError> {
     let dtype = cpu_dtype(p.dtype)?;
     let shape = p.shape().map_err(|e| CaseError::Failed(anyhow::anyhow!(e)))?;
     let weight_bytes = shape.parameters() as f64 * dtype.size_in_bytes() as f64;

@@ -11,8 +11,14 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Device as CDevice, Tensor};
 
 use super::{CaseOutput, Engine};
-use crate::case::{Case, Dtype, WorkloadKind};
+use crate::case::{Case, Dtype};
 use crate::error::CaseError;
+use crate::workload::allreduce::AllreduceParams;
+use crate::workload::attention::AttentionParams;
+use crate::workload::gemm::GemmParams;
+use crate::workload::generate::GenerateParams;
+use crate::workload::precision::PrecisionParams;
+use crate::workload::probe::ProbeParams;
 
 /// The CPU engine keeps the fp32 reference of precision cases between cases.
 pub struct CpuEngine {
@@ -34,6 +40,10 @@ impl Default for CpuEngine {
 }
 
 impl Engine for CpuEngine {
+    fn name(&self) -> &'static str {
+        "native CPU"
+    }
+
     fn env(&mut self) -> BTreeMap<String, String> {
         let mut m = probe::host_info();
         m.insert("engine".into(), "native-cpu (candle)".into());
@@ -44,17 +54,30 @@ impl Engine for CpuEngine {
         m
     }
 
-    fn run(&mut self, case: &Case) -> Result<CaseOutput, CaseError> {
-        match case.kind {
-            WorkloadKind::Probe => probe::run(case),
-            WorkloadKind::Gemm => gemm::run(case),
-            WorkloadKind::Attention => attention::run(case),
-            WorkloadKind::Generate => generate::run(case),
-            WorkloadKind::Precision => precision::run(self, case),
-            WorkloadKind::Allreduce => Err(CaseError::skipped(
-                "allreduce needs CUDA and NCCL (use device = \"cuda\", or the torch engine for gloo on CPU)",
-            )),
-        }
+    fn probe(&mut self, _p: &ProbeParams, case: &Case) -> Result<CaseOutput, CaseError> {
+        probe::run(case)
+    }
+
+    fn gemm(&mut self, p: &GemmParams, case: &Case) -> Result<CaseOutput, CaseError> {
+        gemm::run(p, case)
+    }
+
+    fn attention(&mut self, p: &AttentionParams, case: &Case) -> Result<CaseOutput, CaseError> {
+        attention::run(p, case)
+    }
+
+    fn generate(&mut self, p: &GenerateParams, case: &Case) -> Result<CaseOutput, CaseError> {
+        generate::run(p, case)
+    }
+
+    fn precision(&mut self, p: &PrecisionParams, case: &Case) -> Result<CaseOutput, CaseError> {
+        precision::run(self, p, case)
+    }
+
+    fn allreduce(&mut self, _p: &AllreduceParams, _case: &Case) -> Result<CaseOutput, CaseError> {
+        Err(CaseError::skipped(
+            "allreduce needs CUDA and NCCL (use device = \"cuda\", or the torch engine for gloo on CPU)",
+        ))
     }
 }
 

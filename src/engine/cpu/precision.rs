@@ -23,8 +23,7 @@ const NUMERICS_STEPS: usize = 10;
 
 pub use crate::engine::PrecisionReference as Reference;
 
-pub fn run(engine: &mut CpuEngine, case: &Case) -> Result<CaseOutput, CaseError> {
-    let p: PrecisionParams = case.params()?;
+pub fn run(engine: &mut CpuEngine, p: &PrecisionParams, case: &Case) -> Result<CaseOutput, CaseError> {
     let compute = match p.mode {
         Mode::Fp32 => DType::F32,
         Mode::AmpBf16 => DType::BF16,
@@ -36,7 +35,7 @@ pub fn run(engine: &mut CpuEngine, case: &Case) -> Result<CaseOutput, CaseError>
         }
     };
     let tracked = memory::reset_peak();
-    let (median, loss, step_times) = measure(&p, compute, case)?;
+    let (median, loss, step_times) = measure(p, compute, case)?;
     let mut out = CaseOutput::new("cpu");
     out.metric(
         metric::STEP_TIME,

@@ -16,7 +16,7 @@ use crate::case::{Better, Case, Dtype, MeasureSettings, Seconds};
 use crate::engine::CaseOutput;
 use crate::error::CaseError;
 use crate::measure::Sampler;
-use crate::workload::allreduce::{algbw_gbps, busbw_gbps, AllreduceParams, ReduceOp};
+use crate::workload::allreduce::{algbw_gbps, busbw_gbps, sized, AllreduceParams, ReduceOp};
 use crate::workload::metric;
 
 /// All-reduces per timed sample (nccl-tests' default `-n 20`): one call of a small message is
@@ -107,12 +107,6 @@ pub fn per_size_settings(m: &MeasureSettings, sizes: usize) -> MeasureSettings {
     }
 }
 
-/// The metric name of one message size (`busbw@1048576`): one row per size, so that reports can
-/// plot bandwidth against size and comparisons pair sizes.
-pub fn sized(metric: &str, bytes: u64) -> String {
-    format!("{metric}@{bytes}")
-}
-
 struct Comms {
     nccl: Arc<Nccl>,
     comms: Vec<ffi::Handle>,
@@ -169,8 +163,7 @@ fn nccl_check(nccl: &Nccl, rc: c_int, what: &str) -> anyhow::Result<()> {
     }
 }
 
-pub fn run(rt: &mut Runtime, case: &Case) -> Result<CaseOutput, CaseError> {
-    let p: AllreduceParams = case.params()?;
+pub fn run(rt: &mut Runtime, p: &AllreduceParams, case: &Case) -> Result<CaseOutput, CaseError> {
     let dt = nccl_dtype(p.dtype)
         .ok_or_else(|| CaseError::skipped(format!("NCCL all-reduce of {} is not measured", p.dtype)))?;
     let op = nccl_op(p.op);
@@ -442,7 +435,6 @@ mod tests {
         assert!((s.max_time_s - 0.2).abs() < 1e-12);
         assert_eq!(s.min_samples, m.min_samples);
         assert_eq!(per_size_settings(&m, 100).max_time_s, 0.1);
-        assert_eq!(sized("busbw", 1 << 20), "busbw@1048576");
         // nccl-tests arithmetic from workload::allreduce: 8 ranks, 1 GiB in 10 ms.
         let alg = algbw_gbps(1 << 30, 0.01);
         assert!((busbw_gbps(alg, 8) - alg * 1.75).abs() < 1e-9);

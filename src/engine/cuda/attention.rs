@@ -288,8 +288,7 @@ pub fn tolerance(d: Dtype) -> f64 {
     }
 }
 
-pub fn run(rt: &mut Runtime, case: &Case) -> Result<CaseOutput, CaseError> {
-    let p: AttentionParams = case.params()?;
+pub fn run(rt: &mut Runtime, p: &AttentionParams, case: &Case) -> Result<CaseOutput, CaseError> {
     if !matches!(p.backend, Backend::Auto | Backend::Math) {
         let name = serde_json::to_value(p.backend)
             .ok()
@@ -299,7 +298,7 @@ pub fn run(rt: &mut Runtime, case: &Case) -> Result<CaseOutput, CaseError> {
             "the native CUDA engine computes attention as batched cuBLAS GEMMs and an NVRTC softmax (backend `math`); `{name}` is a torch SDPA backend: use the torch engine"
         )));
     }
-    let sh = Shape::of(&p);
+    let sh = Shape::of(p);
     let lib = rt.cublas()?;
     let module = kernels::softmax_module(rt, 0, p.dtype)?;
     let func = module

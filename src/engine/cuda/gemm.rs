@@ -497,8 +497,7 @@ fn check_small(
     Ok(err)
 }
 
-pub fn run(rt: &mut Runtime, case: &Case) -> Result<CaseOutput, CaseError> {
-    let p: GemmParams = case.params()?;
+pub fn run(rt: &mut Runtime, p: &GemmParams, case: &Case) -> Result<CaseOutput, CaseError> {
     let libs = libs(rt, p.dtype)?;
     let gpu0 = rt.gpu0();
     let mut out = CaseOutput::new(gpu0.device_label());

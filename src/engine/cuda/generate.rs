@@ -1235,8 +1235,7 @@ fn check_small(
     Ok(err)
 }
 
-pub fn run(rt: &mut Runtime, case: &Case) -> Result<CaseOutput, CaseError> {
-    let p: GenerateParams = case.params()?;
+pub fn run(rt: &mut Runtime, p: &GenerateParams, case: &Case) -> Result<CaseOutput, CaseError> {
     p.check().map_err(|e| anyhow!("case {}: {e}", case.label()))?;
     let shape = p.shape().map_err(|e| anyhow!("case {}: {e}", case.label()))?;
     let dims = Dims::new(&shape, p.batch, p.prompt_len, p.new_tokens);

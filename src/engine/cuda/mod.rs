@@ -22,8 +22,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::{CaseOutput, Engine};
-use crate::case::{Case, WorkloadKind};
+use crate::case::Case;
 use crate::error::CaseError;
+use crate::workload::allreduce::AllreduceParams;
+use crate::workload::attention::AttentionParams;
+use crate::workload::gemm::GemmParams;
+use crate::workload::generate::GenerateParams;
+use crate::workload::precision::PrecisionParams;
+use crate::workload::probe::ProbeParams;
+use crate::workload::Params;
 use device::Gpu;
 use loader::{LibSpec, LoadError};
 
@@ -52,7 +59,7 @@ impl CudaEngine {
             let rt = std::panic::catch_unwind(|| Runtime::open(&wanted)).unwrap_or_else(|p| {
                 Err(format!(
                     "the CUDA driver could not be used: {}",
-                    panic_message(p.as_ref())
+                    crate::sys::panic_message(p.as_ref())
                 ))
             });
             self.rt = Some(rt);
@@ -63,13 +70,6 @@ impl CudaEngine {
             None => Err(CaseError::skipped(NO_DRIVER)),
         }
     }
-}
-
-pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// The skip reason for a driver that failed to load.
@@ -135,19 +135,13 @@ pub enum GpuNeed {
 
 /// What a case needs: one GPU for GEMM, attention, generation and the probe (which describes
 /// the others without contexts), the ranks of an all-reduce, none for training steps.
-pub fn gpu_need(case: &Case) -> Result<GpuNeed, CaseError> {
-    Ok(match case.kind {
-        WorkloadKind::Precision => GpuNeed::None,
-        WorkloadKind::Allreduce => {
-            let p: crate::workload::allreduce::AllreduceParams = case.params()?;
-            if p.ranks == 0 {
-                GpuNeed::All
-            } else {
-                GpuNeed::Count(p.ranks)
-            }
-        }
+pub fn gpu_need(params: &Params) -> GpuNeed {
+    match params {
+        Params::Precision(_) => GpuNeed::None,
+        Params::Allreduce(p) if p.ranks == 0 => GpuNeed::All,
+        Params::Allreduce(p) => GpuNeed::Count(p.ranks),
         _ => GpuNeed::Count(1),
-    })
+    }
 }
 
 /// The ordinals to open for a case: from the job's GPUs (all visible ones when the job names
@@ -185,7 +179,7 @@ pub fn catch_case(
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
         Err(CaseError::Failed(anyhow::anyhow!(
             "the CUDA engine panicked in case {label}: {}",
-            panic_message(p.as_ref())
+            crate::sys::panic_message(p.as_ref())
         )))
     })
 }
@@ -340,15 +334,19 @@ impl CudaEngine {
 
     /// One case: the driver, then only the GPUs the case needs, then the workload under
     /// [`catch_case`].
-    fn run_case(&mut self, case: &Case) -> Result<CaseOutput, CaseError> {
+    fn on_gpus(
+        &mut self,
+        case: &Case,
+        f: impl FnOnce(&mut Runtime) -> Result<CaseOutput, CaseError>,
+    ) -> Result<CaseOutput, CaseError> {
         let rt = self.runtime()?;
-        let need = gpu_need(case)?;
+        let need = gpu_need(&case.params);
         if need == GpuNeed::None {
-            return dispatch(rt, case);
+            return f(rt);
         }
         let ordinals = gpus_for_case(&rt.wanted, rt.visible, need).map_err(CaseError::skipped)?;
         rt.select(&ordinals).map_err(CaseError::skipped)?;
-        catch_case(&case.label(), || dispatch(rt, case))
+        catch_case(&case.label(), || f(rt))
     }
 }
 
@@ -362,32 +360,48 @@ pub fn library_majors_note(driver_cuda_version: i32) -> String {
     )
 }
 
-fn dispatch(rt: &mut Runtime, case: &Case) -> Result<CaseOutput, CaseError> {
-    match case.kind {
-        WorkloadKind::Probe => probe::run(rt),
-        WorkloadKind::Gemm => gemm::run(rt, case),
-        WorkloadKind::Attention => attention::run(rt, case),
-        WorkloadKind::Allreduce => allreduce::run(rt, case),
-        WorkloadKind::Generate => generate::run(rt, case),
-        WorkloadKind::Precision => Err(CaseError::skipped(
-            "the native CUDA engine does not implement training steps; the torch engine does (engine = \"torch\")",
-        )),
-    }
-}
-
 impl Engine for CudaEngine {
+    fn name(&self) -> &'static str {
+        "native CUDA"
+    }
+
     fn env(&mut self) -> BTreeMap<String, String> {
         self.describe()
     }
 
-    fn run(&mut self, case: &Case) -> Result<CaseOutput, CaseError> {
-        self.run_case(case)
+    fn probe(&mut self, _p: &ProbeParams, case: &Case) -> Result<CaseOutput, CaseError> {
+        self.on_gpus(case, probe::run)
+    }
+
+    fn gemm(&mut self, p: &GemmParams, case: &Case) -> Result<CaseOutput, CaseError> {
+        self.on_gpus(case, |rt| gemm::run(rt, p, case))
+    }
+
+    fn attention(&mut self, p: &AttentionParams, case: &Case) -> Result<CaseOutput, CaseError> {
+        self.on_gpus(case, |rt| attention::run(rt, p, case))
+    }
+
+    fn generate(&mut self, p: &GenerateParams, case: &Case) -> Result<CaseOutput, CaseError> {
+        self.on_gpus(case, |rt| generate::run(rt, p, case))
+    }
+
+    fn precision(&mut self, _p: &PrecisionParams, _case: &Case) -> Result<CaseOutput, CaseError> {
+        // Without a driver every case gives the driver's reason, this one included.
+        self.runtime()?;
+        Err(CaseError::skipped(
+            "the native CUDA engine does not implement training steps; the torch engine does (engine = \"torch\")",
+        ))
+    }
+
+    fn allreduce(&mut self, p: &AllreduceParams, case: &Case) -> Result<CaseOutput, CaseError> {
+        self.on_gpus(case, |rt| allreduce::run(rt, p, case))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::case::WorkloadKind;
 
     #[test]
     fn version_strings() {
@@ -423,10 +437,10 @@ mod tests {
                 workload: kind.as_str().into(),
                 kind,
                 id: "default".into(),
-                params: Default::default(),
+                params: crate::workload::example(kind),
                 measure: Default::default(),
             };
-            match e.run(&case) {
+            match crate::engine::run_case(&mut e, &case) {
                 Err(CaseError::Skipped(r)) => assert_eq!(r, NO_DRIVER),
                 other => panic!("{kind}: expected a skip, got {:?}", other.map(|_| ())),
             }
@@ -459,34 +473,24 @@ mod tests {
 
     #[test]
     fn need_follows_the_workload() {
-        let case = |kind: WorkloadKind, params: serde_json::Value| Case {
-            workload: kind.as_str().into(),
-            kind,
-            id: "x".into(),
-            params: params.as_object().cloned().unwrap_or_default(),
-            measure: Default::default(),
-        };
+        let params = |kind: WorkloadKind, v: serde_json::Value| Params::parse(kind, v).unwrap();
         let none = serde_json::json!({});
+        let gemm = serde_json::json!({"size": 64, "dtype": "fp32"});
+        assert_eq!(gpu_need(&params(WorkloadKind::Gemm, gemm)), GpuNeed::Count(1));
         assert_eq!(
-            gpu_need(&case(WorkloadKind::Gemm, none.clone())).unwrap(),
+            gpu_need(&params(WorkloadKind::Probe, none.clone())),
             GpuNeed::Count(1)
         );
+        let mlp = serde_json::json!({"model": "mlp", "batch": 8, "mode": "fp32"});
+        assert_eq!(gpu_need(&params(WorkloadKind::Precision, mlp)), GpuNeed::None);
+        let ar = serde_json::json!({"min_bytes": 1024, "max_bytes": 4096});
         assert_eq!(
-            gpu_need(&case(WorkloadKind::Probe, none.clone())).unwrap(),
-            GpuNeed::Count(1)
-        );
-        assert_eq!(
-            gpu_need(&case(WorkloadKind::Precision, none.clone())).unwrap(),
-            GpuNeed::None
-        );
-        assert_eq!(
-            gpu_need(&case(WorkloadKind::Allreduce, none)).unwrap(),
+            gpu_need(&params(WorkloadKind::Allreduce, ar.clone())),
             GpuNeed::All
         );
-        assert_eq!(
-            gpu_need(&case(WorkloadKind::Allreduce, serde_json::json!({"ranks": 2}))).unwrap(),
-            GpuNeed::Count(2)
-        );
+        let mut two = ar;
+        two["ranks"] = 2.into();
+        assert_eq!(gpu_need(&params(WorkloadKind::Allreduce, two)), GpuNeed::Count(2));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::python::{PyProcess, Role};
 use super::TorchEngine;
@@ -12,25 +12,21 @@ use crate::case::{Better, Case, Device};
 use crate::engine::CaseOutput;
 use crate::error::CaseError;
 use crate::measure::Sampler;
-use crate::workload::allreduce::{algbw_gbps, busbw_gbps, AllreduceParams};
+use crate::workload::allreduce::{algbw_gbps, busbw_gbps, sized, AllreduceParams};
 use crate::workload::metric;
 
 /// CPU ranks when the case does not say (`ranks = 0`): two processes exercise the whole path.
 const CPU_DEFAULT_RANKS: usize = 2;
 
-/// The name of a per-size metric: `busbw@1048576` is the bus bandwidth at 1 MiB messages. A case
-/// is a whole size sweep, so sizes are part of the metric name (the report plots busbw against
-/// the number after `@`).
-pub fn sized(name: &str, bytes: u64) -> String {
-    format!("{name}@{bytes}")
-}
-
 impl TorchEngine {
-    pub(super) fn allreduce(&mut self, case: &Case) -> Result<CaseOutput, CaseError> {
-        let p: AllreduceParams = case.params()?;
+    pub(super) fn run_allreduce(
+        &mut self,
+        p: &AllreduceParams,
+        case: &Case,
+    ) -> Result<CaseOutput, CaseError> {
         // The session tells whether torch is here at all and how many GPUs it sees.
         self.session()?;
-        let devices = self.rank_devices(&p)?;
+        let devices = self.rank_devices(p)?;
         let ranks = devices.len();
         let port = free_port()?;
         let spec = json!({"dtype": p.dtype.as_str(), "op": serde_json::to_value(p.op).unwrap_or_default()});
@@ -66,7 +62,7 @@ impl TorchEngine {
             "op": "setup",
             "kind": "allreduce",
             "device": devices[0],
-            "params": Value::Object(case.params.clone()),
+            "params": case.params.to_json(),
         }))?;
         for w in setup["warnings"].as_array().into_iter().flatten() {
             out.warn(w.as_str().unwrap_or_default());
@@ -176,14 +172,6 @@ fn free_port() -> Result<u16, CaseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sized_names_parse_back() {
-        let name = sized(metric::BUSBW, 1 << 20);
-        assert_eq!(name, "busbw@1048576");
-        let (base, bytes) = name.split_once('@').unwrap();
-        assert_eq!((base, bytes.parse::<u64>().unwrap()), ("busbw", 1 << 20));
-    }
 
     #[test]
     fn free_port_is_nonzero() {

@@ -13,14 +13,17 @@ use serde_json::{json, Value};
 
 use self::python::{PyProcess, Role, ScriptFile};
 use super::{CaseOutput, Engine};
-use crate::case::{Better, Case, Device, Seconds, WorkloadKind};
+use crate::case::{Better, Case, Device, Seconds};
 use crate::error::CaseError;
 use crate::measure::Sampler;
+use crate::workload::allreduce::AllreduceParams;
 use crate::workload::attention::AttentionParams;
 use crate::workload::gemm::GemmParams;
 use crate::workload::generate::GenerateParams;
 use crate::workload::metric;
 use crate::workload::precision::{Mode, PrecisionParams};
+use crate::workload::probe::ProbeParams;
+use crate::workload::Params;
 
 pub use self::python::python_command;
 
@@ -106,9 +109,9 @@ impl TorchEngine {
     fn setup(&mut self, case: &Case, extra: Value, out: &mut CaseOutput) -> Result<Value, CaseError> {
         let mut req = json!({
             "op": "setup",
-            "kind": case.kind.as_str(),
+            "kind": case.params.kind().as_str(),
             "device": self.device_name(),
-            "params": Value::Object(case.params.clone()),
+            "params": case.params.to_json(),
         });
         if let (Value::Object(r), Value::Object(e)) = (&mut req, extra) {
             r.extend(e);
@@ -162,7 +165,59 @@ impl TorchEngine {
         }
     }
 
-    fn probe(&mut self) -> Result<CaseOutput, CaseError> {
+    /// Measures one precision mode: (median step seconds, loss after the seeded steps, step
+    /// samples, peak memory MiB).
+    fn precision_mode(
+        &mut self,
+        case: &Case,
+        params: &PrecisionParams,
+        out: &mut CaseOutput,
+    ) -> Result<(f64, f64, Vec<Seconds>, Option<f64>), CaseError> {
+        let mut c = case.clone();
+        c.params = Params::Precision(params.clone());
+        let facts = self.setup(&c, json!({}), out)?;
+        let loss = facts["loss"].as_f64().unwrap_or(f64::NAN);
+        let (seconds, _) = self.sample(&c)?;
+        let peak = self.finish()?["peak_memory_mib"].as_f64();
+        let median = crate::stats::summarize(&seconds).map_or(f64::NAN, |s| s.median);
+        Ok((median, loss, seconds, peak))
+    }
+}
+
+impl Engine for TorchEngine {
+    fn name(&self) -> &'static str {
+        "torch"
+    }
+
+    fn env(&mut self) -> BTreeMap<String, String> {
+        let mut m = BTreeMap::new();
+        let python = self.python.to_string_lossy().into_owned();
+        match self.session() {
+            Ok(_) => {
+                for (k, v) in self.hello.as_object().into_iter().flatten() {
+                    m.insert(
+                        k.clone(),
+                        v.as_str().map_or_else(|| v.to_string(), str::to_string),
+                    );
+                }
+                m.insert(
+                    "engine".into(),
+                    format!(
+                        "torch {} ({python}, python {}) on {}",
+                        self.hello["torch_version"].as_str().unwrap_or("?"),
+                        self.hello["python_version"].as_str().unwrap_or("?"),
+                        self.device_name()
+                    ),
+                );
+            }
+            Err(e) => {
+                m.insert("engine".into(), format!("torch ({python}) unavailable: {e}"));
+            }
+        }
+        m
+    }
+
+    fn probe(&mut self, _p: &ProbeParams, _case: &Case) -> Result<CaseOutput, CaseError> {
         let mut out = self.new_output();
         let reply = self
             .request(&json!({"op": "setup", "kind": "probe", "device": self.device_name(), "params": {}}))?;
@@ -183,8 +238,7 @@ impl TorchEngine {
         Ok(out)
     }
 
-    fn gemm(&mut self, case: &Case) -> Result<CaseOutput, CaseError> {
-        let p: GemmParams = case.params()?;
+    fn gemm(&mut self, p: &GemmParams, case: &Case) -> Result<CaseOutput, CaseError> {
         let mut out = self.new_output();
         // On the CPU, rotate inputs past the last-level cache exactly as the native engine does.
         let rotate = crate::engine::cpu::rotation_count(p.bytes() as usize);
@@ -196,8 +250,7 @@ impl TorchEngine {
         Ok(out)
     }
 
-    fn attention(&mut self, case: &Case) -> Result<CaseOutput, CaseError> {
-        let p: AttentionParams = case.params()?;
+    fn attention(&mut self, p: &AttentionParams, case: &Case) -> Result<CaseOutput, CaseError> {
         let mut out = self.new_output();
         let facts = self.setup(case, json!({}), &mut out)?;
         let (seconds, _) = self.sample(case)?;
@@ -212,8 +265,7 @@ impl TorchEngine {
         Ok(out)
     }
 
-    fn generate(&mut self, case: &Case) -> Result<CaseOutput, CaseError> {
-        let p: GenerateParams = case.params()?;
+    fn generate(&mut self, p: &GenerateParams, case: &Case) -> Result<CaseOutput, CaseError> {
         let shape = p.shape().map_err(|e| CaseError::Failed(anyhow::anyhow!(e)))?;
         let mut shape_json = serde_json::to_value(shape).map_err(|e| CaseError::Failed(e.into()))?;
         shape_json["parameters"] = json!(shape.parameters());
@@ -231,35 +283,9 @@ impl TorchEngine {
         Ok(out)
     }
 
-    /// Measures one precision mode: (median step seconds, loss after the seeded steps, step
-    /// samples, peak memory MiB).
-    fn precision_mode(
-        &mut self,
-        case: &Case,
-        params: &PrecisionParams,
-        out: &mut CaseOutput,
-    ) -> Result<(f64, f64, Vec<Seconds>, Option<f64>), CaseError> {
-        let mut c = case.clone();
-        c.params = match serde_json::to_value(params).map_err(|e| CaseError::Failed(e.into()))? {
-            Value::Object(m) => m,
-            _ => {
-                return Err(CaseError::Failed(anyhow::anyhow!(
-                    "precision parameters are not a table"
-                )))
-            }
-        };
-        let facts = self.setup(&c, json!({}), out)?;
-        let loss = facts["loss"].as_f64().unwrap_or(f64::NAN);
-        let (seconds, _) = self.sample(&c)?;
-        let peak = self.finish()?["peak_memory_mib"].as_f64();
-        let median = crate::stats::summarize(&seconds).map_or(f64::NAN, |s| s.median);
-        Ok((median, loss, seconds, peak))
-    }
-
-    fn precision(&mut self, case: &Case) -> Result<CaseOutput, CaseError> {
-        let p: PrecisionParams = case.params()?;
+    fn precision(&mut self, p: &PrecisionParams, case: &Case) -> Result<CaseOutput, CaseError> {
         let mut out = self.new_output();
-        let (median, loss, steps, peak) = self.precision_mode(case, &p, &mut out)?;
+        let (median, loss, steps, peak) = self.precision_mode(case, p, &mut out)?;
         out.metric(
             metric::STEP_TIME,
             "ms",
@@ -302,52 +328,16 @@ impl TorchEngine {
         out.versus_fp32(p.mode.as_str(), &reference, median, loss);
         Ok(out)
     }
-}
 
-impl Engine for TorchEngine {
-    fn env(&mut self) -> BTreeMap<String, String> {
-        let mut m = BTreeMap::new();
-        let python = self.python.to_string_lossy().into_owned();
-        match self.session() {
-            Ok(_) => {
-                for (k, v) in self.hello.as_object().into_iter().flatten() {
-                    m.insert(
-                        k.clone(),
-                        v.as_str().map_or_else(|| v.to_string(), str::to_string),
-                    );
-                }
-                m.insert(
-                    "engine".into(),
-                    format!(
-                        "torch {} ({python}, python {}) on {}",
-                        self.hello["torch_version"].as_str().unwrap_or("?"),
-                        self.hello["python_version"].as_str().unwrap_or("?"),
-                        self.device_name()
-                    ),
-                );
-            }
-            Err(e) => {
-                m.insert("engine".into(), format!("torch ({python}) unavailable: {e}"));
-            }
-        }
-        m
-    }
-
-    fn run(&mut self, case: &Case) -> Result<CaseOutput, CaseError> {
-        match case.kind {
-            WorkloadKind::Probe => self.probe(),
-            WorkloadKind::Gemm => self.gemm(case),
-            WorkloadKind::Attention => self.attention(case),
-            WorkloadKind::Generate => self.generate(case),
-            WorkloadKind::Precision => self.precision(case),
-            WorkloadKind::Allreduce => self.allreduce(case),
-        }
+    fn allreduce(&mut self, p: &AllreduceParams, case: &Case) -> Result<CaseOutput, CaseError> {
+        self.run_allreduce(p, case)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::case::WorkloadKind;
 
     #[test]
     fn missing_python_skips_every_case() {
@@ -357,11 +347,11 @@ mod tests {
             workload: "gemm".into(),
             kind: WorkloadKind::Gemm,
             id: "default".into(),
-            params: serde_json::from_str(r#"{"m":8,"n":8,"k":8,"dtype":"fp32","layout":"nn"}"#).unwrap(),
+            params: Params::from_case_id(WorkloadKind::Gemm, "m=8,n=8,k=8,dtype=fp32,layout=nn").unwrap(),
             measure: Default::default(),
         };
         for _ in 0..2 {
-            match e.run(&case) {
+            match crate::engine::run_case(&mut e, &case) {
                 Err(CaseError::Skipped(r)) => assert!(r.contains("no python3 in image"), "{r}"),
                 other => panic!("{other:?}"),
             }

@@ -179,10 +179,7 @@ impl PyProcess {
         match self.wait_or_kill(std::time::Duration::from_secs(2)) {
             Some(status) => match (status.code(), signal_of(&status)) {
                 (Some(c), _) => format!("exited with status {c}"),
-                (None, Some(s)) => format!(
-                    "was killed by signal {s} ({})",
-                    crate::executor::local::signal_name(s)
-                ),
+                (None, Some(s)) => format!("was killed by signal {s} ({})", crate::sys::signal_name(s)),
                 _ => "ended".to_string(),
             },
             None => "stopped answering".to_string(),

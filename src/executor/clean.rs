@@ -1,0 +1,25 @@
+//! `tagbench clean`: removes the containers that interrupted runs left behind.
+
+use anyhow::{Context, Result};
+
+use super::docker::{connect, remove_labelled};
+
+/// Removes the containers labelled with `run` (every tagbench container without one); says which.
+pub fn cmd_clean(run: Option<&str>) -> Result<i32> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?;
+    let removed = rt.block_on(async {
+        let docker = connect().await?;
+        remove_labelled(&docker, run).await
+    })?;
+    for r in &removed {
+        println!("{r}");
+    }
+    match run {
+        Some(r) => eprintln!("{} containers of run {r} removed", removed.len()),
+        None => eprintln!("{} tagbench containers removed", removed.len()),
+    }
+    Ok(crate::error::EXIT_OK)
+}

@@ -1,0 +1,264 @@
+//! The `docker` executor: the worker inside a container image, through the Docker Engine API
+//! (bollard; Podman's compatible socket through `DOCKER_HOST`). The worker binary (this one) and
+//! the job file are bind-mounted read-only, GPUs come through device requests, the network is
+//! `none` unless the suite asks, every container is labelled `tagbench.run=<run-id>` and is
+//! removed when its worker ends, on errors and on Ctrl-C.
+
+mod api;
+mod spec;
+mod worker;
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use bollard::container::LogOutput;
+use bollard::models::ImageInspect;
+use bollard::query_parameters::CreateImageOptionsBuilder;
+use bollard::Docker;
+use futures_util::StreamExt;
+use tokio::runtime::Runtime;
+
+use super::{Executor, WorkerHandle};
+use crate::protocol::Job;
+use crate::results::TargetMeta;
+use crate::suite::{GpuSelection, PullPolicy, TargetSpec};
+use crate::sys::interrupt::hold_if_interrupted;
+pub use api::docker_host;
+use api::{call, create_and_start, engine_message, is_not_found, remove_container, API_TIMEOUT};
+pub(crate) use api::{connect, remove_labelled};
+pub use spec::{container_body, LABEL_RUN};
+use spec::{container_name, JOB_PATH};
+use worker::{exit_info, pump_output, DockerWorker};
+
+/// How long the `--version` check of a new target may run (it takes well under a second).
+const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs the containers of a target's workers.
+pub struct DockerExecutor {
+    rt: Arc<Runtime>,
+    docker: Option<Docker>,
+    worker_exe: PathBuf,
+    run_id: String,
+}
+
+impl DockerExecutor {
+    pub fn new(run_id: &str) -> Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .context("failed to start the async runtime")?;
+        let worker_exe = std::env::current_exe()
+            .and_then(|p| p.canonicalize())
+            .context("failed to locate the tagbench binary")?;
+        remove_containers_on_interrupt(run_id);
+        Ok(DockerExecutor {
+            rt: Arc::new(rt),
+            docker: None,
+            worker_exe,
+            run_id: run_id.to_string(),
+        })
+    }
+
+    fn docker(&mut self) -> Result<Docker> {
+        if let Some(d) = &self.docker {
+            return Ok(d.clone());
+        }
+        let d = self.rt.block_on(connect())?;
+        self.docker = Some(d.clone());
+        Ok(d)
+    }
+
+    /// The image, pulled first where the policy says so.
+    fn ensure_image(&mut self, image: &str, pull: PullPolicy) -> Result<ImageInspect> {
+        let docker = self.docker()?;
+        self.rt.block_on(async {
+            let present = match tokio::time::timeout(API_TIMEOUT, docker.inspect_image(image)).await {
+                Ok(Ok(i)) => Some(i),
+                Ok(Err(e)) if is_not_found(&e) => None,
+                Ok(Err(e)) => bail!("failed to inspect image {image}: {}", engine_message(&e)),
+                Err(_) => bail!("failed to inspect image {image}: the engine did not answer"),
+            };
+            match (present, pull) {
+                (Some(i), PullPolicy::Never | PullPolicy::Missing) => return Ok(i),
+                (None, PullPolicy::Never) => bail!(
+                    "image {image} is not on the Docker engine and the pull policy is `never` \
+                     (build or load it, or run with --pull=missing)"
+                ),
+                _ => {}
+            }
+            let opts = CreateImageOptionsBuilder::default().from_image(image).build();
+            let mut progress = docker.create_image(Some(opts), None, None);
+            eprintln!("pulling image {image}");
+            while let Some(item) = progress.next().await {
+                item.map_err(|e| anyhow!("failed to pull image {image}: {}", engine_message(&e)))?;
+            }
+            call(&format!("inspect image {image}"), docker.inspect_image(image)).await
+        })
+    }
+
+    /// Runs `tagbench --version` in the target's container, so that an image the worker cannot
+    /// run in (no glibc, no NVIDIA runtime, a bad option) fails the target once, with its cause.
+    fn preflight(&mut self, target: &TargetSpec, image: &str) -> Result<f64> {
+        let docker = self.docker()?;
+        let body = container_body(
+            target,
+            &self.worker_exe,
+            None,
+            vec!["--version".into()],
+            &self.run_id,
+        )?;
+        let name = container_name(&self.run_id, "check");
+        let memory = target.memory.clone();
+        self.rt.block_on(async {
+            let t0 = Instant::now();
+            let mut started = create_and_start(&docker, &name, body).await?;
+            let id = started.id.clone();
+            let run = async {
+                let (mut out, mut err) = (Vec::new(), Vec::new());
+                while let Some(item) = started.output.next().await {
+                    match item {
+                        Ok(LogOutput::StdOut { message }) => out.extend_from_slice(&message),
+                        Ok(LogOutput::StdErr { message }) => err.extend_from_slice(&message),
+                        _ => {}
+                    }
+                }
+                let _ = docker.wait_container(&id, None).collect::<Vec<_>>().await;
+                let state = call("inspect the check container", docker.inspect_container(&id, None)).await?;
+                Ok::<_, anyhow::Error>((out, err, state))
+            };
+            let result = tokio::time::timeout(PREFLIGHT_TIMEOUT, run).await;
+            let elapsed_ms = t0.elapsed().as_secs_f64() * 1e3;
+            let _ = remove_container(&docker, &id).await;
+            let (out, err, state) = result.map_err(|_| {
+                anyhow!(
+                    "the worker did not answer `--version` in image {image} within {} s",
+                    PREFLIGHT_TIMEOUT.as_secs()
+                )
+            })??;
+            let out = String::from_utf8_lossy(&out);
+            let err = String::from_utf8_lossy(&err).into_owned();
+            let info = exit_info(&state, memory.as_ref(), err, image);
+            if info.code != Some(0) || !out.starts_with("tagbench ") {
+                bail!("the worker cannot run in image {image}: {info}");
+            }
+            Ok(elapsed_ms)
+        })
+    }
+}
+
+impl Executor for DockerExecutor {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    fn prepare(&mut self, target: &TargetSpec) -> Result<TargetMeta> {
+        let image = target
+            .image
+            .clone()
+            .with_context(|| format!("target {} has no image", target.display_name()))?;
+        let inspect = self.ensure_image(&image, target.pull.unwrap_or_default())?;
+        let mut meta = TargetMeta {
+            name: target.display_name(),
+            executor: "docker".into(),
+            engine: target.engine.unwrap_or_default().as_str().into(),
+            device: target.device.unwrap_or_default().as_str().into(),
+            image: image.clone(),
+            image_id: inspect.id.clone().unwrap_or_default(),
+            repo_digests: inspect.repo_digests.clone().unwrap_or_default(),
+            image_created: inspect
+                .created
+                .as_ref()
+                .map(|d| d.to_string())
+                .unwrap_or_default(),
+            gpu_index: match &target.gpus {
+                GpuSelection::List(l) if l.len() == 1 => Some(l[0]),
+                _ => None,
+            },
+            ..Default::default()
+        };
+        let check_ms = self
+            .preflight(target, &image)
+            .inspect_err(|_| hold_if_interrupted())?;
+        let docker = self.docker()?;
+        if let Ok(Ok(v)) = self
+            .rt
+            .block_on(async { tokio::time::timeout(API_TIMEOUT, docker.version()).await })
+        {
+            meta.env
+                .insert("docker.engine_version".into(), v.version.unwrap_or_default());
+            meta.env
+                .insert("docker.api_version".into(), v.api_version.unwrap_or_default());
+        }
+        meta.env
+            .insert("docker.check_container_ms".into(), format!("{check_ms:.0}"));
+        Ok(meta)
+    }
+
+    fn start(&mut self, target: &TargetSpec, job: &Job, log: &Path) -> Result<Box<dyn WorkerHandle>> {
+        let docker = self.docker()?;
+        let image = target.image.clone().unwrap_or_default();
+        // The container sees only the GPUs it was given, numbered from 0.
+        let mut job = job.clone();
+        job.gpus = (0..job.gpus.len()).collect();
+        let job_path = log.with_extension("job.json");
+        std::fs::write(&job_path, serde_json::to_vec(&job)?)
+            .with_context(|| format!("failed to write {}", job_path.display()))?;
+        let job_path = job_path
+            .canonicalize()
+            .with_context(|| format!("failed to resolve {}", job_path.display()))?;
+        let body = container_body(
+            target,
+            &self.worker_exe,
+            Some(&job_path),
+            vec!["worker".into(), "--job".into(), JOB_PATH.into()],
+            &self.run_id,
+        )?;
+        let stem = log.file_stem().and_then(|s| s.to_str()).unwrap_or("worker");
+        let name = container_name(&self.run_id, stem);
+        let created_at = Instant::now();
+        let started = self.rt.block_on(create_and_start(&docker, &name, body))?;
+        let (tx, rx) = mpsc::channel();
+        let pump = self.rt.spawn(pump_output(started.output, tx, log.to_owned()));
+        Ok(Box::new(DockerWorker {
+            rt: self.rt.clone(),
+            docker,
+            id: started.id,
+            name,
+            image,
+            memory: target.memory.clone(),
+            lines: rx,
+            pump: Some(pump),
+            log: log.to_owned(),
+            created_at,
+            create_ms: started.create_ms,
+            start_ms: started.start_ms,
+            first_line_seen: false,
+            removed: false,
+        }))
+    }
+}
+
+/// On Ctrl-C or SIGTERM, the containers of `run_id` are removed before the process exits.
+fn remove_containers_on_interrupt(run_id: &str) {
+    let run = run_id.to_string();
+    crate::sys::interrupt::on_interrupt(&format!("docker containers of run {run}"), move || {
+        eprintln!("removing the containers of run {run}");
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            eprintln!("error: failed to start the async runtime; `tagbench clean --run {run}` removes them");
+            return;
+        };
+        rt.block_on(async {
+            match connect().await {
+                Ok(docker) => match remove_labelled(&docker, Some(&run)).await {
+                    Ok(removed) => removed.iter().for_each(|r| eprintln!("{r}")),
+                    Err(e) => eprintln!("error: {e:#}"),
+                },
+                Err(e) => eprintln!("error: {e:#}"),
+            }
+        });
+    });
+}

@@ -1,0 +1,63 @@
+//! Small facts about the operating system and the process, shared by every layer: signal names,
+//! panic payloads, identifiers safe for the file system and the container engine. A leaf: it
+//! imports nothing of the crate, so any module may use it without making an import cycle.
+
+pub mod interrupt;
+
+/// A signal's conventional name (`SIGSEGV` for 11), `signal` for the ones we do not name.
+pub fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        15 => "SIGTERM",
+        _ => "signal",
+    }
+}
+
+/// The message of a caught panic: `panic!` carries a `String` or a `&'static str`.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// `s` with every character outside ASCII alphanumerics, `-`, `_` and `.` replaced by `_`: the
+/// set that container names, file names and run ids all accept.
+pub fn safe_name(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(signal_name(11), "SIGSEGV");
+        assert_eq!(signal_name(64), "signal");
+        assert_eq!(safe_name("repo/img:tag@gpu0 x"), "repo_img_tag_gpu0_x");
+        assert_eq!(safe_name("a-b_c.d"), "a-b_c.d");
+    }
+
+    #[test]
+    fn panic_payloads() {
+        let p = std::panic::catch_unwind(|| panic!("boom {}", 1)).unwrap_err();
+        assert_eq!(panic_message(p.as_ref()), "boom 1");
+        let p = std::panic::catch_unwind(|| std::panic::panic_any(7u8)).unwrap_err();
+        assert_eq!(panic_message(p.as_ref()), "unknown panic");
+    }
+}

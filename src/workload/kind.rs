@@ -1,0 +1,47 @@
+//! The kinds of workload tagbench knows: what a suite's `kind` names and the engines dispatch on.
+
+use serde::{Deserialize, Serialize};
+
+/// The kinds of workload tagbench knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkloadKind {
+    Probe,
+    Gemm,
+    Attention,
+    Generate,
+    Precision,
+    Allreduce,
+}
+
+impl WorkloadKind {
+    pub const ALL: [WorkloadKind; 6] = [
+        WorkloadKind::Probe,
+        WorkloadKind::Gemm,
+        WorkloadKind::Attention,
+        WorkloadKind::Generate,
+        WorkloadKind::Precision,
+        WorkloadKind::Allreduce,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadKind::Probe => "probe",
+            WorkloadKind::Gemm => "gemm",
+            WorkloadKind::Attention => "attention",
+            WorkloadKind::Generate => "generate",
+            WorkloadKind::Precision => "precision",
+            WorkloadKind::Allreduce => "allreduce",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for WorkloadKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
