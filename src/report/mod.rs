@@ -1,9 +1,11 @@
 //! Reports of runs: `index.html` (self-contained), `summary.md`, and SVG + PNG plots, written by
 //! small reporters behind one trait and fanned out by a manager (as hyperfine's ExportManager).
 
+pub mod changes;
 pub mod html;
 pub mod markdown;
 pub mod plot;
+pub mod verdict;
 
 use std::path::{Path, PathBuf};
 
