@@ -163,7 +163,7 @@ pub fn md_escape(s: &str) -> String {
     o
 }
 
-fn verdict_mark(v: Verdict) -> &'static str {
+pub fn verdict_mark(v: Verdict) -> &'static str {
     match v {
         Verdict::Regression => "🔴 regression",
         Verdict::Failed => "🔴 failed",

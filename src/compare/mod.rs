@@ -295,7 +295,7 @@ pub fn parse_noise_for(s: &str) -> Result<(String, f64)> {
 /// `tagbench compare`.
 pub fn cmd_compare(args: crate::cli::CompareArgs) -> Result<i32> {
     let opts = args.stats.options()?;
-    let report = match &args.along {
+    let (report, runs) = match &args.along {
         Some(column) => {
             let Some(base) = &args.baseline else {
                 bail!("--along {column} needs --baseline VALUE (the {column} to compare against)");
@@ -305,7 +305,8 @@ pub fn cmd_compare(args: crate::cli::CompareArgs) -> Result<i32> {
                 .iter()
                 .map(|p| LoadedRun::load(p))
                 .collect::<Result<Vec<_>>>()?;
-            compare_along(&runs, column, base, &opts)?
+            let report = compare_along(&runs, column, base, &opts)?;
+            (report, runs)
         }
         None => {
             if args.runs.len() != 2 {
@@ -319,13 +320,21 @@ pub fn cmd_compare(args: crate::cli::CompareArgs) -> Result<i32> {
             }
             let base = LoadedRun::load(&args.runs[0])?;
             let cand = LoadedRun::load(&args.runs[1])?;
-            compare_runs(&base, &cand, &opts)?
+            let report = compare_runs(&base, &cand, &opts)?;
+            (report, vec![base, cand])
         }
     };
     if report.comparisons.is_empty() {
         bail!("nothing matched: no (workload, case, metric, gpu) appears on both sides");
     }
-    let text = render(&report, args.format)?;
+    let mut text = render(&report, args.format)?;
+    if args.format == Format::Table {
+        // What differs between the compared targets, a few lines before the table.
+        let changes = crate::report::changes::text(&crate::report::changes::changes_of(&runs, &report));
+        if !changes.is_empty() {
+            text = format!("{changes}\n{text}");
+        }
+    }
     match &args.output {
         Some(p) => std::fs::write(p, &text).with_context(|| format!("failed to write {}", p.display()))?,
         None => print!("{text}"),
