@@ -32,6 +32,8 @@ pub fn register_font() -> Result<()> {
 pub struct Line {
     pub label: String,
     pub points: Vec<(f64, f64)>,
+    /// Error bars: (x, low, high) of the 95% CI at each point that has one.
+    pub ci: Vec<(f64, f64, f64)>,
 }
 
 /// A bar of the ratio chart: candidate/baseline with its CI.
@@ -73,12 +75,23 @@ pub struct ChartSpec {
 
 impl ChartSpec {
     pub fn size(&self) -> (u32, u32) {
-        let rows = match &self.kind {
-            ChartKind::Lines { .. } => return (900, 480),
-            ChartKind::Bars { categories, series } => categories.len() * series.len().max(1),
-            ChartKind::Ratios { bars } => bars.len(),
+        let (w, h) = self.body_size();
+        // The title is one line across the top: never cut.
+        (w.max(text_width(self.title.chars().count(), 19) + 40), h)
+    }
+
+    fn body_size(&self) -> (u32, u32) {
+        let (rows, labels) = match &self.kind {
+            ChartKind::Lines { .. } => return (1000, 500),
+            ChartKind::Bars { categories, series } => (categories.len() * series.len().max(1), categories),
+            ChartKind::Ratios { bars } => {
+                let labels: Vec<String> = bars.iter().map(|b| b.label.clone()).collect();
+                let w = label_width(&labels, 12) + 640;
+                return (w.max(900), (140 + 22 * bars.len() as u32).clamp(240, 4000));
+            }
         };
-        (900, (140 + 22 * rows as u32).clamp(240, 4000))
+        let w = label_width(labels, 12) + 560 + legend_width(self);
+        (w.max(900), (140 + 22 * rows as u32).clamp(240, 4000))
     }
 }
 
@@ -110,12 +123,77 @@ where
     DB::ErrorType: 'static,
 {
     root.fill(&WHITE).map_err(err)?;
+    // The title spans the whole width; the legend gets its own column right of the plot, so that
+    // it never covers data.
+    let body = root.titled(&spec.title, (FAMILY, 19)).map_err(err)?;
+    let legend_w = legend_width(spec);
+    let (w, _) = body.dim_in_pixel();
+    let (plot_area, legend_area) = body.split_horizontally(w.saturating_sub(legend_w));
     match &spec.kind {
-        ChartKind::Lines { lines, log_x, log_y } => draw_lines(root, spec, lines, *log_x, *log_y),
-        ChartKind::Bars { categories, series } => draw_bars(root, spec, categories, series),
-        ChartKind::Ratios { bars } => draw_ratios(root, spec, bars),
+        ChartKind::Lines { lines, log_x, log_y } => {
+            draw_lines(&plot_area, spec, lines, *log_x, *log_y)?;
+            let items: Vec<(String, RGBColor)> = lines
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (l.label.clone(), colour(i)))
+                .collect();
+            draw_legend(&legend_area, &items)
+        }
+        ChartKind::Bars { categories, series } => {
+            draw_bars(&plot_area, spec, categories, series)?;
+            let items: Vec<(String, RGBColor)> = series
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.0.clone(), colour(i)))
+                .collect();
+            draw_legend(&legend_area, &items)
+        }
+        ChartKind::Ratios { bars } => draw_ratios(&body, spec, bars),
     }?;
     root.present().map_err(err)
+}
+
+/// Pixels a label of this many characters takes in DejaVu Sans at `size` px (its widest common
+/// glyphs are ~0.62 em; a little more than the average, so labels are never cut).
+fn text_width(chars: usize, size: u32) -> u32 {
+    (chars as f64 * size as f64 * 0.62).ceil() as u32
+}
+
+/// The width of the label area left of a horizontal chart: the longest label, and a margin.
+fn label_width(labels: &[String], size: u32) -> u32 {
+    text_width(
+        labels.iter().map(|l| l.chars().count()).max().unwrap_or(4).max(4),
+        size,
+    ) + 16
+}
+
+/// The width of the legend column (0 for charts without a legend).
+fn legend_width(spec: &ChartSpec) -> u32 {
+    let labels: Vec<String> = match &spec.kind {
+        ChartKind::Lines { lines, .. } => lines.iter().map(|l| l.label.clone()).collect(),
+        ChartKind::Bars { series, .. } => series.iter().map(|s| s.0.clone()).collect(),
+        ChartKind::Ratios { .. } => return 0,
+    };
+    if labels.is_empty() {
+        return 0;
+    }
+    label_width(&labels, 13) + 40
+}
+
+/// A legend in its own area: a colour swatch and the label, one per line.
+fn draw_legend<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, items: &[(String, RGBColor)]) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let font = (FAMILY, 13).into_font().color(&BLACK);
+    for (i, (label, c)) in items.iter().enumerate() {
+        let y = 40 + 20 * i as i32;
+        area.draw(&Rectangle::new([(8, y - 5), (26, y + 5)], c.filled()))
+            .map_err(err)?;
+        area.draw(&Text::new(label.clone(), (32, y - 7), font.clone()))
+            .map_err(err)?;
+    }
+    Ok(())
 }
 
 fn span(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
@@ -164,7 +242,6 @@ where
     let (y0, y1) = span(pts.iter().flat_map(|(_, p)| p.iter().map(|q| q.1))).unwrap_or((0.0, 1.0));
     let y0 = if log_y { y0 } else { y0.min(0.0) };
     let mut chart = ChartBuilder::on(root)
-        .caption(&spec.title, (FAMILY, 20))
         .margin(12)
         .x_label_area_size(42)
         .y_label_area_size(70)
@@ -220,25 +297,24 @@ where
         .label_style((FAMILY, 13))
         .draw()
         .map_err(err)?;
-    for (i, (label, p)) in pts.iter().enumerate() {
+    for (i, ((_, p), line)) in pts.iter().zip(lines).enumerate() {
         let c = colour(i);
         chart
             .draw_series(LineSeries::new(p.iter().copied(), c.stroke_width(2)))
-            .map_err(err)?
-            .label(label.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+            .map_err(err)?;
         chart
             .draw_series(p.iter().map(|&q| Circle::new(q, 3, c.filled())))
             .map_err(err)?;
+        // 95% CIs of the medians as error bars (vertical, with caps).
+        let bars = line
+            .ci
+            .iter()
+            .filter(|(x, l, h)| (!log_x || *x > 0.0) && (!log_y || (*l > 0.0 && *h > 0.0)))
+            .map(|&(x, l, h)| {
+                ErrorBar::new_vertical(tx(x), ty(l), ty((l + h) / 2.0), ty(h), c.stroke_width(1), 6)
+            });
+        chart.draw_series(bars).map_err(err)?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.3))
-        .label_font((FAMILY, 13))
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
-        .map_err(err)?;
     Ok(())
 }
 
@@ -260,16 +336,8 @@ where
         .filter(|v| v.is_finite())
         .fold(0.0f64, f64::max);
     let xmax = if max > 0.0 { max * 1.15 } else { 1.0 };
-    let label_w = categories
-        .iter()
-        .map(|c| c.chars().count())
-        .max()
-        .unwrap_or(4)
-        .clamp(4, 60) as u32
-        * 7
-        + 10;
+    let label_w = label_width(categories, 12);
     let mut chart = ChartBuilder::on(root)
-        .caption(&spec.title, (FAMILY, 20))
         .margin(12)
         .x_label_area_size(42)
         .y_label_area_size(label_w)
@@ -296,7 +364,7 @@ where
         .draw()
         .map_err(err)?;
     let h = 0.8 / k as f64;
-    for (si, (label, values)) in series.iter().enumerate() {
+    for (si, (_, values)) in series.iter().enumerate() {
         let c = colour(si);
         let bars: Vec<Rectangle<(f64, f64)>> = values
             .iter()
@@ -307,21 +375,48 @@ where
                 Some(Rectangle::new([(0.0, top), (v, top + h * 0.9)], c.filled()))
             })
             .collect();
-        chart
-            .draw_series(bars)
-            .map_err(err)?
-            .label(label.as_str())
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], c.filled()));
+        chart.draw_series(bars).map_err(err)?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.3))
-        .label_font((FAMILY, 13))
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()
-        .map_err(err)?;
     Ok(())
+}
+
+/// The x range of the ratio chart in log2 units: every point estimate and 1.0, and of the CIs
+/// only as much as keeps the points readable. A CI of +2400% must not squash every other bar
+/// into a dot: its end is clipped at the axis and marked.
+pub fn ratio_axis(bars: &[RatioBar]) -> (f64, f64) {
+    let l2 = |v: f64| v.max(1e-9).log2();
+    let pts = bars.iter().map(|b| l2(b.ratio)).filter(|v| v.is_finite());
+    let (lo_core, hi_core) = pts.fold((0.0f64, 0.0f64), |(a, b), v| (a.min(v), b.max(v)));
+    // Room for CIs: half the points' span, at least ±25%.
+    let extend = ((hi_core - lo_core) * 0.5).max(1.25f64.log2());
+    let ci_lo = bars.iter().map(|b| l2(b.low)).fold(lo_core, f64::min);
+    let ci_hi = bars.iter().map(|b| l2(b.high)).fold(hi_core, f64::max);
+    let lo = ci_lo.max(lo_core - extend);
+    let hi = ci_hi.min(hi_core + extend);
+    let pad = (hi - lo).max(0.05) * 0.04;
+    (lo - pad, hi + pad)
+}
+
+/// The order of the ratio chart's rows, top first: regressions and failures, improvements, then
+/// the rest; within each, the largest change first.
+pub fn ratio_order(bars: &[RatioBar]) -> Vec<usize> {
+    let rank = |v: Verdict| match v {
+        Verdict::Regression | Verdict::Failed => 0,
+        Verdict::Improvement => 1,
+        _ => 2,
+    };
+    let mut idx: Vec<usize> = (0..bars.len()).collect();
+    idx.sort_by(|&a, &b| {
+        let (x, y) = (&bars[a], &bars[b]);
+        rank(x.verdict).cmp(&rank(y.verdict)).then(
+            y.ratio
+                .max(1e-9)
+                .log2()
+                .abs()
+                .total_cmp(&x.ratio.max(1e-9).log2().abs()),
+        )
+    });
+    idx
 }
 
 fn draw_ratios<DB: DrawingBackend>(
@@ -333,23 +428,18 @@ where
     DB::ErrorType: 'static,
 {
     let n = bars.len().max(1);
-    let (lo, hi) = span(bars.iter().flat_map(|b| [b.low, b.high, b.ratio, 1.0])).unwrap_or((0.9, 1.1));
-    let label_w = bars
-        .iter()
-        .map(|b| b.label.chars().count())
-        .max()
-        .unwrap_or(4)
-        .clamp(4, 70) as u32
-        * 7
-        + 10;
+    let order = ratio_order(bars);
+    let (lo, hi) = ratio_axis(bars);
+    // Row i of `order` is drawn at y = n-1-i, so the first is at the top.
+    let labels: Vec<String> = order.iter().rev().map(|&i| bars[i].label.clone()).collect();
+    let label_w = label_width(&labels, 12);
     let mut chart = ChartBuilder::on(root)
-        .caption(&spec.title, (FAMILY, 20))
         .margin(12)
-        .x_label_area_size(42)
+        .margin_right(30)
+        .x_label_area_size(46)
         .y_label_area_size(label_w)
         .build_cartesian_2d(lo..hi, -0.5..(n as f64 - 0.5))
         .map_err(err)?;
-    let labels: Vec<String> = bars.iter().map(|b| b.label.clone()).collect();
     let fy = move |y: &f64| {
         let i = y.round();
         if (y - i).abs() < 1e-6 && i >= 0.0 {
@@ -358,38 +448,70 @@ where
             String::new()
         }
     };
+    let fx = |v: &f64| {
+        let r = 2f64.powf(*v);
+        let p = (r - 1.0) * 100.0;
+        if p.abs() >= 10.0 {
+            format!("{p:+.0}%")
+        } else {
+            format!("{p:+.1}%")
+        }
+    };
     chart
         .configure_mesh()
         .disable_y_mesh()
         .x_desc(spec.x_label.as_str())
         .y_labels(n)
+        .x_labels(8)
         .y_label_formatter(&fy)
-        .x_label_formatter(&|v| crate::compare::format::pct(*v))
+        .x_label_formatter(&fx)
         .label_style((FAMILY, 12))
         .draw()
         .map_err(err)?;
-    chart
-        .draw_series(std::iter::once(PathElement::new(
-            vec![(1.0, -0.5), (1.0, n as f64 - 0.5)],
-            BLACK.stroke_width(1),
-        )))
-        .map_err(err)?;
-    for (i, b) in bars.iter().enumerate() {
+    if lo < 0.0 && hi > 0.0 {
+        chart
+            .draw_series(std::iter::once(PathElement::new(
+                vec![(0.0, -0.5), (0.0, n as f64 - 0.5)],
+                BLACK.stroke_width(1),
+            )))
+            .map_err(err)?;
+    }
+    let l2 = |v: f64| v.max(1e-9).log2();
+    for (row, &i) in order.iter().enumerate() {
+        let b = &bars[i];
         let c = match b.verdict {
             Verdict::Regression | Verdict::Failed => RED,
             Verdict::Improvement => GREEN,
             _ => GREY,
         };
-        let y = i as f64;
-        chart
-            .draw_series([
-                Rectangle::new([(b.low, y - 0.3), (b.high, y + 0.3)], c.mix(0.35).filled()),
-                Rectangle::new([(b.low, y - 0.3), (b.high, y + 0.3)], c.stroke_width(1)),
-            ])
-            .map_err(err)?;
-        chart
-            .draw_series(std::iter::once(Circle::new((b.ratio, y), 4, c.filled())))
-            .map_err(err)?;
+        let y = (n - 1 - row) as f64;
+        let (bl, bh, br) = (l2(b.low), l2(b.high), l2(b.ratio));
+        let (cl, ch) = (bl.max(lo), bh.min(hi));
+        if ch > cl {
+            chart
+                .draw_series([
+                    Rectangle::new([(cl, y - 0.3), (ch, y + 0.3)], c.mix(0.35).filled()),
+                    Rectangle::new([(cl, y - 0.3), (ch, y + 0.3)], c.stroke_width(1)),
+                ])
+                .map_err(err)?;
+        }
+        // A clipped CI end: a triangle pointing off the axis.
+        let tri = |x: f64, right: bool| {
+            let d = (hi - lo) * 0.012;
+            let back = if right { x - d } else { x + d };
+            Polygon::new(vec![(x, y), (back, y - 0.35), (back, y + 0.35)], BLACK.filled())
+        };
+        if bh > hi {
+            chart.draw_series(std::iter::once(tri(hi, true))).map_err(err)?;
+        }
+        if bl < lo {
+            chart.draw_series(std::iter::once(tri(lo, false))).map_err(err)?;
+        }
+        if br.is_finite() && br >= lo && br <= hi {
+            chart
+                .draw_series(std::iter::once(Circle::new((br, y), 4, c.filled())))
+                .map_err(err)?;
+        }
     }
     Ok(())
 }
@@ -517,8 +639,9 @@ fn bars_of(runs: &[LoadedRun], workload: &str, metric: &str) -> Option<BarData> 
 /// Every plot the runs (and the comparison) have data for.
 pub fn charts(runs: &[LoadedRun], comparison: Option<&CompareReport>) -> Vec<ChartSpec> {
     let mut out = Vec::new();
+    let compared = compared(runs, comparison);
     // GEMM throughput vs size, one line per dtype and image.
-    let mut lines: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    let mut lines: BTreeMap<String, Vec<Pt>> = BTreeMap::new();
     let mut unit = String::new();
     for (name, m) in metric_rows(runs, "gemm", metric::THROUGHPUT) {
         let p = case_params(&m.row.case);
@@ -529,14 +652,17 @@ pub fn charts(runs: &[LoadedRun], comparison: Option<&CompareReport>) -> Vec<Cha
         });
         if let (Some(x), Some(y)) = (size, m.row.median) {
             let dtype = p.get("dtype").cloned().unwrap_or_default();
-            lines.entry(format!("{dtype} {name}")).or_default().push((x, y));
+            lines
+                .entry(format!("{dtype} {name}"))
+                .or_default()
+                .push((x, y, ci_of(m)));
             unit = m.row.unit.clone();
         }
     }
     if !lines.is_empty() {
         out.push(ChartSpec {
             name: "gemm_throughput".into(),
-            title: "GEMM throughput vs size".into(),
+            title: format!("GEMM throughput vs size: {compared}"),
             x_label: "matrix size (m = n = k)".into(),
             y_label: format!("throughput ({unit})"),
             kind: line_chart(lines, true, false),
@@ -578,7 +704,7 @@ pub fn charts(runs: &[LoadedRun], comparison: Option<&CompareReport>) -> Vec<Cha
         if let Some((categories, series, unit)) = bars_of(runs, workload, m) {
             out.push(ChartSpec {
                 name: name.into(),
-                title: title.into(),
+                title: format!("{title}: {compared}"),
                 x_label: if unit.is_empty() {
                     m.to_string()
                 } else {
@@ -591,7 +717,7 @@ pub fn charts(runs: &[LoadedRun], comparison: Option<&CompareReport>) -> Vec<Cha
     }
     // All-reduce bus bandwidth vs message size: the size is the metric's `@BYTES` suffix or the
     // case's `bytes`/`size` parameter.
-    let mut lines: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    let mut lines: BTreeMap<String, Vec<Pt>> = BTreeMap::new();
     let mut unit = String::new();
     for r in runs {
         for m in r
@@ -614,7 +740,7 @@ pub fn charts(runs: &[LoadedRun], comparison: Option<&CompareReport>) -> Vec<Cha
                 .or_else(|| p.get("bytes").or(p.get("size")).and_then(|v| v.parse().ok()));
             if let (Some(x), Some(y)) = (bytes, m.row.median) {
                 let name = series_name(m, runs.len() > 1, &r.name());
-                lines.entry(name).or_default().push((x, y));
+                lines.entry(name).or_default().push((x, y, ci_of(m)));
                 unit = m.row.unit.clone();
             }
         }
@@ -622,7 +748,7 @@ pub fn charts(runs: &[LoadedRun], comparison: Option<&CompareReport>) -> Vec<Cha
     if !lines.is_empty() {
         out.push(ChartSpec {
             name: "allreduce_busbw".into(),
-            title: "All-reduce bus bandwidth vs message size".into(),
+            title: format!("All-reduce bus bandwidth vs message size: {compared}"),
             x_label: "message size (bytes)".into(),
             y_label: format!("busbw ({unit})"),
             kind: line_chart(lines, true, true),
@@ -653,16 +779,59 @@ pub fn charts(runs: &[LoadedRun], comparison: Option<&CompareReport>) -> Vec<Cha
             out.push(ChartSpec {
                 name: "ratios".into(),
                 title: format!(
-                    "Candidate / baseline ({}), 95% CI; red = regression",
+                    "{} / baseline {}: change, 95% CI; red = regression",
+                    candidates(cmp),
                     cmp.baseline
                 ),
-                x_label: "change of the median".into(),
+                x_label: "change (log scale); ▶ ◀ = CI beyond the axis".into(),
                 y_label: String::new(),
                 kind: ChartKind::Ratios { bars },
             });
         }
     }
     out
+}
+
+/// The candidates of a comparison, joined.
+fn candidates(cmp: &CompareReport) -> String {
+    let mut c: Vec<&str> = cmp
+        .comparisons
+        .iter()
+        .map(|c| c.candidate.label.as_str())
+        .collect();
+    c.sort_unstable();
+    c.dedup();
+    match c.len() {
+        0 => "candidate".into(),
+        1..=3 => c.join(", "),
+        n => format!("{n} candidates"),
+    }
+}
+
+/// What a plot compares, for its title: the baseline against the candidates, or the series
+/// (images or targets) of the runs.
+pub fn compared(runs: &[LoadedRun], comparison: Option<&CompareReport>) -> String {
+    if let Some(cmp) = comparison {
+        return format!("{} vs {}", cmp.baseline, candidates(cmp));
+    }
+    let mut names: Vec<String> = runs
+        .iter()
+        .flat_map(|r| r.measurements.iter().filter(|m| m.is_metric()))
+        .map(|m| {
+            if m.row.image.is_empty() {
+                m.row.target.clone()
+            } else {
+                m.row.image.clone()
+            }
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    match names.len() {
+        0 => "no data".into(),
+        1..=3 => names.join(" vs "),
+        n => format!("{n} targets"),
+    }
 }
 
 fn short_case(case: &str) -> String {
@@ -674,14 +843,29 @@ fn short_case(case: &str) -> String {
     }
 }
 
-/// Lines from series of (x, y) points, each sorted by x.
-fn line_chart(lines: BTreeMap<String, Vec<(f64, f64)>>, log_x: bool, log_y: bool) -> ChartKind {
+/// A point of a line: x, y and the CI of y where known.
+type Pt = (f64, f64, Option<(f64, f64)>);
+
+/// The CI of a row's median, when it has one.
+fn ci_of(m: &Measurement) -> Option<(f64, f64)> {
+    m.row.ci_low.zip(m.row.ci_high)
+}
+
+/// Lines from series of points, each sorted by x.
+fn line_chart(lines: BTreeMap<String, Vec<Pt>>, log_x: bool, log_y: bool) -> ChartKind {
     ChartKind::Lines {
         lines: lines
             .into_iter()
-            .map(|(label, mut points)| {
-                points.sort_by(|a, b| a.0.total_cmp(&b.0));
-                Line { label, points }
+            .map(|(label, mut pts)| {
+                pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+                Line {
+                    label,
+                    points: pts.iter().map(|&(x, y, _)| (x, y)).collect(),
+                    ci: pts
+                        .iter()
+                        .filter_map(|&(x, _, c)| c.map(|(l, h)| (x, l, h)))
+                        .collect(),
+                }
             })
             .collect(),
         log_x,
@@ -713,6 +897,7 @@ mod tests {
                 lines: vec![Line {
                     label: "a&b".into(),
                     points: vec![(256.0, 1.0), (1024.0, 2.0)],
+                    ci: vec![(256.0, 0.9, 1.1)],
                 }],
                 log_x: true,
                 log_y: false,
@@ -721,5 +906,72 @@ mod tests {
         let svg = render_svg(&spec).unwrap();
         assert!(svg.contains("&lt;script&gt;") && !svg.contains("<script"));
         assert!(svg.contains("<polyline") || svg.contains("<path"));
+    }
+
+    fn bar(label: &str, ratio: f64, low: f64, high: f64, verdict: Verdict) -> RatioBar {
+        RatioBar {
+            label: label.into(),
+            ratio,
+            low,
+            high,
+            verdict,
+        }
+    }
+
+    #[test]
+    fn ratio_axis_clips_a_wild_ci() {
+        let bars = vec![
+            bar("a", 1.01, 0.99, 1.03, Verdict::Same),
+            bar("b", 1.10, 0.05, 25.0, Verdict::Noisy),
+            bar("c", 2.0, 1.9, 2.1, Verdict::Regression),
+        ];
+        let (lo, hi) = ratio_axis(&bars);
+        // The points (1.0 .. 2.0) are on the axis; the +2400% / -95% CI ends are not.
+        assert!(lo <= 0.0 && hi >= 1.0, "{lo} {hi}");
+        assert!(hi < 25f64.log2() && lo > 0.05f64.log2(), "{lo} {hi}");
+        assert!(2f64.powf(hi) < 3.5, "axis stretched to {}", 2f64.powf(hi));
+        // Narrow CIs are not clipped.
+        assert!(2.1f64.log2() < hi);
+        let svg = render_svg(&ChartSpec {
+            name: "ratios".into(),
+            title: "b / baseline a".into(),
+            x_label: "change".into(),
+            y_label: String::new(),
+            kind: ChartKind::Ratios { bars },
+        })
+        .unwrap();
+        assert!(svg.contains("<polygon"), "no clip marker");
+    }
+
+    #[test]
+    fn regressions_come_first() {
+        let bars = vec![
+            bar("same", 1.0, 0.99, 1.01, Verdict::Same),
+            bar("small", 1.1, 1.08, 1.12, Verdict::Regression),
+            bar("better", 0.5, 0.45, 0.55, Verdict::Improvement),
+            bar("big", 2.0, 1.9, 2.1, Verdict::Regression),
+        ];
+        let names: Vec<&str> = ratio_order(&bars)
+            .iter()
+            .map(|&i| bars[i].label.as_str())
+            .collect();
+        assert_eq!(names, ["big", "small", "better", "same"]);
+    }
+
+    #[test]
+    fn long_labels_widen_the_chart() {
+        let long =
+            "attention batch=1,heads=8,kv_heads=2,seq_q=256,seq_kv=256,head_dim=64 latency (candidate:tag)";
+        let spec = ChartSpec {
+            name: "ratios".into(),
+            title: "t".into(),
+            x_label: "x".into(),
+            y_label: String::new(),
+            kind: ChartKind::Ratios {
+                bars: vec![bar(long, 1.0, 0.9, 1.1, Verdict::Same)],
+            },
+        };
+        let (w, _) = spec.size();
+        assert!(w >= text_width(long.chars().count(), 12) + 600, "{w}");
     }
 }
