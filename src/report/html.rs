@@ -21,8 +21,8 @@ pub use crate::compare::format::xml_escape as esc;
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5em auto;padding:0 1.5em;color:#222;max-width:1200px}\
 h1{font-size:1.5em;overflow-wrap:anywhere}h1,h2,h3{margin:.6em 0 .3em}\
 .scroll{overflow-x:auto;max-width:100%}\
-table{border-collapse:collapse;margin:.5em 0 1em;font-size:13px;max-width:100%}th,td{border:1px solid #ccc;padding:3px 7px;text-align:left;vertical-align:top;overflow-wrap:anywhere}\
-th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}\
+table{border-collapse:collapse;margin:.5em 0 1em;font-size:13px;max-width:100%}th,td{border:1px solid #ccc;padding:3px 7px;text-align:left;vertical-align:top}\
+td{overflow-wrap:anywhere;min-width:6.5em}th{background:#f3f3f3;white-space:nowrap}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}\
 tr.regression td,tr.failed td{background:#fde2e2}tr.improvement td{background:#e2f5e2}tr.noisy td,tr.missing td{color:#777}\
 #verdict{border-left:6px solid #888;padding:.4em 1em;margin:1em 0;background:#f7f7f7}#verdict.bad{border-color:#d62728;background:#fdf0f0}\
 #verdict.good{border-color:#2ca02c;background:#f0f9f0}#verdict h2{margin-top:.2em}#verdict li{margin:.2em 0;overflow-wrap:anywhere}\

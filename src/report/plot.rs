@@ -75,9 +75,14 @@ pub struct ChartSpec {
 
 impl ChartSpec {
     pub fn size(&self) -> (u32, u32) {
-        let (w, h) = self.body_size();
-        // The title is one line across the top: never cut.
-        (w.max(text_width(self.title.chars().count(), 19) + 40), h)
+        self.body_size()
+    }
+
+    /// The title's font size: 19 px, smaller for a long title so that it fits the width.
+    pub fn title_px(&self) -> u32 {
+        let (w, _) = self.size();
+        let chars = self.title.chars().count().max(1) as f64;
+        ((w as f64 - 30.0) / (chars * 0.62)).floor().clamp(10.0, 19.0) as u32
     }
 
     fn body_size(&self) -> (u32, u32) {
@@ -125,7 +130,7 @@ where
     root.fill(&WHITE).map_err(err)?;
     // The title spans the whole width; the legend gets its own column right of the plot, so that
     // it never covers data.
-    let body = root.titled(&spec.title, (FAMILY, 19)).map_err(err)?;
+    let body = root.titled(&spec.title, (FAMILY, spec.title_px())).map_err(err)?;
     let legend_w = legend_width(spec);
     let (w, _) = body.dim_in_pixel();
     let (plot_area, legend_area) = body.split_horizontally(w.saturating_sub(legend_w));
@@ -419,6 +424,58 @@ pub fn ratio_order(bars: &[RatioBar]) -> Vec<usize> {
     idx
 }
 
+/// A linear f64 axis whose ticks are given (plotters' `with_key_points` drops the default
+/// formatting that `configure_mesh` needs).
+struct TickedAxis {
+    inner: plotters::coord::types::RangedCoordf64,
+    ticks: Vec<f64>,
+}
+
+impl plotters::coord::ranged1d::Ranged for TickedAxis {
+    type FormatOption = plotters::coord::ranged1d::DefaultFormatting;
+    type ValueType = f64;
+    fn map(&self, value: &f64, limit: (i32, i32)) -> i32 {
+        self.inner.map(value, limit)
+    }
+    fn key_points<H: plotters::coord::ranged1d::KeyPointHint>(&self, _hint: H) -> Vec<f64> {
+        self.ticks.clone()
+    }
+    fn range(&self) -> std::ops::Range<f64> {
+        self.inner.range()
+    }
+}
+
+/// Tick positions (log2 units) of the ratio chart: round changes (-50%, -10%, +0%, +10%,
+/// +100%, ...) inside the axis, at least a twelfth of the axis apart.
+pub fn ratio_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    const NICE: [f64; 25] = [
+        0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.67, 0.8, 0.9, 0.95, 0.98, 1.0, 1.02, 1.05, 1.1, 1.25, 1.5,
+        2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0,
+    ];
+    let inside: Vec<f64> = NICE
+        .iter()
+        .map(|r| r.log2())
+        .filter(|v| *v >= lo && *v <= hi)
+        .collect();
+    // Outward from +0%, keep a tick only at a readable distance from the last one kept.
+    let gap = (hi - lo) / 12.0;
+    let mut up = Vec::new();
+    let mut down = Vec::new();
+    for &v in inside.iter().filter(|v| **v >= 0.0) {
+        if up.last().is_none_or(|l: &f64| v - l >= gap) {
+            up.push(v);
+        }
+    }
+    for &v in inside.iter().rev().filter(|v| **v < 0.0) {
+        if v - down.last().copied().unwrap_or(0.0) <= -gap {
+            down.push(v);
+        }
+    }
+    down.reverse();
+    down.extend(up);
+    down
+}
+
 fn draw_ratios<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     spec: &ChartSpec,
@@ -438,7 +495,13 @@ where
         .margin_right(30)
         .x_label_area_size(46)
         .y_label_area_size(label_w)
-        .build_cartesian_2d(lo..hi, -0.5..(n as f64 - 0.5))
+        .build_cartesian_2d(
+            TickedAxis {
+                inner: (lo..hi).into(),
+                ticks: ratio_ticks(lo, hi),
+            },
+            -0.5..(n as f64 - 0.5),
+        )
         .map_err(err)?;
     let fy = move |y: &f64| {
         let i = y.round();
@@ -462,7 +525,6 @@ where
         .disable_y_mesh()
         .x_desc(spec.x_label.as_str())
         .y_labels(n)
-        .x_labels(8)
         .y_label_formatter(&fy)
         .x_label_formatter(&fx)
         .label_style((FAMILY, 12))
@@ -755,19 +817,19 @@ pub fn charts(runs: &[LoadedRun], comparison: Option<&CompareReport>) -> Vec<Cha
         });
     }
     if let Some(cmp) = comparison {
+        // With one candidate its name is in the title; the rows need not repeat it.
+        let one = !candidates(cmp).ends_with(" candidates") && !candidates(cmp).contains(", ");
         let bars: Vec<RatioBar> = cmp
             .comparisons
             .iter()
             .filter_map(|c| {
                 let ratio = c.judgement.ratio?;
+                let mut label = format!("{} {} {}", c.workload, short_case(&c.case), c.metric);
+                if !one {
+                    label.push_str(&format!(" ({})", c.candidate.label));
+                }
                 Some(RatioBar {
-                    label: format!(
-                        "{} {} {} ({})",
-                        c.workload,
-                        short_case(&c.case),
-                        c.metric,
-                        c.candidate.label
-                    ),
+                    label,
                     ratio,
                     low: c.judgement.ci_low.unwrap_or(ratio),
                     high: c.judgement.ci_high.unwrap_or(ratio),
@@ -956,6 +1018,21 @@ mod tests {
             .map(|&i| bars[i].label.as_str())
             .collect();
         assert_eq!(names, ["big", "small", "better", "same"]);
+    }
+
+    #[test]
+    fn ticks_are_round_changes() {
+        let t: Vec<String> = ratio_ticks(0.9f64.log2() - 0.01, 1.25f64.log2() + 0.01)
+            .iter()
+            .map(|v| crate::compare::format::pct(2f64.powf(*v)))
+            .collect();
+        assert_eq!(t, ["-10.0%", "-5.0%", "+0.0%", "+5.0%", "+10.0%", "+25.0%"]);
+        let wide = ratio_ticks(-7.0, 7.0);
+        assert!(wide.len() <= 13 && wide.contains(&0.0), "{wide:?}");
+        assert!(
+            wide.windows(2).all(|w| w[1] - w[0] >= 14.0 / 12.0 - 1e-9),
+            "{wide:?}"
+        );
     }
 
     #[test]
