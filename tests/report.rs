@@ -163,6 +163,30 @@ fn headless(browser: &str, args: &[&str], page: &Path) -> std::process::Output {
         .unwrap()
 }
 
+/// Takes a screenshot of `page` at `size` ("W,H") into `shot`; returns width, height, channels
+/// and the pixels.
+fn screenshot(browser: &str, page: &Path, size: &str, shot: &Path) -> (u32, u32, usize, Vec<u8>) {
+    let s = headless(
+        browser,
+        &[
+            &format!("--screenshot={}", shot.display()),
+            &format!("--window-size={size}"),
+        ],
+        page,
+    );
+    assert!(
+        shot.is_file(),
+        "no screenshot: {}",
+        String::from_utf8_lossy(&s.stderr)
+    );
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(shot).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    buf.truncate(info.buffer_size());
+    (info.width, info.height, info.color_type.samples(), buf)
+}
+
 #[test]
 fn page_renders_in_headless_chromium() {
     let Some(browser) = chromium() else { return };
@@ -191,25 +215,8 @@ fn page_renders_in_headless_chromium() {
 
     // Screenshot: the plots put colour on the page, the regression bar in red.
     let shot = t.path().join("shot.png");
-    let s = headless(
-        &browser,
-        &[
-            &format!("--screenshot={}", shot.display()),
-            "--window-size=1200,2400",
-        ],
-        &page,
-    );
-    assert!(
-        shot.is_file(),
-        "no screenshot: {}",
-        String::from_utf8_lossy(&s.stderr)
-    );
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&shot).unwrap()));
-    let mut reader = decoder.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size()];
-    let info = reader.next_frame(&mut buf).unwrap();
-    let channels = info.color_type.samples();
-    let px = &buf[..info.buffer_size()];
+    let (_, _, channels, buf) = screenshot(&browser, &page, "1200,2400", &shot);
+    let px = &buf[..];
     let (mut coloured, mut red, mut total) = (0usize, 0usize, 0usize);
     for p in px.chunks(channels) {
         total += 1;
@@ -467,27 +474,10 @@ fn the_verdict_is_the_first_screen_at_1280_by_800() {
 
     // The first screen as a user sees it: the verdict's red bar is on it.
     let shot = t.path().join("first-screen.png");
-    let s = headless(
-        &browser,
-        &[
-            &format!("--screenshot={}", shot.display()),
-            "--window-size=1280,800",
-        ],
-        &page,
-    );
-    assert!(
-        shot.is_file(),
-        "no screenshot: {}",
-        String::from_utf8_lossy(&s.stderr)
-    );
+    let (w, h, channels, buf) = screenshot(&browser, &page, "1280,800", &shot);
     eprintln!("screenshot: {}", shot.display());
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&shot).unwrap()));
-    let mut reader = decoder.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size()];
-    let info = reader.next_frame(&mut buf).unwrap();
-    assert_eq!((info.width, info.height), (1280, 800));
-    let channels = info.color_type.samples();
-    let red = buf[..info.buffer_size()]
+    assert_eq!((w, h), (1280, 800));
+    let red = buf
         .chunks(channels)
         .filter(|p| p[0] > 190 && p[1] < 80 && p[2] < 80)
         .count();

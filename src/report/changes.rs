@@ -98,13 +98,7 @@ fn target_of<'a>(runs: &'a [LoadedRun], column: &str, value: &str) -> Option<&'a
 /// What differs between the baseline and each candidate of a comparison. Targets without
 /// run.json metadata are left out (nothing to tell).
 pub fn changes_of(runs: &[LoadedRun], report: &CompareReport) -> Vec<TargetChanges> {
-    let mut candidates: Vec<&str> = report
-        .comparisons
-        .iter()
-        .map(|c| c.candidate.label.as_str())
-        .collect();
-    candidates.sort_unstable();
-    candidates.dedup();
+    let candidates = super::verdict::candidate_labels(report);
     let mut out = Vec::new();
     if let Some(column) = report.mode.strip_prefix("along ") {
         let Some(base) = target_of(runs, column, &report.baseline) else {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use super::{changes, verdict, ReportData, Reporter};
-use crate::compare::format::{cells, header, pct};
+use crate::compare::format::{cells, header};
 use crate::compare::{CompareReport, Comparison, Verdict};
 use crate::results::Status;
 use crate::runner::fmt_num;
@@ -75,15 +75,6 @@ fn row_id(i: usize) -> String {
     format!("cmp-{i}")
 }
 
-/// `+12.3% [+10.1%, +14.0%]`, or what is known of it.
-pub fn change_text(c: &Comparison) -> String {
-    let change = c.judgement.ratio.map(pct).unwrap_or_else(|| "-".into());
-    match (c.judgement.ci_low, c.judgement.ci_high) {
-        (Some(l), Some(h)) => format!("{change} [{}, {}]", pct(l), pct(h)),
-        _ => change,
-    }
-}
-
 /// How many findings the verdict lists before saying "and N more".
 const VERDICT_ITEMS: usize = 20;
 
@@ -119,18 +110,7 @@ fn verdict_section(o: &mut String, data: &ReportData) {
             } else {
                 ""
             };
-            let what = if c.verdict == Verdict::Failed {
-                format!("failed: {}", c.candidate.reason)
-            } else {
-                format!(
-                    "{} {}: {} → {} {}",
-                    c.verdict.as_str(),
-                    change_text(c),
-                    opt(c.baseline.median),
-                    opt(c.candidate.median),
-                    c.unit
-                )
-            };
+            let what = verdict::finding_text(c);
             let _ = writeln!(
                 o,
                 "<li><a href=\"#{}\">{} {} {} ({})</a>: {}{plot}</li>",
@@ -152,10 +132,6 @@ fn verdict_section(o: &mut String, data: &ReportData) {
         o.push_str("</ul>\n");
     }
     o.push_str("</section>\n");
-}
-
-fn opt(v: Option<f64>) -> String {
-    v.map(fmt_num).unwrap_or_else(|| "-".into())
 }
 
 fn changes_section(o: &mut String, all: &[changes::TargetChanges]) {

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::html::change_text;
 use super::{changes, html, verdict, ReportData, Reporter};
 use crate::compare::format::{cells, header, md_escape, verdict_mark};
 use crate::compare::{Comparison, Verdict};
@@ -46,18 +45,7 @@ fn verdict_block(data: &ReportData) -> String {
         }
         o.push_str(&format!("\n**{title}:**\n\n"));
         for c in list.iter().take(20) {
-            let what = if c.verdict == Verdict::Failed {
-                format!("failed: {}", c.candidate.reason)
-            } else {
-                format!(
-                    "{} {}: {} → {} {}",
-                    c.verdict.as_str(),
-                    change_text(c),
-                    c.baseline.median.map(fmt_num).unwrap_or_else(|| "-".into()),
-                    c.candidate.median.map(fmt_num).unwrap_or_else(|| "-".into()),
-                    c.unit
-                )
-            };
+            let what = verdict::finding_text(c);
             o.push_str(&format!(
                 "- {} {} {} ({}): {} ([plot](ratios.png))\n",
                 md_escape(&c.workload),

@@ -818,7 +818,7 @@ pub fn charts(runs: &[LoadedRun], comparison: Option<&CompareReport>) -> Vec<Cha
     }
     if let Some(cmp) = comparison {
         // With one candidate its name is in the title; the rows need not repeat it.
-        let one = !candidates(cmp).ends_with(" candidates") && !candidates(cmp).contains(", ");
+        let one = super::verdict::candidate_labels(cmp).len() == 1;
         let bars: Vec<RatioBar> = cmp
             .comparisons
             .iter()
@@ -854,20 +854,18 @@ pub fn charts(runs: &[LoadedRun], comparison: Option<&CompareReport>) -> Vec<Cha
     out
 }
 
+/// Up to three names joined, or how many there are.
+fn names_or_count(names: &[&str], sep: &str, noun: &str) -> String {
+    match names.len() {
+        0 => "none".into(),
+        1..=3 => names.join(sep),
+        n => format!("{n} {noun}"),
+    }
+}
+
 /// The candidates of a comparison, joined.
 fn candidates(cmp: &CompareReport) -> String {
-    let mut c: Vec<&str> = cmp
-        .comparisons
-        .iter()
-        .map(|c| c.candidate.label.as_str())
-        .collect();
-    c.sort_unstable();
-    c.dedup();
-    match c.len() {
-        0 => "candidate".into(),
-        1..=3 => c.join(", "),
-        n => format!("{n} candidates"),
-    }
+    names_or_count(&super::verdict::candidate_labels(cmp), ", ", "candidates")
 }
 
 /// What a plot compares, for its title: the baseline against the candidates, or the series
@@ -889,11 +887,8 @@ pub fn compared(runs: &[LoadedRun], comparison: Option<&CompareReport>) -> Strin
         .collect();
     names.sort();
     names.dedup();
-    match names.len() {
-        0 => "no data".into(),
-        1..=3 => names.join(" vs "),
-        n => format!("{n} targets"),
-    }
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    names_or_count(&names, " vs ", "targets")
 }
 
 fn short_case(case: &str) -> String {

@@ -1,9 +1,11 @@
 //! The answer a report opens with: the outcome of a comparison (or of a single run), the exit
 //! code it implies, and the findings worth a reader's first look, worst first.
 
+use crate::compare::format::pct;
 use crate::compare::{CompareReport, Comparison, LoadedRun, Verdict};
 use crate::error::{EXIT_ERROR, EXIT_OK, EXIT_REGRESSION};
 use crate::results::Status;
+use crate::runner::fmt_num;
 
 /// What the report says in one word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +148,43 @@ pub fn of_runs(runs: &[LoadedRun]) -> Summary<'static> {
         findings: Vec::new(),
         improvements: Vec::new(),
     }
+}
+
+/// `+12.3% [+10.1%, +14.0%]`, or what is known of it.
+pub fn change_text(c: &Comparison) -> String {
+    let change = c.judgement.ratio.map(pct).unwrap_or_else(|| "-".into());
+    match (c.judgement.ci_low, c.judgement.ci_high) {
+        (Some(l), Some(h)) => format!("{change} [{}, {}]", pct(l), pct(h)),
+        _ => change,
+    }
+}
+
+/// One finding in words: `regression +100.2% [+99%, +101%]: 10.0 → 20.0 ms`, or why it failed.
+pub fn finding_text(c: &Comparison) -> String {
+    if c.verdict == Verdict::Failed {
+        return format!("failed: {}", c.candidate.reason);
+    }
+    let num = |v: Option<f64>| v.map(fmt_num).unwrap_or_else(|| "-".into());
+    format!(
+        "{} {}: {} → {} {}",
+        c.verdict.as_str(),
+        change_text(c),
+        num(c.baseline.median),
+        num(c.candidate.median),
+        c.unit
+    )
+}
+
+/// The distinct candidate labels of a comparison, sorted.
+pub fn candidate_labels(report: &CompareReport) -> Vec<&str> {
+    let mut c: Vec<&str> = report
+        .comparisons
+        .iter()
+        .map(|c| c.candidate.label.as_str())
+        .collect();
+    c.sort_unstable();
+    c.dedup();
+    c
 }
 
 /// What an exit code means, for the reader of the verdict.
