@@ -87,7 +87,8 @@ impl ChartSpec {
 
     fn body_size(&self) -> (u32, u32) {
         let (rows, labels) = match &self.kind {
-            ChartKind::Lines { .. } => return (1000, 500),
+            // The plot keeps ~700 px whatever the legend beside it takes.
+            ChartKind::Lines { .. } => return (760 + legend_width(self), 500),
             ChartKind::Bars { categories, series } => (categories.len() * series.len().max(1), categories),
             ChartKind::Ratios { bars } => {
                 let labels: Vec<String> = bars.iter().map(|b| b.label.clone()).collect();
@@ -246,6 +247,16 @@ where
     let (x0, x1) = span(pts.iter().flat_map(|(_, p)| p.iter().map(|q| q.0))).unwrap_or((0.0, 1.0));
     let (y0, y1) = span(pts.iter().flat_map(|(_, p)| p.iter().map(|q| q.1))).unwrap_or((0.0, 1.0));
     let y0 = if log_y { y0 } else { y0.min(0.0) };
+    // Room for the error bars, but at most a third of the data's span more: a wild CI is cut at
+    // the frame instead of squashing the lines.
+    let room = (y1 - y0) / 3.0;
+    let cis = lines
+        .iter()
+        .flat_map(|l| l.ci.iter())
+        .filter(|c| !log_y || (c.1 > 0.0 && c.2 > 0.0));
+    let (y0, y1) = cis.fold((y0, y1), |(a, b), &(_, l, h)| {
+        (a.min(ty(l).max(y0 - room)), b.max(ty(h).min(y1 + room)))
+    });
     let mut chart = ChartBuilder::on(root)
         .margin(12)
         .x_label_area_size(42)
@@ -310,13 +321,20 @@ where
         chart
             .draw_series(p.iter().map(|&q| Circle::new(q, 3, c.filled())))
             .map_err(err)?;
-        // 95% CIs of the medians as error bars (vertical, with caps).
+        // 95% CIs of the medians as error bars: a vertical line with caps (plotters' ErrorBar
+        // would also mark the midpoint of the CI, which is not the median).
+        let cap = (x1 - x0) * 0.006;
         let bars = line
             .ci
             .iter()
             .filter(|(x, l, h)| (!log_x || *x > 0.0) && (!log_y || (*l > 0.0 && *h > 0.0)))
-            .map(|&(x, l, h)| {
-                ErrorBar::new_vertical(tx(x), ty(l), ty((l + h) / 2.0), ty(h), c.stroke_width(1), 6)
+            .flat_map(|&(x, l, h)| {
+                let (x, l, h) = (tx(x), ty(l), ty(h));
+                [
+                    PathElement::new(vec![(x, l), (x, h)], c.stroke_width(1)),
+                    PathElement::new(vec![(x - cap, l), (x + cap, l)], c.stroke_width(1)),
+                    PathElement::new(vec![(x - cap, h), (x + cap, h)], c.stroke_width(1)),
+                ]
             });
         chart.draw_series(bars).map_err(err)?;
     }
