@@ -230,5 +230,30 @@ fn two_real_images_run_interleaved_and_compare_along_image() {
         !text.contains("\"missing\"") && !text.contains("\"failed\""),
         "{text}"
     );
+    // The report of the real A/B: structure only (the verdict depends on the machine's load).
+    let rep = tempfile::tempdir().unwrap();
+    let out = Command::cargo_bin("tagbench")
+        .unwrap()
+        .arg("report")
+        .arg(run.run_dir().root)
+        .args(["--along", "image", "--baseline", base, "--out"])
+        .arg(rep.path())
+        .output()
+        .expect("tagbench report runs");
+    assert!(
+        matches!(out.status.code(), Some(0 | 1)),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let html = std::fs::read_to_string(rep.path().join("index.html")).unwrap();
+    let verdict = html.find("<section id=\"verdict\"").expect("verdict section");
+    assert!(verdict < html.find("<table").unwrap(), "verdict before any table");
+    let changes = &html[html.find("<section id=\"changes\"").expect("changes section")..];
+    let changes = &changes[..changes.find("</section>").unwrap()];
+    assert!(
+        changes.contains("<td>torch_threads</td>") && changes.contains("<td>image_id</td>"),
+        "{changes}"
+    );
+    assert!(!changes.contains("hostname"), "{changes}");
     assert_eq!(run.leftovers(), "", "containers left behind");
 }

@@ -112,7 +112,7 @@ fn table(r: &CompareReport) -> String {
     out
 }
 
-fn verdict_mark(v: Verdict) -> &'static str {
+pub fn verdict_mark(v: Verdict) -> &'static str {
     match v {
         Verdict::Regression => "🔴 regression",
         Verdict::Failed => "🔴 failed",

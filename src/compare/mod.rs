@@ -2,6 +2,7 @@
 //! `image`, `gpu_name` or `engine` within runs), a rank test, a bootstrap CI of the ratio of
 //! medians, Holm's correction across the family, and a verdict per metric.
 
+pub mod changes;
 pub mod format;
 pub mod judge;
 pub mod matching;
@@ -65,6 +66,18 @@ pub struct CompareReport {
 }
 
 impl CompareReport {
+    /// The distinct candidate labels of the comparison, sorted.
+    pub fn candidate_labels(&self) -> Vec<&str> {
+        let mut c: Vec<&str> = self
+            .comparisons
+            .iter()
+            .map(|c| c.candidate.label.as_str())
+            .collect();
+        c.sort_unstable();
+        c.dedup();
+        c
+    }
+
     pub fn count(&self, v: Verdict) -> usize {
         self.comparisons.iter().filter(|c| c.verdict == v).count()
     }
@@ -122,7 +135,7 @@ impl CompareReport {
 /// `tagbench compare`.
 pub fn cmd_compare(args: crate::cli::CompareArgs) -> Result<i32> {
     let opts = CompareOptions::from_args(&args.stats)?;
-    let report = match &args.along {
+    let (report, runs) = match &args.along {
         Some(column) => {
             let Some(base) = &args.baseline else {
                 bail!("--along {column} needs --baseline VALUE (the {column} to compare against)");
@@ -132,7 +145,8 @@ pub fn cmd_compare(args: crate::cli::CompareArgs) -> Result<i32> {
                 .iter()
                 .map(|p| LoadedRun::load(p))
                 .collect::<Result<Vec<_>>>()?;
-            compare_along(&runs, column, base, &opts)?
+            let report = compare_along(&runs, column, base, &opts)?;
+            (report, runs)
         }
         None => {
             if args.runs.len() != 2 {
@@ -146,11 +160,19 @@ pub fn cmd_compare(args: crate::cli::CompareArgs) -> Result<i32> {
             }
             let base = LoadedRun::load(&args.runs[0])?;
             let cand = LoadedRun::load(&args.runs[1])?;
-            compare_runs(&base, &cand, &opts)?
+            let report = compare_runs(&base, &cand, &opts)?;
+            (report, vec![base, cand])
         }
     };
     report.ensure_matched()?;
-    let text = render(&report, args.format)?;
+    let mut text = render(&report, args.format)?;
+    if args.format == Format::Table {
+        // What differs between the compared targets, a few lines before the table.
+        let changes = changes::text(&changes::changes_of(&runs, &report));
+        if !changes.is_empty() {
+            text = format!("{changes}\n{text}");
+        }
+    }
     match &args.output {
         Some(p) => std::fs::write(p, &text).with_context(|| format!("failed to write {}", p.display()))?,
         None => print!("{text}"),

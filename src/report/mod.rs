@@ -4,6 +4,7 @@
 pub mod html;
 pub mod markdown;
 pub mod plot;
+pub mod verdict;
 
 use std::path::{Path, PathBuf};
 

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use tagbench::results::{set_summary, ResultRow, RunDir, RunMeta, RunWriter, SampleRow, Status};
+use tagbench::results::{set_summary, ResultRow, RunDir, RunMeta, RunWriter, SampleRow, Status, TargetMeta};
 use tagbench::stats::summarize;
 
 /// Log-normal timing samples: median `level`, relative spread `cv`.
@@ -60,6 +60,17 @@ impl Case {
 
 /// Writes a run directory `root/run_id` and returns its path.
 pub fn write_run(root: &Path, run_id: &str, started_at: &str, cases: &[Case]) -> PathBuf {
+    write_run_with_targets(root, run_id, started_at, cases, Vec::new())
+}
+
+/// Like `write_run`, with run.json listing `targets` (images, probed versions).
+pub fn write_run_with_targets(
+    root: &Path,
+    run_id: &str,
+    started_at: &str,
+    cases: &[Case],
+    targets: Vec<TargetMeta>,
+) -> PathBuf {
     let dir = root.join(run_id);
     let run = RunDir::new(&dir);
     let mut w = RunWriter::open(&run).unwrap();
@@ -122,6 +133,7 @@ pub fn write_run(root: &Path, run_id: &str, started_at: &str, cases: &[Case]) ->
         suite: "smoke".into(),
         started_at: started_at.into(),
         state: "complete".into(),
+        targets,
         ..Default::default()
     };
     run.write_meta(&meta).unwrap();
