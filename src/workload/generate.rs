@@ -52,6 +52,18 @@ impl ModelShape {
         max_positions: 8192,
         rope_theta: 500_000,
     };
+    /// Llama 3 70B (meta-llama/Meta-Llama-3-70B config.json): 140 GB of bf16 weights, the case
+    /// for tensor parallelism; `layers` keeps its width on a smaller machine.
+    pub const LLAMA3_70B: ModelShape = ModelShape {
+        hidden: 8192,
+        intermediate: 28672,
+        layers: 80,
+        heads: 64,
+        kv_heads: 8,
+        vocab: 128_256,
+        max_positions: 8192,
+        rope_theta: 500_000,
+    };
 
     pub fn head_dim(&self) -> usize {
         self.hidden / self.heads
@@ -78,6 +90,8 @@ pub enum Model {
     Llama2_7b,
     #[serde(rename = "llama-3-8b")]
     Llama3_8b,
+    #[serde(rename = "llama-3-70b")]
+    Llama3_70b,
     Custom,
 }
 
@@ -125,6 +139,7 @@ impl GenerateParams {
             Model::Tiny => ModelShape::TINY,
             Model::Llama2_7b => ModelShape::LLAMA2_7B,
             Model::Llama3_8b => ModelShape::LLAMA3_8B,
+            Model::Llama3_70b => ModelShape::LLAMA3_70B,
             Model::Custom => {
                 let need = |v: Option<usize>, k: &str| v.ok_or_else(|| format!("model `custom` needs `{k}`"));
                 ModelShape {

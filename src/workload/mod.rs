@@ -7,6 +7,7 @@ mod dtype;
 pub mod gemm;
 pub mod generate;
 mod kind;
+pub mod memory;
 pub mod precision;
 pub mod probe;
 
