@@ -28,6 +28,9 @@ pub enum Command {
     Run(RunArgs),
     /// List the cases a suite expands into, without running anything.
     List(ListArgs),
+    /// Print the memory per rank of every generation case of a suite (weights, KV cache,
+    /// activations, workspace) and whether it fits the GPUs, before anything runs.
+    Plan(PlanArgs),
     /// Compare two runs (BASELINE CANDIDATE), or the values of one column within runs
     /// (`--along image --baseline repo/name:tagA`); exit 1 on a regression.
     Compare(CompareArgs),
@@ -103,6 +106,17 @@ pub struct RunArgs {
 pub struct ListArgs {
     #[command(flatten)]
     pub suite: SuiteArgs,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub suite: SuiteArgs,
+    /// Memory of one GPU (`80GiB`, `80g`, `40960m`); without it, the smallest GPU nvidia-smi
+    /// lists on this host. The plan says `fits` / `does not fit` and the smallest
+    /// tensor_parallel that fits.
+    #[arg(long, value_name = "SIZE")]
+    pub gpu_memory: Option<String>,
 }
 
 #[derive(Debug, Args, Clone)]

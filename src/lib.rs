@@ -39,6 +39,8 @@ pub fn main_impl() -> i32 {
     let result = match cli.command {
         Command::Run(args) => options::RunOptions::from_args(&args).and_then(run::cmd_run),
         Command::List(args) => run::cmd_list(&options::SuiteOptions::from(&args.suite)),
+        Command::Plan(args) => options::gpu_memory(args.gpu_memory.as_deref())
+            .and_then(|mem| run::fit::cmd_plan(&options::SuiteOptions::from(&args.suite), mem)),
         Command::Compare(args) => compare::cmd_compare(args),
         Command::Report(args) => report::cmd_report(args),
         Command::History(args) => history::cmd_history(args),

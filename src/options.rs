@@ -109,6 +109,18 @@ pub struct SuiteOptions {
     pub filter: Vec<String>,
 }
 
+/// `--gpu-memory SIZE` of `tagbench plan`, checked once (`80GiB`, `80g`, a byte count).
+pub fn gpu_memory(arg: Option<&str>) -> Result<Option<u64>> {
+    let Some(s) = arg else {
+        return Ok(None);
+    };
+    let size = crate::suite::ByteSize::parse(s).map_err(|e| anyhow::anyhow!("--gpu-memory: {e}"))?;
+    if size.bytes() <= 0 {
+        bail!("--gpu-memory: `{s}` is not a positive size");
+    }
+    Ok(Some(size.bytes() as u64))
+}
+
 impl From<&SuiteArgs> for SuiteOptions {
     fn from(a: &SuiteArgs) -> Self {
         SuiteOptions {

@@ -462,3 +462,92 @@ fn resume_reads_a_run_json_with_only_args() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("run.json"), "{err}");
 }
+
+#[test]
+fn plan_says_llama_3_70b_needs_more_than_one_80_gib_gpu() {
+    let tmp = tempfile::tempdir().unwrap();
+    let suite = write_suite(
+        tmp.path(),
+        "name = \"plan\"\n[[workload]]\nkind = \"generate\"\nmodel = [\"llama-3-8b\", \"llama-3-70b\"]\n\
+         dtype = \"bf16\"\nbatch = 1\nprompt_len = 2048\nnew_tokens = 128\n",
+    );
+    let out = Command::new(cargo_bin("tagbench"))
+        .arg("plan")
+        .arg(&suite)
+        .args(["--gpu-memory", "80GiB"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = |model: &str| {
+        stdout
+            .lines()
+            .find(|l| l.contains(&format!("model={model},")))
+            .unwrap_or_else(|| panic!("no {model} line in:\n{stdout}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+    };
+    // case, tp, then five sizes of two words each, then the verdict and the smallest degree.
+    let big = line("llama-3-70b");
+    assert_eq!(&big[2..4], ["131.42", "GiB"], "weights per rank at tp=1: {big:?}");
+    assert_eq!(&big[12..], ["does", "not", "fit", "2"], "{big:?}");
+    let small = line("llama-3-8b");
+    assert_eq!(&small[12..], ["fits", "1"], "{small:?}");
+
+    // A bad size is an error before anything is planned.
+    let bad = Command::new(cargo_bin("tagbench"))
+        .arg("plan")
+        .arg(&suite)
+        .args(["--gpu-memory", "lots"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--gpu-memory: bad size `lots`"));
+}
+
+#[test]
+fn run_skips_a_case_that_cannot_fit_the_gpus_and_names_what_would() {
+    let tmp = tempfile::tempdir().unwrap();
+    // An nvidia-smi that reports one 80 GiB GPU: the host's GPU memory as `run` reads it.
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let smi = bin.join("nvidia-smi");
+    std::fs::write(&smi, "#!/bin/sh\necho 81920\n").unwrap();
+    std::fs::set_permissions(&smi, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let suite = write_suite(
+        tmp.path(),
+        "name = \"fit\"\n[[target]]\nlocal = true\ndevice = \"cuda\"\n[[workload]]\nkind = \"generate\"\n\
+         model = \"llama-3-70b\"\ndtype = \"bf16\"\nprompt_len = 2048\nnew_tokens = 128\nrounds = 1\n",
+    );
+    let results = tmp.path().join("results");
+    let out = tagbench()
+        .arg(&suite)
+        .arg("--results-dir")
+        .arg(&results)
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = read_results(&only_run(&results)).unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].status, Status::Skipped);
+    assert!(
+        rows[0]
+            .reason
+            .contains("needs 133.7 GiB per rank at tensor_parallel=1")
+            && rows[0].reason.contains("80 GiB GPUs need tensor_parallel ≥ 2"),
+        "{}",
+        rows[0].reason
+    );
+}

@@ -26,6 +26,29 @@ pub fn host_gpu_count() -> Result<usize> {
     Ok(n)
 }
 
+/// The memory of the smallest NVIDIA GPU on this host in bytes, from `nvidia-smi` (the memory
+/// plan judges whether a case fits by it).
+pub fn host_gpu_memory() -> Result<u64> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=memory.total", "--format=csv,noheader,nounits"])
+        .output()
+        .map_err(|e| anyhow!("nvidia-smi could not run ({e})"))?;
+    if !out.status.success() {
+        bail!(
+            "nvidia-smi failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    smallest_mib(&String::from_utf8_lossy(&out.stdout))
+        .map(|mib| mib << 20)
+        .ok_or_else(|| anyhow!("nvidia-smi lists no GPU memory"))
+}
+
+/// The smallest of nvidia-smi's per-GPU `memory.total` lines (MiB).
+fn smallest_mib(text: &str) -> Option<u64> {
+    text.lines().filter_map(|l| l.trim().parse::<u64>().ok()).min()
+}
+
 /// Turns every `gpus = "each"` target into one target per GPU (`<name>@gpu<i>`), so that
 /// results are per device.
 pub fn expand_gpu_each(
@@ -58,6 +81,12 @@ pub fn expand_gpu_each(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn smallest_gpu_memory_of_nvidia_smi_lines() {
+        assert_eq!(super::smallest_mib("81559\n40960\n"), Some(40960));
+        assert_eq!(super::smallest_mib(""), None);
+    }
+
     use super::*;
 
     #[test]

@@ -3,6 +3,7 @@
 //! the table at the end ([`table`]). Rows are built only by `results::record`.
 
 pub mod context;
+pub mod fit;
 pub mod plan;
 pub mod scheduler;
 pub mod supervise;

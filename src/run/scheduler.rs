@@ -9,9 +9,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::context::{CaseKey, RunContext};
 use super::plan::{rounds_of, Plan};
-use super::supervise::{prepare_target, run_target, Prepared};
-use crate::case::Case;
-use crate::results::{read_results, RunDir, RunMeta, RunWriter, Status};
+use super::supervise::{prepare_target, run_target, write_status, Prepared};
+use crate::case::{Case, Device};
+use crate::results::{read_results, RunDir, RunMeta, RunWriter, Status, TargetMeta};
 
 /// What a run has already done (on `--resume`): the rounds with rows, and the cases that were
 /// skipped or failed.
@@ -84,6 +84,13 @@ pub fn run_rounds(
     // Each target is prepared once (image inspected, pulled) for all rounds; `Some(None)`: it
     // cannot run, and its cases have failed rows.
     let mut prepared: Vec<Option<Option<Prepared>>> = plan.targets.iter().map(|_| None).collect();
+    // GPU memory, once, for the cases of CUDA targets that cannot fit (the memory plan).
+    let gpu_memory = plan
+        .targets
+        .iter()
+        .any(|t| t.device == Some(Device::Cuda))
+        .then(|| crate::executor::gpus::host_gpu_memory().ok())
+        .flatten();
     for round in 0..plan.max_rounds() {
         ctx.round = round;
         for ti in order(round, plan.targets.len()) {
@@ -100,6 +107,13 @@ pub fn run_rounds(
             let Some(Some(p)) = slot.as_mut() else {
                 continue;
             };
+            let mut todo = todo;
+            if let (Some(Device::Cuda), Some(mem)) = (target.device, gpu_memory) {
+                todo = skip_unfit(ctx, writer, &p.meta, todo, mem)?;
+            }
+            if todo.is_empty() {
+                continue;
+            }
             run_target(ctx, writer, target, p, todo)?;
             meta.targets.retain(|t| t.name != p.meta.name);
             meta.targets.push(p.meta.clone());
@@ -107,6 +121,25 @@ pub fn run_rounds(
         }
     }
     Ok(())
+}
+
+/// Writes a `skipped` row, naming what would fit, for each case whose memory plan exceeds the
+/// GPUs' memory; returns the others.
+fn skip_unfit(
+    ctx: &mut RunContext,
+    writer: &mut RunWriter,
+    meta: &TargetMeta,
+    cases: Vec<Case>,
+    gpu_memory: u64,
+) -> Result<Vec<Case>> {
+    let mut keep = Vec::with_capacity(cases.len());
+    for c in cases {
+        match super::fit::unfit_reason(&c, gpu_memory) {
+            Some(reason) => write_status(ctx, writer, meta, &c, Status::Skipped, &reason)?,
+            None => keep.push(c),
+        }
+    }
+    Ok(keep)
 }
 
 #[cfg(test)]

@@ -63,10 +63,22 @@ fn fail_all(
     reason: &str,
 ) -> Result<()> {
     for c in cases {
-        let row = recorder(ctx, meta).status(&c.workload, &c.id, Status::Failed, reason, &now());
-        ctx.write_case(w, vec![row], vec![])?;
+        write_status(ctx, w, meta, c, Status::Failed, reason)?;
     }
     Ok(())
+}
+
+/// Writes the status row of a case decided on the host, without a worker.
+pub fn write_status(
+    ctx: &mut RunContext,
+    w: &mut RunWriter,
+    meta: &TargetMeta,
+    case: &Case,
+    status: Status,
+    reason: &str,
+) -> Result<()> {
+    let row = recorder(ctx, meta).status(&case.workload, &case.id, status, reason, &now());
+    ctx.write_case(w, vec![row], vec![])
 }
 
 /// Prepares a target once for all rounds; `None` (after writing failed rows for `pending`) when it

@@ -9,8 +9,8 @@
 
 use serde::Serialize;
 
-use super::Dtype;
 use super::generate::{GenerateParams, ModelShape};
+use super::Dtype;
 
 /// Bytes per GiB, for messages.
 const GIB: f64 = (1u64 << 30) as f64;
