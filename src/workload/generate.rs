@@ -106,6 +106,9 @@ pub struct GenerateParams {
     pub kv_heads: Option<usize>,
     #[serde(default)]
     pub vocab: Option<usize>,
+    /// Ranks the decoder is split over, Megatron-style (torch engine only; a sweep axis).
+    #[serde(default = "one")]
+    pub tensor_parallel: usize,
 }
 
 fn default_model() -> Model {
@@ -170,9 +173,23 @@ impl GenerateParams {
         Ok(s)
     }
 
+    /// The `skipped` reason of an engine that runs generate on one device only.
+    pub fn single_device_only(&self, engine: &str) -> Result<(), String> {
+        if self.tensor_parallel > 1 {
+            return Err(format!(
+                "tensor_parallel = {} needs the torch engine (--engine torch): the {engine} engine generates on one device",
+                self.tensor_parallel
+            ));
+        }
+        Ok(())
+    }
+
     pub fn check(&self) -> Result<(), String> {
         if self.batch == 0 || self.prompt_len == 0 || self.new_tokens == 0 {
             return Err("batch, prompt_len and new_tokens must be positive".into());
+        }
+        if self.tensor_parallel == 0 {
+            return Err("tensor_parallel must be at least 1".into());
         }
         if matches!(self.dtype, Dtype::Tf32 | Dtype::Fp8) {
             return Err(format!(

@@ -341,6 +341,8 @@ mod tests {
             seq: 8,
             heads: 4,
             mode,
+            parallel: crate::workload::precision::Parallel::None,
+            ranks: 1,
         }
     }
 
