@@ -171,7 +171,12 @@ impl TorchEngine {
         // The session tells whether torch is here at all and how many GPUs it sees.
         self.session()?;
         let devices = self.rank_devices(ranks)?;
-        self.group = Some(RankGroup::launch(&self.python, &self.script, &devices, self.device)?);
+        self.group = Some(RankGroup::launch(
+            &self.python,
+            &self.script,
+            &devices,
+            self.device,
+        )?);
         let result = f(self);
         // Dropping the group ends every rank (a hung one is killed) before the next case.
         self.group = None;
@@ -220,7 +225,10 @@ impl TorchEngine {
         let ttft: Vec<f64> = runs.iter().filter_map(|v| v["ttft_s"].as_f64()).collect();
         let tpot: Vec<f64> = runs.iter().filter_map(|v| v["tpot_s"].as_f64()).collect();
         out.generation_metrics(p.batch, p.prompt_len, &ttft, &tpot);
-        let share: Vec<f64> = runs.iter().filter_map(|v| v["allreduce_share_pct"].as_f64()).collect();
+        let share: Vec<f64> = runs
+            .iter()
+            .filter_map(|v| v["allreduce_share_pct"].as_f64())
+            .collect();
         if !share.is_empty() {
             out.metric(metric::ALLREDUCE_SHARE, "%", Better::Lower, share);
         }
@@ -270,8 +278,7 @@ impl TorchEngine {
     /// in the same case (scaling efficiency) and the one-rank fp32 loss (numerics).
     fn precision_parallel(&mut self, p: &PrecisionParams, case: &Case) -> Result<CaseOutput, CaseError> {
         let mut out = self.new_output();
-        let (_, loss, steps, peak) =
-            self.with_ranks(p.ranks, |e| e.precision_mode(case, p, &mut out))?;
+        let (_, loss, steps, peak) = self.with_ranks(p.ranks, |e| e.precision_mode(case, p, &mut out))?;
         let mut scratch = self.new_output();
         let (one_rank, one_loss, _, _) = self.precision_mode(case, &p.single_rank(), &mut scratch)?;
         let reference = if p.mode == Mode::Fp32 {

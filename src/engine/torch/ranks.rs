@@ -85,7 +85,10 @@ impl RankGroup {
         let closing = Arc::new(AtomicBool::new(false));
         let mut followers = Vec::with_capacity(ranks.saturating_sub(1));
         for (rank, d) in devices.iter().enumerate().skip(1) {
-            followers.push((rank, PyProcess::spawn(python, script, Role::Follower { device: d }, &env(rank))?));
+            followers.push((
+                rank,
+                PyProcess::spawn(python, script, Role::Follower { device: d }, &env(rank))?,
+            ));
         }
         let leader = PyProcess::spawn(python, script, Role::Leader { device: &devices[0] }, &env(0))?;
         let leader_pid = leader.pid();

@@ -816,8 +816,10 @@ def Block(h, heads):
 
 DIST = None
 
-# Tests: the rank named here exits at setup, as a crashing rank would.
+# Tests: the rank named in the first exits at setup, as a crashing rank would; the one named in
+# the second hangs there, as a rank stuck in a driver call would.
 CRASH_RANK_ENV = "TAGBENCH_TEST_CRASH_RANK"
+HANG_RANK_ENV = "TAGBENCH_TEST_HANG_RANK"
 
 
 class Dist:
@@ -1094,6 +1096,11 @@ def handle(req, state):
             sys.stderr.write("%s=%d: rank %d exits at setup\n" % (CRASH_RANK_ENV, DIST.rank, DIST.rank))
             sys.stderr.flush()
             os._exit(7)
+        if DIST is not None and os.environ.get(HANG_RANK_ENV) == str(DIST.rank):
+            sys.stderr.write("%s=%d: rank %d hangs at setup\n" % (HANG_RANK_ENV, DIST.rank, DIST.rank))
+            sys.stderr.flush()
+            while True:
+                time.sleep(3600)
         cls = WORKLOADS.get(req["kind"])
         if cls is None:
             return {"error": "the torch worker has no workload %s" % req["kind"]}
