@@ -225,6 +225,27 @@ mod tests {
     }
 
     #[test]
+    fn tensor_parallel_defaults_to_one_and_native_engines_skip_more() {
+        let p: GenerateParams = serde_json::from_str(r#"{"prompt_len":4,"new_tokens":4}"#).unwrap();
+        assert_eq!(p.tensor_parallel, 1);
+        assert!(p.single_device_only("native CPU").is_ok());
+        let tp2 = GenerateParams {
+            tensor_parallel: 2,
+            ..p.clone()
+        };
+        let why = tp2.single_device_only("native CUDA").unwrap_err();
+        assert!(
+            why.contains("tensor_parallel = 2") && why.contains("--engine torch"),
+            "{why}"
+        );
+        let tp0 = GenerateParams {
+            tensor_parallel: 0,
+            ..p
+        };
+        assert!(tp0.check().unwrap_err().contains("tensor_parallel"));
+    }
+
+    #[test]
     fn layer_override_applies() {
         let p: GenerateParams =
             serde_json::from_str(r#"{"model":"llama-2-7b","layers":2,"prompt_len":4,"new_tokens":4}"#)

@@ -161,3 +161,47 @@ impl PrecisionParams {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(json: &str) -> PrecisionParams {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn parallel_defaults_to_one_process() {
+        let p = params(r#"{"batch":8,"mode":"fp32"}"#);
+        assert_eq!((p.parallel, p.ranks), (Parallel::None, 1));
+        assert!(p.check().is_ok() && p.single_process_only("native CPU").is_ok());
+    }
+
+    #[test]
+    fn ranks_need_a_parallel_mode_and_an_even_batch() {
+        assert!(params(r#"{"batch":8,"mode":"fp32","ranks":2}"#)
+            .check()
+            .unwrap_err()
+            .contains("parallel"));
+        assert!(params(r#"{"batch":9,"mode":"fp32","parallel":"ddp","ranks":2}"#)
+            .check()
+            .unwrap_err()
+            .contains("multiple of ranks"));
+        let fsdp = params(r#"{"batch":8,"mode":"amp-bf16","parallel":"fsdp","ranks":2}"#);
+        assert!(fsdp.check().is_ok());
+        assert!(fsdp
+            .single_process_only("native CPU")
+            .unwrap_err()
+            .contains("torch engine"));
+        // The loss reference is one rank in fp32; the timing reference one rank in the same mode.
+        assert_eq!(
+            (
+                fsdp.reference().mode,
+                fsdp.reference().parallel,
+                fsdp.reference().ranks
+            ),
+            (Mode::Fp32, Parallel::None, 1)
+        );
+        assert_eq!(fsdp.single_rank().mode, Mode::AmpBf16);
+    }
+}

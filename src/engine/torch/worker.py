@@ -850,6 +850,19 @@ class Dist:
         self.rank = dist.get_rank()
         self.world = dist.get_world_size()
         self.ctrl = dist.new_group(backend="gloo") if backend == "nccl" else None
+        self.warnings = []
+        if backend == "nccl" and self.world > 1:
+            # NCCL's intra-node transport lives in /dev/shm; Docker's default 64 MiB is too small.
+            try:
+                st = os.statvfs("/dev/shm")
+                shm = st.f_frsize * st.f_blocks
+                if shm < (1 << 30):
+                    self.warnings.append(
+                        "/dev/shm is %d MiB: NCCL between %d GPU processes may fail or slow down; give the target ipc = \"host\" or a shm_size of 1g or more"
+                        % (shm >> 20, self.world)
+                    )
+            except OSError:
+                pass
 
     def broadcast_line(self, line):
         obj = [line]
@@ -1108,7 +1121,8 @@ def handle(req, state):
         state["bench"] = bench
         facts = dict(getattr(bench, "facts", {}))
         facts.update(gpu_facts(dev))
-        return {"ok": {"facts": facts, "warnings": bench.warnings}}
+        warnings = list(bench.warnings) + (DIST.warnings if DIST is not None else [])
+        return {"ok": {"facts": facts, "warnings": warnings}}
     bench = state.get("bench")
     if bench is None:
         return {"error": "%s without a set-up case" % op}
