@@ -290,18 +290,7 @@ impl TorchEngine {
         } else {
             self.fp32_reference(case, p)?
         };
-        out.metric(
-            metric::STEP_TIME,
-            "ms",
-            Better::Lower,
-            steps.iter().map(|s| s * 1e3).collect(),
-        );
-        out.metric(
-            metric::SAMPLES_PER_S,
-            "samples/s",
-            Better::Higher,
-            steps.iter().map(|s| p.batch as f64 / s).collect(),
-        );
+        out.step_metrics(p.batch, &steps);
         // Strong scaling: the same global batch on one rank, over N ranks' time.
         out.metric(
             metric::SCALING_EFFICIENCY,
@@ -456,18 +445,7 @@ impl Engine for TorchEngine {
         }
         let mut out = self.new_output();
         let (median, loss, steps, peak) = self.precision_mode(case, p, &mut out)?;
-        out.metric(
-            metric::STEP_TIME,
-            "ms",
-            Better::Lower,
-            steps.iter().map(|s| s * 1e3).collect(),
-        );
-        out.metric(
-            metric::SAMPLES_PER_S,
-            "samples/s",
-            Better::Higher,
-            steps.iter().map(|s| p.batch as f64 / s).collect(),
-        );
+        out.step_metrics(p.batch, &steps);
         if let Some(mib) = peak {
             out.metric(metric::PEAK_MEMORY, "MiB", Better::Lower, vec![mib]);
         }
