@@ -462,3 +462,42 @@ fn resume_reads_a_run_json_with_only_args() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("run.json"), "{err}");
 }
+
+#[test]
+fn native_engine_skips_multi_rank_cases_naming_the_torch_engine() {
+    let (tmp, _suite, results, out) = run_suite_text(
+        r#"
+[defaults]
+rounds = 1
+warmup_s = 0.0
+min_samples = 2
+max_time_s = 0.1
+
+[[workload]]
+kind = "generate"
+prompt_len = 4
+new_tokens = 2
+tensor_parallel = 2
+
+[[workload]]
+kind = "precision"
+batch = 4
+hidden = 16
+mode = "fp32"
+parallel = ["ddp", "fsdp"]
+ranks = 2
+"#,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let rows = read_results(&only_run(&results)).unwrap();
+    assert_eq!(rows.len(), 3, "{rows:?}\n{stderr}");
+    for r in &rows {
+        assert_eq!(r.status, Status::Skipped, "{r:?}");
+        assert!(
+            r.reason.contains("needs the torch engine (--engine torch)"),
+            "{}",
+            r.reason
+        );
+    }
+    drop(tmp);
+}

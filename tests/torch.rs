@@ -489,5 +489,6 @@ fn a_crashing_or_hung_rank_fails_its_case_and_the_run_goes_on() {
         .find(|r| r["workload"] == "allreduce")
         .unwrap_or_else(|| panic!("{rows:#?}\n{text}"));
     assert_eq!(r["status"], "failed", "{r:?}");
+    assert!(r["reason"].contains("timed out after 15 s"), "{r:?}");
     assert_eq!(ok_metric(&rows, "gemm", "latency").len(), 1, "{rows:#?}\n{text}");
 }
