@@ -469,7 +469,7 @@ fn plan_says_llama_3_70b_needs_more_than_one_80_gib_gpu() {
     let suite = write_suite(
         tmp.path(),
         "name = \"plan\"\n[[workload]]\nkind = \"generate\"\nmodel = [\"llama-3-8b\", \"llama-3-70b\"]\n\
-         dtype = \"bf16\"\nbatch = 1\nprompt_len = 2048\nnew_tokens = 128\n",
+         dtype = \"bf16\"\nbatch = 1\nprompt_len = 2048\nnew_tokens = 128\ntensor_parallel = [1, 4]\n",
     );
     let out = Command::new(cargo_bin("tagbench"))
         .arg("plan")
@@ -484,19 +484,22 @@ fn plan_says_llama_3_70b_needs_more_than_one_80_gib_gpu() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let line = |model: &str| {
+    let line = |model: &str, tp: usize| {
         stdout
             .lines()
-            .find(|l| l.contains(&format!("model={model},")))
-            .unwrap_or_else(|| panic!("no {model} line in:\n{stdout}"))
+            .find(|l| l.contains(&format!("model={model},")) && l.contains(&format!("tensor_parallel={tp}")))
+            .unwrap_or_else(|| panic!("no {model} tp={tp} line in:\n{stdout}"))
             .split_whitespace()
             .collect::<Vec<_>>()
     };
     // case, tp, then five sizes of two words each, then the verdict and the smallest degree.
-    let big = line("llama-3-70b");
+    let big = line("llama-3-70b", 1);
     assert_eq!(&big[2..4], ["131.42", "GiB"], "weights per rank at tp=1: {big:?}");
     assert_eq!(&big[12..], ["does", "not", "fit", "2"], "{big:?}");
-    let small = line("llama-3-8b");
+    let big4 = line("llama-3-70b", 4);
+    assert_eq!(big4[1], "4");
+    assert_eq!(&big4[12..], ["fits", "2"], "{big4:?}");
+    let small = line("llama-3-8b", 1);
     assert_eq!(&small[12..], ["fits", "1"], "{small:?}");
 
     // A bad size is an error before anything is planned.
@@ -550,4 +553,43 @@ fn run_skips_a_case_that_cannot_fit_the_gpus_and_names_what_would() {
         "{}",
         rows[0].reason
     );
+}
+
+#[test]
+fn native_engine_skips_multi_rank_cases_naming_the_torch_engine() {
+    let (tmp, _suite, results, out) = run_suite_text(
+        r#"
+[defaults]
+rounds = 1
+warmup_s = 0.0
+min_samples = 2
+max_time_s = 0.1
+
+[[workload]]
+kind = "generate"
+prompt_len = 4
+new_tokens = 2
+tensor_parallel = 2
+
+[[workload]]
+kind = "precision"
+batch = 4
+hidden = 16
+mode = "fp32"
+parallel = ["ddp", "fsdp"]
+ranks = 2
+"#,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let rows = read_results(&only_run(&results)).unwrap();
+    assert_eq!(rows.len(), 3, "{rows:?}\n{stderr}");
+    for r in &rows {
+        assert_eq!(r.status, Status::Skipped, "{r:?}");
+        assert!(
+            r.reason.contains("needs the torch engine (--engine torch)"),
+            "{}",
+            r.reason
+        );
+    }
+    drop(tmp);
 }

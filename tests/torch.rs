@@ -351,3 +351,144 @@ fn make_executable(p: &Path) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
+
+/// Writes a suite into a fresh directory (kept alive by the returned guard).
+fn suite_file(text: &str) -> (PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("suite.toml");
+    std::fs::write(&path, text).unwrap();
+    (path, dir)
+}
+
+const MULTI_RANK_DEFAULTS: &str = r#"
+[defaults]
+rounds = 1
+warmup_s = 0.02
+min_samples = 3
+max_samples = 10
+max_time_s = 0.3
+timeout_s = 120
+"#;
+
+#[test]
+fn tensor_parallel_generation_gives_the_one_rank_tokens() {
+    let Some(python) = torch_python() else { return };
+    let (suite, _s) = suite_file(&format!(
+        "name = \"tp-test\"\n{MULTI_RANK_DEFAULTS}\n[[workload]]\nkind = \"generate\"\nmodel = \"tiny\"\n\
+         prompt_len = 16\nnew_tokens = 6\ntensor_parallel = [1, 2]\n"
+    ));
+    let (rows, text, _d) = run(&python, &["--engine", "torch", suite.to_str().unwrap()], &[]);
+    let tpot = ok_metric(&rows, "generate", "tpot");
+    assert_eq!(tpot.len(), 2, "{rows:#?}\n{text}");
+    for tp in ["tensor_parallel=1", "tensor_parallel=2"] {
+        assert!(tpot.iter().any(|r| r["case"].ends_with(tp)), "{tp}: {rows:#?}");
+    }
+    // The all-reduce share exists where there is an all-reduce, and is a share.
+    let share = ok_metric(&rows, "generate", "allreduce_share");
+    assert_eq!(share.len(), 1, "{rows:#?}");
+    assert!(share[0]["case"].ends_with("tensor_parallel=2"));
+    assert!((0.0..=100.0).contains(&median(share[0])), "{:?}", share[0]);
+    assert_eq!(ok_metric(&rows, "generate", "peak_memory").len(), 2);
+    // Greedy tokens from one seed: the shards together are the one-rank model.
+    let tokens: BTreeMap<&str, &str> = rows
+        .iter()
+        .filter(|r| r["workload"] == "generate" && r["reason"].starts_with("tokens "))
+        .map(|r| {
+            (
+                r["case"].as_str(),
+                r["reason"].split_whitespace().nth(1).unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(tokens.len(), 2, "{rows:#?}");
+    let hashes: Vec<&str> = tokens.values().copied().collect();
+    assert!(!hashes[0].is_empty());
+    assert_eq!(
+        hashes[0], hashes[1],
+        "tokens at tensor_parallel 1 and 2 differ: {tokens:?}"
+    );
+}
+
+#[test]
+fn ddp_and_fsdp_steps_match_the_one_rank_loss() {
+    let Some(python) = torch_python() else { return };
+    let (suite, _s) = suite_file(&format!(
+        "name = \"ddp-test\"\n{MULTI_RANK_DEFAULTS}\n[[workload]]\nkind = \"precision\"\n\
+         model = [\"mlp\", \"transformer-block\"]\nbatch = 8\nhidden = 32\nseq = 8\nheads = 4\nmode = \"fp32\"\n\
+         parallel = [\"ddp\", \"fsdp\"]\nranks = 2\n"
+    ));
+    let (rows, text, _d) = run(&python, &["--engine", "torch", suite.to_str().unwrap()], &[]);
+    let failed: Vec<&Row> = rows.iter().filter(|r| r["status"] != "ok").collect();
+    assert!(failed.is_empty(), "{failed:#?}\n{text}");
+    let diffs = ok_metric(&rows, "precision", "loss_diff_vs_fp32");
+    assert_eq!(diffs.len(), 4, "{rows:#?}\n{text}");
+    for model in ["mlp", "transformer-block"] {
+        for parallel in ["ddp", "fsdp"] {
+            let d = diffs
+                .iter()
+                .find(|r| {
+                    r["case"].starts_with(&format!("model={model},"))
+                        && r["case"].contains(&format!("parallel={parallel}"))
+                })
+                .unwrap_or_else(|| panic!("{model} {parallel}: {diffs:#?}"));
+            assert!(
+                median(d) < 1e-4,
+                "{model} {parallel} loss differs from one rank: {d:?}"
+            );
+        }
+    }
+    for metric in ["step_time", "samples_per_s", "scaling_efficiency", "peak_memory"] {
+        let m = ok_metric(&rows, "precision", metric);
+        assert_eq!(m.len(), 4, "{metric}: {rows:#?}");
+        assert!(m.iter().all(|r| median(r) > 0.0), "{metric}: {m:#?}");
+    }
+}
+
+#[test]
+fn a_crashing_or_hung_rank_fails_its_case_and_the_run_goes_on() {
+    let Some(python) = torch_python() else { return };
+    let suite_text = format!(
+        "name = \"crash-test\"\n{MULTI_RANK_DEFAULTS}\n[[workload]]\nkind = \"allreduce\"\nmin_bytes = 1024\nmax_bytes = 1024\n\
+         [[workload]]\nkind = \"generate\"\nmodel = \"tiny\"\nprompt_len = 8\nnew_tokens = 2\ntensor_parallel = 2\n\
+         [[workload]]\nkind = \"gemm\"\nsize = 64\ndtype = \"fp32\"\n"
+    );
+    let (suite, _s) = suite_file(&suite_text);
+    let (rows, text, _d) = run(
+        &python,
+        &["--engine", "torch", suite.to_str().unwrap()],
+        &[("TAGBENCH_TEST_CRASH_RANK", "1")],
+    );
+    for workload in ["allreduce", "generate"] {
+        let r = rows
+            .iter()
+            .find(|r| r["workload"] == workload)
+            .unwrap_or_else(|| panic!("{workload}: {rows:#?}\n{text}"));
+        assert_eq!(r["status"], "failed", "{r:?}");
+        assert!(r["reason"].starts_with("rank 1 exited with status 7"), "{r:?}");
+    }
+    // The one-rank case after them still runs.
+    assert_eq!(ok_metric(&rows, "gemm", "latency").len(), 1, "{rows:#?}\n{text}");
+
+    // A rank that hangs is killed with its case (the case's time limit); the run goes on.
+    let (suite, _s2) = suite_file(&suite_text.replace("timeout_s = 120", "timeout_s = 15"));
+    let (rows, text, _d2) = run(
+        &python,
+        &[
+            "--engine",
+            "torch",
+            "--filter",
+            "allreduce",
+            "--filter",
+            "gemm",
+            suite.to_str().unwrap(),
+        ],
+        &[("TAGBENCH_TEST_HANG_RANK", "1")],
+    );
+    let r = rows
+        .iter()
+        .find(|r| r["workload"] == "allreduce")
+        .unwrap_or_else(|| panic!("{rows:#?}\n{text}"));
+    assert_eq!(r["status"], "failed", "{r:?}");
+    assert!(r["reason"].contains("timed out after 15 s"), "{r:?}");
+    assert_eq!(ok_metric(&rows, "gemm", "latency").len(), 1, "{rows:#?}\n{text}");
+}

@@ -122,6 +122,24 @@ impl CaseOutput {
         );
     }
 
+    /// `step_time` (ms) and `samples_per_s` of training steps over `batch` samples each (the
+    /// global batch of a multi-rank step), derived per step.
+    pub fn step_metrics(&mut self, batch: usize, steps: &[Seconds]) {
+        use crate::workload::metric;
+        self.metric(
+            metric::STEP_TIME,
+            "ms",
+            Better::Lower,
+            steps.iter().map(|s| s * 1e3).collect(),
+        );
+        self.metric(
+            metric::SAMPLES_PER_S,
+            "samples/s",
+            Better::Higher,
+            steps.iter().map(|s| batch as f64 / s).collect(),
+        );
+    }
+
     /// `speedup_vs_fp32` and `loss_diff_vs_fp32` of a reduced-precision training step against its
     /// fp32 reference (same weights, data and steps), with a warning when the loss diverged.
     pub fn versus_fp32(&mut self, mode: &str, reference: &PrecisionReference, median_s: Seconds, loss: f64) {

@@ -18,7 +18,7 @@ const GIB: f64 = (1u64 << 30) as f64;
 /// The generation parameters of a case and the tensor-parallel degree it runs at.
 fn generation(case: &Case) -> Option<(&GenerateParams, usize)> {
     match &case.params {
-        Params::Generate(p) => Some((p, 1)),
+        Params::Generate(p) => Some((p, p.tensor_parallel)),
         _ => None,
     }
 }

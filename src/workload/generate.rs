@@ -120,6 +120,9 @@ pub struct GenerateParams {
     pub kv_heads: Option<usize>,
     #[serde(default)]
     pub vocab: Option<usize>,
+    /// Ranks the decoder is split over, Megatron-style (torch engine only; a sweep axis).
+    #[serde(default = "one")]
+    pub tensor_parallel: usize,
 }
 
 fn default_model() -> Model {
@@ -185,9 +188,23 @@ impl GenerateParams {
         Ok(s)
     }
 
+    /// The `skipped` reason of an engine that runs generate on one device only.
+    pub fn single_device_only(&self, engine: &str) -> Result<(), String> {
+        if self.tensor_parallel > 1 {
+            return Err(format!(
+                "tensor_parallel = {} needs the torch engine (--engine torch): the {engine} engine generates on one device",
+                self.tensor_parallel
+            ));
+        }
+        Ok(())
+    }
+
     pub fn check(&self) -> Result<(), String> {
         if self.batch == 0 || self.prompt_len == 0 || self.new_tokens == 0 {
             return Err("batch, prompt_len and new_tokens must be positive".into());
+        }
+        if self.tensor_parallel == 0 {
+            return Err("tensor_parallel must be at least 1".into());
         }
         if matches!(self.dtype, Dtype::Tf32 | Dtype::Fp8) {
             return Err(format!(
@@ -220,6 +237,27 @@ mod tests {
         let p: GenerateParams =
             serde_json::from_str(r#"{"model":"custom","prompt_len":4,"new_tokens":4}"#).unwrap();
         assert!(p.check().unwrap_err().contains("needs"));
+    }
+
+    #[test]
+    fn tensor_parallel_defaults_to_one_and_native_engines_skip_more() {
+        let p: GenerateParams = serde_json::from_str(r#"{"prompt_len":4,"new_tokens":4}"#).unwrap();
+        assert_eq!(p.tensor_parallel, 1);
+        assert!(p.single_device_only("native CPU").is_ok());
+        let tp2 = GenerateParams {
+            tensor_parallel: 2,
+            ..p.clone()
+        };
+        let why = tp2.single_device_only("native CUDA").unwrap_err();
+        assert!(
+            why.contains("tensor_parallel = 2") && why.contains("--engine torch"),
+            "{why}"
+        );
+        let tp0 = GenerateParams {
+            tensor_parallel: 0,
+            ..p
+        };
+        assert!(tp0.check().unwrap_err().contains("tensor_parallel"));
     }
 
     #[test]

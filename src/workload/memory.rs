@@ -4,8 +4,9 @@
 //!
 //! Sharding follows Megatron-LM (Shoeybi et al., 2019, §3): attention heads and the MLP's gate
 //! and up projections are split by columns, o_proj and down_proj by rows, the embedding and the
-//! LM head by vocabulary; RMSNorm weights are replicated. When there are fewer KV heads than
-//! ranks, each rank keeps one whole KV head (the replication vLLM and Megatron use for GQA).
+//! LM head by vocabulary; RMSNorm weights are replicated. The degree must divide the heads, the
+//! KV heads, the MLP width and the vocabulary (the torch engine's sharding does not replicate
+//! KV heads).
 
 use serde::Serialize;
 
@@ -44,35 +45,23 @@ impl MemoryPlan {
     }
 }
 
-/// Why a tensor-parallel degree cannot shard a model.
+/// Why a tensor-parallel degree cannot shard a model: it must divide the heads, KV heads, the
+/// MLP width and the vocabulary, as the torch engine's sharding requires.
 pub fn shardable(s: &ModelShape, tp: usize) -> Result<(), String> {
     if tp == 0 {
         return Err("tensor_parallel must be at least 1".into());
     }
-    if s.heads % tp != 0 {
-        return Err(format!(
-            "heads ({}) are not divisible by tensor_parallel={tp}",
-            s.heads
-        ));
-    }
-    if s.intermediate % tp != 0 {
-        return Err(format!(
-            "intermediate ({}) is not divisible by tensor_parallel={tp}",
-            s.intermediate
-        ));
-    }
-    if s.kv_heads % tp != 0 && tp % s.kv_heads != 0 {
-        return Err(format!(
-            "kv_heads ({}) and tensor_parallel={tp} do not divide one another",
-            s.kv_heads
-        ));
+    for (name, n) in [
+        ("heads", s.heads),
+        ("kv_heads", s.kv_heads),
+        ("intermediate", s.intermediate),
+        ("vocab", s.vocab),
+    ] {
+        if n % tp != 0 {
+            return Err(format!("tensor_parallel={tp} does not divide {name} ({n})"));
+        }
     }
     Ok(())
-}
-
-/// KV heads each rank holds: its share, or one replicated head when ranks outnumber them.
-pub fn kv_heads_per_rank(s: &ModelShape, tp: usize) -> usize {
-    (s.kv_heads / tp).max(1)
 }
 
 /// The plan of a model at `tp` ranks for `batch` sequences of `prompt_len + new_tokens` tokens,
@@ -90,9 +79,9 @@ pub fn plan(
     let (h, d) = (s.hidden as u64, s.head_dim() as u64);
     let n = tp as u64;
     let q_heads = (s.heads / tp) as u64;
-    let kv = kv_heads_per_rank(s, tp) as u64;
+    let kv = (s.kv_heads / tp) as u64;
     let inter = s.intermediate as u64 / n;
-    let vocab = (s.vocab as u64).div_ceil(n);
+    let vocab = s.vocab as u64 / n;
 
     // Per layer: q and o (heads·d × hidden each), k and v (kv·d × hidden each), gate, up and
     // down (inter × hidden each), two RMSNorm weights.
@@ -130,7 +119,8 @@ pub fn plan_of(p: &GenerateParams, tp: usize) -> Result<MemoryPlan, String> {
     plan(&p.shape()?, p.dtype, p.batch, p.prompt_len, p.new_tokens, tp)
 }
 
-/// The smallest power-of-two degree (up to the head count) whose plan fits `gpu_memory`.
+/// The smallest power-of-two degree (up to the head count) that shards the model and whose plan
+/// fits `gpu_memory`.
 pub fn smallest_fitting(p: &GenerateParams, gpu_memory: u64) -> Option<MemoryPlan> {
     let heads = p.shape().ok()?.heads;
     std::iter::successors(Some(1usize), |n| Some(n * 2))
@@ -258,8 +248,10 @@ mod tests {
             .unwrap_err()
             .contains("heads"));
         assert!(shardable(&ModelShape::TINY, 0).is_err());
-        // 16 ranks over 8 KV heads replicate: allowed.
-        assert!(shardable(&ModelShape::LLAMA3_70B, 16).is_ok());
-        assert_eq!(kv_heads_per_rank(&ModelShape::LLAMA3_70B, 16), 1);
+        // 16 ranks over 8 KV heads would need KV replication, which the engine does not do.
+        assert!(shardable(&ModelShape::LLAMA3_70B, 16)
+            .unwrap_err()
+            .contains("kv_heads (8)"));
+        assert!(shardable(&ModelShape::LLAMA3_70B, 8).is_ok());
     }
 }

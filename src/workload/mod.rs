@@ -192,4 +192,8 @@ pub mod metric {
     pub const ALGBW: &str = "algbw";
     pub const BUSBW: &str = "busbw";
     pub const WRONG: &str = "wrong_elements";
+    /// Share of decode time spent in all-reduce (tensor-parallel generation), %.
+    pub const ALLREDUCE_SHARE: &str = "allreduce_share";
+    /// One-rank step time over (ranks × the multi-rank step time), % (DDP/FSDP).
+    pub const SCALING_EFFICIENCY: &str = "scaling_efficiency";
 }

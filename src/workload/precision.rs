@@ -36,6 +36,29 @@ impl Mode {
     }
 }
 
+/// How the step is spread over ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Parallel {
+    /// One process.
+    None,
+    /// DistributedDataParallel: the model replicated, gradients all-reduced.
+    Ddp,
+    /// FSDP2 (`fully_shard` per layer, then the model): parameters, gradients and optimizer
+    /// state sharded across ranks.
+    Fsdp,
+}
+
+impl Parallel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Parallel::None => "none",
+            Parallel::Ddp => "ddp",
+            Parallel::Fsdp => "fsdp",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrecisionParams {
@@ -53,6 +76,19 @@ pub struct PrecisionParams {
     pub heads: usize,
     /// The mode of this case; fp32 is also measured (once per worker) as the reference.
     pub mode: Mode,
+    /// DDP or FSDP over `ranks` processes (torch engine only; a sweep axis). `batch` is then
+    /// the global batch, split evenly across the ranks.
+    #[serde(default = "default_parallel")]
+    pub parallel: Parallel,
+    #[serde(default = "default_ranks")]
+    pub ranks: usize,
+}
+
+fn default_parallel() -> Parallel {
+    Parallel::None
+}
+fn default_ranks() -> usize {
+    1
 }
 
 fn default_model() -> PrecisionModel {
@@ -79,14 +115,93 @@ impl PrecisionParams {
                 self.hidden, self.heads
             ));
         }
+        if self.ranks == 0 {
+            return Err("ranks must be at least 1".into());
+        }
+        if self.parallel == Parallel::None && self.ranks > 1 {
+            return Err(format!(
+                "ranks = {} needs parallel = \"ddp\" or \"fsdp\"",
+                self.ranks
+            ));
+        }
+        if self.batch % self.ranks != 0 {
+            return Err(format!(
+                "batch ({}) must be a multiple of ranks ({}): each rank takes an equal slice",
+                self.batch, self.ranks
+            ));
+        }
         Ok(())
     }
 
-    /// The same case in fp32: the reference this mode is compared with.
+    /// The same case on one rank: what a DDP/FSDP step is measured against.
+    pub fn single_rank(&self) -> PrecisionParams {
+        PrecisionParams {
+            parallel: Parallel::None,
+            ranks: 1,
+            ..self.clone()
+        }
+    }
+
+    /// The same case in fp32 on one rank: the reference this case's loss is compared with.
     pub fn reference(&self) -> PrecisionParams {
         PrecisionParams {
             mode: Mode::Fp32,
-            ..self.clone()
+            ..self.single_rank()
         }
+    }
+
+    /// The `skipped` reason of an engine that trains on one process only.
+    pub fn single_process_only(&self, engine: &str) -> Result<(), String> {
+        if self.parallel != Parallel::None {
+            return Err(format!(
+                "parallel = {} needs the torch engine (--engine torch): the {engine} engine trains in one process",
+                self.parallel.as_str()
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(json: &str) -> PrecisionParams {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn parallel_defaults_to_one_process() {
+        let p = params(r#"{"batch":8,"mode":"fp32"}"#);
+        assert_eq!((p.parallel, p.ranks), (Parallel::None, 1));
+        assert!(p.check().is_ok() && p.single_process_only("native CPU").is_ok());
+    }
+
+    #[test]
+    fn ranks_need_a_parallel_mode_and_an_even_batch() {
+        assert!(params(r#"{"batch":8,"mode":"fp32","ranks":2}"#)
+            .check()
+            .unwrap_err()
+            .contains("parallel"));
+        assert!(params(r#"{"batch":9,"mode":"fp32","parallel":"ddp","ranks":2}"#)
+            .check()
+            .unwrap_err()
+            .contains("multiple of ranks"));
+        let fsdp = params(r#"{"batch":8,"mode":"amp-bf16","parallel":"fsdp","ranks":2}"#);
+        assert!(fsdp.check().is_ok());
+        assert!(fsdp
+            .single_process_only("native CPU")
+            .unwrap_err()
+            .contains("torch engine"));
+        // The loss reference is one rank in fp32; the timing reference one rank in the same mode.
+        assert_eq!(
+            (
+                fsdp.reference().mode,
+                fsdp.reference().parallel,
+                fsdp.reference().ranks
+            ),
+            (Mode::Fp32, Parallel::None, 1)
+        );
+        assert_eq!(fsdp.single_rank().mode, Mode::AmpBf16);
     }
 }

@@ -67,10 +67,12 @@ impl Engine for CpuEngine {
     }
 
     fn generate(&mut self, p: &GenerateParams, case: &Case) -> Result<CaseOutput, CaseError> {
+        p.single_device_only("native CPU").map_err(CaseError::Skipped)?;
         generate::run(p, case)
     }
 
     fn precision(&mut self, p: &PrecisionParams, case: &Case) -> Result<CaseOutput, CaseError> {
+        p.single_process_only("native CPU").map_err(CaseError::Skipped)?;
         precision::run(self, p, case)
     }
 

@@ -37,18 +37,7 @@ pub fn run(engine: &mut CpuEngine, p: &PrecisionParams, case: &Case) -> Result<C
     let tracked = memory::reset_peak();
     let (median, loss, step_times) = measure(p, compute, case)?;
     let mut out = CaseOutput::new("cpu");
-    out.metric(
-        metric::STEP_TIME,
-        "ms",
-        Better::Lower,
-        step_times.iter().map(|s| s * 1e3).collect(),
-    );
-    out.metric(
-        metric::SAMPLES_PER_S,
-        "samples/s",
-        Better::Higher,
-        step_times.iter().map(|s| p.batch as f64 / s).collect(),
-    );
+    out.step_metrics(p.batch, &step_times);
     if tracked {
         if let Some(peak) = memory::peak_mib() {
             out.metric(metric::PEAK_MEMORY, "MiB", Better::Lower, vec![peak]);
@@ -341,6 +330,8 @@ mod tests {
             seq: 8,
             heads: 4,
             mode,
+            parallel: crate::workload::precision::Parallel::None,
+            ranks: 1,
         }
     }
 

@@ -6,12 +6,14 @@
 
 mod allreduce;
 mod python;
+mod ranks;
 
 use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
 use self::python::{PyProcess, Role, ScriptFile};
+use self::ranks::RankGroup;
 use super::{CaseOutput, Engine};
 use crate::case::{Better, Case, Device, Seconds};
 use crate::error::CaseError;
@@ -21,7 +23,7 @@ use crate::workload::attention::AttentionParams;
 use crate::workload::gemm::GemmParams;
 use crate::workload::generate::GenerateParams;
 use crate::workload::metric;
-use crate::workload::precision::{Mode, PrecisionParams};
+use crate::workload::precision::{Mode, Parallel, PrecisionParams};
 use crate::workload::probe::ProbeParams;
 use crate::workload::Params;
 
@@ -35,6 +37,8 @@ pub struct TorchEngine {
     gpus: Vec<usize>,
     script: ScriptFile,
     session: Option<PyProcess>,
+    /// The ranks of the multi-rank case being measured: requests go to its rank 0 meanwhile.
+    group: Option<RankGroup>,
     /// Why torch cannot run here (no python3, torch not importable): every case skips with it.
     unavailable: Option<String>,
     /// What python said when it started (versions, GPU count).
@@ -55,6 +59,7 @@ impl TorchEngine {
             gpus: gpus.to_vec(),
             script: ScriptFile::write(),
             session: None,
+            group: None,
             unavailable: None,
             hello: Value::Null,
             precision_refs: BTreeMap::new(),
@@ -96,6 +101,9 @@ impl TorchEngine {
     }
 
     fn request(&mut self, req: &Value) -> Result<Value, CaseError> {
+        if let Some(group) = self.group.as_mut() {
+            return group.request(req);
+        }
         let result = self.session()?.request(req);
         if matches!(result, Err(CaseError::Failed(_))) && !self.session.as_mut().is_some_and(PyProcess::alive)
         {
@@ -151,6 +159,165 @@ impl TorchEngine {
 
     fn finish(&mut self) -> Result<Value, CaseError> {
         self.request(&json!({"op": "finish"}))
+    }
+
+    /// Runs `f` with every request going to a fresh group of `ranks` processes (one per GPU on
+    /// CUDA), torn down afterwards whatever happened: one launch for every multi-rank workload.
+    fn with_ranks<T>(
+        &mut self,
+        ranks: usize,
+        f: impl FnOnce(&mut Self) -> Result<T, CaseError>,
+    ) -> Result<T, CaseError> {
+        // The session tells whether torch is here at all and how many GPUs it sees.
+        self.session()?;
+        let devices = self.rank_devices(ranks)?;
+        self.group = Some(RankGroup::launch(
+            &self.python,
+            &self.script,
+            &devices,
+            self.device,
+        )?);
+        let result = f(self);
+        // Dropping the group ends every rank (a hung one is killed) before the next case.
+        self.group = None;
+        result
+    }
+
+    /// The device of each of `ranks` ranks: `cpu` for every CPU rank, one GPU per rank on CUDA.
+    fn rank_devices(&self, ranks: usize) -> Result<Vec<String>, CaseError> {
+        match self.device {
+            Device::Cpu => Ok(vec!["cpu".to_string(); ranks]),
+            Device::Cuda => {
+                let pool = self.gpu_pool();
+                if pool.is_empty() {
+                    return Err(CaseError::skipped("torch sees no CUDA device"));
+                }
+                if ranks > pool.len() {
+                    return Err(CaseError::skipped(format!(
+                        "{ranks} ranks need {ranks} GPUs (one process per GPU); the target has {}",
+                        pool.len()
+                    )));
+                }
+                Ok(pool[..ranks].iter().map(|g| format!("cuda:{g}")).collect())
+            }
+        }
+    }
+
+    /// The GPUs the job may use: its own list, else every GPU torch sees.
+    fn gpu_pool(&self) -> Vec<usize> {
+        if self.gpus.is_empty() {
+            (0..self.hello["gpu_count"].as_u64().unwrap_or(0) as usize).collect()
+        } else {
+            self.gpus.clone()
+        }
+    }
+
+    /// A generation on the engine's current ranks: the session, or the group of a
+    /// tensor-parallel case (every rank decodes; rank 0 reports).
+    fn generate_here(&mut self, p: &GenerateParams, case: &Case) -> Result<CaseOutput, CaseError> {
+        let shape = p.shape().map_err(|e| CaseError::Failed(anyhow::anyhow!(e)))?;
+        let mut shape_json = serde_json::to_value(shape).map_err(|e| CaseError::Failed(e.into()))?;
+        shape_json["parameters"] = json!(shape.parameters());
+        let mut out = self.new_output();
+        self.setup(case, json!({"shape": shape_json}), &mut out)?;
+        let (_, runs) = self.sample(case)?;
+        let done = self.finish()?;
+        let ttft: Vec<f64> = runs.iter().filter_map(|v| v["ttft_s"].as_f64()).collect();
+        let tpot: Vec<f64> = runs.iter().filter_map(|v| v["tpot_s"].as_f64()).collect();
+        out.generation_metrics(p.batch, p.prompt_len, &ttft, &tpot);
+        let share: Vec<f64> = runs
+            .iter()
+            .filter_map(|v| v["allreduce_share_pct"].as_f64())
+            .collect();
+        if !share.is_empty() {
+            out.metric(metric::ALLREDUCE_SHARE, "%", Better::Lower, share);
+        }
+        match done["peak_memory_mib"].as_f64() {
+            Some(mib) => out.metric(metric::PEAK_MEMORY, "MiB", Better::Lower, vec![mib]),
+            None => out.warn("peak memory not measured: the kernel's peak-RSS reset (/proc/self/clear_refs) is not available"),
+        }
+        // What was generated, hashed: greedy decoding from one seed must give the same tokens at
+        // every tensor_parallel, which a reader of the rows can check.
+        if let Some(hash) = done["tokens_hash"].as_str().filter(|h| !h.is_empty()) {
+            out.status = Some(format!(
+                "tokens {hash} (greedy, seed 0) at tensor_parallel {}",
+                p.tensor_parallel
+            ));
+        }
+        Ok(out)
+    }
+
+    fn remember_reference(&mut self, p: &PrecisionParams, median: f64, loss: f64) -> Result<(), CaseError> {
+        let key = serde_json::to_string(&p.reference()).map_err(|e| CaseError::Failed(e.into()))?;
+        self.precision_refs.insert(
+            key,
+            Reference {
+                step_median_s: median,
+                loss,
+            },
+        );
+        Ok(())
+    }
+
+    /// The single-rank fp32 run of `p` (measured now unless this worker already has it).
+    fn fp32_reference(&mut self, case: &Case, p: &PrecisionParams) -> Result<Reference, CaseError> {
+        let key = serde_json::to_string(&p.reference()).map_err(|e| CaseError::Failed(e.into()))?;
+        if let Some(r) = self.precision_refs.get(&key) {
+            return Ok(r.clone());
+        }
+        let mut scratch = self.new_output();
+        let (m, l, _, _) = self.precision_mode(case, &p.reference(), &mut scratch)?;
+        self.remember_reference(&p.reference(), m, l)?;
+        Ok(Reference {
+            step_median_s: m,
+            loss: l,
+        })
+    }
+
+    /// A DDP/FSDP step over `p.ranks` ranks, against the one-rank step of the same mode measured
+    /// in the same case (scaling efficiency) and the one-rank fp32 loss (numerics).
+    fn precision_parallel(&mut self, p: &PrecisionParams, case: &Case) -> Result<CaseOutput, CaseError> {
+        let mut out = self.new_output();
+        let (_, loss, steps, peak) = self.with_ranks(p.ranks, |e| e.precision_mode(case, p, &mut out))?;
+        let mut scratch = self.new_output();
+        let (one_rank, one_loss, _, _) = self.precision_mode(case, &p.single_rank(), &mut scratch)?;
+        let reference = if p.mode == Mode::Fp32 {
+            self.remember_reference(p, one_rank, one_loss)?;
+            Reference {
+                step_median_s: one_rank,
+                loss: one_loss,
+            }
+        } else {
+            self.fp32_reference(case, p)?
+        };
+        out.step_metrics(p.batch, &steps);
+        // Strong scaling: the same global batch on one rank, over N ranks' time.
+        out.metric(
+            metric::SCALING_EFFICIENCY,
+            "%",
+            Better::Higher,
+            steps
+                .iter()
+                .map(|s| 100.0 * one_rank / (p.ranks as f64 * s))
+                .collect(),
+        );
+        if let Some(mib) = peak {
+            out.metric(metric::PEAK_MEMORY, "MiB", Better::Lower, vec![mib]);
+        }
+        out.metric(
+            metric::LOSS_DIFF,
+            "relative",
+            Better::Lower,
+            vec![crate::engine::relative_diff(loss, reference.loss)],
+        );
+        if !loss.is_finite() {
+            out.warn(format!(
+                "{} {} loss is not finite after the seeded steps",
+                p.parallel.as_str(),
+                p.mode.as_str()
+            ));
+        }
+        Ok(out)
     }
 
     fn new_output(&self) -> CaseOutput {
@@ -266,65 +433,27 @@ impl Engine for TorchEngine {
     }
 
     fn generate(&mut self, p: &GenerateParams, case: &Case) -> Result<CaseOutput, CaseError> {
-        let shape = p.shape().map_err(|e| CaseError::Failed(anyhow::anyhow!(e)))?;
-        let mut shape_json = serde_json::to_value(shape).map_err(|e| CaseError::Failed(e.into()))?;
-        shape_json["parameters"] = json!(shape.parameters());
-        let mut out = self.new_output();
-        self.setup(case, json!({"shape": shape_json}), &mut out)?;
-        let (_, runs) = self.sample(case)?;
-        let peak = self.finish()?["peak_memory_mib"].as_f64();
-        let ttft: Vec<f64> = runs.iter().filter_map(|v| v["ttft_s"].as_f64()).collect();
-        let tpot: Vec<f64> = runs.iter().filter_map(|v| v["tpot_s"].as_f64()).collect();
-        out.generation_metrics(p.batch, p.prompt_len, &ttft, &tpot);
-        match peak {
-            Some(mib) => out.metric(metric::PEAK_MEMORY, "MiB", Better::Lower, vec![mib]),
-            None => out.warn("peak memory not measured: the kernel's peak-RSS reset (/proc/self/clear_refs) is not available"),
+        if p.tensor_parallel > 1 {
+            return self.with_ranks(p.tensor_parallel, |e| e.generate_here(p, case));
         }
-        Ok(out)
+        self.generate_here(p, case)
     }
 
     fn precision(&mut self, p: &PrecisionParams, case: &Case) -> Result<CaseOutput, CaseError> {
+        if p.parallel != Parallel::None {
+            return self.precision_parallel(p, case);
+        }
         let mut out = self.new_output();
         let (median, loss, steps, peak) = self.precision_mode(case, p, &mut out)?;
-        out.metric(
-            metric::STEP_TIME,
-            "ms",
-            Better::Lower,
-            steps.iter().map(|s| s * 1e3).collect(),
-        );
-        out.metric(
-            metric::SAMPLES_PER_S,
-            "samples/s",
-            Better::Higher,
-            steps.iter().map(|s| p.batch as f64 / s).collect(),
-        );
+        out.step_metrics(p.batch, &steps);
         if let Some(mib) = peak {
             out.metric(metric::PEAK_MEMORY, "MiB", Better::Lower, vec![mib]);
         }
-        let key = serde_json::to_string(&p.reference()).map_err(|e| CaseError::Failed(e.into()))?;
         if p.mode == Mode::Fp32 {
-            self.precision_refs.insert(
-                key,
-                Reference {
-                    step_median_s: median,
-                    loss,
-                },
-            );
+            self.remember_reference(p, median, loss)?;
             return Ok(out);
         }
-        let reference = match self.precision_refs.get(&key) {
-            Some(r) => r.clone(),
-            None => {
-                let mut scratch = self.new_output();
-                let (m, l, _, _) = self.precision_mode(case, &p.reference(), &mut scratch)?;
-                let r = Reference {
-                    step_median_s: m,
-                    loss: l,
-                };
-                self.precision_refs.insert(key, r.clone());
-                r
-            }
-        };
+        let reference = self.fp32_reference(case, p)?;
         out.versus_fp32(p.mode.as_str(), &reference, median, loss);
         Ok(out)
     }

@@ -59,9 +59,12 @@ impl Drop for ScriptFile {
     }
 }
 
-/// What a python child is for: the request/response session, or a silent all-reduce rank.
+/// What a python child is for: the one-rank request/response session, rank 0 of a multi-rank
+/// case (answering requests like the session), or another rank (taking its requests from rank 0,
+/// writing a reply only when it cannot go on).
 pub enum Role<'a> {
     Session,
+    Leader { device: &'a str },
     Follower { device: &'a str },
 }
 
@@ -90,10 +93,15 @@ impl PyProcess {
             Role::Session => {
                 cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
             }
+            Role::Leader { device } => {
+                cmd.args(["--rank", device])
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped());
+            }
             Role::Follower { device } => {
-                cmd.args(["--follower", device])
+                cmd.args(["--rank", device])
                     .stdin(Stdio::null())
-                    .stdout(Stdio::null());
+                    .stdout(Stdio::piped());
             }
         }
         die_with_parent(&mut cmd);
@@ -151,6 +159,36 @@ impl PyProcess {
             "the torch worker ({}) {how}; its stderr is in the case log",
             Path::new(&self.python).display()
         )))
+    }
+
+    /// The process id (to signal a rank from another thread).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A follower's last reply line before it ended (`None` when it wrote none): read to the end
+    /// of its stdout, so this returns when the process has closed it (exited).
+    pub fn last_reply(&mut self) -> Option<Result<Value, CaseError>> {
+        let stdout = self.stdout.as_mut()?;
+        let mut last = None;
+        let mut line = String::new();
+        while matches!(stdout.read_line(&mut line), Ok(n) if n > 0) {
+            if line.trim_start().starts_with('{') {
+                last = Some(parse_reply(&line));
+            }
+            line.clear();
+        }
+        last
+    }
+
+    /// How the process ended (waiting for it), in words: `exited with status 3`.
+    pub fn ended(&mut self) -> String {
+        self.exit_description()
+    }
+
+    /// Closes stdin, so that an idle rank 0 broadcasts the end to its group and every rank exits.
+    pub fn close_stdin(&mut self) {
+        drop(self.stdin.take());
     }
 
     /// Whether the process is still running.

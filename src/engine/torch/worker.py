@@ -14,8 +14,8 @@ The Rust side owns the sampling loop and every statistic; this script only times
 sample. Anything else that writes to stdout (a print in a library, a C++ warning) is sent to
 stderr, which tagbench keeps in the case log.
 
-`--follower` runs a non-zero rank of an all-reduce group: it takes its orders from rank 0 through
-torch.distributed broadcasts. Only torch and the standard library are used, and the code runs on
+`--rank DEVICE` runs one rank of a multi-rank case (all-reduce, tensor-parallel generation,
+DDP/FSDP steps): rank 0 reads the requests and broadcasts them, every rank handles each in lockstep. Only torch and the standard library are used, and the code runs on
 the torch 2.x versions found in images.
 """
 
@@ -415,46 +415,77 @@ def supports_gqa():
 
 class Llama:
     """A Llama-architecture decoder (RMSNorm, RoPE, GQA, SwiGLU MLP, KV cache) in plain torch with
-    random weights: the shapes of the real model, none of its files."""
+    random weights: the shapes of the real model, none of its files.
 
-    def __init__(self, shape, dt, dev, batch, max_len):
+    With `world` > 1 it is this rank's shard, Megatron-LM's tensor parallelism (Shoeybi et al.,
+    2019): attention heads and the MLP's gate/up split by columns, o_proj and down_proj by rows
+    with one all-reduce after each, embedding and LM head split by vocabulary. Every weight is
+    drawn whole from its own seed and then sliced, so that all ranks together hold exactly the
+    one-rank model and tensor_parallel = N generates the tokens tensor_parallel = 1 does."""
+
+    def __init__(self, shape, dt, dev, batch, max_len, rank=0, world=1):
         h, inter = shape["hidden"], shape["intermediate"]
-        self.heads, self.kv_heads = shape["heads"], shape["kv_heads"]
-        self.hd = h // self.heads
+        heads, kv_heads, vocab = shape["heads"], shape["kv_heads"], shape["vocab"]
+        for name, n in (("heads", heads), ("kv_heads", kv_heads), ("intermediate", inter), ("vocab", vocab)):
+            if n % world:
+                raise Skip("tensor_parallel = %d must divide %s (%d)" % (world, name, n))
+        self.hd = h // heads
+        self.heads, self.kv_heads = heads // world, kv_heads // world
+        self.inter = inter // world
+        self.vocab = vocab // world
+        self.vstart = rank * self.vocab
+        self.rank, self.world = rank, world
         self.dev, self.dt = dev, dt
-        g = torch.Generator(device="cpu").manual_seed(0)
+        self.seed = 0
+        self.comm = []
 
-        def w(out_f, in_f):
-            # N(0, 0.02) as Hugging Face initialises Llama; never zeros (zeros run unrealistically fast).
-            t = torch.empty(out_f, in_f, dtype=dt, device=dev)
-            return t.normal_(0.0, 0.02) if dev.type == "cuda" else torch.randn(out_f, in_f, generator=g).mul_(0.02).to(dt)
+        def full(out_f, in_f):
+            # N(0, 0.02) as Hugging Face initialises Llama; never zeros (zeros run unrealistically
+            # fast). One seed per tensor, the same on every rank.
+            self.seed += 1
+            if dev.type == "cuda":
+                g = torch.Generator(device=dev).manual_seed(self.seed)
+                return torch.empty(out_f, in_f, dtype=dt, device=dev).normal_(0.0, 0.02, generator=g)
+            g = torch.Generator(device="cpu").manual_seed(self.seed)
+            return torch.randn(out_f, in_f, generator=g).mul_(0.02).to(dt)
 
-        kv = self.kv_heads * self.hd
-        self.embed = w(shape["vocab"], h)
+        def rows(t, start, n):
+            return t[start : start + n]
+
+        q, kv = self.heads * self.hd, self.kv_heads * self.hd
+        self.q, self.kv = q, kv
+        kv_full = kv_heads * self.hd
+        self.embed = rows(full(vocab, h), self.vstart, self.vocab).clone()
         self.layers = []
         for _ in range(shape["layers"]):
+            wqkv = full(h + 2 * kv_full, h)
+            wqkv = torch.cat(
+                (rows(wqkv, rank * q, q), rows(wqkv, h + rank * kv, kv), rows(wqkv, h + kv_full + rank * kv, kv))
+            )
+            wo = full(h, h)[:, rank * q : (rank + 1) * q].contiguous()
+            wgu = full(2 * inter, h)
+            wgu = torch.cat((rows(wgu, rank * self.inter, self.inter), rows(wgu, inter + rank * self.inter, self.inter)))
+            wd = full(h, inter)[:, rank * self.inter : (rank + 1) * self.inter].contiguous()
             self.layers.append(
                 {
                     "ln1": torch.ones(h, dtype=dt, device=dev),
-                    "wqkv": w(h + 2 * kv, h),
-                    "wo": w(h, h),
+                    "wqkv": wqkv,
+                    "wo": wo,
                     "ln2": torch.ones(h, dtype=dt, device=dev),
-                    "wgu": w(2 * inter, h),
-                    "wd": w(h, inter),
+                    "wgu": wgu,
+                    "wd": wd,
                     "k": torch.zeros(batch, self.kv_heads, max_len, self.hd, dtype=dt, device=dev),
                     "v": torch.zeros(batch, self.kv_heads, max_len, self.hd, dtype=dt, device=dev),
                 }
             )
         self.norm = torch.ones(h, dtype=dt, device=dev)
-        self.head = w(shape["vocab"], h)
+        self.head = rows(full(vocab, h), self.vstart, self.vocab).clone()
         inv = 1.0 / (float(shape["rope_theta"]) ** (torch.arange(0, self.hd, 2, dtype=torch.float32) / self.hd))
         pos = torch.arange(max_len, dtype=torch.float32)
         freqs = torch.outer(pos, inv)
         self.cos = freqs.cos().to(dev)
         self.sin = freqs.sin().to(dev)
         self.gqa = supports_gqa()
-        self.inter = inter
-        self.kv = kv
 
     @staticmethod
     def rms(x, w):
@@ -469,15 +500,45 @@ class Llama:
         x1, x2 = x[..., : self.hd // 2], x[..., self.hd // 2 :]
         return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
+    def all_reduce(self, x):
+        """Sums the ranks' partial results, timing the call (its share of decode is a metric)."""
+        if self.dev.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            DIST.dist.all_reduce(x)
+            end.record()
+            self.comm.append((start, end))
+        else:
+            t = time.perf_counter()
+            DIST.dist.all_reduce(x)
+            self.comm.append(time.perf_counter() - t)
+        return x
+
+    def comm_seconds(self):
+        """Seconds spent in all-reduce since the last call."""
+        if self.dev.type == "cuda":
+            if self.comm:
+                self.comm[-1][1].synchronize()
+            s = sum(a.elapsed_time(b) for a, b in self.comm) / 1e3
+        else:
+            s = sum(self.comm)
+        self.comm = []
+        return s
+
     def forward(self, tokens, start):
         F = torch.nn.functional
         b, s = tokens.shape
-        x = F.embedding(tokens, self.embed)
-        h = x.shape[-1]
+        if self.world > 1:
+            local = tokens - self.vstart
+            outside = (local < 0) | (local >= self.vocab)
+            x = F.embedding(local.masked_fill(outside, 0), self.embed)
+            x = self.all_reduce(x.masked_fill(outside.unsqueeze(-1), 0))
+        else:
+            x = F.embedding(tokens, self.embed)
         for L in self.layers:
             a = self.rms(x, L["ln1"])
             qkv = a @ L["wqkv"].t()
-            q, k, v = qkv.split([h, self.kv, self.kv], dim=-1)
+            q, k, v = qkv.split([self.q, self.kv, self.kv], dim=-1)
             q = self.rope(q.view(b, s, self.heads, self.hd).transpose(1, 2), start)
             k = self.rope(k.view(b, s, self.kv_heads, self.hd).transpose(1, 2), start)
             v = v.view(b, s, self.kv_heads, self.hd).transpose(1, 2)
@@ -495,13 +556,21 @@ class Llama:
                     vals = vals.repeat_interleave(rep, dim=1)
             # The prompt attends causally; a decoded token attends to everything cached.
             y = F.scaled_dot_product_attention(q, keys, vals, is_causal=s > 1, **kwargs)
-            x = x + y.transpose(1, 2).reshape(b, s, h) @ L["wo"].t()
+            o = y.transpose(1, 2).reshape(b, s, self.q) @ L["wo"].t()
+            x = x + (self.all_reduce(o) if self.world > 1 else o)
             m = self.rms(x, L["ln2"])
             gate, up = (m @ L["wgu"].t()).split([self.inter, self.inter], dim=-1)
-            x = x + (F.silu(gate) * up) @ L["wd"].t()
+            d = (F.silu(gate) * up) @ L["wd"].t()
+            x = x + (self.all_reduce(d) if self.world > 1 else d)
         # Logits of the last position only, as serving engines compute them.
         last = self.rms(x[:, -1], self.norm)
-        return last @ self.head.t()
+        logits = last @ self.head.t()
+        if self.world > 1:
+            # Each rank holds a slice of the vocabulary: gather the whole row for the argmax.
+            parts = [torch.empty_like(logits) for _ in range(self.world)]
+            DIST.dist.all_gather(parts, logits.contiguous())
+            logits = torch.cat(parts, dim=-1)
+        return logits
 
 
 class Generate:
@@ -510,10 +579,17 @@ class Generate:
         shape = req["shape"]
         self.dev = dev
         self.warnings = []
+        tp = int(p.get("tensor_parallel") or 1)
+        rank, world = (DIST.rank, DIST.world) if DIST is not None else (0, 1)
+        if tp != world:
+            raise RuntimeError("tensor_parallel = %d but the case runs on %d rank(s)" % (tp, world))
         dt = torch_dtype(p["dtype"], "generate")
         elem = torch.tensor([], dtype=dt).element_size()
-        weights = shape["parameters"] * elem
+        weights = shape["parameters"] * elem / world
         avail = mem_available_bytes(dev)
+        if dev.type == "cpu":
+            # Every rank of a CPU case shares the host's memory.
+            weights *= world
         if avail is not None and weights * 1.2 > avail:
             raise Skip(
                 "the model needs %.1f GiB for its weights and %.1f GiB of memory is available (lower `layers`)"
@@ -522,14 +598,18 @@ class Generate:
         if dev.type == "cuda":
             set_tf32(False)
         self.batch, self.prompt_len, self.new_tokens = p["batch"], p["prompt_len"], p["new_tokens"]
-        self.tracked = mem_reset(dev)
         with torch.inference_mode():
-            self.model = Llama(shape, dt, dev, self.batch, self.prompt_len + self.new_tokens)
+            self.model = Llama(shape, dt, dev, self.batch, self.prompt_len + self.new_tokens, rank, world)
             g = torch.Generator(device="cpu").manual_seed(1)
             self.prompt = torch.randint(0, shape["vocab"], (self.batch, self.prompt_len), generator=g).to(dev)
-        self.facts = {"sdpa_gqa": self.model.gqa}
+        # After the build: the whole-tensor temporaries each rank slices from are not its memory.
+        self.tracked = mem_reset(dev)
+        self.tokens_hash = ""
+        self.facts = {"sdpa_gqa": self.model.gqa, "tensor_parallel": world}
 
     def run(self):
+        import hashlib
+
         with torch.inference_mode():
             t = time.perf_counter()
             logits = self.model.forward(self.prompt, 0)
@@ -537,6 +617,8 @@ class Generate:
             # Reading the token back forces the computation, as a server returning it would.
             nxt[0, 0].item()
             ttft = time.perf_counter() - t
+            self.model.comm_seconds()
+            tokens = [nxt]
             steps = []
             for i in range(1, self.new_tokens):
                 t = time.perf_counter()
@@ -544,14 +626,23 @@ class Generate:
                 nxt = logits.argmax(-1, keepdim=True)
                 nxt[0, 0].item()
                 steps.append(time.perf_counter() - t)
+                tokens.append(nxt)
+            comm = self.model.comm_seconds()
+        # The generated tokens, hashed: tensor_parallel = N must give those of N = 1.
+        self.tokens_hash = hashlib.sha256(str(torch.cat(tokens, dim=-1).cpu().tolist()).encode()).hexdigest()[:16]
         values = {"ttft_s": ttft}
         if steps:
             values["tpot_s"] = sum(steps) / len(steps)
+            if self.model.world > 1:
+                values["allreduce_share_pct"] = 100.0 * comm / sum(steps)
         return {"seconds": ttft + sum(steps), "values": values}
 
     def finish(self):
-        peak = mem_peak_mib(self.dev) if self.tracked else None
-        return {"peak_memory_mib": peak} if peak is not None else {}
+        peak = dist_max(mem_peak_mib(self.dev) if self.tracked else None)
+        out = {"tokens_hash": self.tokens_hash}
+        if peak is not None:
+            out["peak_memory_mib"] = peak
+        return out
 
 
 class Precision:
@@ -573,6 +664,10 @@ class Precision:
             self.autocast = torch.float16 if mode == "amp-fp16" else torch.bfloat16
             if dev.type == "cpu" and self.autocast == torch.float16 and not cpu_fp16_autocast():
                 raise Skip("this torch (%s) has no fp16 autocast on the CPU" % torch.__version__)
+        parallel = p.get("parallel") or "none"
+        rank, world = (DIST.rank, DIST.world) if DIST is not None else (0, 1)
+        if parallel != "none" and world != int(p.get("ranks") or 1):
+            raise RuntimeError("parallel = %s over %s ranks, but the case runs on %d" % (parallel, p.get("ranks"), world))
         torch.manual_seed(0)
         h = p["hidden"]
         if p["model"] == "mlp":
@@ -583,9 +678,26 @@ class Precision:
             self.model = Block(h, p["heads"])
             shape = (p["batch"], p["seq"], h)
         self.model.to(dev)
+        # `batch` is the global batch: each rank takes its slice of the same seeded data, so the
+        # ranks together see what one rank sees, and the losses can be compared.
         g = torch.Generator(device="cpu").manual_seed(1)
-        self.x = torch.randn(*shape, generator=g).to(dev)
-        self.target = torch.randn(*shape, generator=g).to(dev)
+        x = torch.randn(*shape, generator=g)
+        target = torch.randn(*shape, generator=g)
+        per = p["batch"] // world
+        self.x = x[rank * per : (rank + 1) * per].to(dev)
+        self.target = target[rank * per : (rank + 1) * per].to(dev)
+        self.world = world
+        if parallel == "ddp":
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.model = DistributedDataParallel(self.model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        elif parallel == "fsdp":
+            fully_shard = fsdp2()
+            # FSDP2: each layer its own unit (gathered just before use), then the root for the rest.
+            for m in self.model.modules():
+                if isinstance(m, torch.nn.Linear):
+                    fully_shard(m)
+            fully_shard(self.model)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3)
         if self.autocast == torch.float16:
             self.scaler = make_grad_scaler(dev)
@@ -593,8 +705,11 @@ class Precision:
         loss = float("nan")
         for _ in range(NUMERICS_STEPS):
             loss = self.step()
+        if DIST is not None:
+            # The mean of the ranks' slice losses is the loss over the whole batch.
+            loss = DIST.mean_cpu(loss)
         self.tracked = mem_reset(dev)
-        self.facts = {"loss": loss, "grad_scaler": self.scaler is not None}
+        self.facts = {"loss": loss, "grad_scaler": self.scaler is not None, "parallel": parallel, "world_size": world}
 
     def step(self):
         F = torch.nn.functional
@@ -622,8 +737,19 @@ class Precision:
         return {"seconds": time.perf_counter() - t}
 
     def finish(self):
-        peak = mem_peak_mib(self.dev) if self.tracked else None
+        peak = dist_max(mem_peak_mib(self.dev) if self.tracked else None)
         return {"peak_memory_mib": peak} if peak is not None else {}
+
+
+def fsdp2():
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:
+        try:
+            from torch.distributed._composable.fsdp import fully_shard
+        except ImportError:
+            raise Skip("this torch (%s) has no FSDP2 fully_shard (torch 2.4 or newer)" % torch.__version__)
+    return fully_shard
 
 
 def cpu_fp16_autocast():
@@ -681,41 +807,153 @@ def Block(h, heads):
 
 
 # ---------------------------------------------------------------------------------------------
-# All-reduce: rank 0 answers the protocol and orders the other ranks through broadcasts.
+# Ranks. A multi-rank case runs as N copies of this script started with `--rank DEVICE` and the
+# torch.distributed variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT). Rank 0
+# reads each request from stdin and broadcasts it, so every rank handles the same request in
+# lockstep (the collectives inside a workload then match); rank 0 answers. A non-zero rank that
+# cannot handle a request writes its reply to its own stdout and exits, which tagbench reads to
+# fail the case naming that rank.
 
-CMD_STOP, CMD_SIZE, CMD_RUN = 0, 1, 2
+DIST = None
+
+# Tests: the rank named in the first exits at setup, as a crashing rank would; the one named in
+# the second hangs there, as a rank stuck in a driver call would.
+CRASH_RANK_ENV = "TAGBENCH_TEST_CRASH_RANK"
+HANG_RANK_ENV = "TAGBENCH_TEST_HANG_RANK"
 
 
-class AllreduceGroup:
-    """Shared by every rank: the same calls in the same order on each, as collectives need."""
+class Dist:
+    """The process group of a multi-rank case: the data group (NCCL on GPUs, gloo on the CPU)
+    and a gloo group for the control messages (requests, small CPU tensors)."""
 
-    def __init__(self, dev, dtype, op, backend):
+    def __init__(self, dev):
         import datetime
 
         import torch.distributed as dist
 
-        self.dist = dist
-        self.dev = dev
-        self.dt = torch_dtype(dtype, "allreduce")
-        ops = {"sum": "SUM", "prod": "PRODUCT", "max": "MAX", "min": "MIN", "avg": "AVG"}
-        if not hasattr(dist.ReduceOp, ops[op]):
-            raise Skip("this torch (%s) has no ReduceOp.%s" % (torch.__version__, ops[op]))
-        self.op_name = op
-        self.op = getattr(dist.ReduceOp, ops[op])
+        if not dist.is_available():
+            raise Skip("this torch (%s) was built without torch.distributed" % torch.__version__)
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        if backend == "nccl" and not dist.is_nccl_available():
+            raise Skip("this torch (%s) was built without NCCL" % torch.__version__)
+        if not dist.is_gloo_available():
+            raise Skip("this torch (%s) was built without gloo" % torch.__version__)
         timeout = datetime.timedelta(seconds=float(os.environ.get("TAGBENCH_DIST_TIMEOUT_S", "300")))
-        dist.init_process_group(backend=backend, init_method="env://", timeout=timeout)
+        kwargs = {"device_id": dev} if dev.type == "cuda" else {}
+        try:
+            dist.init_process_group(backend=backend, init_method="env://", timeout=timeout, **kwargs)
+        except TypeError:
+            # torch before 2.3 has no device_id.
+            dist.init_process_group(backend=backend, init_method="env://", timeout=timeout)
+        self.dist = dist
+        self.backend = backend
         self.rank = dist.get_rank()
         self.world = dist.get_world_size()
-        self.cmd = torch.zeros(3, dtype=torch.int64, device=dev)
-        self.buf = None
+        self.ctrl = dist.new_group(backend="gloo") if backend == "nccl" else None
+        self.warnings = []
+        if backend == "nccl" and self.world > 1:
+            # NCCL's intra-node transport lives in /dev/shm; Docker's default 64 MiB is too small.
+            try:
+                st = os.statvfs("/dev/shm")
+                shm = st.f_frsize * st.f_blocks
+                if shm < (1 << 30):
+                    self.warnings.append(
+                        "/dev/shm is %d MiB: NCCL between %d GPU processes may fail or slow down; give the target ipc = \"host\" or a shm_size of 1g or more"
+                        % (shm >> 20, self.world)
+                    )
+            except OSError:
+                pass
 
-    def order(self, cmd, a=0, b=0):
-        """Rank 0 sends an order; the others receive it. Returns (cmd, a, b)."""
-        if self.rank == 0:
-            self.cmd.copy_(torch.tensor([cmd, a, b], dtype=torch.int64))
-        self.dist.broadcast(self.cmd, src=0)
-        c = self.cmd.tolist()
-        return c[0], c[1], c[2]
+    def broadcast_line(self, line):
+        obj = [line]
+        self.dist.broadcast_object_list(obj, src=0, group=self.ctrl)
+        return obj[0]
+
+    def max_cpu(self, value):
+        """The largest of each rank's float (peak memory per rank: the worst rank)."""
+        t = torch.tensor([float(value)], dtype=torch.float64)
+        self.dist.all_reduce(t, op=self.dist.ReduceOp.MAX, group=self.ctrl)
+        return float(t.item())
+
+    def mean_cpu(self, value):
+        t = torch.tensor([float(value)], dtype=torch.float64)
+        self.dist.all_reduce(t, op=self.dist.ReduceOp.SUM, group=self.ctrl)
+        return float(t.item()) / self.world
+
+    def stop(self):
+        self.dist.destroy_process_group()
+
+
+def dist_max(value):
+    """The largest of the ranks' values (None where no rank measured it); every rank must call."""
+    if DIST is None:
+        return value
+    m = DIST.max_cpu(-1.0 if value is None else value)
+    return None if m < 0 else m
+
+
+def serve_rank(device, proto):
+    """The loop of one rank of a multi-rank case."""
+    global DIST
+    dev = resolve_device(device)
+    DIST = Dist(dev)
+    state = {}
+    while True:
+        line = sys.stdin.readline() if DIST.rank == 0 else None
+        line = DIST.broadcast_line(line)
+        if not line:
+            break
+        line = line.strip()
+        if not line:
+            continue
+        req = json.loads(line)
+        # Each rank on its own device, whatever rank 0 was told.
+        req["device"] = device
+        reply = handle_safely(req, state)
+        if DIST.rank == 0:
+            proto.write(json.dumps(reply) + "\n")
+            proto.flush()
+        elif "ok" not in reply:
+            # The others are now inside a collective this rank will never join: say why and
+            # leave, so that tagbench fails the case naming this rank instead of waiting.
+            proto.write(json.dumps(reply) + "\n")
+            proto.flush()
+            os._exit(3)
+    DIST.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# All-reduce: every rank of the group runs the same calls (nccl-tests' method).
+
+
+class Allreduce:
+    def __init__(self, req, dev):
+        p = req["params"]
+        self.dev = dev
+        self.warnings = []
+        if DIST is None:
+            raise RuntimeError("all-reduce runs only in a multi-rank launch")
+        self.dist = DIST.dist
+        self.dt = torch_dtype(p["dtype"], "allreduce")
+        op = p["op"]
+        if DIST.backend == "gloo" and op == "avg":
+            raise Skip("gloo has no AVG reduction (NCCL does): use op = \"sum\" on the CPU")
+        ops = {"sum": "SUM", "prod": "PRODUCT", "max": "MAX", "min": "MIN", "avg": "AVG"}
+        if not hasattr(self.dist.ReduceOp, ops[op]):
+            raise Skip("this torch (%s) has no ReduceOp.%s" % (torch.__version__, ops[op]))
+        if not p.get("in_place", False):
+            self.warnings.append("torch.distributed.all_reduce works in place: in_place = false is measured in place")
+        self.op_name = op
+        self.op = getattr(self.dist.ReduceOp, ops[op])
+        self.rank, self.world = DIST.rank, DIST.world
+        self.elem = torch.tensor([], dtype=self.dt).element_size()
+        self.buf = None
+        self.iters = 1
+        self.facts = {
+            "backend": DIST.backend,
+            "world_size": self.world,
+            "nccl_version": nccl_version() if DIST.backend == "nccl" else "",
+        }
 
     def inputs(self, rank, n):
         # Small integers: every op's exact result is representable in fp16/bf16 too.
@@ -732,19 +970,6 @@ class AllreduceGroup:
             "avg": vals.mean(0),
         }[self.op_name]
 
-    def size(self, nelem):
-        """Allocates the buffer and checks one all-reduce; returns wrong elements over all ranks."""
-        self.buf = self.inputs(self.rank, nelem)
-        self.dist.all_reduce(self.buf, op=self.op)
-        sync(self.dev)
-        want = self.expected(nelem)
-        tol = 1e-6 if self.dt == torch.float32 else 1e-2
-        wrong = (~torch.isclose(self.buf.double(), want, rtol=tol, atol=0.0)).sum().to(torch.int64)
-        self.dist.all_reduce(wrong, op=self.dist.ReduceOp.SUM)
-        # Timing runs on finite, bounded values: sums and products would grow every iteration.
-        self.buf = torch.ones(nelem, device=self.dev, dtype=self.dt)
-        return int(wrong.item())
-
     def timed(self, iters):
         """Seconds per all-reduce on the slowest rank (every rank waits for the slowest)."""
         self.dist.barrier()
@@ -754,77 +979,29 @@ class AllreduceGroup:
         self.dist.all_reduce(t, op=self.dist.ReduceOp.MAX)
         return float(t.item())
 
-    def stop(self):
-        self.dist.destroy_process_group()
-
-
-class Allreduce:
-    """Rank 0's side: protocol requests become orders to the group."""
-
-    def __init__(self, req, dev):
-        p = req["params"]
-        self.dev = dev
-        self.warnings = []
-        backend = "nccl" if dev.type == "cuda" else "gloo"
-        import torch.distributed as dist
-
-        if not dist.is_available():
-            raise Skip("this torch (%s) was built without torch.distributed" % torch.__version__)
-        if backend == "nccl" and not dist.is_nccl_available():
-            raise Skip("this torch (%s) was built without NCCL" % torch.__version__)
-        if backend == "gloo" and not dist.is_gloo_available():
-            raise Skip("this torch (%s) was built without gloo" % torch.__version__)
-        if backend == "gloo" and p["op"] == "avg":
-            raise Skip("gloo has no AVG reduction (NCCL does): use op = \"sum\" on the CPU")
-        if not p.get("in_place", False):
-            self.warnings.append("torch.distributed.all_reduce works in place: in_place = false is measured in place")
-        self.group = AllreduceGroup(dev, p["dtype"], p["op"], backend)
-        self.elem = torch.tensor([], dtype=self.group.dt).element_size()
-        self.iters = 1
-        self.facts = {
-            "backend": backend,
-            "world_size": self.group.world,
-            "nccl_version": nccl_version() if backend == "nccl" else "",
-        }
-
     def size(self, nbytes):
+        """Allocates the buffer, checks one all-reduce (wrong elements over all ranks) and
+        calibrates the calls per sample; every rank computes the same count from the same max."""
         nelem = max(1, nbytes // self.elem)
-        g = self.group
-        g.order(CMD_SIZE, nelem)
-        wrong = g.size(nelem)
-        # Calibrate on a few calls: all ranks must agree on the count, so rank 0 decides.
-        g.order(CMD_RUN, 1)
-        g.timed(1)
-        g.order(CMD_RUN, 1)
-        once = g.timed(1)
+        self.buf = self.inputs(self.rank, nelem)
+        self.dist.all_reduce(self.buf, op=self.op)
+        sync(self.dev)
+        want = self.expected(nelem)
+        tol = 1e-6 if self.dt == torch.float32 else 1e-2
+        wrong = (~torch.isclose(self.buf.double(), want, rtol=tol, atol=0.0)).sum().to(torch.int64)
+        self.dist.all_reduce(wrong, op=self.dist.ReduceOp.SUM)
+        # Timing runs on finite, bounded values: sums and products would grow every iteration.
+        self.buf = torch.ones(nelem, device=self.dev, dtype=self.dt)
+        self.timed(1)
+        once = self.timed(1)
         self.iters = max(1, min(MAX_ITERS, int(math.ceil(MIN_SAMPLE_S / once)))) if once > 0 else MAX_ITERS
-        return {"wrong": wrong, "iters": self.iters, "elements": nelem}
+        return {"wrong": int(wrong.item()), "iters": self.iters, "elements": nelem}
 
     def run(self):
-        self.group.order(CMD_RUN, self.iters)
-        return {"seconds": self.group.timed(self.iters)}
+        return {"seconds": self.timed(self.iters)}
 
     def finish(self):
-        self.group.order(CMD_STOP)
-        self.group.stop()
         return {}
-
-
-def follower(device):
-    """A non-zero rank: do what rank 0 orders until it says stop."""
-    dev = resolve_device(device)
-    backend = "nccl" if dev.type == "cuda" else "gloo"
-    req = json.loads(os.environ["TAGBENCH_ALLREDUCE"])
-    g = AllreduceGroup(dev, req["dtype"], req["op"], backend)
-    while True:
-        cmd, a, _ = g.order(0)
-        if cmd == CMD_STOP:
-            g.stop()
-            return
-        if cmd == CMD_SIZE:
-            g.size(a)
-        elif cmd == CMD_RUN:
-            g.timed(a)
 
 
 def nccl_version():
@@ -928,6 +1105,15 @@ def handle(req, state):
                 found["warnings"].append(str(e))
                 return {"ok": found}
         dev = resolve_device(req["device"])
+        if DIST is not None and os.environ.get(CRASH_RANK_ENV) == str(DIST.rank):
+            sys.stderr.write("%s=%d: rank %d exits at setup\n" % (CRASH_RANK_ENV, DIST.rank, DIST.rank))
+            sys.stderr.flush()
+            os._exit(7)
+        if DIST is not None and os.environ.get(HANG_RANK_ENV) == str(DIST.rank):
+            sys.stderr.write("%s=%d: rank %d hangs at setup\n" % (HANG_RANK_ENV, DIST.rank, DIST.rank))
+            sys.stderr.flush()
+            while True:
+                time.sleep(3600)
         cls = WORKLOADS.get(req["kind"])
         if cls is None:
             return {"error": "the torch worker has no workload %s" % req["kind"]}
@@ -935,7 +1121,8 @@ def handle(req, state):
         state["bench"] = bench
         facts = dict(getattr(bench, "facts", {}))
         facts.update(gpu_facts(dev))
-        return {"ok": {"facts": facts, "warnings": bench.warnings}}
+        warnings = list(bench.warnings) + (DIST.warnings if DIST is not None else [])
+        return {"ok": {"facts": facts, "warnings": warnings}}
     bench = state.get("bench")
     if bench is None:
         return {"error": "%s without a set-up case" % op}
@@ -953,6 +1140,17 @@ def handle(req, state):
     return {"error": "unknown request %r" % op}
 
 
+def handle_safely(req, state):
+    try:
+        return handle(req, state)
+    except Skip as e:
+        return {"skip": str(e)}
+    except Exception as e:  # noqa: BLE001 - every failure goes back to tagbench as a case error
+        traceback.print_exc(file=sys.stderr)
+        # The first lines of torch's (often long) messages; the whole traceback is in the log.
+        return {"error": "\n".join(("%s: %s" % (type(e).__name__, e)).strip().splitlines()[:3])[:2000]}
+
+
 def main():
     global torch, TORCH_ERROR
     # The protocol owns the real stdout; everything else written to fd 1 goes to stderr.
@@ -966,10 +1164,19 @@ def main():
     except Exception as e:  # noqa: BLE001 - any import failure means the same: no torch here
         TORCH_ERROR = ("%s: %s" % (type(e).__name__, e)).splitlines()[0]
 
-    if len(sys.argv) > 2 and sys.argv[1] == "--follower":
+    if len(sys.argv) > 2 and sys.argv[1] == "--rank":
         if torch is None:
-            sys.exit("torch not importable: %s" % TORCH_ERROR)
-        follower(sys.argv[2])
+            proto.write(json.dumps({"skip": "torch not importable in image: %s" % TORCH_ERROR}) + "\n")
+            proto.flush()
+            sys.exit(3)
+        try:
+            serve_rank(sys.argv[2], proto)
+        except Exception as e:  # noqa: BLE001 - a rank that cannot start says why, then leaves
+            traceback.print_exc(file=sys.stderr)
+            reply = {"skip": str(e)} if isinstance(e, Skip) else {"error": ("%s: %s" % (type(e).__name__, e)).splitlines()[0][:2000]}
+            proto.write(json.dumps(reply) + "\n")
+            proto.flush()
+            sys.exit(3)
         return
 
     state = {}
@@ -977,14 +1184,7 @@ def main():
         line = line.strip()
         if not line:
             continue
-        try:
-            reply = handle(json.loads(line), state)
-        except Skip as e:
-            reply = {"skip": str(e)}
-        except Exception as e:  # noqa: BLE001 - every failure goes back to tagbench as a case error
-            traceback.print_exc(file=sys.stderr)
-            # The first lines of torch's (often long) messages; the whole traceback is in the log.
-            reply = {"error": "\n".join(("%s: %s" % (type(e).__name__, e)).strip().splitlines()[:3])[:2000]}
+        reply = handle_safely(json.loads(line), state)
         proto.write(json.dumps(reply) + "\n")
         proto.flush()
 
