@@ -56,6 +56,17 @@ impl Cluster {
         c
     }
 
+    /// `tagbench run [SUITE] --executor slurm --run-id ID --results-dir RESULTS ARGS...`.
+    fn run(&self, suite: Option<&Path>, run_id: &str, results: &Path, args: &[&str]) -> Command {
+        let mut c = self.tagbench();
+        c.args(suite)
+            .args(["--executor", "slurm", "--run-id", run_id])
+            .arg("--results-dir")
+            .arg(results)
+            .args(args);
+        c
+    }
+
     /// Job ids (and steps, `J.S`) that squeue lists, waiting up to `wait` for the list to empty.
     fn jobs_left(&self, wait: Duration) -> String {
         let end = Instant::now() + wait;
@@ -120,6 +131,9 @@ fn text(out: &Output) -> String {
     )
 }
 
+/// A gemm workload that measures until its time limit (a hang, as the host sees it).
+const ENDLESS_GEMM: &str = "[[workload]]\nkind = \"gemm\"\nname = \"slow\"\nsize = 512\nmin_samples = 100000\nmax_samples = 100000\nmax_time_s = 1000\n";
+
 const FAST: [&str; 8] = [
     "--set",
     "rounds=2",
@@ -157,11 +171,8 @@ fn slurm_executor_on_a_real_two_node_cluster() {
 /// The smoke suite through Slurm: every row `executor=slurm`, with its node and step.
 fn smoke_suite_runs_as_steps(c: &Cluster, results: &Path) {
     let out = c
-        .tagbench()
-        .args(["--executor", "slurm", "--nodes", "2", "--run-id", "smoke"])
+        .run(None, "smoke", results, &["--nodes", "2"])
         .args(FAST)
-        .arg("--results-dir")
-        .arg(results)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -201,11 +212,7 @@ fn crash_fails_the_case(c: &Cluster, dir: &Path, results: &Path) {
 kill -SEGV $$"#,
     );
     let out = c
-        .tagbench()
-        .arg(&suite)
-        .args(["--executor", "slurm", "--run-id", "crash"])
-        .arg("--results-dir")
-        .arg(results)
+        .run(Some(&suite), "crash", results, &[])
         .env("TAGBENCH_SLURM_WORKER", &crash)
         .output()
         .unwrap();
@@ -222,39 +229,12 @@ kill -SEGV $$"#,
 /// A case past its `timeout_s`: its step is cancelled, the case fails, the next case runs in a
 /// new step, and no job or step is left.
 fn hang_is_cancelled_and_the_run_goes_on(c: &Cluster, dir: &Path, results: &Path) {
-    let suite = write(
-        dir,
-        "hang.toml",
-        r#"
-[defaults]
-warmup_s = 0.0
-min_samples = 3
-max_time_s = 0.1
-
-[[workload]]
-kind = "gemm"
-name = "slow"
-size = 512
-min_samples = 100000
-max_samples = 100000
-max_time_s = 1000
-timeout_s = 1.5
-
-[[workload]]
-kind = "gemm"
-name = "fast"
-size = 64
-"#,
+    let toml = format!(
+        "[defaults]\nwarmup_s = 0.0\nmin_samples = 3\nmax_time_s = 0.1\n\n{ENDLESS_GEMM}timeout_s = 1.5\n\n[[workload]]\nkind = \"gemm\"\nname = \"fast\"\nsize = 64\n"
     );
+    let suite = write(dir, "hang.toml", &toml);
     let started = Instant::now();
-    let out = c
-        .tagbench()
-        .arg(&suite)
-        .args(["--executor", "slurm", "--run-id", "hang"])
-        .arg("--results-dir")
-        .arg(results)
-        .output()
-        .unwrap();
+    let out = c.run(Some(&suite), "hang", results, &[]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(started.elapsed() < Duration::from_secs(60));
     let rows = rows(results, "hang");
@@ -272,6 +252,17 @@ size = 64
         "{fast:?}"
     );
     assert_ne!(fast[0].job_step, slow[0].job_step, "the rest ran in a new step");
+    // The step itself was cancelled (srun reports it), not left to the allocation's end.
+    let logs = RunDir::new(results.join("hang")).logs();
+    let cancelled = std::fs::read_dir(&logs)
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
+        .any(|t| t.contains(&format!("STEP {} ON", slow[0].job_step)) && t.contains("CANCELLED"));
+    assert!(
+        cancelled,
+        "no log in {} says the step was cancelled",
+        logs.display()
+    );
     assert_eq!(
         c.jobs_left(Duration::from_secs(10)),
         "",
@@ -293,19 +284,14 @@ fn gpus_each_is_one_step_per_gpu(c: &Cluster, dir: &Path, results: &Path) {
         ),
     );
     let out = c
-        .tagbench()
-        .args(["--executor", "slurm", "--nodes", "2", "--gpus-per-node", "2"])
-        .args([
-            "--gpus",
+        .run(
+            None,
             "each",
-            "--run-id",
-            "each",
-            "--filter",
-            "gemm/size=256,dtype=fp32",
-        ])
+            results,
+            &["--nodes", "2", "--gpus-per-node", "2", "--gpus", "each"],
+        )
+        .args(["--filter", "gemm/size=256,dtype=fp32"])
         .args(["--set", "rounds=1", "--set", "max_time_s=0.1"])
-        .arg("--results-dir")
-        .arg(results)
         .env("TAGBENCH_SLURM_WORKER", &wrap)
         .output()
         .unwrap();
@@ -357,14 +343,7 @@ fn pending_allocation_is_cancelled(c: &Cluster, dir: &Path, results: &Path) {
         "pending.toml",
         "[slurm]\nnodes = 1\npending_timeout_s = 2\n\n[[workload]]\nkind = \"gemm\"\nsize = 64\n",
     );
-    let out = c
-        .tagbench()
-        .arg(&suite)
-        .args(["--executor", "slurm", "--run-id", "pending"])
-        .arg("--results-dir")
-        .arg(results)
-        .output()
-        .unwrap();
+    let out = c.run(Some(&suite), "pending", results, &[]).output().unwrap();
     let said = text(&out);
     assert_eq!(out.status.code(), Some(2), "{said}");
     assert!(said.contains("stayed pending past 2 s"), "{said}");
@@ -376,17 +355,9 @@ fn pending_allocation_is_cancelled(c: &Cluster, dir: &Path, results: &Path) {
 
 /// Ctrl-C during a step: tagbench exits 130 and the allocation is gone.
 fn ctrl_c_cancels_the_allocation(c: &Cluster, dir: &Path, results: &Path) {
-    let suite = write(
-        dir,
-        "long.toml",
-        "[[workload]]\nkind = \"gemm\"\nsize = 512\nmin_samples = 100000\nmax_samples = 100000\nmax_time_s = 1000\ntimeout_s = 600\n",
-    );
+    let suite = write(dir, "long.toml", &format!("{ENDLESS_GEMM}timeout_s = 600\n"));
     let mut child = c
-        .tagbench()
-        .arg(&suite)
-        .args(["--executor", "slurm", "--run-id", "ctrlc"])
-        .arg("--results-dir")
-        .arg(results)
+        .run(Some(&suite), "ctrlc", results, &[])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
