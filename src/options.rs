@@ -267,6 +267,26 @@ mod tests {
     }
 
     #[test]
+    fn slurm_options_are_stored_for_resume() {
+        let o = RunOptions {
+            executor: Some(ExecutorKind::Slurm),
+            slurm: SlurmSettings {
+                partition: Some("gpu".into()),
+                nodes: Some(2),
+                gpus_per_node: Some(8),
+                ..Default::default()
+            },
+            container: Some(ContainerPlatform::Apptainer),
+            ..Default::default()
+        };
+        let back: RunOptions = serde_json::from_str(&serde_json::to_string(&o).unwrap()).unwrap();
+        assert_eq!(back, o);
+        // Runs without them store nothing new.
+        let plain = serde_json::to_string(&RunOptions::default()).unwrap();
+        assert!(!plain.contains("slurm") && !plain.contains("executor"), "{plain}");
+    }
+
+    #[test]
     fn legacy_args_still_resume() {
         let args: Vec<String> = ["--filter", "gemm", "--engine", "native", "--gpus", "all"]
             .map(String::from)

@@ -161,6 +161,7 @@ fn slurm_executor_on_a_real_two_node_cluster() {
     gpus_each_is_one_step_per_gpu(&cluster, tmp.path(), &results);
     pending_allocation_is_cancelled(&cluster, tmp.path(), &results);
     ctrl_c_cancels_the_allocation(&cluster, tmp.path(), &results);
+    docker_in_a_step_leaves_no_container(&cluster, tmp.path(), &results);
     assert_eq!(
         cluster.jobs_left(Duration::from_secs(10)),
         "",
@@ -384,4 +385,78 @@ fn ctrl_c_cancels_the_allocation(c: &Cluster, dir: &Path, results: &Path) {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
     assert_eq!(c.jobs_left(Duration::from_secs(10)), "", "jobs left after Ctrl-C");
+}
+
+/// An image holding only the worker's shared libraries (from `ldd`), imported from a tar stream;
+/// removed when dropped.
+struct WorkerImage(String);
+
+impl WorkerImage {
+    fn build(dir: &Path) -> WorkerImage {
+        let root = dir.join("rootfs");
+        let ldd = Command::new("ldd").arg(bin()).output().unwrap();
+        for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+            // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)` or `/lib64/ld-linux-x86-64.so.2 (0x...)`
+            let Some(path) = line.split_whitespace().find(|w| w.starts_with('/')) else {
+                continue;
+            };
+            let dest = root.join(path.trim_start_matches('/'));
+            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            std::fs::copy(path, &dest).unwrap();
+        }
+        let tag = format!("tagbench-slurm-test:{}", std::process::id());
+        let mut tar = Command::new("tar")
+            .arg("-C")
+            .arg(&root)
+            .args(["-cf", "-", "."])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let import = Command::new("docker")
+            .args(["import", "-", &tag])
+            .stdin(tar.stdout.take().unwrap())
+            .output()
+            .unwrap();
+        assert!(tar.wait().unwrap().success(), "tar of {}", root.display());
+        assert!(import.status.success(), "docker import: {}", text(&import));
+        WorkerImage(tag)
+    }
+}
+
+impl Drop for WorkerImage {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rmi", "-f", &self.0]).output();
+    }
+}
+
+/// `container = "docker"`: the worker runs in `docker run` inside the step; a case past its
+/// time limit is cancelled with its step, and the container (which outlives its docker client)
+/// is removed, so none of the run is left.
+fn docker_in_a_step_leaves_no_container(c: &Cluster, dir: &Path, results: &Path) {
+    let image = WorkerImage::build(dir);
+    let toml = format!(
+        "[[target]]\nimage = \"{}\"\nexecutor = \"slurm\"\ncontainer = \"docker\"\n\n{ENDLESS_GEMM}timeout_s = 3\n\n[[workload]]\nkind = \"gemm\"\nname = \"fast\"\nsize = 64\nmax_time_s = 0.1\n",
+        image.0
+    );
+    let suite = write(dir, "docker.toml", &toml);
+    let out = c.run(Some(&suite), "docker-step", results, &[]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let rows = rows(results, "docker-step");
+    let slow: Vec<&ResultRow> = rows.iter().filter(|r| r.workload == "slow").collect();
+    assert_eq!(slow.len(), 1, "{rows:?}");
+    assert!(slow[0].reason.contains("timed out"), "{}", slow[0].reason);
+    let fast: Vec<&ResultRow> = rows.iter().filter(|r| r.workload == "fast").collect();
+    assert!(
+        !fast.is_empty() && fast.iter().all(|r| r.status == Status::Ok && r.image == image.0),
+        "{fast:?}"
+    );
+    let left = Command::new("docker")
+        .args(["ps", "-aq", "--filter", "label=tagbench.run=docker-step"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&left.stdout).trim(),
+        "",
+        "containers left"
+    );
 }
