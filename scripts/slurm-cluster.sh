@@ -28,24 +28,31 @@ port="${TAGBENCH_SLURM_PORT:-17000}"
 # sinfo/squeue hang for a long time when slurmctld is down: always bounded.
 q() { timeout 5 "$@" 2>/dev/null; }
 
-# Kills the process whose id is in file $1: SIGTERM, then SIGKILL after a while (a slurmd stuck
-# registering ignores SIGTERM).
-stop_pidfile() {
-    local f="$1" pid
-    [ -s "$f" ] || return 0
-    pid="$(cat "$f")"
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
+# Stops the processes whose ids are in the files given: SIGTERM to all at once, then SIGKILL to
+# those still there after 5 s (a slurmd stuck registering ignores SIGTERM).
+stop_pidfiles() {
+    local f pid pids=()
+    for f in "$@"; do
+        [ -s "$f" ] || continue
+        pid="$(cat "$f")"
         if kill -0 "$pid" 2>/dev/null; then
-            kill -KILL "$pid" 2>/dev/null || true
-            sleep 0.2
+            kill -TERM "$pid" 2>/dev/null || true
+            pids+=("$pid")
         fi
-    fi
-    rm -f "$f"
+        rm -f "$f"
+    done
+    for _ in $(seq 50); do
+        local alive=0
+        for pid in "${pids[@]}"; do
+            kill -0 "$pid" 2>/dev/null && alive=1
+        done
+        [ "$alive" = 0 ] && return 0
+        sleep 0.1
+    done
+    for pid in "${pids[@]}"; do
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    sleep 0.2
 }
 
 down() {
@@ -58,10 +65,8 @@ down() {
             sleep 0.2
         done
     fi
-    stop_pidfile "$dir/run/slurmd-n1.pid"
-    stop_pidfile "$dir/run/slurmd-n2.pid"
-    stop_pidfile "$dir/run/slurmctld.pid"
-    stop_pidfile "$dir/munge/munged.pid"
+    stop_pidfiles "$dir/run/slurmd-n1.pid" "$dir/run/slurmd-n2.pid" "$dir/run/slurmctld.pid"
+    stop_pidfiles "$dir/munge/munged.pid"
 }
 
 install_if_missing() {
