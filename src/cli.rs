@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::case::{Device, EngineKind};
-use crate::suite::PullPolicy;
+use crate::suite::{ContainerPlatform, ExecutorKind, PullPolicy};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -81,6 +81,22 @@ pub struct RunArgs {
     /// When to pull images: `never` (default: no registry is assumed), `missing`, `always`.
     #[arg(long, value_enum)]
     pub pull: Option<PullPolicy>,
+    /// Where every target's worker runs: `local`, `docker` or `slurm` (job steps of one
+    /// allocation; see the suite's `[slurm]` table and docs/slurm.md).
+    #[arg(long, value_enum)]
+    pub executor: Option<ExecutorKind>,
+    /// Slurm partition of the allocation (`[slurm] partition`).
+    #[arg(long, value_name = "P")]
+    pub partition: Option<String>,
+    /// Slurm nodes to allocate (`[slurm] nodes`).
+    #[arg(long, value_name = "N")]
+    pub nodes: Option<usize>,
+    /// GPUs per Slurm node (`[slurm] gpus_per_node`); `--gpus each` makes one step per GPU.
+    #[arg(long, value_name = "G")]
+    pub gpus_per_node: Option<usize>,
+    /// How images start inside a Slurm step: `none`, `pyxis`, `apptainer`, `oci`, `docker`.
+    #[arg(long, value_enum)]
+    pub container: Option<ContainerPlatform>,
     /// Directory that holds run directories.
     #[arg(long, default_value = "results", value_name = "DIR")]
     pub results_dir: PathBuf,

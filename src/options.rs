@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::case::{Device, EngineKind};
 use crate::cli::{RunArgs, StatsArgs, SuiteArgs};
-use crate::suite::{GpuSelection, PullPolicy};
+use crate::suite::{ContainerPlatform, ExecutorKind, GpuSelection, PullPolicy, SlurmSettings};
 
 /// The statistical settings of a comparison.
 #[derive(Debug, Clone, Serialize)]
@@ -96,6 +96,10 @@ fn parse_noise_for(s: &str) -> Result<(String, f64)> {
     Ok((k.trim().to_string(), f))
 }
 
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
 /// Which suite, with which overrides and filters (`run` and `list`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SuiteOptions {
@@ -150,6 +154,13 @@ pub struct RunOptions {
     pub gpus: Option<String>,
     #[serde(default)]
     pub pull: Option<PullPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor: Option<ExecutorKind>,
+    /// `--partition`, `--nodes`, `--gpus-per-node`: over the suite's `[slurm]` table.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub slurm: SlurmSettings,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerPlatform>,
     #[serde(skip)]
     pub results_dir: PathBuf,
     #[serde(skip)]
@@ -174,6 +185,14 @@ impl RunOptions {
             device: a.device,
             gpus: a.gpus.clone(),
             pull: a.pull,
+            executor: a.executor,
+            slurm: SlurmSettings {
+                partition: a.partition.clone(),
+                nodes: a.nodes,
+                gpus_per_node: a.gpus_per_node,
+                ..Default::default()
+            },
+            container: a.container,
             results_dir: a.results_dir.clone(),
             run_id: a.run_id.clone(),
             resume: a.resume.clone(),
@@ -182,6 +201,7 @@ impl RunOptions {
             no_report: a.no_report,
         };
         o.gpu_selection()?;
+        o.slurm.check().map_err(|m| anyhow::anyhow!("bad --nodes: {m}"))?;
         Ok(o)
     }
 
@@ -256,6 +276,26 @@ mod tests {
         };
         let back: RunOptions = serde_json::from_str(&serde_json::to_string(&o).unwrap()).unwrap();
         assert_eq!(back, o);
+    }
+
+    #[test]
+    fn slurm_options_are_stored_for_resume() {
+        let o = RunOptions {
+            executor: Some(ExecutorKind::Slurm),
+            slurm: SlurmSettings {
+                partition: Some("gpu".into()),
+                nodes: Some(2),
+                gpus_per_node: Some(8),
+                ..Default::default()
+            },
+            container: Some(ContainerPlatform::Apptainer),
+            ..Default::default()
+        };
+        let back: RunOptions = serde_json::from_str(&serde_json::to_string(&o).unwrap()).unwrap();
+        assert_eq!(back, o);
+        // Runs without them store nothing new.
+        let plain = serde_json::to_string(&RunOptions::default()).unwrap();
+        assert!(!plain.contains("slurm") && !plain.contains("executor"), "{plain}");
     }
 
     #[test]

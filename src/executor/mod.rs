@@ -5,6 +5,7 @@ pub mod clean;
 pub mod docker;
 pub mod gpus;
 pub mod local;
+pub mod slurm;
 
 use std::path::Path;
 use std::time::Duration;
@@ -12,8 +13,8 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::protocol::Job;
-use crate::results::TargetMeta;
-use crate::suite::TargetSpec;
+use crate::results::{Placement, TargetMeta};
+use crate::suite::{ExecutorKind, TargetSpec};
 
 /// What the worker's stdout gave, or why it gave nothing.
 #[derive(Debug)]
@@ -60,11 +61,15 @@ pub trait WorkerHandle {
     fn kill(&mut self) -> Result<()>;
     /// Waits for the worker to end and releases everything it held (a container is removed).
     fn finish(&mut self) -> Result<ExitInfo>;
+    /// Where the worker runs, when the executor places it (a Slurm step on a node).
+    fn placement(&self) -> Option<Placement> {
+        None
+    }
 }
 
 /// Somewhere a worker can run.
 pub trait Executor {
-    /// `local`, `docker`.
+    /// `local`, `docker`, `slurm`.
     fn name(&self) -> &'static str;
     /// Checks the target can run (the image exists, the engine answers) and describes it.
     fn prepare(&mut self, target: &TargetSpec) -> Result<TargetMeta>;
@@ -72,12 +77,12 @@ pub trait Executor {
     fn start(&mut self, target: &TargetSpec, job: &Job, log: &Path) -> Result<Box<dyn WorkerHandle>>;
 }
 
-/// The executor for a target: `local` when it has no image, else the container engine (whose
-/// containers are labelled with `run_id`).
+/// The executor for a target: the one it names, else `local` when it has no image and the
+/// container engine (whose containers are labelled with `run_id`) when it has one.
 pub fn for_target(target: &TargetSpec, run_id: &str) -> Result<Box<dyn Executor>> {
-    if target.is_local() {
-        Ok(Box::new(local::LocalExecutor::new()?))
-    } else {
-        Ok(Box::new(docker::DockerExecutor::new(run_id)?))
-    }
+    Ok(match target.executor_kind() {
+        ExecutorKind::Local => Box::new(local::LocalExecutor::new()?),
+        ExecutorKind::Docker => Box::new(docker::DockerExecutor::new(run_id)?),
+        ExecutorKind::Slurm => Box::new(slurm::SlurmExecutor::new(run_id)?),
+    })
 }

@@ -56,4 +56,31 @@ pub struct TargetMeta {
     /// The worker's `env` message (probe): versions, devices, CPU.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Under Slurm: the node(s) of the latest step (comma-separated), what rows carry.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node: String,
+    /// Under Slurm: the latest step as `JOB.STEP`, what rows carry.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub job_step: String,
+    /// Under Slurm: every step of this target, `JOB.STEP@NODES`, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<String>,
+}
+
+/// Where an executor placed a worker (a Slurm step): what run.json and rows record.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Placement {
+    /// Node names, comma-separated.
+    pub node: String,
+    /// `JOB.STEP`.
+    pub job_step: String,
+}
+
+impl TargetMeta {
+    /// Records the worker's placement: the rows that follow carry it.
+    pub fn learn_placement(&mut self, p: Placement) {
+        self.steps.push(format!("{}@{}", p.job_step, p.node));
+        self.node = p.node;
+        self.job_step = p.job_step;
+    }
 }

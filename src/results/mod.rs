@@ -8,7 +8,7 @@ pub mod row;
 pub mod store;
 
 pub use load::{LoadedRun, Measurement};
-pub use meta::{RunMeta, TargetMeta};
+pub use meta::{Placement, RunMeta, TargetMeta};
 pub use record::{set_summary, MetricId, Recorder};
 pub use row::{ResultRow, SampleRow, Status, SCHEMA_VERSION};
 pub use store::{read_results, read_samples, RunDir, RunWriter};

@@ -75,6 +75,8 @@ impl Recorder<'_> {
             started_at: started_at.to_string(),
             target: t.name.clone(),
             round: Some(self.round),
+            node: t.node.clone(),
+            job_step: t.job_step.clone(),
             ..Default::default()
         }
     }

@@ -63,6 +63,12 @@ pub struct ResultRow {
     pub target: String,
     /// Which worker process (0-based) measured this row; see `rounds` in the suite.
     pub round: Option<usize>,
+    /// The node(s) the worker ran on (Slurm; empty elsewhere).
+    #[serde(default)]
+    pub node: String,
+    /// The Slurm step as `JOB.STEP` (empty elsewhere).
+    #[serde(default)]
+    pub job_step: String,
 }
 
 impl ResultRow {

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use crate::case::{Case, WorkloadKind};
 use crate::executor;
 use crate::options::{RunOptions, SuiteOptions};
-use crate::suite::{Suite, TargetSpec, EMBEDDED_SMOKE};
+use crate::suite::{ExecutorKind, Suite, TargetSpec, EMBEDDED_SMOKE};
 
 /// Reads the suite named on the command line (or the embedded smoke suite).
 pub fn load_suite(opts: &SuiteOptions) -> Result<(Suite, String)> {
@@ -88,8 +88,29 @@ pub fn resolve_targets(suite: &Suite, opts: &RunOptions) -> Result<Vec<TargetSpe
         if let Some(p) = opts.pull {
             t.pull = Some(p);
         }
+        if let Some(e) = opts.executor {
+            t.executor = Some(e);
+        }
+        if let Some(c) = opts.container {
+            t.container = Some(c);
+        }
+        if t.executor == Some(ExecutorKind::Slurm) {
+            t.slurm = Some(suite.slurm.merged(&opts.slurm));
+        }
+        t.check()
+            .map_err(|m| anyhow::anyhow!("target `{}`: {m}", t.display_name()))?;
     }
-    let targets = executor::gpus::expand_gpu_each(targets, executor::gpus::host_gpu_count)?;
+    // Under Slurm `each` means every GPU of the allocation, not of this (login) host.
+    let slurm_gpus = targets
+        .iter()
+        .find_map(|t| t.slurm.as_ref())
+        .map(|s| s.nodes() * s.gpus_per_node.unwrap_or(0));
+    let gpu_count = || match slurm_gpus {
+        Some(0) => bail!("`--gpus each` under slurm needs `gpus_per_node` (--gpus-per-node)"),
+        Some(n) => Ok(n),
+        None => executor::gpus::host_gpu_count(),
+    };
+    let targets = executor::gpus::expand_gpu_each(targets, gpu_count)?;
     let mut seen = HashSet::new();
     for t in &targets {
         if !seen.insert(t.display_name()) {

@@ -157,6 +157,9 @@ pub fn run_target(
                 return fail_all(ctx, writer, &prepared.meta, &s.pending, &reason);
             }
         };
+        if let Some(p) = worker.placement() {
+            prepared.meta.learn_placement(p);
+        }
         s.deadline = Instant::now() + secs(s.pending[0].measure.timeout_s) + STARTUP_GRACE;
         s.buf = CaseBuffer::default();
         let end = s.follow(ctx, writer, &mut prepared.meta, worker.as_mut())?;

@@ -4,6 +4,7 @@
 //! checked on its own first; `--set` overrides are applied and checked after, and their errors
 //! name the override.
 
+pub mod slurm;
 pub mod target;
 
 use std::borrow::Cow;
@@ -16,6 +17,7 @@ use toml::Spanned;
 
 use crate::case::{Case, MeasureSettings, WorkloadKind};
 use crate::error::{line_of, SuiteError};
+pub use slurm::{ContainerPlatform, ExecutorKind, SlurmSettings};
 pub use target::{ByteSize, GpuNamed, GpuSelection, PullPolicy, TargetSpec};
 
 /// The suite compiled into the binary and used when no suite file is given: `suites/smoke.toml`.
@@ -30,6 +32,8 @@ pub struct Suite {
     pub defaults: MeasureSettings,
     pub targets: Vec<TargetSpec>,
     pub workloads: Vec<Workload>,
+    /// The `[slurm]` table: allocation settings for targets run with `--executor slurm`.
+    pub slurm: SlurmSettings,
 }
 
 /// One `[[workload]]` entry and the cases its sweep axes expand into.
@@ -76,7 +80,7 @@ impl Suite {
 }
 
 /// Top-level keys and what they hold.
-const TOP_KEYS: [&str; 5] = ["name", "description", "defaults", "target", "workload"];
+const TOP_KEYS: [&str; 6] = ["name", "description", "defaults", "target", "workload", "slurm"];
 /// Measurement keys that a workload may override.
 const MEASURE_KEYS: [&str; 8] = [
     "warmup_s",
@@ -150,6 +154,15 @@ fn compile(
     };
     check_measure(&defaults).map_err(|m| at(get(doc, "defaults").map_or(0..0, |v| v.span()), m))?;
 
+    let slurm = match get(doc, "slurm") {
+        Some(v) => {
+            let s = SlurmSettings::deserialize(de(v)).map_err(|e| terr(e, Some("slurm")))?;
+            s.check().map_err(|m| at(v.span(), format!("[slurm]: {m}")))?;
+            s
+        }
+        None => SlurmSettings::default(),
+    };
+
     let mut targets = Vec::new();
     if let Some(v) = get(doc, "target") {
         for t in array_of_tables(v, "target").map_err(|m| at(v.span(), m))? {
@@ -183,6 +196,7 @@ fn compile(
         defaults,
         targets,
         workloads,
+        slurm,
     })
 }
 

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::slurm::{ContainerPlatform, ExecutorKind, SlurmSettings};
 use crate::case::{Device, EngineKind};
 
 /// Which GPUs a target uses.
@@ -176,6 +177,16 @@ pub struct TargetSpec {
     pub memory: Option<ByteSize>,
     #[serde(default)]
     pub pull: Option<PullPolicy>,
+    /// Which executor runs the worker; by default `local` without an image, `docker` with one.
+    #[serde(default)]
+    pub executor: Option<ExecutorKind>,
+    /// How the image starts inside a Slurm step (`executor = "slurm"` only).
+    #[serde(default)]
+    pub container: Option<ContainerPlatform>,
+    /// The allocation settings (the suite's `[slurm]` table and the command line), set by the
+    /// run's plan for Slurm targets.
+    #[serde(skip)]
+    pub slurm: Option<SlurmSettings>,
 }
 
 impl TargetSpec {
@@ -190,6 +201,15 @@ impl TargetSpec {
         self.image.is_none()
     }
 
+    /// The executor this target runs on: the one asked for, else `local` or `docker`.
+    pub fn executor_kind(&self) -> ExecutorKind {
+        self.executor.unwrap_or(if self.is_local() {
+            ExecutorKind::Local
+        } else {
+            ExecutorKind::Docker
+        })
+    }
+
     pub fn display_name(&self) -> String {
         self.name
             .clone()
@@ -200,6 +220,12 @@ impl TargetSpec {
     pub fn check(&self) -> Result<(), String> {
         if self.local && self.image.is_some() {
             return Err("a target is either `local = true` or has an `image`, not both".into());
+        }
+        if self.container.is_some() && self.executor != Some(ExecutorKind::Slurm) {
+            return Err("`container` chooses how an image starts under Slurm; set `executor = \"slurm\"` (or pass --executor slurm)".into());
+        }
+        if self.executor == Some(ExecutorKind::Local) && self.image.is_some() {
+            return Err("`executor = \"local\"` runs on this host; a target with an `image` needs `docker` or `slurm`".into());
         }
         if let Some(ipc) = &self.ipc {
             if !["private", "host", "shareable", "none"].contains(&ipc.as_str()) {

@@ -87,6 +87,23 @@ fn unknown_top_level_and_defaults_keys() {
 }
 
 #[test]
+fn slurm_table_and_target_keys() {
+    let s = parse(
+        "[slurm]\npartition = \"gpu\"\nnodes = 2\ngpus_per_node = 8\nsbatch_options = [\"--constraint=h100\"]\n\n[[target]]\nimage = \"i:a\"\nexecutor = \"slurm\"\ncontainer = \"pyxis\"\n\n[[workload]]\nkind = \"probe\"\n",
+    )
+    .unwrap();
+    assert_eq!((s.slurm.partition.as_deref(), s.slurm.nodes()), (Some("gpu"), 2));
+    assert_eq!(s.targets[0].executor_kind(), ExecutorKind::Slurm);
+    assert_eq!(s.targets[0].container, Some(ContainerPlatform::Pyxis));
+    let e = parse("[[workload]]\nkind = \"probe\"\n\n[slurm]\nnode = 2\n").unwrap_err();
+    assert_eq!(e.line, 5, "{e}");
+    assert!(e.message.contains("node"), "{e}");
+    let e = parse("[[target]]\nimage = \"i\"\ncontainer = \"pyxis\"\n[[workload]]\nkind = \"probe\"\n")
+        .unwrap_err();
+    assert!(e.message.contains("executor = \"slurm\""), "{e}");
+}
+
+#[test]
 fn syntax_error_has_line() {
     let e = parse("[[workload]]\nkind = \"gemm\"\nsize = = 3\n").unwrap_err();
     assert_eq!(e.line, 3, "{e}");

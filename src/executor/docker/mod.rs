@@ -29,8 +29,8 @@ use crate::sys::interrupt::hold_if_interrupted;
 pub use api::docker_host;
 use api::{call, create_and_start, engine_message, is_not_found, remove_container, API_TIMEOUT};
 pub(crate) use api::{connect, remove_labelled};
-pub use spec::{container_body, LABEL_RUN};
-use spec::{container_name, JOB_PATH};
+use spec::container_name;
+pub use spec::{container_body, JOB_PATH, LABEL_RUN, LABEL_TARGET, WORKER_PATH};
 use worker::{exit_info, pump_output, DockerWorker};
 
 /// How long the `--version` check of a new target may run (it takes well under a second).
@@ -243,22 +243,26 @@ impl Executor for DockerExecutor {
 }
 
 /// On Ctrl-C or SIGTERM, the containers of `run_id` are removed before the process exits.
-fn remove_containers_on_interrupt(run_id: &str) {
+pub(crate) fn remove_containers_on_interrupt(run_id: &str) {
     let run = run_id.to_string();
     crate::sys::interrupt::on_interrupt(&format!("docker containers of run {run}"), move || {
         eprintln!("removing the containers of run {run}");
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
-            eprintln!("error: failed to start the async runtime; `tagbench clean --run {run}` removes them");
-            return;
-        };
-        rt.block_on(async {
-            match connect().await {
-                Ok(docker) => match remove_labelled(&docker, Some(&run)).await {
-                    Ok(removed) => removed.iter().for_each(|r| eprintln!("{r}")),
-                    Err(e) => eprintln!("error: {e:#}"),
-                },
-                Err(e) => eprintln!("error: {e:#}"),
-            }
-        });
+        match remove_run_containers(&run) {
+            Ok(removed) => removed.iter().for_each(|r| eprintln!("{r}")),
+            Err(e) => eprintln!("error: {e:#}; `tagbench clean --run {run}` removes them"),
+        }
     });
+}
+
+/// Removes the containers labelled with `run` now (what a killed `docker run` client leaves
+/// behind, e.g. under `scancel`); returns what was removed.
+pub(crate) fn remove_run_containers(run: &str) -> Result<Vec<String>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?;
+    rt.block_on(async {
+        let docker = connect().await?;
+        remove_labelled(&docker, Some(run)).await
+    })
 }

@@ -13,10 +13,10 @@ use crate::suite::{ByteSize, GpuNamed, GpuSelection, TargetSpec};
 /// The label every tagbench container carries; its value is the run id.
 pub const LABEL_RUN: &str = "tagbench.run";
 /// The label naming the target a container belongs to (for `tagbench clean`'s listing).
-pub(super) const LABEL_TARGET: &str = "tagbench.target";
+pub const LABEL_TARGET: &str = "tagbench.target";
 /// Where the worker binary and the job file appear inside the container.
-pub(super) const WORKER_PATH: &str = "/opt/tagbench/tagbench";
-pub(super) const JOB_PATH: &str = "/opt/tagbench/job.json";
+pub const WORKER_PATH: &str = "/opt/tagbench/tagbench";
+pub const JOB_PATH: &str = "/opt/tagbench/job.json";
 
 /// GPU device requests for the target (driver nvidia, capabilities [[gpu]]).
 fn device_requests(target: &TargetSpec) -> Result<Option<Vec<DeviceRequest>>> {

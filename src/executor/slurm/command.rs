@@ -1,0 +1,408 @@
+//! Slurm command lines as pure functions, in ReFrame's three layers: the scheduler (`salloc` of
+//! one allocation per run), the launcher (an `srun --jobid` step of N tasks) and the container
+//! platform (how the worker starts inside the step: none, pyxis, apptainer, Slurm OCI, docker).
+//! Nothing here runs a process; `slurm/mod.rs` does, and the snapshot tests below pin every line.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::executor::docker::{JOB_PATH, LABEL_RUN, LABEL_TARGET, WORKER_PATH};
+use crate::suite::{ContainerPlatform, SlurmSettings};
+
+/// Seconds an allocation may stay pending when the suite does not say (`pending_timeout_s`).
+pub const DEFAULT_PENDING_TIMEOUT_S: u64 = 600;
+
+/// Scheduler layer: `salloc --no-shell` of the run's allocation. Exclusive, because a benchmark
+/// shares its nodes with nobody; `--immediate` makes Slurm itself cancel a request that stays
+/// pending past the limit.
+pub fn salloc_args(s: &SlurmSettings, job_name: &str) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "salloc".into(),
+        "--no-shell".into(),
+        format!("--job-name={job_name}"),
+        format!("--nodes={}", s.nodes()),
+        "--exclusive".into(),
+        format!(
+            "--immediate={}",
+            s.pending_timeout_s.unwrap_or(DEFAULT_PENDING_TIMEOUT_S).max(1)
+        ),
+    ];
+    let opt = |a: &mut Vec<String>, k: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            a.push(format!("--{k}={v}"));
+        }
+    };
+    opt(&mut a, "partition", &s.partition);
+    opt(&mut a, "account", &s.account);
+    opt(&mut a, "qos", &s.qos);
+    opt(&mut a, "time", &s.time);
+    if let Some(g) = s.gpus_per_node.filter(|g| *g > 0) {
+        a.push(format!("--gres=gpu:{g}"));
+    }
+    a.extend(s.sbatch_options.iter().cloned());
+    a
+}
+
+/// One step of the allocation.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StepSpec {
+    pub job_id: String,
+    /// Shown by `squeue -s`; names the run, target and round.
+    pub name: String,
+    pub nodes: usize,
+    pub ntasks: usize,
+    /// Pin the step to these nodes (a `--gpus each` step runs on the node of its GPU).
+    pub nodelist: Option<String>,
+    /// GPUs per node the step takes (all of the node's, so that the pinned one is among them).
+    pub gpus_per_node: Option<usize>,
+}
+
+/// Launcher layer: `srun` of one step inside the allocation. `-v` makes srun print
+/// `launching StepId=J.S on host N`, which is how the step id and node are learnt without
+/// `sacct` (that needs slurmdbd).
+pub fn srun_args(s: &StepSpec) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "srun".into(),
+        "-v".into(),
+        format!("--jobid={}", s.job_id),
+        format!("--job-name={}", s.name),
+        format!("--nodes={}", s.nodes.max(1)),
+        format!("--ntasks={}", s.ntasks.max(1)),
+        // One rank dying ends the step, so a multi-rank case cannot hang on its peers.
+        "--kill-on-bad-exit=1".into(),
+    ];
+    if let Some(n) = &s.nodelist {
+        a.push(format!("--nodelist={n}"));
+    }
+    if let Some(g) = s.gpus_per_node.filter(|g| *g > 0) {
+        a.push(format!("--gres=gpu:{g}"));
+    }
+    a
+}
+
+/// What the worker is and gets, wherever it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerCommand<'a> {
+    /// The worker binary as the nodes see it (a shared file system).
+    pub exe: &'a Path,
+    /// The job file as the nodes see it.
+    pub job: &'a Path,
+    /// The target's image (`None` with platform `none`).
+    pub image: Option<&'a str>,
+    /// Variables the worker must see after Slurm set up the task (a pinned
+    /// `CUDA_VISIBLE_DEVICES`, which Slurm would otherwise overwrite), and the target's `env`.
+    pub env: BTreeMap<String, String>,
+    /// Whether the target uses GPUs (docker needs `--gpus`, apptainer `--nv`).
+    pub gpus: bool,
+    pub run_id: &'a str,
+    pub target: &'a str,
+    /// The docker container's name (unique per step).
+    pub container_name: &'a str,
+}
+
+/// Container-platform layer: the options the platform adds to `srun`, and the step's command.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Launch {
+    pub srun_extra: Vec<String>,
+    pub command: Vec<String>,
+}
+
+impl Launch {
+    /// The whole command line: the step's `srun`, the platform's options, the command.
+    pub fn argv(&self, step: &StepSpec) -> Vec<String> {
+        let mut a = srun_args(step);
+        a.extend(self.srun_extra.iter().cloned());
+        a.extend(self.command.iter().cloned());
+        a
+    }
+}
+
+fn env_prefix(env: &BTreeMap<String, String>) -> Vec<String> {
+    if env.is_empty() {
+        return Vec::new();
+    }
+    let mut a = vec!["env".to_string()];
+    a.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
+    a
+}
+
+fn worker_args(exe: &str, job: &str) -> Vec<String> {
+    vec![exe.into(), "worker".into(), "--job".into(), job.into()]
+}
+
+/// The step's command for `platform`; an error names what the target lacks.
+pub fn container_launch(platform: ContainerPlatform, w: &WorkerCommand<'_>) -> Result<Launch, String> {
+    let exe = w.exe.display().to_string();
+    let job = w.job.display().to_string();
+    let image = || {
+        w.image
+            .ok_or_else(|| format!("container `{}` needs the target's `image`", platform.as_str()))
+    };
+    let mounts = format!("{exe}:{WORKER_PATH}:ro,{job}:{JOB_PATH}:ro");
+    Ok(match platform {
+        ContainerPlatform::None => {
+            if let Some(i) = w.image {
+                return Err(format!(
+                    "image `{i}` needs a container platform under slurm: set `container` (pyxis, apptainer, oci or docker)"
+                ));
+            }
+            let mut command = env_prefix(&w.env);
+            command.extend(worker_args(&exe, &job));
+            Launch {
+                srun_extra: Vec::new(),
+                command,
+            }
+        }
+        ContainerPlatform::Pyxis => {
+            let mut command = env_prefix(&w.env);
+            command.extend(worker_args(WORKER_PATH, JOB_PATH));
+            Launch {
+                srun_extra: vec![
+                    format!("--container-image={}", image()?),
+                    format!("--container-mounts={mounts}"),
+                    "--no-container-remap-root".into(),
+                ],
+                command,
+            }
+        }
+        ContainerPlatform::Apptainer => {
+            let img = image()?;
+            // A `.sif` file runs as it is; anything else comes from the node's Docker daemon.
+            let source = if img.ends_with(".sif") {
+                img.to_string()
+            } else {
+                format!("docker-daemon:{img}")
+            };
+            let mut command = vec!["apptainer".into(), "exec".into()];
+            if w.gpus {
+                command.push("--nv".into());
+            }
+            command.push(format!("--bind={exe}:{WORKER_PATH}:ro,{job}:{JOB_PATH}:ro"));
+            command.extend(w.env.iter().map(|(k, v)| format!("--env={k}={v}")));
+            command.push(source);
+            command.extend(worker_args(WORKER_PATH, JOB_PATH));
+            Launch {
+                srun_extra: Vec::new(),
+                command,
+            }
+        }
+        ContainerPlatform::Oci => {
+            // Slurm's OCI support runs a bundle; oci.conf's runtime binds the worker and the
+            // job directory into it (docs/slurm.md), so the paths are the host's.
+            let mut command = env_prefix(&w.env);
+            command.extend(worker_args(&exe, &job));
+            Launch {
+                srun_extra: vec![format!("--container={}", image()?)],
+                command,
+            }
+        }
+        ContainerPlatform::Docker => {
+            let mut command: Vec<String> = vec![
+                "docker".into(),
+                "run".into(),
+                "--rm".into(),
+                "--init".into(),
+                format!("--name={}", w.container_name),
+                format!("--label={LABEL_RUN}={}", w.run_id),
+                format!("--label={LABEL_TARGET}={}", w.target),
+                "--network=none".into(),
+                format!("--volume={exe}:{WORKER_PATH}:ro"),
+                format!("--volume={job}:{JOB_PATH}:ro"),
+            ];
+            // The container sees the pinned GPU as its only one, so CUDA_VISIBLE_DEVICES does
+            // not go in with the other variables.
+            let pinned = w.env.get("CUDA_VISIBLE_DEVICES");
+            command.extend(
+                w.env
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != "CUDA_VISIBLE_DEVICES")
+                    .map(|(k, v)| format!("--env={k}={v}")),
+            );
+            match (w.gpus, pinned) {
+                (true, Some(d)) => command.push(format!("--gpus=device={d}")),
+                (true, None) => command.push("--gpus=all".into()),
+                _ => {}
+            }
+            command.push(image()?.to_string());
+            command.extend(worker_args(WORKER_PATH, JOB_PATH));
+            Launch {
+                srun_extra: Vec::new(),
+                command,
+            }
+        }
+    })
+}
+
+/// `scancel` of a job or a step (`J` or `J.S`).
+pub fn scancel_args(id: &str) -> Vec<String> {
+    vec!["scancel".into(), id.into()]
+}
+
+/// The step id and node of one `srun -v` line `srun: launching StepId=12.3 on host n1, 1 tasks: 0`.
+pub fn parse_launch_line(line: &str) -> Option<(String, String)> {
+    let rest = line.split("launching StepId=").nth(1)?;
+    let (step, rest) = rest.split_once(' ')?;
+    let host = rest.strip_prefix("on host ")?;
+    let host = host.split([',', ' ']).next()?;
+    Some((step.to_string(), host.to_string()))
+}
+
+/// The job id of salloc's `salloc: Granted job allocation 12` (or `Pending job allocation 12`).
+pub fn parse_allocation_line(line: &str) -> Option<(bool, String)> {
+    for (granted, key) in [
+        (true, "Granted job allocation "),
+        (false, "Pending job allocation "),
+    ] {
+        if let Some(rest) = line.split(key).nth(1) {
+            let id: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            if !id.is_empty() {
+                return Some((granted, id));
+            }
+        }
+    }
+    None
+}
+
+/// A task's abnormal end from srun's stderr: `srun: error: n1: task 0: Segmentation fault`.
+pub fn parse_task_error(line: &str) -> Option<String> {
+    let rest = line.strip_prefix("srun: error: ")?;
+    let (node, rest) = rest.split_once(": task ")?;
+    let (task, what) = rest.split_once(": ")?;
+    task.parse::<usize>().ok()?;
+    Some(format!("{node}: task {task}: {what}"))
+}
+
+/// `NodeList=n[1-2]` out of `scontrol show job`.
+pub fn parse_job_nodelist(text: &str) -> Option<String> {
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix("NodeList="))
+        .filter(|l| *l != "(null)")
+        .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> SlurmSettings {
+        SlurmSettings {
+            partition: Some("gpu".into()),
+            account: Some("perf".into()),
+            qos: Some("high".into()),
+            time: Some("1:00:00".into()),
+            nodes: Some(2),
+            gpus_per_node: Some(8),
+            sbatch_options: vec!["--constraint=h100".into()],
+            pending_timeout_s: Some(120),
+        }
+    }
+
+    fn step() -> StepSpec {
+        StepSpec {
+            job_id: "42".into(),
+            name: "tagbench-r1-img_a-r0".into(),
+            nodes: 1,
+            ntasks: 1,
+            nodelist: Some("n2".into()),
+            gpus_per_node: Some(8),
+        }
+    }
+
+    fn worker(image: Option<&'static str>) -> WorkerCommand<'static> {
+        WorkerCommand {
+            exe: Path::new("/shared/bin/tagbench"),
+            job: Path::new("/shared/results/r1/logs/img_a-r0-1.job.json"),
+            image,
+            env: BTreeMap::from([
+                ("CUDA_VISIBLE_DEVICES".to_string(), "3".to_string()),
+                ("NCCL_DEBUG".to_string(), "WARN".to_string()),
+            ]),
+            gpus: true,
+            run_id: "r1",
+            target: "img:a",
+            container_name: "tagbench-r1-img_a-r0-1",
+        }
+    }
+
+    fn line(platform: ContainerPlatform, image: Option<&'static str>) -> String {
+        container_launch(platform, &worker(image))
+            .unwrap()
+            .argv(&step())
+            .join(" ")
+    }
+
+    #[test]
+    fn salloc_lines() {
+        insta::assert_snapshot!(salloc_args(&settings(), "tagbench-r1").join(" "), @"salloc --no-shell --job-name=tagbench-r1 --nodes=2 --exclusive --immediate=120 --partition=gpu --account=perf --qos=high --time=1:00:00 --gres=gpu:8 --constraint=h100");
+        insta::assert_snapshot!(salloc_args(&SlurmSettings::default(), "t").join(" "), @"salloc --no-shell --job-name=t --nodes=1 --exclusive --immediate=600");
+    }
+
+    #[test]
+    fn srun_line() {
+        insta::assert_snapshot!(srun_args(&step()).join(" "), @"srun -v --jobid=42 --job-name=tagbench-r1-img_a-r0 --nodes=1 --ntasks=1 --kill-on-bad-exit=1 --nodelist=n2 --gres=gpu:8");
+        let multi = StepSpec {
+            nodes: 2,
+            ntasks: 16,
+            nodelist: None,
+            ..step()
+        };
+        insta::assert_snapshot!(srun_args(&multi).join(" "), @"srun -v --jobid=42 --job-name=tagbench-r1-img_a-r0 --nodes=2 --ntasks=16 --kill-on-bad-exit=1 --gres=gpu:8");
+    }
+
+    #[test]
+    fn platform_none() {
+        insta::assert_snapshot!(line(ContainerPlatform::None, None), @"srun -v --jobid=42 --job-name=tagbench-r1-img_a-r0 --nodes=1 --ntasks=1 --kill-on-bad-exit=1 --nodelist=n2 --gres=gpu:8 env CUDA_VISIBLE_DEVICES=3 NCCL_DEBUG=WARN /shared/bin/tagbench worker --job /shared/results/r1/logs/img_a-r0-1.job.json");
+        let err = container_launch(ContainerPlatform::None, &worker(Some("img:a"))).unwrap_err();
+        assert!(err.contains("set `container`"), "{err}");
+    }
+
+    #[test]
+    fn platform_pyxis() {
+        insta::assert_snapshot!(line(ContainerPlatform::Pyxis, Some("nvcr.io#nvidia/pytorch:24.05-py3")), @"srun -v --jobid=42 --job-name=tagbench-r1-img_a-r0 --nodes=1 --ntasks=1 --kill-on-bad-exit=1 --nodelist=n2 --gres=gpu:8 --container-image=nvcr.io#nvidia/pytorch:24.05-py3 --container-mounts=/shared/bin/tagbench:/opt/tagbench/tagbench:ro,/shared/results/r1/logs/img_a-r0-1.job.json:/opt/tagbench/job.json:ro --no-container-remap-root env CUDA_VISIBLE_DEVICES=3 NCCL_DEBUG=WARN /opt/tagbench/tagbench worker --job /opt/tagbench/job.json");
+        let err = container_launch(ContainerPlatform::Pyxis, &worker(None)).unwrap_err();
+        assert!(err.contains("needs the target's `image`"), "{err}");
+    }
+
+    #[test]
+    fn platform_apptainer() {
+        insta::assert_snapshot!(line(ContainerPlatform::Apptainer, Some("img:a")), @"srun -v --jobid=42 --job-name=tagbench-r1-img_a-r0 --nodes=1 --ntasks=1 --kill-on-bad-exit=1 --nodelist=n2 --gres=gpu:8 apptainer exec --nv --bind=/shared/bin/tagbench:/opt/tagbench/tagbench:ro,/shared/results/r1/logs/img_a-r0-1.job.json:/opt/tagbench/job.json:ro --env=CUDA_VISIBLE_DEVICES=3 --env=NCCL_DEBUG=WARN docker-daemon:img:a /opt/tagbench/tagbench worker --job /opt/tagbench/job.json");
+        insta::assert_snapshot!(line(ContainerPlatform::Apptainer, Some("/shared/images/a.sif")), @"srun -v --jobid=42 --job-name=tagbench-r1-img_a-r0 --nodes=1 --ntasks=1 --kill-on-bad-exit=1 --nodelist=n2 --gres=gpu:8 apptainer exec --nv --bind=/shared/bin/tagbench:/opt/tagbench/tagbench:ro,/shared/results/r1/logs/img_a-r0-1.job.json:/opt/tagbench/job.json:ro --env=CUDA_VISIBLE_DEVICES=3 --env=NCCL_DEBUG=WARN /shared/images/a.sif /opt/tagbench/tagbench worker --job /opt/tagbench/job.json");
+    }
+
+    #[test]
+    fn platform_oci() {
+        insta::assert_snapshot!(line(ContainerPlatform::Oci, Some("/shared/bundles/a")), @"srun -v --jobid=42 --job-name=tagbench-r1-img_a-r0 --nodes=1 --ntasks=1 --kill-on-bad-exit=1 --nodelist=n2 --gres=gpu:8 --container=/shared/bundles/a env CUDA_VISIBLE_DEVICES=3 NCCL_DEBUG=WARN /shared/bin/tagbench worker --job /shared/results/r1/logs/img_a-r0-1.job.json");
+    }
+
+    #[test]
+    fn platform_docker() {
+        insta::assert_snapshot!(line(ContainerPlatform::Docker, Some("img:a")), @"srun -v --jobid=42 --job-name=tagbench-r1-img_a-r0 --nodes=1 --ntasks=1 --kill-on-bad-exit=1 --nodelist=n2 --gres=gpu:8 docker run --rm --init --name=tagbench-r1-img_a-r0-1 --label=tagbench.run=r1 --label=tagbench.target=img:a --network=none --volume=/shared/bin/tagbench:/opt/tagbench/tagbench:ro --volume=/shared/results/r1/logs/img_a-r0-1.job.json:/opt/tagbench/job.json:ro --env=NCCL_DEBUG=WARN --gpus=device=3 img:a /opt/tagbench/tagbench worker --job /opt/tagbench/job.json");
+    }
+
+    #[test]
+    fn srun_and_salloc_output() {
+        assert_eq!(
+            parse_launch_line("srun: launching StepId=2.0 on host n1, 1 tasks: 0"),
+            Some(("2.0".into(), "n1".into()))
+        );
+        assert_eq!(parse_launch_line("srun: jobid 2: nodes(2)"), None);
+        assert_eq!(
+            parse_allocation_line("salloc: Granted job allocation 17"),
+            Some((true, "17".into()))
+        );
+        assert_eq!(
+            parse_allocation_line("salloc: Pending job allocation 18"),
+            Some((false, "18".into()))
+        );
+        assert_eq!(
+            parse_task_error("srun: error: n1: task 0: Segmentation fault").as_deref(),
+            Some("n1: task 0: Segmentation fault")
+        );
+        assert_eq!(parse_task_error("srun: error: Unable to create step"), None);
+        assert_eq!(
+            parse_job_nodelist("JobId=2 JobName=tb\n   NodeList=n[1-2]\n   BatchHost=n1").as_deref(),
+            Some("n[1-2]")
+        );
+        assert_eq!(parse_job_nodelist("   NodeList=(null)"), None);
+    }
+}

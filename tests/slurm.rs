@@ -1,0 +1,462 @@
+//! `--executor slurm` end to end on a real Slurm: a two-node cluster on this host (munged,
+//! slurmctld, `slurmd -N n1`/`-N n2`, fake GPUs) brought up by `scripts/slurm-cluster.sh` in the
+//! test's own temporary directory and torn down by PID afterwards. The test fails when Slurm
+//! cannot be started; `TAGBENCH_SKIP_SLURM_TESTS=1` skips it explicitly.
+//!
+//! One test function runs every scenario in turn: the cluster's ports are fixed, so two
+//! clusters cannot run side by side, and one cluster for all keeps the run time small.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tagbench::results::{read_results, ResultRow, RunDir, Status};
+
+fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tagbench"))
+}
+
+/// The cluster, stopped when dropped (also when an assertion fails).
+struct Cluster {
+    dir: tempfile::TempDir,
+    conf: PathBuf,
+}
+
+impl Cluster {
+    fn up() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/slurm-cluster.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg("up")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let conf = dir.path().join("slurm.conf");
+        let c = Cluster { dir, conf };
+        assert!(
+            out.status.success(),
+            "failed to start a Slurm cluster with {} (set TAGBENCH_SKIP_SLURM_TESTS=1 to skip): {}{}",
+            script.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        c
+    }
+
+    fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.env("SLURM_CONF", &self.conf).env_remove("SLURM_JOB_ID");
+        c
+    }
+
+    fn tagbench(&self) -> Command {
+        let mut c = self.cmd(bin().to_str().unwrap());
+        c.arg("run").arg("--no-progress").arg("--no-report");
+        c
+    }
+
+    /// `tagbench run [SUITE] --executor slurm --run-id ID --results-dir RESULTS ARGS...`.
+    fn run(&self, suite: Option<&Path>, run_id: &str, results: &Path, args: &[&str]) -> Command {
+        let mut c = self.tagbench();
+        c.args(suite)
+            .args(["--executor", "slurm", "--run-id", run_id])
+            .arg("--results-dir")
+            .arg(results)
+            .args(args);
+        c
+    }
+
+    /// Job ids (and steps, `J.S`) that squeue lists, waiting up to `wait` for the list to empty.
+    fn jobs_left(&self, wait: Duration) -> String {
+        let end = Instant::now() + wait;
+        loop {
+            let out = self
+                .cmd("timeout")
+                .args(["5", "squeue", "-h", "-o", "%i %T"])
+                .output()
+                .unwrap();
+            let steps = self
+                .cmd("timeout")
+                .args(["5", "squeue", "-h", "-s", "-o", "%i"])
+                .output()
+                .unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&steps.stdout)
+            );
+            if text.trim().is_empty() || Instant::now() >= end {
+                return text.trim().to_string();
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/slurm-cluster.sh");
+        let _ = Command::new("bash")
+            .arg(script)
+            .arg("down")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = write(dir, name, &format!("#!/bin/sh\n{body}\n"));
+    let mut perm = std::fs::metadata(&p).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+    std::fs::set_permissions(&p, perm).unwrap();
+    p
+}
+
+fn rows(results: &Path, run_id: &str) -> Vec<ResultRow> {
+    read_results(&RunDir::new(results.join(run_id))).unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A gemm workload that measures until its time limit (a hang, as the host sees it).
+const ENDLESS_GEMM: &str = "[[workload]]\nkind = \"gemm\"\nname = \"slow\"\nsize = 512\nmin_samples = 100000\nmax_samples = 100000\nmax_time_s = 1000\n";
+
+const FAST: [&str; 8] = [
+    "--set",
+    "rounds=2",
+    "--set",
+    "max_time_s=0.1",
+    "--set",
+    "min_samples=3",
+    "--set",
+    "warmup_s=0",
+];
+
+#[test]
+fn slurm_executor_on_a_real_two_node_cluster() {
+    if std::env::var("TAGBENCH_SKIP_SLURM_TESTS").is_ok_and(|v| v == "1") {
+        eprintln!("skipped: TAGBENCH_SKIP_SLURM_TESTS=1");
+        return;
+    }
+    let cluster = Cluster::up();
+    let tmp = tempfile::tempdir().unwrap();
+    let results = tmp.path().join("results");
+
+    smoke_suite_runs_as_steps(&cluster, &results);
+    crash_fails_the_case(&cluster, tmp.path(), &results);
+    hang_is_cancelled_and_the_run_goes_on(&cluster, tmp.path(), &results);
+    gpus_each_is_one_step_per_gpu(&cluster, tmp.path(), &results);
+    pending_allocation_is_cancelled(&cluster, tmp.path(), &results);
+    ctrl_c_cancels_the_allocation(&cluster, tmp.path(), &results);
+    docker_in_a_step_leaves_no_container(&cluster, tmp.path(), &results);
+    assert_eq!(
+        cluster.jobs_left(Duration::from_secs(10)),
+        "",
+        "jobs left in squeue"
+    );
+}
+
+/// The smoke suite through Slurm: every row `executor=slurm`, with its node and step.
+fn smoke_suite_runs_as_steps(c: &Cluster, results: &Path) {
+    let out = c
+        .run(None, "smoke", results, &["--nodes", "2"])
+        .args(FAST)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let rows = rows(results, "smoke");
+    assert!(rows.len() > 20, "{rows:?}");
+    for r in &rows {
+        assert_eq!(r.executor, "slurm", "{r:?}");
+        assert!(["n1", "n2"].contains(&r.node.as_str()), "{r:?}");
+        assert!(r.job_step.contains('.'), "{r:?}");
+    }
+    // Each round is its own step.
+    let steps: std::collections::BTreeSet<&str> = rows.iter().map(|r| r.job_step.as_str()).collect();
+    assert!(steps.len() >= 2, "{steps:?}");
+    let meta = RunDir::new(results.join("smoke")).read_meta().unwrap();
+    let t = &meta.targets[0];
+    assert_eq!(t.executor, "slurm");
+    assert_eq!(t.env["slurm_nodes"], "n1,n2");
+    assert!(t.steps.len() >= 2, "{:?}", t.steps);
+    assert_eq!(
+        c.jobs_left(Duration::from_secs(10)),
+        "",
+        "jobs left after the smoke run"
+    );
+}
+
+/// A worker killed by a signal inside a case: that case fails naming the signal and the step.
+fn crash_fails_the_case(c: &Cluster, dir: &Path, results: &Path) {
+    let suite = write(
+        dir,
+        "crash.toml",
+        "[[workload]]\nkind = \"gemm\"\nsize = 64\ndtype = \"fp32\"\n",
+    );
+    let crash = script(
+        dir,
+        "crash.sh",
+        r#"echo '{"type":"start","workload":"gemm","case":"size=64,dtype=fp32"}'
+kill -SEGV $$"#,
+    );
+    let out = c
+        .run(Some(&suite), "crash", results, &[])
+        .env("TAGBENCH_SLURM_WORKER", &crash)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let rows = rows(results, "crash");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let r = &rows[0];
+    assert_eq!(r.status, Status::Failed);
+    assert!(r.reason.contains("Segmentation fault"), "{}", r.reason);
+    assert!(r.reason.contains("slurm step"), "{}", r.reason);
+    assert_eq!(r.executor, "slurm");
+}
+
+/// A case past its `timeout_s`: its step is cancelled, the case fails, the next case runs in a
+/// new step, and no job or step is left.
+fn hang_is_cancelled_and_the_run_goes_on(c: &Cluster, dir: &Path, results: &Path) {
+    let toml = format!(
+        "[defaults]\nwarmup_s = 0.0\nmin_samples = 3\nmax_time_s = 0.1\n\n{ENDLESS_GEMM}timeout_s = 1.5\n\n[[workload]]\nkind = \"gemm\"\nname = \"fast\"\nsize = 64\n"
+    );
+    let suite = write(dir, "hang.toml", &toml);
+    let started = Instant::now();
+    let out = c.run(Some(&suite), "hang", results, &[]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let rows = rows(results, "hang");
+    let slow: Vec<&ResultRow> = rows.iter().filter(|r| r.workload == "slow").collect();
+    assert_eq!(slow.len(), 1, "{rows:?}");
+    assert_eq!(slow[0].status, Status::Failed);
+    assert!(
+        slow[0].reason.contains("timed out after 1.5 s"),
+        "{}",
+        slow[0].reason
+    );
+    let fast: Vec<&ResultRow> = rows.iter().filter(|r| r.workload == "fast").collect();
+    assert!(
+        !fast.is_empty() && fast.iter().all(|r| r.status == Status::Ok),
+        "{fast:?}"
+    );
+    assert_ne!(fast[0].job_step, slow[0].job_step, "the rest ran in a new step");
+    // The step itself was cancelled (srun reports it), not left to the allocation's end.
+    let logs = RunDir::new(results.join("hang")).logs();
+    let cancelled = std::fs::read_dir(&logs)
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
+        .any(|t| t.contains(&format!("STEP {} ON", slow[0].job_step)) && t.contains("CANCELLED"));
+    assert!(
+        cancelled,
+        "no log in {} says the step was cancelled",
+        logs.display()
+    );
+    assert_eq!(
+        c.jobs_left(Duration::from_secs(10)),
+        "",
+        "jobs left after the hang"
+    );
+}
+
+/// `--gpus each` on 2 nodes × 2 fake GPUs: one step per GPU, on the GPU's node, with its own
+/// CUDA_VISIBLE_DEVICES (as the step's process saw it).
+fn gpus_each_is_one_step_per_gpu(c: &Cluster, dir: &Path, results: &Path) {
+    let seen = dir.join("seen.txt");
+    let wrap = script(
+        dir,
+        "wrap.sh",
+        &format!(
+            "echo \"$SLURMD_NODENAME $CUDA_VISIBLE_DEVICES $SLURM_JOB_ID.$SLURM_STEP_ID\" >> {}\nexec {} \"$@\"",
+            seen.display(),
+            bin().display()
+        ),
+    );
+    let out = c
+        .run(
+            None,
+            "each",
+            results,
+            &["--nodes", "2", "--gpus-per-node", "2", "--gpus", "each"],
+        )
+        .args(["--filter", "gemm/size=256,dtype=fp32"])
+        .args(["--set", "rounds=1", "--set", "max_time_s=0.1"])
+        .env("TAGBENCH_SLURM_WORKER", &wrap)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let seen = std::fs::read_to_string(&seen).unwrap();
+    let mut placed: Vec<(String, String)> = seen
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[0].to_string(), f[1].to_string())
+        })
+        .collect();
+    placed.sort();
+    let want =
+        [("n1", "0"), ("n1", "1"), ("n2", "0"), ("n2", "1")].map(|(n, g)| (n.to_string(), g.to_string()));
+    assert_eq!(placed, want, "{seen}");
+    let rows = rows(results, "each");
+    for (i, node) in ["n1", "n1", "n2", "n2"].iter().enumerate() {
+        let target = format!("local@gpu{i}");
+        let mine: Vec<&ResultRow> = rows.iter().filter(|r| r.target == target).collect();
+        assert!(!mine.is_empty(), "{target}: {rows:?}");
+        assert!(
+            mine.iter().all(|r| r.node == *node && r.gpu_index == Some(i)),
+            "{mine:?}"
+        );
+    }
+    let steps: std::collections::BTreeSet<&str> = rows.iter().map(|r| r.job_step.as_str()).collect();
+    assert_eq!(steps.len(), 4, "{steps:?}");
+}
+
+/// An allocation that cannot be granted within `pending_timeout_s` is cancelled with an error
+/// saying so; the job holding the nodes is untouched and nothing of ours is left.
+fn pending_allocation_is_cancelled(c: &Cluster, dir: &Path, results: &Path) {
+    let hold = c
+        .cmd("timeout")
+        .args([
+            "20",
+            "salloc",
+            "--no-shell",
+            "--nodes=2",
+            "--exclusive",
+            "--job-name=holder",
+        ])
+        .output()
+        .unwrap();
+    assert!(hold.status.success(), "{}", text(&hold));
+    let suite = write(
+        dir,
+        "pending.toml",
+        "[slurm]\nnodes = 1\npending_timeout_s = 2\n\n[[workload]]\nkind = \"gemm\"\nsize = 64\n",
+    );
+    let out = c.run(Some(&suite), "pending", results, &[]).output().unwrap();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("stayed pending past 2 s"), "{said}");
+    let left = c.jobs_left(Duration::from_secs(3));
+    assert_eq!(left.lines().count(), 1, "only the holder: {left}");
+    let _ = c.cmd("timeout").args(["5", "scancel", "--name=holder"]).status();
+    assert_eq!(c.jobs_left(Duration::from_secs(10)), "");
+}
+
+/// Ctrl-C during a step: tagbench exits 130 and the allocation is gone.
+fn ctrl_c_cancels_the_allocation(c: &Cluster, dir: &Path, results: &Path) {
+    let suite = write(dir, "long.toml", &format!("{ENDLESS_GEMM}timeout_s = 600\n"));
+    let mut child = c
+        .run(Some(&suite), "ctrlc", results, &[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the step runs.
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let steps = c
+            .cmd("timeout")
+            .args(["5", "squeue", "-h", "-s", "-o", "%i"])
+            .output()
+            .unwrap();
+        if !String::from_utf8_lossy(&steps.stdout).trim().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < end, "the step never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: plain kill(2) of our own child's pid.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert_eq!(c.jobs_left(Duration::from_secs(10)), "", "jobs left after Ctrl-C");
+}
+
+/// An image holding only the worker's shared libraries (from `ldd`), imported from a tar stream;
+/// removed when dropped.
+struct WorkerImage(String);
+
+impl WorkerImage {
+    fn build(dir: &Path) -> WorkerImage {
+        let root = dir.join("rootfs");
+        let ldd = Command::new("ldd").arg(bin()).output().unwrap();
+        for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+            // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)` or `/lib64/ld-linux-x86-64.so.2 (0x...)`
+            let Some(path) = line.split_whitespace().find(|w| w.starts_with('/')) else {
+                continue;
+            };
+            let dest = root.join(path.trim_start_matches('/'));
+            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            std::fs::copy(path, &dest).unwrap();
+        }
+        let tag = format!("tagbench-slurm-test:{}", std::process::id());
+        let mut tar = Command::new("tar")
+            .arg("-C")
+            .arg(&root)
+            .args(["-cf", "-", "."])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let import = Command::new("docker")
+            .args(["import", "-", &tag])
+            .stdin(tar.stdout.take().unwrap())
+            .output()
+            .unwrap();
+        assert!(tar.wait().unwrap().success(), "tar of {}", root.display());
+        assert!(import.status.success(), "docker import: {}", text(&import));
+        WorkerImage(tag)
+    }
+}
+
+impl Drop for WorkerImage {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rmi", "-f", &self.0]).output();
+    }
+}
+
+/// `container = "docker"`: the worker runs in `docker run` inside the step; a case past its
+/// time limit is cancelled with its step, and the container (which outlives its docker client)
+/// is removed, so none of the run is left.
+fn docker_in_a_step_leaves_no_container(c: &Cluster, dir: &Path, results: &Path) {
+    let image = WorkerImage::build(dir);
+    let toml = format!(
+        "[[target]]\nimage = \"{}\"\nexecutor = \"slurm\"\ncontainer = \"docker\"\n\n{ENDLESS_GEMM}timeout_s = 3\n\n[[workload]]\nkind = \"gemm\"\nname = \"fast\"\nsize = 64\nmax_time_s = 0.1\n",
+        image.0
+    );
+    let suite = write(dir, "docker.toml", &toml);
+    let out = c.run(Some(&suite), "docker-step", results, &[]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let rows = rows(results, "docker-step");
+    let slow: Vec<&ResultRow> = rows.iter().filter(|r| r.workload == "slow").collect();
+    assert_eq!(slow.len(), 1, "{rows:?}");
+    assert!(slow[0].reason.contains("timed out"), "{}", slow[0].reason);
+    let fast: Vec<&ResultRow> = rows.iter().filter(|r| r.workload == "fast").collect();
+    assert!(
+        !fast.is_empty() && fast.iter().all(|r| r.status == Status::Ok && r.image == image.0),
+        "{fast:?}"
+    );
+    let left = Command::new("docker")
+        .args(["ps", "-aq", "--filter", "label=tagbench.run=docker-step"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&left.stdout).trim(),
+        "",
+        "containers left"
+    );
+}
