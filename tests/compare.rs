@@ -91,6 +91,95 @@ fn five_percent_slowdown_is_a_regression() {
     );
 }
 
+/// Five rounds of 40 samples; round levels differ by under 1%, and `slow_round` (if any) runs
+/// at three times the level, as a round sharing the machine with a CPU hog would.
+fn rounds_of(seed: u64, level: f64, slow_round: Option<usize>) -> Vec<f64> {
+    (0..5)
+        .flat_map(|r| {
+            let jitter = 1.0 + 0.004 * (r as f64 - 2.0);
+            let hog = if slow_round == Some(r) { 3.0 } else { 1.0 };
+            samples(seed * 10 + r as u64, level * jitter * hog, CV, 40)
+        })
+        .collect()
+}
+
+#[test]
+fn values_shown_are_what_the_ratio_is_computed_from_and_a_slow_round_is_set_aside() {
+    let t = tempfile::tempdir().unwrap();
+    let with_rounds = |mut c: Case| {
+        c.rounds = 5;
+        c
+    };
+    let a = write_run(
+        t.path(),
+        "base",
+        "2026-01-01T00:00:00Z",
+        &[with_rounds(Case::gemm(
+            "local",
+            "",
+            256,
+            rounds_of(1, 10.0, Some(3)),
+        ))],
+    );
+    let b = write_run(
+        t.path(),
+        "cand",
+        "2026-01-02T00:00:00Z",
+        &[with_rounds(Case::gemm(
+            "local",
+            "",
+            256,
+            rounds_of(2, 11.0, None),
+        ))],
+    );
+    let out = tagbench()
+        .args(["compare", "--format", "json"])
+        .arg(&a)
+        .arg(&b)
+        .assert()
+        .code(1);
+    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    for c in v["comparisons"].as_array().unwrap() {
+        let (bv, cv) = (
+            c["baseline"]["estimate"].as_f64().unwrap(),
+            c["candidate"]["estimate"].as_f64().unwrap(),
+        );
+        let ratio = c["ratio"].as_f64().unwrap();
+        assert!(((cv / bv) / ratio - 1.0).abs() < 0.01, "{c}");
+        // The slow round neither hides the 10% slowdown nor inflates it.
+        assert_eq!(c["verdict"], "regression", "{c}");
+        assert!(
+            c["ci_low"].as_f64().unwrap() > 0.8 && c["ci_high"].as_f64().unwrap() < 1.25,
+            "{c}"
+        );
+        assert_eq!(c["baseline"]["outlier_rounds"], 1, "{c}");
+        assert_eq!(c["baseline"]["rounds"], 5, "{c}");
+        assert!(
+            c["reason"]
+                .as_str()
+                .unwrap()
+                .contains("1 outlier round set aside in the baseline"),
+            "{c}"
+        );
+    }
+    // The table shows the same numbers: baseline ≈ 10 and candidate ≈ 11 ms, change ≈ +10%.
+    let out = tagbench().args(["compare"]).arg(&a).arg(&b).assert().code(1);
+    let text = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    let line = text.lines().find(|l| l.contains("latency")).unwrap();
+    let nums: Vec<f64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse::<f64>().ok())
+        .collect();
+    assert!(nums.len() >= 2, "{line}");
+    let change: f64 = line
+        .split_whitespace()
+        .find(|w| w.ends_with('%') && !w.starts_with('['))
+        .and_then(|w| w.trim_end_matches('%').parse().ok())
+        .unwrap();
+    assert!(((nums[1] / nums[0] - 1.0) * 100.0 - change).abs() < 1.0, "{line}");
+    assert!(text.contains("trimmed mean of round medians"), "{text}");
+}
+
 #[test]
 fn one_percent_shift_is_same_and_exits_zero() {
     let t = tempfile::tempdir().unwrap();

@@ -39,10 +39,11 @@ pub fn page(data: &ReportData) -> String {
     if let Some(c) = &data.comparison {
         let _ = write!(
             o,
-            "<h2 id=\"comparison\">Comparison</h2>\n<p>Baseline <code>{}</code> ({}). {}</p>\n<table id=\"comparison-table\"><thead><tr>",
+            "<h2 id=\"comparison\">Comparison</h2>\n<p>Baseline <code>{}</code> ({}). {}</p>\n<p>{}</p>\n<table id=\"comparison-table\"><thead><tr>",
             esc(&c.baseline),
             esc(&c.mode),
-            esc(&c.summary_line())
+            esc(&c.summary_line()),
+            esc(crate::compare::format::VALUES_NOTE)
         );
         let along = c.mode != "runs";
         for h in header(along) {

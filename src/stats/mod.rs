@@ -5,6 +5,7 @@ pub mod bootstrap;
 pub mod edivisive;
 pub mod holm;
 pub mod mannwhitney;
+pub mod robust;
 pub mod summary;
 pub mod welch;
 
@@ -12,5 +13,6 @@ pub use bootstrap::{ratio_of_medians_ci, RatioCi};
 pub use edivisive::{change_points, ChangePoint, EDivisiveSettings};
 pub use holm::holm_adjust;
 pub use mannwhitney::{mann_whitney, MannWhitney};
+pub use robust::{outlier_rounds, without_outliers, yuen_log_ratio, TrimmedLogRatio};
 pub use summary::{percentile_sorted, summarize, Summary};
 pub use welch::{welch_log_ratio, welch_t, LogRatio, WelchT};

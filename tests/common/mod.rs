@@ -31,6 +31,8 @@ pub struct Case {
     pub latency_ms: Vec<f64>,
     pub status: Status,
     pub reason: String,
+    /// Worker processes the samples are split into (equal chunks, in order); 1: no round column.
+    pub rounds: usize,
 }
 
 impl Case {
@@ -43,6 +45,7 @@ impl Case {
             latency_ms,
             status: Status::Ok,
             reason: String::new(),
+            rounds: 1,
         }
     }
     pub fn status(target: &str, workload: &str, case: &str, status: Status, reason: &str) -> Case {
@@ -54,6 +57,7 @@ impl Case {
             latency_ms: Vec::new(),
             status,
             reason: reason.into(),
+            rounds: 1,
         }
     }
 }
@@ -87,31 +91,37 @@ pub fn write_run(root: &Path, run_id: &str, started_at: &str, cases: &[Case]) ->
         let mut rows = Vec::new();
         let mut srows = Vec::new();
         let tput: Vec<f64> = c.latency_ms.iter().map(|v| 1000.0 / v).collect();
+        let per_round = c.latency_ms.len().div_ceil(c.rounds.max(1));
         for (metric, unit, better, values) in [
             ("latency", "ms", "lower", &c.latency_ms),
             ("throughput", "GFLOP/s", "higher", &tput),
         ] {
-            let mut row = ResultRow {
-                metric: metric.into(),
-                unit: unit.into(),
-                better: better.into(),
-                ..base.clone()
-            };
-            set_summary(&mut row, &summarize(values).unwrap());
-            rows.push(row);
-            for (i, v) in values.iter().enumerate() {
-                srows.push(SampleRow {
-                    run_id: run_id.into(),
-                    image: c.image.clone(),
-                    workload: c.workload.clone(),
-                    case: c.case.clone(),
+            for (r, chunk) in values.chunks(per_round.max(1)).enumerate() {
+                let round = (c.rounds > 1).then_some(r);
+                let mut row = ResultRow {
                     metric: metric.into(),
-                    sample: i,
-                    value: *v,
-                    target: c.target.clone(),
-                    engine: "native".into(),
-                    ..Default::default()
-                });
+                    unit: unit.into(),
+                    better: better.into(),
+                    round,
+                    ..base.clone()
+                };
+                set_summary(&mut row, &summarize(chunk).unwrap());
+                rows.push(row);
+                for (i, v) in chunk.iter().enumerate() {
+                    srows.push(SampleRow {
+                        run_id: run_id.into(),
+                        image: c.image.clone(),
+                        workload: c.workload.clone(),
+                        case: c.case.clone(),
+                        metric: metric.into(),
+                        sample: i,
+                        value: *v,
+                        target: c.target.clone(),
+                        engine: "native".into(),
+                        round,
+                        ..Default::default()
+                    });
+                }
             }
         }
         w.write_case(&rows, &srows).unwrap();
