@@ -617,3 +617,121 @@ fn report_and_compare_agree_on_exit_codes() {
             .code(code);
     }
 }
+
+/// A round disturbed by a CPU hog started while it runs: `run` marks it an outlier round in
+/// results.csv, measures one more interleaved round, and the A/A comparison of two identical
+/// local targets stays free of regressions and improvements.
+#[test]
+fn a_round_under_a_cpu_hog_is_measured_again_and_changes_no_verdict() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use tagbench::results::{read_results, RunDir};
+
+    let t = tempfile::tempdir().unwrap();
+    let suite = t.path().join("hog.toml");
+    std::fs::write(
+        &suite,
+        r#"
+[defaults]
+warmup_s = 0.05
+min_samples = 10
+max_time_s = 0.4
+rounds = 5
+[[target]]
+name = "a"
+local = true
+[[target]]
+name = "b"
+local = true
+[[workload]]
+kind = "gemm"
+size = 512
+"#,
+    )
+    .unwrap();
+    // Samples of ~15 ms span several scheduler time slices, so a hog slows each of them (samples
+    // of 0.3 ms mostly fit between preemptions: the hog then moves a few samples, not the median).
+    let results = t.path().join("r");
+    let run = RunDir::new(results.join("hog"));
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("tagbench"))
+        .env("RAYON_NUM_THREADS", "1")
+        .args(["run", "--no-progress", "--no-report", "--run-id", "hog"])
+        .arg(&suite)
+        .arg("--results-dir")
+        .arg(&results)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Rounds run a b, b a, a b, …: once a's round 1 is written, a's round 2 is next. Hog every
+    // core (twice over) from then until a's round 2 is written.
+    let has = |round: usize| -> bool {
+        read_results(&run)
+            .map(|rows| rows.iter().any(|r| r.target == "a" && r.round == Some(round)))
+            .unwrap_or(false)
+    };
+    let poll = |round: usize| {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while !has(round) && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    };
+    poll(1);
+    let stop = Arc::new(AtomicBool::new(false));
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let hogs: Vec<_> = (0..2 * cores)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 1u64;
+                while !stop.load(Ordering::Relaxed) {
+                    for _ in 0..10_000 {
+                        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                    }
+                }
+            })
+        })
+        .collect();
+    poll(2);
+    stop.store(true, Ordering::Relaxed);
+    hogs.into_iter().for_each(|h| h.join().unwrap());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+
+    let rows = read_results(&run).unwrap();
+    let latency = |target: &str, round: usize| {
+        rows.iter()
+            .find(|r| r.target == target && r.metric == "latency" && r.round == Some(round))
+            .cloned()
+    };
+    let hogged = latency("a", 2).unwrap();
+    let others: Vec<f64> = [0, 1, 3, 4]
+        .iter()
+        .filter_map(|&i| latency("a", i).and_then(|r| r.median))
+        .collect();
+    assert_eq!(
+        hogged.outlier_round,
+        Some(true),
+        "hogged {hogged:?}, others {others:?}"
+    );
+    // One more round pair, on both targets.
+    assert!(latency("a", 5).is_some() && latency("b", 5).is_some(), "{rows:?}");
+
+    let out = tagbench()
+        .args([
+            "compare",
+            "--format",
+            "json",
+            "--along",
+            "target",
+            "--baseline",
+            "a",
+        ])
+        .arg(run.root.clone())
+        .assert()
+        .code(0);
+    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    for c in v["comparisons"].as_array().unwrap() {
+        assert!(c["verdict"] == "same" || c["verdict"] == "noisy", "{c}");
+        assert!(c["baseline"]["outlier_rounds"].as_u64().unwrap() >= 1, "{c}");
+    }
+}

@@ -63,6 +63,10 @@ pub struct ResultRow {
     pub target: String,
     /// Which worker process (0-based) measured this row; see `rounds` in the suite.
     pub round: Option<usize>,
+    /// Whether this round's median is far from the other rounds of its target, case and metric
+    /// (modified z-score on log round medians, `stats::robust`); set when the run ends, empty
+    /// in runs written before. `run` measured one more round for each such round.
+    pub outlier_round: Option<bool>,
 }
 
 impl ResultRow {

@@ -1,6 +1,7 @@
 //! Reading and writing a run directory. Rows are appended and flushed as they arrive; a torn
 //! last line (the process was killed mid-write) is cut off on read and before appending.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -9,7 +10,7 @@ use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{ResultRow, RunMeta, SampleRow};
+use super::{ResultRow, RunMeta, SampleRow, Status};
 
 /// The files of one run.
 #[derive(Debug, Clone)]
@@ -193,6 +194,82 @@ fn read_csv<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
         out.push(row);
     }
     Ok(out)
+}
+
+/// (target, workload, case, metric, gpu index) → round → round median, for the ok metric rows
+/// of `rows` that carry a round.
+pub fn round_medians(rows: &[ResultRow]) -> BTreeMap<RoundKey, BTreeMap<usize, f64>> {
+    let mut out: BTreeMap<RoundKey, BTreeMap<usize, f64>> = BTreeMap::new();
+    for r in rows {
+        if let (Status::Ok, false, Some(round), Some(m)) = (r.status, r.metric.is_empty(), r.round, r.median)
+        {
+            out.entry((
+                r.target.clone(),
+                r.workload.clone(),
+                r.case.clone(),
+                r.metric.clone(),
+                r.gpu_index,
+            ))
+            .or_default()
+            .insert(round, m);
+        }
+    }
+    out
+}
+
+/// What one measurement is across rounds: (target, workload, case, metric, gpu index).
+pub type RoundKey = (String, String, String, String, Option<usize>);
+
+/// The outlier rounds of every measurement (by `stats::outlier_rounds`), as (key, round).
+pub fn outlier_rounds_of(rows: &[ResultRow]) -> BTreeSet<(RoundKey, usize)> {
+    let mut out = BTreeSet::new();
+    for (key, by_round) in round_medians(rows) {
+        let (rounds, medians): (Vec<usize>, Vec<f64>) = by_round.into_iter().unzip();
+        for (round, flagged) in rounds.into_iter().zip(crate::stats::outlier_rounds(&medians)) {
+            if flagged {
+                out.insert((key.clone(), round));
+            }
+        }
+    }
+    out
+}
+
+/// Marks the rows of outlier rounds in results.csv (`outlier_round` = true) once a run's rounds
+/// are all measured, and returns how many rows it marked. Other rows keep the column empty, and
+/// without an outlier the file is not touched. Otherwise it is rewritten whole to a temporary
+/// file and renamed over the old one, so a kill leaves either version; call it only after the
+/// run's `RunWriter` is dropped.
+pub fn mark_outlier_rounds(dir: &RunDir) -> Result<usize> {
+    let mut rows = read_results(dir)?;
+    let flagged = outlier_rounds_of(&rows);
+    if flagged.is_empty() {
+        return Ok(0);
+    }
+    for r in rows.iter_mut() {
+        if let (Status::Ok, false, Some(round)) = (r.status, r.metric.is_empty(), r.round) {
+            let key = (
+                r.target.clone(),
+                r.workload.clone(),
+                r.case.clone(),
+                r.metric.clone(),
+                r.gpu_index,
+            );
+            if flagged.contains(&(key, round)) {
+                r.outlier_round = Some(true);
+            }
+        }
+    }
+    let path = dir.results_csv();
+    let tmp = path.with_extension("csv.tmp");
+    let mut w = csv::Writer::from_path(&tmp).with_context(|| format!("failed to write {}", tmp.display()))?;
+    for r in &rows {
+        w.serialize(r)?;
+    }
+    w.flush()?;
+    drop(w);
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("failed to write {}", path.display()))?;
+    Ok(flagged.len())
 }
 
 pub fn read_results(dir: &RunDir) -> Result<Vec<ResultRow>> {

@@ -18,6 +18,10 @@ pub const MODIFIED_Z_LIMIT: f64 = 3.5;
 /// its side's median round.
 pub const MIN_LOG_MAD: f64 = 0.01;
 
+/// Fewer rounds than this flag no outlier: with three or four, the MAD comes from one or two
+/// deviations, and ordinary spread between processes reads as an outlier too often.
+pub const MIN_ROUNDS_FOR_OUTLIERS: usize = 5;
+
 /// Share trimmed from each end in Yuen's test (20%, the usual choice: Wilcox, "Introduction to
 /// Robust Estimation and Hypothesis Testing", ch. 5): one round of five is trimmed per end.
 pub const TRIM: f64 = 0.2;
@@ -39,8 +43,8 @@ fn sorted(v: &[f64]) -> Vec<f64> {
 
 /// Which of `round_medians` (positive values) are outlier rounds: Iglewicz & Hoaglin's modified
 /// z-score `M = 0.6745 (x − median) / MAD` on their logarithms (so that a time and its rate are
-/// flagged alike), with the MAD floored at [`MIN_LOG_MAD`]. Fewer than three rounds, or a
-/// non-positive value, flag nothing.
+/// flagged alike), with the MAD floored at [`MIN_LOG_MAD`]. Fewer than
+/// [`MIN_ROUNDS_FOR_OUTLIERS`] rounds, or a non-positive value, flag nothing.
 pub fn outlier_rounds(round_medians: &[f64]) -> Vec<bool> {
     let n = round_medians.len();
     if n < 3 || round_medians.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
