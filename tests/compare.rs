@@ -362,6 +362,51 @@ fn history_finds_the_newest_regression() {
     tagbench().args(["history"]).arg(t.path()).assert().code(0);
 }
 
+#[test]
+fn history_doubled_last_four_of_eight_flags_latency_and_throughput_alike() {
+    // Issue 10's nightly gemm 1024³ fp32 medians (ms): 8 runs, the last 4 rescaled ×2 (size=256),
+    // and the same 8 runs unscaled (size=1024). Before, the throughput of the doubled series was
+    // flagged and its latency, the same data, was `stable`.
+    let nights = [11.3, 13.5, 11.1, 13.5, 11.8, 11.55, 15.7, 15.5];
+    let t = tempfile::tempdir().unwrap();
+    for (night, level) in nights.iter().enumerate() {
+        let doubled = if night >= 4 { 2.0 } else { 1.0 };
+        write_run(
+            t.path(),
+            &format!("night-{night:02}"),
+            &format!("2026-01-{:02}T03:00:00Z", night + 1),
+            &[
+                Case::gemm(
+                    "local",
+                    "",
+                    256,
+                    samples(300 + night as u64, level * doubled, 0.02, 30),
+                ),
+                Case::gemm("local", "", 1024, samples(400 + night as u64, *level, 0.02, 30)),
+            ],
+        );
+    }
+    let out = tagbench()
+        .args(["history", "--format", "json"])
+        .arg(t.path())
+        .assert()
+        .code(1);
+    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let series = v["series"].as_array().unwrap();
+    assert_eq!(series.len(), 4);
+    for s in series {
+        let doubled = s["case"] == "size=256,dtype=fp32";
+        assert_eq!(s["status"], if doubled { "regression" } else { "stable" }, "{s}");
+        if doubled {
+            assert_eq!(s["changes"][0]["run_id"], "night-04", "{s}");
+            let rel = s["changes"][0]["rel_change"].as_f64().unwrap();
+            // ×2 for the latency, ×0.5 for the throughput: the same step on the ratio scale.
+            let want = if s["metric"] == "latency" { 1.0 } else { -0.5 };
+            assert!((rel - want).abs() < 0.15 * (1.0 + want), "{s}");
+        }
+    }
+}
+
 /// How much more work two busy threads get done than one in the same time: about 2 on a host
 /// with two free cores, about 1 when other processes already use them.
 fn two_thread_speedup() -> f64 {

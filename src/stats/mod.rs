@@ -10,7 +10,7 @@ pub mod summary;
 pub mod welch;
 
 pub use bootstrap::{ratio_of_medians_ci, RatioCi};
-pub use edivisive::{change_points, ChangePoint, EDivisiveSettings};
+pub use edivisive::{change_points, change_points_log, ChangePoint, EDivisiveSettings};
 pub use holm::holm_adjust;
 pub use mannwhitney::{mann_whitney, MannWhitney};
 pub use robust::{outlier_rounds, without_outliers, yuen_log_ratio, TrimmedLogRatio};
