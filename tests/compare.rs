@@ -9,6 +9,17 @@ use tagbench::results::Status;
 const CV: f64 = 0.02;
 const N: usize = 50;
 
+/// `compare --format json BASE CAND`, which must exit with `code`, parsed.
+fn compare_json(base: &std::path::Path, cand: &std::path::Path, code: i32) -> serde_json::Value {
+    let out = tagbench()
+        .args(["compare", "--format", "json"])
+        .arg(base)
+        .arg(cand)
+        .assert()
+        .code(code);
+    serde_json::from_slice(&out.get_output().stdout).unwrap()
+}
+
 fn pair(dir: &std::path::Path, slowdown: f64) -> (std::path::PathBuf, std::path::PathBuf) {
     let a = write_run(
         dir,
@@ -49,13 +60,7 @@ fn five_percent_slowdown_is_a_regression() {
     assert!(line.ends_with("same"), "{text}");
 
     // JSON: every field, parseable; the throughput (higher is better) agrees.
-    let out = tagbench()
-        .args(["compare", "--format", "json"])
-        .arg(&a)
-        .arg(&b)
-        .assert()
-        .code(1);
-    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let v = compare_json(&a, &b, 1);
     let cmps = v["comparisons"].as_array().unwrap();
     assert_eq!(cmps.len(), 4);
     let tput = cmps
@@ -132,13 +137,7 @@ fn values_shown_are_what_the_ratio_is_computed_from_and_a_slow_round_is_set_asid
             rounds_of(2, 11.0, None),
         ))],
     );
-    let out = tagbench()
-        .args(["compare", "--format", "json"])
-        .arg(&a)
-        .arg(&b)
-        .assert()
-        .code(1);
-    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let v = compare_json(&a, &b, 1);
     for c in v["comparisons"].as_array().unwrap() {
         let (bv, cv) = (
             c["baseline"]["estimate"].as_f64().unwrap(),
@@ -324,31 +323,45 @@ fn bad_input_exits_two() {
     tagbench().args(["compare"]).arg(&a).assert().code(2);
 }
 
+/// Nightly runs `night-00`, … in `dir`: per night the latency levels (ms) of gemm size=256 and
+/// size=1024, samples drawn with relative spread `cv`.
+fn write_nights(dir: &std::path::Path, levels: &[(f64, f64)], cv: f64) {
+    for (night, (l256, l1024)) in levels.iter().enumerate() {
+        let night = night as u64;
+        write_run(
+            dir,
+            &format!("night-{night:02}"),
+            &format!("2026-01-{:02}T03:00:00Z", night + 1),
+            &[
+                Case::gemm("local", "", 256, samples(100 + night, *l256, cv, 30)),
+                Case::gemm("local", "", 1024, samples(200 + night, *l1024, cv, 30)),
+            ],
+        );
+    }
+}
+
+/// `history --format json` of `dir`, which must find a regression (exit 1): its four series.
+fn history_series(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    let out = tagbench()
+        .args(["history", "--format", "json"])
+        .arg(dir)
+        .assert()
+        .code(1);
+    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let series = v["series"].as_array().unwrap().clone();
+    assert_eq!(series.len(), 4);
+    series
+}
+
 #[test]
 fn history_finds_the_newest_regression() {
     let t = tempfile::tempdir().unwrap();
     // 12 nightly runs; from night 9 on, size=256 is 10% slower; size=1024 stays flat.
-    for night in 0..12u64 {
-        let level = if night >= 8 { 11.0 } else { 10.0 };
-        write_run(
-            t.path(),
-            &format!("night-{night:02}"),
-            &format!("2026-01-{:02}T03:00:00Z", night + 1),
-            &[
-                Case::gemm("local", "", 256, samples(100 + night, level, 0.01, 30)),
-                Case::gemm("local", "", 1024, samples(200 + night, 80.0, 0.01, 30)),
-            ],
-        );
-    }
-    let out = tagbench()
-        .args(["history", "--format", "json"])
-        .arg(t.path())
-        .assert()
-        .code(1);
-    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
-    let series = v["series"].as_array().unwrap();
-    assert_eq!(series.len(), 4);
-    for s in series {
+    let levels: Vec<(f64, f64)> = (0..12)
+        .map(|night| (if night >= 8 { 11.0 } else { 10.0 }, 80.0))
+        .collect();
+    write_nights(t.path(), &levels, 0.01);
+    for s in history_series(t.path()) {
         let slow = s["case"] == "size=256,dtype=fp32";
         assert_eq!(s["status"], if slow { "regression" } else { "stable" }, "{s}");
         if slow {
@@ -369,32 +382,13 @@ fn history_doubled_last_four_of_eight_flags_latency_and_throughput_alike() {
     // flagged and its latency, the same data, was `stable`.
     let nights = [11.3, 13.5, 11.1, 13.5, 11.8, 11.55, 15.7, 15.5];
     let t = tempfile::tempdir().unwrap();
-    for (night, level) in nights.iter().enumerate() {
-        let doubled = if night >= 4 { 2.0 } else { 1.0 };
-        write_run(
-            t.path(),
-            &format!("night-{night:02}"),
-            &format!("2026-01-{:02}T03:00:00Z", night + 1),
-            &[
-                Case::gemm(
-                    "local",
-                    "",
-                    256,
-                    samples(300 + night as u64, level * doubled, 0.02, 30),
-                ),
-                Case::gemm("local", "", 1024, samples(400 + night as u64, *level, 0.02, 30)),
-            ],
-        );
-    }
-    let out = tagbench()
-        .args(["history", "--format", "json"])
-        .arg(t.path())
-        .assert()
-        .code(1);
-    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
-    let series = v["series"].as_array().unwrap();
-    assert_eq!(series.len(), 4);
-    for s in series {
+    let levels: Vec<(f64, f64)> = nights
+        .iter()
+        .enumerate()
+        .map(|(night, l)| (if night >= 4 { 2.0 * l } else { *l }, *l))
+        .collect();
+    write_nights(t.path(), &levels, 0.02);
+    for s in history_series(t.path()) {
         let doubled = s["case"] == "size=256,dtype=fp32";
         assert_eq!(s["status"], if doubled { "regression" } else { "stable" }, "{s}");
         if doubled {

@@ -206,17 +206,7 @@ mod tests {
     use super::*;
     use rand::{rngs::StdRng, Rng, SeedableRng};
 
-    /// Log-normal-ish timing samples: median `level`, relative spread `cv`.
-    fn samples(rng: &mut StdRng, level: f64, cv: f64, n: usize) -> Vec<f64> {
-        (0..n)
-            .map(|_| {
-                // Box-Muller: a standard normal from two uniforms.
-                let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
-                let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
-                level * (cv * z).exp()
-            })
-            .collect()
-    }
+    use crate::stats::synthetic::lognormal as samples;
 
     fn decide(base: &[f64], cand: &[f64], better: &str) -> Verdict {
         match judge(base, cand, 5, 2000, 1) {

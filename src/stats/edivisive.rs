@@ -283,13 +283,7 @@ mod tests {
 
     /// A nightly series: log-normal noise of `cv` around `level`.
     fn nightly(rng: &mut StdRng, level: f64, n: usize, cv: f64) -> Vec<f64> {
-        (0..n)
-            .map(|_| {
-                let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
-                let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
-                level * (cv * z).exp()
-            })
-            .collect()
+        crate::stats::synthetic::lognormal(rng, level, cv, n)
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod holm;
 pub mod mannwhitney;
 pub mod robust;
 pub mod summary;
+pub mod synthetic;
 pub mod welch;
 
 pub use bootstrap::{ratio_of_medians_ci, RatioCi};

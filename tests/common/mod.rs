@@ -5,20 +5,13 @@
 
 use std::path::{Path, PathBuf};
 
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand::{rngs::StdRng, SeedableRng};
 use tagbench::results::{set_summary, ResultRow, RunDir, RunMeta, RunWriter, SampleRow, Status};
 use tagbench::stats::summarize;
 
 /// Log-normal timing samples: median `level`, relative spread `cv`.
 pub fn samples(seed: u64, level: f64, cv: f64, n: usize) -> Vec<f64> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    (0..n)
-        .map(|_| {
-            let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
-            let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
-            level * (cv * z).exp()
-        })
-        .collect()
+    tagbench::stats::synthetic::lognormal(&mut StdRng::seed_from_u64(seed), level, cv, n)
 }
 
 /// One measured (target, case) of a synthetic run.
