@@ -370,6 +370,32 @@ mod tests {
         }
     }
 
+    /// Setting outlier rounds aside must not buy power with false alarms: A/A comparisons of 5
+    /// rounds whose levels vary 3% between processes (and now and then one round 30% slow) stay
+    /// within the test's α.
+    #[test]
+    fn a_a_with_outlier_rounds_stays_within_alpha() {
+        let mut rng = StdRng::seed_from_u64(31);
+        let side = |rng: &mut StdRng| -> Vec<Vec<f64>> {
+            (0..5)
+                .map(|_| {
+                    let level = samples(rng, 1.0, 0.03, 1)[0];
+                    let hog = if rng.random::<f64>() < 0.1 { 1.3 } else { 1.0 };
+                    samples(rng, level * hog, 0.01, 30)
+                })
+                .collect()
+        };
+        let (mut flagged, trials) = (0, 500);
+        for _ in 0..trials {
+            let (b, c) = (side(&mut rng), side(&mut rng));
+            flagged += matches!(decide_rounds(&b, &c), Verdict::Regression | Verdict::Improvement) as usize;
+        }
+        assert!(
+            flagged <= trials / 100,
+            "{flagged} of {trials} A/A comparisons flagged"
+        );
+    }
+
     #[test]
     fn fewer_rounds_fall_back_to_samples() {
         let mut rng = StdRng::seed_from_u64(13);
