@@ -1,6 +1,7 @@
 //! `tagbench history`: a series of runs of one suite (nightly results), one point per run and
-//! metric (its median), change points by E-divisive means with a t-test, and whether the newest
-//! segment is a regression.
+//! metric (its median), change points by E-divisive means with a t-test on the logarithms (the
+//! ratio scale: a time and its rate get the same verdict), and whether the newest segment is a
+//! regression.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,16 +17,18 @@ use crate::render::num::{fmt_num, pct};
 use crate::render::table::aligned;
 use crate::render::Format;
 use crate::results::LoadedRun;
-use crate::stats::{change_points, EDivisiveSettings};
+use crate::stats::{change_points_log, EDivisiveSettings};
 
 /// A change point in a series, named by the run where the new level starts.
 #[derive(Debug, Clone, Serialize)]
 pub struct SeriesChange {
     pub run_id: String,
     pub index: usize,
+    /// Geometric mean of the segment before the change (the test runs on logs).
     pub mean_before: f64,
+    /// Geometric mean of the segment from the change on.
     pub mean_after: f64,
-    /// (after − before) / before.
+    /// after / before − 1.
     pub rel_change: f64,
     pub p: f64,
     /// Whether the change is in the metric's bad direction.
@@ -167,7 +170,7 @@ pub fn analyse(
         };
         let values: Vec<f64> = s.points.iter().map(|(_, v)| *v).collect();
         let worse_if_up = s.better != "higher";
-        s.changes = change_points(&values, &st)
+        s.changes = change_points_log(&values, &st)
             .into_iter()
             .map(|c| {
                 let rel = c.rel_change();

@@ -9,6 +9,17 @@ use tagbench::results::Status;
 const CV: f64 = 0.02;
 const N: usize = 50;
 
+/// `compare --format json BASE CAND`, which must exit with `code`, parsed.
+fn compare_json(base: &std::path::Path, cand: &std::path::Path, code: i32) -> serde_json::Value {
+    let out = tagbench()
+        .args(["compare", "--format", "json"])
+        .arg(base)
+        .arg(cand)
+        .assert()
+        .code(code);
+    serde_json::from_slice(&out.get_output().stdout).unwrap()
+}
+
 fn pair(dir: &std::path::Path, slowdown: f64) -> (std::path::PathBuf, std::path::PathBuf) {
     let a = write_run(
         dir,
@@ -49,13 +60,7 @@ fn five_percent_slowdown_is_a_regression() {
     assert!(line.ends_with("same"), "{text}");
 
     // JSON: every field, parseable; the throughput (higher is better) agrees.
-    let out = tagbench()
-        .args(["compare", "--format", "json"])
-        .arg(&a)
-        .arg(&b)
-        .assert()
-        .code(1);
-    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let v = compare_json(&a, &b, 1);
     let cmps = v["comparisons"].as_array().unwrap();
     assert_eq!(cmps.len(), 4);
     let tput = cmps
@@ -89,6 +94,89 @@ fn five_percent_slowdown_is_a_regression() {
         md.contains("| gemm | size=256,dtype=fp32 | latency |") && md.contains("🔴 regression"),
         "{md}"
     );
+}
+
+/// Five rounds of 40 samples; round levels differ by under 1%, and `slow_round` (if any) runs
+/// at three times the level, as a round sharing the machine with a CPU hog would.
+fn rounds_of(seed: u64, level: f64, slow_round: Option<usize>) -> Vec<f64> {
+    (0..5)
+        .flat_map(|r| {
+            let jitter = 1.0 + 0.004 * (r as f64 - 2.0);
+            let hog = if slow_round == Some(r) { 3.0 } else { 1.0 };
+            samples(seed * 10 + r as u64, level * jitter * hog, CV, 40)
+        })
+        .collect()
+}
+
+#[test]
+fn values_shown_are_what_the_ratio_is_computed_from_and_a_slow_round_is_set_aside() {
+    let t = tempfile::tempdir().unwrap();
+    let with_rounds = |mut c: Case| {
+        c.rounds = 5;
+        c
+    };
+    let a = write_run(
+        t.path(),
+        "base",
+        "2026-01-01T00:00:00Z",
+        &[with_rounds(Case::gemm(
+            "local",
+            "",
+            256,
+            rounds_of(1, 10.0, Some(3)),
+        ))],
+    );
+    let b = write_run(
+        t.path(),
+        "cand",
+        "2026-01-02T00:00:00Z",
+        &[with_rounds(Case::gemm(
+            "local",
+            "",
+            256,
+            rounds_of(2, 11.0, None),
+        ))],
+    );
+    let v = compare_json(&a, &b, 1);
+    for c in v["comparisons"].as_array().unwrap() {
+        let (bv, cv) = (
+            c["baseline"]["estimate"].as_f64().unwrap(),
+            c["candidate"]["estimate"].as_f64().unwrap(),
+        );
+        let ratio = c["ratio"].as_f64().unwrap();
+        assert!(((cv / bv) / ratio - 1.0).abs() < 0.01, "{c}");
+        // The slow round neither hides the 10% slowdown nor inflates it.
+        assert_eq!(c["verdict"], "regression", "{c}");
+        assert!(
+            c["ci_low"].as_f64().unwrap() > 0.8 && c["ci_high"].as_f64().unwrap() < 1.25,
+            "{c}"
+        );
+        assert_eq!(c["baseline"]["outlier_rounds"], 1, "{c}");
+        assert_eq!(c["baseline"]["rounds"], 5, "{c}");
+        assert!(
+            c["reason"]
+                .as_str()
+                .unwrap()
+                .contains("1 outlier round set aside in the baseline"),
+            "{c}"
+        );
+    }
+    // The table shows the same numbers: baseline ≈ 10 and candidate ≈ 11 ms, change ≈ +10%.
+    let out = tagbench().args(["compare"]).arg(&a).arg(&b).assert().code(1);
+    let text = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    let line = text.lines().find(|l| l.contains("latency")).unwrap();
+    let nums: Vec<f64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse::<f64>().ok())
+        .collect();
+    assert!(nums.len() >= 2, "{line}");
+    let change: f64 = line
+        .split_whitespace()
+        .find(|w| w.ends_with('%') && !w.starts_with('['))
+        .and_then(|w| w.trim_end_matches('%').parse().ok())
+        .unwrap();
+    assert!(((nums[1] / nums[0] - 1.0) * 100.0 - change).abs() < 1.0, "{line}");
+    assert!(text.contains("trimmed mean of round medians"), "{text}");
 }
 
 #[test]
@@ -235,31 +323,45 @@ fn bad_input_exits_two() {
     tagbench().args(["compare"]).arg(&a).assert().code(2);
 }
 
+/// Nightly runs `night-00`, … in `dir`: per night the latency levels (ms) of gemm size=256 and
+/// size=1024, samples drawn with relative spread `cv`.
+fn write_nights(dir: &std::path::Path, levels: &[(f64, f64)], cv: f64) {
+    for (night, (l256, l1024)) in levels.iter().enumerate() {
+        let night = night as u64;
+        write_run(
+            dir,
+            &format!("night-{night:02}"),
+            &format!("2026-01-{:02}T03:00:00Z", night + 1),
+            &[
+                Case::gemm("local", "", 256, samples(100 + night, *l256, cv, 30)),
+                Case::gemm("local", "", 1024, samples(200 + night, *l1024, cv, 30)),
+            ],
+        );
+    }
+}
+
+/// `history --format json` of `dir`, which must find a regression (exit 1): its four series.
+fn history_series(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    let out = tagbench()
+        .args(["history", "--format", "json"])
+        .arg(dir)
+        .assert()
+        .code(1);
+    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let series = v["series"].as_array().unwrap().clone();
+    assert_eq!(series.len(), 4);
+    series
+}
+
 #[test]
 fn history_finds_the_newest_regression() {
     let t = tempfile::tempdir().unwrap();
     // 12 nightly runs; from night 9 on, size=256 is 10% slower; size=1024 stays flat.
-    for night in 0..12u64 {
-        let level = if night >= 8 { 11.0 } else { 10.0 };
-        write_run(
-            t.path(),
-            &format!("night-{night:02}"),
-            &format!("2026-01-{:02}T03:00:00Z", night + 1),
-            &[
-                Case::gemm("local", "", 256, samples(100 + night, level, 0.01, 30)),
-                Case::gemm("local", "", 1024, samples(200 + night, 80.0, 0.01, 30)),
-            ],
-        );
-    }
-    let out = tagbench()
-        .args(["history", "--format", "json"])
-        .arg(t.path())
-        .assert()
-        .code(1);
-    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
-    let series = v["series"].as_array().unwrap();
-    assert_eq!(series.len(), 4);
-    for s in series {
+    let levels: Vec<(f64, f64)> = (0..12)
+        .map(|night| (if night >= 8 { 11.0 } else { 10.0 }, 80.0))
+        .collect();
+    write_nights(t.path(), &levels, 0.01);
+    for s in history_series(t.path()) {
         let slow = s["case"] == "size=256,dtype=fp32";
         assert_eq!(s["status"], if slow { "regression" } else { "stable" }, "{s}");
         if slow {
@@ -271,6 +373,32 @@ fn history_finds_the_newest_regression() {
         std::fs::remove_dir_all(t.path().join(format!("night-{night:02}"))).unwrap();
     }
     tagbench().args(["history"]).arg(t.path()).assert().code(0);
+}
+
+#[test]
+fn history_doubled_last_four_of_eight_flags_latency_and_throughput_alike() {
+    // Issue 10's nightly gemm 1024³ fp32 medians (ms): 8 runs, the last 4 rescaled ×2 (size=256),
+    // and the same 8 runs unscaled (size=1024). Before, the throughput of the doubled series was
+    // flagged and its latency, the same data, was `stable`.
+    let nights = [11.3, 13.5, 11.1, 13.5, 11.8, 11.55, 15.7, 15.5];
+    let t = tempfile::tempdir().unwrap();
+    let levels: Vec<(f64, f64)> = nights
+        .iter()
+        .enumerate()
+        .map(|(night, l)| (if night >= 4 { 2.0 * l } else { *l }, *l))
+        .collect();
+    write_nights(t.path(), &levels, 0.02);
+    for s in history_series(t.path()) {
+        let doubled = s["case"] == "size=256,dtype=fp32";
+        assert_eq!(s["status"], if doubled { "regression" } else { "stable" }, "{s}");
+        if doubled {
+            assert_eq!(s["changes"][0]["run_id"], "night-04", "{s}");
+            let rel = s["changes"][0]["rel_change"].as_f64().unwrap();
+            // ×2 for the latency, ×0.5 for the throughput: the same step on the ratio scale.
+            let want = if s["metric"] == "latency" { 1.0 } else { -0.5 };
+            assert!((rel - want).abs() < 0.15 * (1.0 + want), "{s}");
+        }
+    }
 }
 
 /// How much more work two busy threads get done than one in the same time: about 2 on a host
@@ -526,5 +654,144 @@ fn report_and_compare_agree_on_exit_codes() {
             .arg(cand)
             .assert()
             .code(code);
+    }
+}
+
+/// A round disturbed by a CPU hog started while it runs: `run` marks it an outlier round in
+/// results.csv, measures one more interleaved round, and the A/A comparison of two identical
+/// local targets stays free of regressions and improvements.
+#[test]
+fn a_round_under_a_cpu_hog_is_measured_again_and_changes_no_verdict() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use tagbench::results::{read_results, RunDir};
+    use tagbench::stats::outlier_rounds;
+
+    let t = tempfile::tempdir().unwrap();
+    let suite = t.path().join("hog.toml");
+    std::fs::write(
+        &suite,
+        r#"
+[defaults]
+warmup_s = 0.05
+min_samples = 10
+max_time_s = 0.4
+rounds = 5
+[[target]]
+name = "a"
+local = true
+[[target]]
+name = "b"
+local = true
+[[workload]]
+kind = "gemm"
+size = 512
+"#,
+    )
+    .unwrap();
+    // Samples of ~15 ms span several scheduler time slices, so a hog slows each of them (samples
+    // of 0.3 ms mostly fit between preemptions: the hog then moves a few samples, not the median).
+    let results = t.path().join("r");
+    let run = RunDir::new(results.join("hog"));
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("tagbench"))
+        .env("RAYON_NUM_THREADS", "1")
+        .args(["run", "--no-progress", "--no-report", "--run-id", "hog"])
+        .arg(&suite)
+        .arg("--results-dir")
+        .arg(&results)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Rounds run a b, b a, a b, …: once a's round 1 is written, a's round 2 is next. Hog every
+    // core (twice over) from then until a's round 2 is written.
+    let has = |round: usize| -> bool {
+        read_results(&run)
+            .map(|rows| rows.iter().any(|r| r.target == "a" && r.round == Some(round)))
+            .unwrap_or(false)
+    };
+    let poll = |round: usize| {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while !has(round) && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    };
+    poll(1);
+    let stop = Arc::new(AtomicBool::new(false));
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let hogs: Vec<_> = (0..2 * cores)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 1u64;
+                while !stop.load(Ordering::Relaxed) {
+                    for _ in 0..10_000 {
+                        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                    }
+                }
+            })
+        })
+        .collect();
+    poll(2);
+    stop.store(true, Ordering::Relaxed);
+    hogs.into_iter().for_each(|h| h.join().unwrap());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+
+    let rows = read_results(&run).unwrap();
+    let latency = |target: &str, round: usize| {
+        rows.iter()
+            .find(|r| r.target == target && r.metric == "latency" && r.round == Some(round))
+            .cloned()
+    };
+    let medians = |target: &str, rounds: std::ops::Range<usize>| -> Vec<f64> {
+        rounds
+            .filter_map(|i| latency(target, i).and_then(|r| r.median))
+            .collect()
+    };
+    let planned = medians("a", 0..5);
+    let all = medians("a", 0..8);
+    let seen = format!("round medians of a: planned {planned:?}, all {all:?}");
+    // The marks in results.csv are the rule applied to every round of the run.
+    let marked: Vec<bool> = (0..all.len())
+        .map(|i| latency("a", i).unwrap().outlier_round == Some(true))
+        .collect();
+    assert_eq!(marked, outlier_rounds(&all), "{seen}");
+    // The hogged round, when it stood out among the planned rounds, earned one more round pair.
+    let hogged_stood_out = outlier_rounds(&planned)[2];
+    if hogged_stood_out {
+        assert!(latency("a", 5).is_some() && latency("b", 5).is_some(), "{seen}");
+    }
+    // On a machine quiet enough that a's other planned rounds agree within 10%, the hog must
+    // show; on a loaded one the machine disturbs rounds as much as the hog does, and only the
+    // verdict below is asserted.
+    let quiet: Vec<f64> = [0, 1, 3, 4].iter().map(|&i| planned[i]).collect();
+    let (lo, hi) = quiet
+        .iter()
+        .fold((f64::INFINITY, 0.0f64), |(l, h), &v| (l.min(v), h.max(v)));
+    if hi / lo < 1.10 {
+        assert!(hogged_stood_out && marked[2], "{seen}");
+    } else {
+        eprintln!(
+            "note: the machine is loaded (a's undisturbed rounds span ×{:.2}): {seen}",
+            hi / lo
+        );
+    }
+
+    let out = tagbench()
+        .args([
+            "compare",
+            "--format",
+            "json",
+            "--along",
+            "target",
+            "--baseline",
+            "a",
+        ])
+        .arg(run.root.clone())
+        .assert()
+        .code(0);
+    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    for c in v["comparisons"].as_array().unwrap() {
+        assert!(c["verdict"] == "same" || c["verdict"] == "noisy", "{c}");
     }
 }

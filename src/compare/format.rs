@@ -44,8 +44,8 @@ pub fn cells(c: &Comparison, along: bool) -> Vec<String> {
         v[3] = format!("{} {}", c.gpu, c.context);
     }
     v.extend([
-        opt_num(c.baseline.median),
-        opt_num(c.candidate.median),
+        opt_num(c.baseline.estimate),
+        opt_num(c.candidate.estimate),
         c.unit.clone(),
         c.judgement.ratio.map(pct).unwrap_or_else(|| "-".into()),
         match (c.judgement.ci_low, c.judgement.ci_high) {
@@ -57,6 +57,9 @@ pub fn cells(c: &Comparison, along: bool) -> Vec<String> {
     ]);
     v
 }
+
+/// What the baseline and candidate columns hold, said once above every comparison table.
+pub const VALUES_NOTE: &str = "values: per side, the trimmed mean of round medians (outlier rounds set aside) that the change and CI are computed from; the pooled sample median is `median` in --format json";
 
 pub fn header(along: bool) -> Vec<&'static str> {
     let mut h = vec!["workload", "case", "metric", "gpu"];
@@ -85,7 +88,7 @@ fn table(r: &CompareReport) -> String {
     rows.extend(r.comparisons.iter().map(|c| cells(c, along)));
     let cols = rows[0].len();
     let numeric_from = if along { 5 } else { 4 };
-    let mut out = format!("baseline: {} ({})\n", r.baseline, r.mode);
+    let mut out = format!("baseline: {} ({})\n{VALUES_NOTE}\n", r.baseline, r.mode);
     // Numbers right-aligned; the unit and the verdict read as words.
     out.push_str(&aligned(&rows, |i| {
         i >= numeric_from && i != cols - 1 && i != numeric_from + 2
@@ -127,10 +130,11 @@ pub fn verdict_mark(v: Verdict) -> &'static str {
 pub fn markdown(r: &CompareReport) -> String {
     let along = is_along(r);
     let mut out = format!(
-        "**Baseline:** {} ({})  \n**Verdicts:** {}\n\n",
+        "**Baseline:** {} ({})  \n**Verdicts:** {}  \n*{}*\n\n",
         md_escape(&r.baseline),
         md_escape(&r.mode),
-        md_escape(&r.summary_line())
+        md_escape(&r.summary_line()),
+        md_escape(VALUES_NOTE)
     );
     let h = header(along);
     out.push_str(&format!("| {} |\n", h.join(" | ")));

@@ -1,11 +1,14 @@
-//! The verdict on one matched metric: the rank test and the bootstrap CI from the samples,
-//! then (after Holm's correction across the family) regression, improvement, same or noisy.
+//! The verdict on one matched metric: with rounds, Yuen's trimmed-mean t on the log round
+//! medians after setting outlier rounds aside (`stats::robust`); with fewer rounds, the rank test
+//! and the bootstrap CI from the samples; then (after Holm's correction across the family)
+//! regression, improvement, same or noisy.
 
 use serde::Serialize;
 
 use crate::render::num::pct;
 use crate::stats::bootstrap::median_in_place;
-use crate::stats::{mann_whitney, ratio_of_medians_ci, welch_log_ratio};
+use crate::stats::robust::TRIM;
+use crate::stats::{mann_whitney, ratio_of_medians_ci, without_outliers, yuen_log_ratio};
 
 /// What a comparison concludes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -50,13 +53,23 @@ impl Verdict {
 /// The statistics of one comparison, before the family correction.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Judgement {
-    /// median(candidate) / median(baseline).
+    /// candidate / baseline of the two estimates below (the values shown for each side).
     pub ratio: Option<f64>,
-    /// Bootstrap 95% CI of the ratio.
+    /// 95% CI of the ratio (Yuen's t on rounds, or the bootstrap on samples).
     pub ci_low: Option<f64>,
     pub ci_high: Option<f64>,
-    /// Two-sided Mann-Whitney p-value (uncorrected).
+    /// Two-sided p-value (uncorrected): Yuen's test on rounds, Mann-Whitney on samples.
     pub p: Option<f64>,
+    /// The baseline's estimate the ratio is computed from: exp(20%-trimmed mean of the log
+    /// round medians), or the pooled sample median when a side has too few rounds.
+    #[serde(skip)]
+    pub baseline: Option<f64>,
+    /// The candidate's estimate, as for the baseline.
+    #[serde(skip)]
+    pub candidate: Option<f64>,
+    /// Outlier rounds set aside on each side (baseline, candidate).
+    #[serde(skip)]
+    pub outlier_rounds: (usize, usize),
 }
 
 /// Bootstrap CI level.
@@ -84,6 +97,9 @@ pub fn judge(
         ci_low: Some(ci.low),
         ci_high: Some(ci.high),
         p: Some(mw.p),
+        baseline: Some(median_in_place(&mut baseline.to_vec())),
+        candidate: Some(median_in_place(&mut candidate.to_vec())),
+        outlier_rounds: (0, 0),
     })
 }
 
@@ -92,8 +108,12 @@ pub const MIN_ROUNDS: usize = 3;
 
 /// Judges two measurements given per round (worker process).
 ///
-/// With at least [`MIN_ROUNDS`] rounds a side, the round is the unit of replication: the ratio of
-/// the geometric means of the per-round medians, Welch's t interval and p-value on their logs.
+/// With at least [`MIN_ROUNDS`] rounds a side, the round is the unit of replication. Outlier
+/// rounds (Iglewicz & Hoaglin's modified z-score on log round medians, `stats::robust`) are set
+/// aside while at least [`MIN_ROUNDS`] remain (`run` measures a replacement round pair for each);
+/// the rest are judged with Yuen's 20%-trimmed-mean t-test on their logs (Yuen, 1974), whose
+/// estimate, CI and p-value one bad round cannot swing. The estimate of each side is
+/// exp(trimmed mean of log round medians), and the ratio is exactly their quotient.
 /// Samples within one process are not independent of that process's memory layout, thread
 /// placement and clocks; treating them as independent across processes declares differences
 /// that a second run does not reproduce. With fewer rounds, the sample-level test and bootstrap
@@ -124,14 +144,18 @@ pub fn judge_rounds(
             .map(|v| median_in_place(&mut v.clone()))
             .collect()
     };
-    let (mb, mc) = (medians(baseline), medians(candidate));
-    let w = welch_log_ratio(&mb, &mc, CI_LEVEL)
-        .ok_or("per-round medians are not all positive: no ratio of geometric means")?;
+    let (mb, ob) = without_outliers(&medians(baseline), MIN_ROUNDS);
+    let (mc, oc) = without_outliers(&medians(candidate), MIN_ROUNDS);
+    let y = yuen_log_ratio(&mb, &mc, TRIM, CI_LEVEL)
+        .ok_or("per-round medians are not all positive: no ratio of trimmed means")?;
     Ok(Judgement {
-        ratio: Some(w.ratio),
-        ci_low: Some(w.low),
-        ci_high: Some(w.high),
-        p: Some(w.p),
+        ratio: Some(y.ratio),
+        ci_low: Some(y.low),
+        ci_high: Some(y.high),
+        p: Some(y.p),
+        baseline: Some(y.baseline),
+        candidate: Some(y.candidate),
+        outlier_rounds: (ob, oc),
     })
 }
 
@@ -182,17 +206,7 @@ mod tests {
     use super::*;
     use rand::{rngs::StdRng, Rng, SeedableRng};
 
-    /// Log-normal-ish timing samples: median `level`, relative spread `cv`.
-    fn samples(rng: &mut StdRng, level: f64, cv: f64, n: usize) -> Vec<f64> {
-        (0..n)
-            .map(|_| {
-                // Box-Muller: a standard normal from two uniforms.
-                let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
-                let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
-                level * (cv * z).exp()
-            })
-            .collect()
-    }
+    use crate::stats::synthetic::lognormal as samples;
 
     fn decide(base: &[f64], cand: &[f64], better: &str) -> Verdict {
         match judge(base, cand, 5, 2000, 1) {
@@ -284,6 +298,7 @@ mod tests {
             ci_low: Some(1.1),
             ci_high: Some(1.3),
             p: Some(0.001),
+            ..Default::default()
         };
         assert_eq!(verdict(&j, 0.001, 0.01, 0.03, "lower").0, Verdict::Regression);
         assert_eq!(verdict(&j, 0.02, 0.01, 0.03, "lower").0, Verdict::Noisy);
@@ -334,6 +349,51 @@ mod tests {
             hits += (decide_rounds(&b, &c) == Verdict::Regression) as usize;
         }
         assert!(hits >= 18, "flagged {hits} of 20");
+    }
+
+    #[test]
+    fn one_slow_round_neither_swings_nor_hides_a_change() {
+        let mut rng = StdRng::seed_from_u64(21);
+        for _ in 0..20 {
+            let mut b: Vec<Vec<f64>> = (0..5).map(|_| samples(&mut rng, 1.0, CV, N)).collect();
+            let c: Vec<Vec<f64>> = (0..5).map(|_| samples(&mut rng, 1.0, CV, N)).collect();
+            // One baseline round 75× slow (issue 10's GEMM A/B): still not a change.
+            b[4] = samples(&mut rng, 75.0, CV, N);
+            let j = judge_rounds(&b, &c, 5, 2000, 1).unwrap();
+            assert_eq!(j.outlier_rounds, (1, 0));
+            assert!(j.ci_low.unwrap() > 0.95 && j.ci_high.unwrap() < 1.05, "{j:?}");
+            let r = j.candidate.unwrap() / j.baseline.unwrap();
+            assert!((r - j.ratio.unwrap()).abs() < 1e-12);
+            // And a 10% slowdown beside such a round is still found.
+            let slow: Vec<Vec<f64>> = (0..5).map(|_| samples(&mut rng, 1.1, CV, N)).collect();
+            assert_eq!(decide_rounds(&b, &slow), Verdict::Regression);
+        }
+    }
+
+    /// Setting outlier rounds aside must not buy power with false alarms: A/A comparisons of 5
+    /// rounds whose levels vary 3% between processes (and now and then one round 30% slow) stay
+    /// within the test's α.
+    #[test]
+    fn a_a_with_outlier_rounds_stays_within_alpha() {
+        let mut rng = StdRng::seed_from_u64(31);
+        let side = |rng: &mut StdRng| -> Vec<Vec<f64>> {
+            (0..5)
+                .map(|_| {
+                    let level = samples(rng, 1.0, 0.03, 1)[0];
+                    let hog = if rng.random::<f64>() < 0.1 { 1.3 } else { 1.0 };
+                    samples(rng, level * hog, 0.01, 30)
+                })
+                .collect()
+        };
+        let (mut flagged, trials) = (0, 500);
+        for _ in 0..trials {
+            let (b, c) = (side(&mut rng), side(&mut rng));
+            flagged += matches!(decide_rounds(&b, &c), Verdict::Regression | Verdict::Improvement) as usize;
+        }
+        assert!(
+            flagged <= trials / 100,
+            "{flagged} of {trials} A/A comparisons flagged"
+        );
     }
 
     #[test]

@@ -162,8 +162,11 @@ fn side(label: &str, m: Option<&Measurement>) -> Side {
     match m {
         Some(m) => Side {
             label: label.to_string(),
+            estimate: None,
             median: m.row.median.filter(|_| m.is_metric()),
             n: m.row.n.unwrap_or(m.samples.len()),
+            rounds: m.rounds.iter().filter(|r| !r.is_empty()).count(),
+            outlier_rounds: 0,
             status: m.row.status.as_str().to_string(),
             reason: m.row.reason.clone(),
         },
@@ -249,6 +252,8 @@ fn pair_up(
                         (Some(x), Some(y)) if x != 0.0 => Some(y / x),
                         _ => None,
                     },
+                    baseline: b.row.median,
+                    candidate: c.row.median,
                     ..Default::default()
                 };
                 if b.samples.is_empty() || c.samples.is_empty() {
@@ -272,7 +277,30 @@ fn pair_up(
             (None, Some(_)) => absent_in(&mut cmp, base, key, "baseline"),
             (None, None) => continue,
         }
+        // The values shown are the ones the ratio is computed from.
+        cmp.baseline.estimate = cmp.judgement.baseline.or(cmp.baseline.median);
+        cmp.candidate.estimate = cmp.judgement.candidate.or(cmp.candidate.median);
+        (cmp.baseline.outlier_rounds, cmp.candidate.outlier_rounds) = cmp.judgement.outlier_rounds;
         out.push(cmp);
+    }
+}
+
+/// "; 1 outlier round set aside in the baseline", or nothing.
+fn outlier_note(c: &Comparison) -> String {
+    let mut parts = Vec::new();
+    for (n, side) in [
+        (c.baseline.outlier_rounds, "baseline"),
+        (c.candidate.outlier_rounds, "candidate"),
+    ] {
+        if n > 0 {
+            let s = if n == 1 { "" } else { "s" };
+            parts.push(format!("{n} outlier round{s} set aside in the {side}"));
+        }
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("; {}", parts.join(", "))
     }
 }
 
@@ -293,7 +321,7 @@ fn finish(mut comparisons: Vec<Comparison>, opts: &CompareOptions) -> Vec<Compar
         c.p_adj = Some(p_adj);
         let (v, why) = verdict(&c.judgement, p_adj, opts.alpha, c.noise, &c.better);
         c.verdict = v;
-        c.reason = why;
+        c.reason = why + &outlier_note(c);
     }
     comparisons
 }

@@ -24,8 +24,17 @@ pub use matching::{compare_along, compare_runs};
 pub struct Side {
     /// The run or the column value this side stands for.
     pub label: String,
+    /// The value shown for this side and the one the change and CI are computed from: with
+    /// rounds, exp(20%-trimmed mean of the log round medians, outlier rounds set aside);
+    /// otherwise the pooled sample median. `ratio` = candidate.estimate / baseline.estimate.
+    pub estimate: Option<f64>,
+    /// The pooled median of every sample of every round (a summary only; not what is judged).
     pub median: Option<f64>,
     pub n: usize,
+    /// Rounds (worker processes) measured.
+    pub rounds: usize,
+    /// Outlier rounds set aside by the modified z-score rule.
+    pub outlier_rounds: usize,
     pub status: String,
     pub reason: String,
 }

@@ -192,10 +192,11 @@ fn comparison_table(o: &mut String, rows: &[(usize, &Comparison)], along: bool) 
 fn comparison_section(o: &mut String, c: &CompareReport) {
     let _ = write!(
         o,
-        "<section id=\"comparison\">\n<h2>Comparison by workload</h2>\n<p>Baseline <code>{}</code> ({}). {}</p>\n",
+        "<section id=\"comparison\">\n<h2>Comparison by workload</h2>\n<p>Baseline <code>{}</code> ({}). {}</p>\n<p>{}</p>\n",
         esc(&c.baseline),
         esc(&c.mode),
-        esc(&c.summary_line())
+        esc(&c.summary_line()),
+        esc(crate::compare::format::VALUES_NOTE)
     );
     let along = c.mode != "runs";
     for (workload, rows) in by_workload(c) {

@@ -169,8 +169,8 @@ pub fn finding_text(c: &Comparison) -> String {
         "{} {}: {} → {} {}",
         c.verdict.as_str(),
         change_text(c),
-        num(c.baseline.median),
-        num(c.candidate.median),
+        num(c.baseline.estimate),
+        num(c.candidate.estimate),
         c.unit
     )
 }
@@ -193,6 +193,7 @@ mod tests {
         let side = |l: &str| Side {
             label: l.into(),
             median: Some(1.0),
+            estimate: Some(1.0),
             n: 10,
             ..Default::default()
         };
@@ -211,6 +212,9 @@ mod tests {
                 ci_low: Some(ratio * 0.98),
                 ci_high: Some(ratio * 1.02),
                 p: Some(0.001),
+                baseline: Some(1.0),
+                candidate: Some(ratio),
+                outlier_rounds: (0, 0),
             },
             p_adj: Some(0.001),
             noise: 0.03,

@@ -11,4 +11,6 @@ pub use load::{LoadedRun, Measurement};
 pub use meta::{Placement, RunMeta, TargetMeta};
 pub use record::{set_summary, MetricId, Recorder};
 pub use row::{ResultRow, SampleRow, Status, SCHEMA_VERSION};
-pub use store::{read_results, read_samples, RunDir, RunWriter};
+pub use store::{
+    mark_outlier_rounds, outlier_rounds_of, read_results, read_samples, RoundKey, RunDir, RunWriter,
+};

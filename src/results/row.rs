@@ -69,6 +69,10 @@ pub struct ResultRow {
     /// The Slurm step as `JOB.STEP` (empty elsewhere).
     #[serde(default)]
     pub job_step: String,
+    /// Whether this round's median is far from the other rounds of its target, case and metric
+    /// (modified z-score on log round medians, `stats::robust`); set when the run ends, empty
+    /// in runs written before. `run` measured one more round for each such round.
+    pub outlier_round: Option<bool>,
 }
 
 impl ResultRow {

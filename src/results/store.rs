@@ -1,6 +1,7 @@
 //! Reading and writing a run directory. Rows are appended and flushed as they arrive; a torn
 //! last line (the process was killed mid-write) is cut off on read and before appending.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -9,7 +10,7 @@ use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{ResultRow, RunMeta, SampleRow};
+use super::{ResultRow, RunMeta, SampleRow, Status};
 
 /// The files of one run.
 #[derive(Debug, Clone)]
@@ -97,6 +98,7 @@ impl CsvAppender {
         let exists = path.exists() && std::fs::metadata(path)?.len() > 0;
         if exists {
             cut_torn_tail(path)?;
+            upgrade_header(path, &T::header())?;
         }
         let mut file = OpenOptions::new()
             .create(true)
@@ -157,6 +159,41 @@ impl<T: Serialize + Default> HeaderOf for T {
     }
 }
 
+/// Brings a CSV written by an older tagbench (fewer columns: the schema only appends them) to
+/// the current header, empty cells in the new columns, so that rows appended by `--resume` line
+/// up with it. Rewritten through a temporary file and a rename: a kill leaves either version.
+fn upgrade_header(path: &Path, header: &[String]) -> Result<()> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .from_path(path)
+        .with_context(|| format!("failed to read {}", path.display()))?;
+    let old: Vec<String> = rdr.headers()?.iter().map(str::to_owned).collect();
+    if old == header {
+        return Ok(());
+    }
+    if old.len() > header.len() || header[..old.len()] != old[..] {
+        anyhow::bail!(
+            "{} has columns that this tagbench does not write (`{}`): written by a newer version?",
+            path.display(),
+            old.join(",")
+        );
+    }
+    let tmp = path.with_extension("csv.upgrade");
+    let mut w = csv::Writer::from_path(&tmp).with_context(|| format!("failed to write {}", tmp.display()))?;
+    w.write_record(header)?;
+    for (i, rec) in rdr.records().enumerate() {
+        let rec = rec.with_context(|| format!("failed to parse {}: line {}", path.display(), i + 2))?;
+        let mut cells: Vec<&str> = rec.iter().collect();
+        cells.resize(header.len(), "");
+        w.write_record(&cells)?;
+    }
+    w.flush()?;
+    drop(w);
+    File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("failed to write {}", path.display()))
+}
+
 /// Truncates a file after its last newline (drops a line torn by a kill).
 fn cut_torn_tail(path: &Path) -> Result<bool> {
     let data = std::fs::read(path).with_context(|| format!("failed to read {}", path.display()))?;
@@ -193,6 +230,82 @@ fn read_csv<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
         out.push(row);
     }
     Ok(out)
+}
+
+/// (target, workload, case, metric, gpu index) → round → round median, for the ok metric rows
+/// of `rows` that carry a round.
+pub fn round_medians(rows: &[ResultRow]) -> BTreeMap<RoundKey, BTreeMap<usize, f64>> {
+    let mut out: BTreeMap<RoundKey, BTreeMap<usize, f64>> = BTreeMap::new();
+    for r in rows {
+        if let (Status::Ok, false, Some(round), Some(m)) = (r.status, r.metric.is_empty(), r.round, r.median)
+        {
+            out.entry((
+                r.target.clone(),
+                r.workload.clone(),
+                r.case.clone(),
+                r.metric.clone(),
+                r.gpu_index,
+            ))
+            .or_default()
+            .insert(round, m);
+        }
+    }
+    out
+}
+
+/// What one measurement is across rounds: (target, workload, case, metric, gpu index).
+pub type RoundKey = (String, String, String, String, Option<usize>);
+
+/// The outlier rounds of every measurement (by `stats::outlier_rounds`), as (key, round).
+pub fn outlier_rounds_of(rows: &[ResultRow]) -> BTreeSet<(RoundKey, usize)> {
+    let mut out = BTreeSet::new();
+    for (key, by_round) in round_medians(rows) {
+        let (rounds, medians): (Vec<usize>, Vec<f64>) = by_round.into_iter().unzip();
+        for (round, flagged) in rounds.into_iter().zip(crate::stats::outlier_rounds(&medians)) {
+            if flagged {
+                out.insert((key.clone(), round));
+            }
+        }
+    }
+    out
+}
+
+/// Marks the rows of outlier rounds in results.csv (`outlier_round` = true) once a run's rounds
+/// are all measured, and returns how many rows it marked. Other rows keep the column empty, and
+/// without an outlier the file is not touched. Otherwise it is rewritten whole to a temporary
+/// file and renamed over the old one, so a kill leaves either version; call it only after the
+/// run's `RunWriter` is dropped.
+pub fn mark_outlier_rounds(dir: &RunDir) -> Result<usize> {
+    let mut rows = read_results(dir)?;
+    let flagged = outlier_rounds_of(&rows);
+    if flagged.is_empty() {
+        return Ok(0);
+    }
+    for r in rows.iter_mut() {
+        if let (Status::Ok, false, Some(round)) = (r.status, r.metric.is_empty(), r.round) {
+            let key = (
+                r.target.clone(),
+                r.workload.clone(),
+                r.case.clone(),
+                r.metric.clone(),
+                r.gpu_index,
+            );
+            if flagged.contains(&(key, round)) {
+                r.outlier_round = Some(true);
+            }
+        }
+    }
+    let path = dir.results_csv();
+    let tmp = path.with_extension("csv.tmp");
+    let mut w = csv::Writer::from_path(&tmp).with_context(|| format!("failed to write {}", tmp.display()))?;
+    for r in &rows {
+        w.serialize(r)?;
+    }
+    w.flush()?;
+    drop(w);
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("failed to write {}", path.display()))?;
+    Ok(flagged.len())
 }
 
 pub fn read_results(dir: &RunDir) -> Result<Vec<ResultRow>> {
@@ -251,6 +364,36 @@ mod tests {
             rows.iter().map(|r| r.case.as_str()).collect::<Vec<_>>(),
             ["a", "b", "c"]
         );
+    }
+
+    #[test]
+    fn resuming_a_run_of_an_older_schema_appends_under_the_new_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        {
+            let mut w = RunWriter::open(&run).unwrap();
+            w.write_case(&[row("a")], &[]).unwrap();
+        }
+        // Drop the last two columns, as an older tagbench wrote the file.
+        let text = std::fs::read_to_string(run.results_csv()).unwrap();
+        let old: String = text
+            .lines()
+            .map(|l| {
+                let cells: Vec<&str> = l.split(',').collect();
+                format!("{}\n", cells[..cells.len() - 2].join(","))
+            })
+            .collect();
+        std::fs::write(run.results_csv(), old).unwrap();
+        {
+            let mut w = RunWriter::open(&run).unwrap();
+            w.write_case(&[row("b")], &[]).unwrap();
+        }
+        let rows = read_results(&run).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[1], row("b"));
+        assert_eq!(rows[0].case, "a");
+        let header = std::fs::read_to_string(run.results_csv()).unwrap();
+        assert_eq!(header.lines().next().unwrap(), ResultRow::header().join(","));
     }
 
     #[test]

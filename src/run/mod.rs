@@ -145,6 +145,15 @@ pub fn cmd_run(opts: RunOptions) -> Result<i32> {
     );
     let mut ctx = RunContext::new(&run_id, &plan.suite.name, &run, bar.clone(), done.not_ok.clone());
     run_rounds(&mut ctx, &mut writer, &plan, &done, &mut meta)?;
+    // Every round is in: mark outlier rounds in results.csv (rewritten whole, so the appender
+    // must be closed first).
+    drop(writer);
+    let outliers = crate::results::mark_outlier_rounds(&run)?;
+    if outliers > 0 {
+        eprintln!(
+            "{outliers} metric row(s) of outlier rounds marked in results.csv (`outlier_round`); compare sets them aside"
+        );
+    }
     bar.finish_and_clear();
     meta.finished_at = Some(now());
     meta.state = "complete".into();

@@ -1,6 +1,7 @@
 //! The round loop: every case in interleaved rounds across targets (A B, B A, …) so that drift
 //! over time affects every side alike; a case that was skipped or failed is not measured again;
-//! `--resume` skips what already has rows; progress on stderr; rows written per case.
+//! `--resume` skips what already has rows; progress on stderr; rows written per case; one more
+//! interleaved round for each outlier round (bounded by [`MAX_EXTRA_ROUNDS`]).
 
 use std::collections::HashSet;
 
@@ -11,7 +12,11 @@ use super::context::{CaseKey, RunContext};
 use super::plan::{rounds_of, Plan};
 use super::supervise::{prepare_target, run_target, write_status, Prepared};
 use crate::case::{Case, Device};
-use crate::results::{read_results, RunDir, RunMeta, RunWriter, Status, TargetMeta};
+use crate::results::{outlier_rounds_of, read_results, RunDir, RunMeta, RunWriter, Status, TargetMeta};
+
+/// Rounds added to a case at most to replace outlier rounds, so that a machine that disturbs
+/// every round cannot keep a run going for ever.
+pub const MAX_EXTRA_ROUNDS: usize = 2;
 
 /// What a run has already done (on `--resume`): the rounds with rows, and the cases that were
 /// skipped or failed.
@@ -118,6 +123,111 @@ pub fn run_rounds(
             meta.targets.retain(|t| t.name != p.meta.name);
             meta.targets.push(p.meta.clone());
             ctx.run.write_meta(meta)?;
+        }
+    }
+    // Rounds are interleaved pairs only with two or more targets; a single target's outlier
+    // rounds are still marked and set aside by `compare`, and its round count stays as planned.
+    if plan.targets.len() < 2 {
+        return Ok(());
+    }
+    replace_outlier_rounds(ctx, writer, plan, done, meta, &mut prepared)
+}
+
+/// Cases (by workload and id) with more outlier rounds, on any target and metric, than rounds
+/// already added beyond the plan: each outlier round earns one more interleaved round.
+fn cases_needing_a_round(ctx: &RunContext, plan: &Plan) -> Result<Vec<Case>> {
+    let rows = read_results(&ctx.run)?;
+    let mut outliers: std::collections::HashMap<(String, String), usize> = Default::default();
+    // A case's count is its worst (target, metric): several metrics of one disturbed round are
+    // one outlier round, not several.
+    let mut flagged_metrics: std::collections::HashMap<(String, String, String, String), usize> =
+        Default::default();
+    for ((target, workload, case, metric, _), _) in outlier_rounds_of(&rows) {
+        *flagged_metrics
+            .entry((target, workload, case, metric))
+            .or_default() += 1;
+    }
+    for ((_, workload, case, _), n) in flagged_metrics {
+        let e = outliers.entry((workload, case)).or_default();
+        *e = (*e).max(n);
+    }
+    let measured = |c: &Case| -> usize {
+        rows.iter()
+            .filter(|r| r.workload == c.workload && r.case == c.id)
+            .filter_map(|r| r.round)
+            .max()
+            .map_or(0, |r| r + 1)
+    };
+    Ok(plan
+        .cases
+        .iter()
+        .filter(|c| {
+            let n = outliers
+                .get(&(c.workload.clone(), c.id.clone()))
+                .copied()
+                .unwrap_or(0);
+            let extra = measured(c).saturating_sub(rounds_of(c));
+            n > extra && extra < MAX_EXTRA_ROUNDS
+        })
+        .cloned()
+        .collect())
+}
+
+/// After the planned rounds: while a case has an outlier round not yet replaced, one more round
+/// of it on every target, interleaved in the same alternating order.
+fn replace_outlier_rounds(
+    ctx: &mut RunContext,
+    writer: &mut RunWriter,
+    plan: &Plan,
+    done: &Done,
+    meta: &mut RunMeta,
+    prepared: &mut [Option<Option<Prepared>>],
+) -> Result<()> {
+    for _ in 0..MAX_EXTRA_ROUNDS {
+        let cases = cases_needing_a_round(ctx, plan)?;
+        if cases.is_empty() {
+            break;
+        }
+        // Each case continues at its own next round index.
+        let mut by_round: std::collections::BTreeMap<usize, Vec<Case>> = Default::default();
+        let rows = read_results(&ctx.run)?;
+        for c in cases {
+            let next = rows
+                .iter()
+                .filter(|r| r.workload == c.workload && r.case == c.id)
+                .filter_map(|r| r.round)
+                .max()
+                .map_or(0, |r| r + 1);
+            by_round.entry(next).or_default().push(c);
+        }
+        for (round, cases) in by_round {
+            ctx.round = round;
+            eprintln!(
+                "round {round}: measuring {} case(s) again in place of an outlier round",
+                cases.len()
+            );
+            for ti in order(round, plan.targets.len()) {
+                let target = &plan.targets[ti];
+                let tname = target.display_name();
+                let todo: Vec<Case> = cases
+                    .iter()
+                    .filter(|c| {
+                        let key = (tname.clone(), c.workload.clone(), c.id.clone());
+                        !ctx.not_ok.contains(&key) && !done.rounds.contains(&(key, round))
+                    })
+                    .cloned()
+                    .collect();
+                let Some(Some(p)) = prepared[ti].as_mut() else {
+                    continue;
+                };
+                if todo.is_empty() {
+                    continue;
+                }
+                run_target(ctx, writer, target, p, todo)?;
+                meta.targets.retain(|t| t.name != p.meta.name);
+                meta.targets.push(p.meta.clone());
+                ctx.run.write_meta(meta)?;
+            }
         }
     }
     Ok(())

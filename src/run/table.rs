@@ -54,7 +54,8 @@ fn line(m: &Measurement) -> Vec<String> {
     ]
 }
 
-/// `3× 1.2%`: rounds and the half range of their medians relative to the pooled median.
+/// `3× 1.2%`: rounds and the half range of their medians relative to the pooled median;
+/// `6× 1.2% (1 outlier)` when outlier rounds were set aside (the spread is of the others).
 fn spread(m: &Measurement) -> String {
     let medians: Vec<f64> = m
         .rounds
@@ -64,10 +65,16 @@ fn spread(m: &Measurement) -> String {
         .collect();
     match (m.row.median, medians.len()) {
         (Some(med), n) if n > 1 => {
-            let lo = medians.iter().copied().fold(f64::INFINITY, f64::min);
-            let hi = medians.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let (kept, dropped) = crate::stats::without_outliers(&medians, 3);
+            let lo = kept.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = kept.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let note = match dropped {
+                0 => String::new(),
+                1 => " (1 outlier)".to_string(),
+                d => format!(" ({d} outliers)"),
+            };
             ci_pct(med, lo, hi)
-                .map(|p| format!("{n}× {p}"))
+                .map(|p| format!("{n}× {p}{note}"))
                 .unwrap_or_default()
         }
         (_, 1) => "1×".to_string(),

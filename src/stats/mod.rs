@@ -5,12 +5,15 @@ pub mod bootstrap;
 pub mod edivisive;
 pub mod holm;
 pub mod mannwhitney;
+pub mod robust;
 pub mod summary;
+pub mod synthetic;
 pub mod welch;
 
 pub use bootstrap::{ratio_of_medians_ci, RatioCi};
-pub use edivisive::{change_points, ChangePoint, EDivisiveSettings};
+pub use edivisive::{change_points, change_points_log, ChangePoint, EDivisiveSettings};
 pub use holm::holm_adjust;
 pub use mannwhitney::{mann_whitney, MannWhitney};
+pub use robust::{outlier_rounds, without_outliers, yuen_log_ratio, TrimmedLogRatio};
 pub use summary::{percentile_sorted, summarize, Summary};
 pub use welch::{welch_log_ratio, welch_t, LogRatio, WelchT};

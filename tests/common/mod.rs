@@ -5,20 +5,13 @@
 
 use std::path::{Path, PathBuf};
 
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand::{rngs::StdRng, SeedableRng};
 use tagbench::results::{set_summary, ResultRow, RunDir, RunMeta, RunWriter, SampleRow, Status, TargetMeta};
 use tagbench::stats::summarize;
 
 /// Log-normal timing samples: median `level`, relative spread `cv`.
 pub fn samples(seed: u64, level: f64, cv: f64, n: usize) -> Vec<f64> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    (0..n)
-        .map(|_| {
-            let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
-            let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
-            level * (cv * z).exp()
-        })
-        .collect()
+    tagbench::stats::synthetic::lognormal(&mut StdRng::seed_from_u64(seed), level, cv, n)
 }
 
 /// One measured (target, case) of a synthetic run.
@@ -31,6 +24,8 @@ pub struct Case {
     pub latency_ms: Vec<f64>,
     pub status: Status,
     pub reason: String,
+    /// Worker processes the samples are split into (equal chunks, in order); 1: no round column.
+    pub rounds: usize,
 }
 
 impl Case {
@@ -43,6 +38,7 @@ impl Case {
             latency_ms,
             status: Status::Ok,
             reason: String::new(),
+            rounds: 1,
         }
     }
     pub fn status(target: &str, workload: &str, case: &str, status: Status, reason: &str) -> Case {
@@ -54,6 +50,7 @@ impl Case {
             latency_ms: Vec::new(),
             status,
             reason: reason.into(),
+            rounds: 1,
         }
     }
 }
@@ -98,31 +95,37 @@ pub fn write_run_with_targets(
         let mut rows = Vec::new();
         let mut srows = Vec::new();
         let tput: Vec<f64> = c.latency_ms.iter().map(|v| 1000.0 / v).collect();
+        let per_round = c.latency_ms.len().div_ceil(c.rounds.max(1));
         for (metric, unit, better, values) in [
             ("latency", "ms", "lower", &c.latency_ms),
             ("throughput", "GFLOP/s", "higher", &tput),
         ] {
-            let mut row = ResultRow {
-                metric: metric.into(),
-                unit: unit.into(),
-                better: better.into(),
-                ..base.clone()
-            };
-            set_summary(&mut row, &summarize(values).unwrap());
-            rows.push(row);
-            for (i, v) in values.iter().enumerate() {
-                srows.push(SampleRow {
-                    run_id: run_id.into(),
-                    image: c.image.clone(),
-                    workload: c.workload.clone(),
-                    case: c.case.clone(),
+            for (r, chunk) in values.chunks(per_round.max(1)).enumerate() {
+                let round = (c.rounds > 1).then_some(r);
+                let mut row = ResultRow {
                     metric: metric.into(),
-                    sample: i,
-                    value: *v,
-                    target: c.target.clone(),
-                    engine: "native".into(),
-                    ..Default::default()
-                });
+                    unit: unit.into(),
+                    better: better.into(),
+                    round,
+                    ..base.clone()
+                };
+                set_summary(&mut row, &summarize(chunk).unwrap());
+                rows.push(row);
+                for (i, v) in chunk.iter().enumerate() {
+                    srows.push(SampleRow {
+                        run_id: run_id.into(),
+                        image: c.image.clone(),
+                        workload: c.workload.clone(),
+                        case: c.case.clone(),
+                        metric: metric.into(),
+                        sample: i,
+                        value: *v,
+                        target: c.target.clone(),
+                        engine: "native".into(),
+                        round,
+                        ..Default::default()
+                    });
+                }
             }
         }
         w.write_case(&rows, &srows).unwrap();

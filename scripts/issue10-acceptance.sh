@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Issue 10's acceptance experiments on this host (CPU, native engine), figures on stdout:
+#   1. in-run A/A: two identical local targets (gemm 1024 fp32, attention b1 h8 s256 d64, tiny
+#      generate), RUNS runs; verdicts of `compare --along target` per run, and wall time;
+#   2. the same runs with the candidate's time samples scaled by 1.10 (samples.csv rewritten in
+#      a copy): how often gemm latency and attention latency are `regression`;
+#   3. `compare` JSON: ratio against candidate/baseline as shown.
+# Usage: scripts/issue10-acceptance.sh [RUNS=10] [ROUNDS=5]; TAGBENCH=path/to/tagbench.
+set -euo pipefail
+RUNS=${1:-10}
+ROUNDS=${2:-5}
+BIN=${TAGBENCH:-target/release/tagbench}
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+cat > "$WORK/aa.toml" <<TOML
+name = "aa"
+[defaults]
+warmup_s = 0.1
+min_samples = 10
+max_samples = 200
+max_time_s = 0.3
+target_rel_ci = 0.01
+timeout_s = 120
+rounds = $ROUNDS
+[[target]]
+name = "a"
+local = true
+[[target]]
+name = "b"
+local = true
+[[workload]]
+kind = "gemm"
+size = 1024
+dtype = "fp32"
+[[workload]]
+kind = "attention"
+batch = 1
+heads = 8
+kv_heads = 8
+seq_q = 256
+head_dim = 64
+[[workload]]
+kind = "generate"
+model = "tiny"
+batch = 1
+prompt_len = 64
+new_tokens = 16
+min_samples = 5
+max_time_s = 1.0
+TOML
+
+verdicts() { # run dir → JSON comparisons as "workload metric verdict ratio base cand" lines
+  "$BIN" compare --format json --along target --baseline a "$1" 2>/dev/null |
+    python3 -c '
+import json, sys
+for c in json.load(sys.stdin)["comparisons"]:
+    print(c["workload"], c["metric"], c["verdict"], c["ratio"], c["baseline"]["estimate"], c["candidate"]["estimate"])
+' || true
+}
+
+scale_candidate() { # run dir, factor → a copy with target b's time samples scaled
+  local src=$1 dst=$2 f=$3
+  cp -r "$src" "$dst"
+  python3 - "$dst" "$f" <<'PY'
+import csv, sys
+d, f = sys.argv[1], float(sys.argv[2])
+units = {}
+with open(f"{d}/results.csv") as fh:
+    rows = list(csv.DictReader(fh))
+for r in rows:
+    units[(r["workload"], r["metric"])] = r["unit"]
+time_units = {"ms", "us", "µs", "s", "ns"}
+def scale(rows, value_cols):
+    for r in rows:
+        if r["target"] == "b" and units.get((r["workload"], r["metric"])) in time_units:
+            for c in value_cols:
+                if r.get(c):
+                    r[c] = repr(float(r[c]) * f)
+for name, cols in [("samples.csv", ["value"]), ("results.csv", ["median", "mean", "stddev", "min", "max", "p05", "p95", "ci_low", "ci_high"])]:
+    with open(f"{d}/{name}") as fh:
+        rd = csv.DictReader(fh); fields = rd.fieldnames; rs = list(rd)
+    scale(rs, cols)
+    with open(f"{d}/{name}", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields); w.writeheader(); w.writerows(rs)
+PY
+}
+
+total_judged=0; total_noisy=0; total_changes=0; hits_gemm=0; hits_att=0; worst_ratio_err=0
+for i in $(seq 1 "$RUNS"); do
+  start=$(date +%s.%N)
+  "$BIN" run --no-progress --no-report --run-id "aa-$i" --results-dir "$WORK/r" "$WORK/aa.toml" >/dev/null 2>"$WORK/run-$i.err" || true
+  wall=$(python3 -c "import time; print(f'{time.time() - $start:.1f}')")
+  extra=$(grep -c "in place of an outlier round" "$WORK/run-$i.err" || true)
+  verdicts "$WORK/r/aa-$i" > "$WORK/v-$i.txt"
+  judged=$(awk '$3!="missing"' "$WORK/v-$i.txt" | wc -l)
+  noisy=$(awk '$3=="noisy"' "$WORK/v-$i.txt" | wc -l)
+  changes=$(awk '$3=="regression"||$3=="improvement"' "$WORK/v-$i.txt" | wc -l)
+  err=$(awk '{ if ($5>0) { e=($6/$5)/$4-1; if (e<0) e=-e; if (e>m) m=e } } END { printf "%.2g", m+0 }' "$WORK/v-$i.txt")
+  scale_candidate "$WORK/r/aa-$i" "$WORK/s-$i" 1.10
+  verdicts "$WORK/s-$i" > "$WORK/sv-$i.txt"
+  g=$(awk '$1=="gemm" && $2=="latency" && $3=="regression"' "$WORK/sv-$i.txt" | wc -l)
+  a=$(awk '$1=="attention" && $2=="latency" && $3=="regression"' "$WORK/sv-$i.txt" | wc -l)
+  echo "run $i: wall ${wall}s, extra round batches $extra; A/A: $judged judged, $noisy noisy, $changes regression/improvement; ×1.10: gemm latency $(sed -n 's/^gemm latency \([a-z]*\).*/\1/p' "$WORK/sv-$i.txt"), attention latency $(sed -n 's/^attention latency \([a-z]*\).*/\1/p' "$WORK/sv-$i.txt"); max |ratio − shown| $err"
+  total_judged=$((total_judged + judged)); total_noisy=$((total_noisy + noisy)); total_changes=$((total_changes + changes))
+  hits_gemm=$((hits_gemm + g)); hits_att=$((hits_att + a))
+done
+echo "A/A over $RUNS runs: $total_changes regressions/improvements; $total_noisy of $total_judged judged metrics noisy"
+echo "×1.10 candidate: gemm latency regression in $hits_gemm of $RUNS, attention latency in $hits_att of $RUNS"
