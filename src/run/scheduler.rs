@@ -13,6 +13,7 @@ use super::plan::{rounds_of, Plan};
 use super::supervise::{prepare_target, run_target, write_status, Prepared};
 use crate::case::{Case, Device};
 use crate::results::{outlier_rounds_of, read_results, RunDir, RunMeta, RunWriter, Status, TargetMeta};
+use crate::suite::TargetSpec;
 
 /// Rounds added to a case at most to replace outlier rounds, so that a machine that disturbs
 /// every round cannot keep a run going for ever.
@@ -119,10 +120,7 @@ pub fn run_rounds(
             if todo.is_empty() {
                 continue;
             }
-            run_target(ctx, writer, target, p, todo)?;
-            meta.targets.retain(|t| t.name != p.meta.name);
-            meta.targets.push(p.meta.clone());
-            ctx.run.write_meta(meta)?;
+            run_and_record(ctx, writer, target, p, todo, meta)?;
         }
     }
     // Rounds are interleaved pairs only with two or more targets; a single target's outlier
@@ -223,14 +221,27 @@ fn replace_outlier_rounds(
                 if todo.is_empty() {
                     continue;
                 }
-                run_target(ctx, writer, target, p, todo)?;
-                meta.targets.retain(|t| t.name != p.meta.name);
-                meta.targets.push(p.meta.clone());
-                ctx.run.write_meta(meta)?;
+                run_and_record(ctx, writer, target, p, todo, meta)?;
             }
         }
     }
     Ok(())
+}
+
+/// Runs `todo` on a prepared target, then records what the worker learned of the target in
+/// run.json (written after each target's round, so a killed run keeps it).
+fn run_and_record(
+    ctx: &mut RunContext,
+    writer: &mut RunWriter,
+    target: &TargetSpec,
+    p: &mut Prepared,
+    todo: Vec<Case>,
+    meta: &mut RunMeta,
+) -> Result<()> {
+    run_target(ctx, writer, target, p, todo)?;
+    meta.targets.retain(|t| t.name != p.meta.name);
+    meta.targets.push(p.meta.clone());
+    ctx.run.write_meta(meta)
 }
 
 /// Writes a `skipped` row, naming what would fit, for each case whose memory plan exceeds the
