@@ -536,12 +536,7 @@ fn run_skips_a_case_that_cannot_fit_the_gpus_and_names_what_would() {
         .env("PATH", path)
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    exits_zero(&out);
     let rows = read_results(&only_run(&results)).unwrap();
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0].status, Status::Skipped);

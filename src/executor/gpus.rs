@@ -4,22 +4,26 @@ use anyhow::{anyhow, bail, Result};
 
 use crate::suite::{GpuNamed, GpuSelection, TargetSpec};
 
-/// The number of NVIDIA GPUs on this host, from `nvidia-smi`.
-pub fn host_gpu_count() -> Result<usize> {
+/// One column of `nvidia-smi --query-gpu`, one line per GPU, without header or units.
+fn query_gpus(field: &str) -> Result<String> {
     let out = std::process::Command::new("nvidia-smi")
-        .args(["--query-gpu=index", "--format=csv,noheader"])
+        .arg(format!("--query-gpu={field}"))
+        .arg("--format=csv,noheader,nounits")
         .output()
-        .map_err(|e| anyhow!("failed to count the GPUs for `--gpus each`: nvidia-smi could not run ({e})"))?;
+        .map_err(|e| anyhow!("nvidia-smi could not run ({e})"))?;
     if !out.status.success() {
         bail!(
-            "failed to count the GPUs for `--gpus each`: nvidia-smi failed: {}",
+            "nvidia-smi failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    let n = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .count();
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The number of NVIDIA GPUs on this host, from `nvidia-smi`.
+pub fn host_gpu_count() -> Result<usize> {
+    let text = query_gpus("index").map_err(|e| anyhow!("failed to count the GPUs for `--gpus each`: {e}"))?;
+    let n = text.lines().filter(|l| !l.trim().is_empty()).count();
     if n == 0 {
         bail!("`--gpus each` found no GPU on this host (nvidia-smi lists none)");
     }
@@ -29,17 +33,7 @@ pub fn host_gpu_count() -> Result<usize> {
 /// The memory of the smallest NVIDIA GPU on this host in bytes, from `nvidia-smi` (the memory
 /// plan judges whether a case fits by it).
 pub fn host_gpu_memory() -> Result<u64> {
-    let out = std::process::Command::new("nvidia-smi")
-        .args(["--query-gpu=memory.total", "--format=csv,noheader,nounits"])
-        .output()
-        .map_err(|e| anyhow!("nvidia-smi could not run ({e})"))?;
-    if !out.status.success() {
-        bail!(
-            "nvidia-smi failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    smallest_mib(&String::from_utf8_lossy(&out.stdout))
+    smallest_mib(&query_gpus("memory.total")?)
         .map(|mib| mib << 20)
         .ok_or_else(|| anyhow!("nvidia-smi lists no GPU memory"))
 }
