@@ -304,6 +304,7 @@ pub fn run(rt: &mut Runtime, p: &AttentionParams, case: &Case) -> Result<CaseOut
     let func = module
         .load_function("softmax_rows")
         .map_err(|e| anyhow!("softmax_rows missing from the NVRTC module: {e}"))?;
+    let spin = kernels::spin(rt, 0);
     let gpu = rt.gpu0();
     let e = p.dtype.size_bytes();
 
@@ -362,19 +363,24 @@ pub fn run(rt: &mut Runtime, p: &AttentionParams, case: &Case) -> Result<CaseOut
     let timer = gpu.timer()?;
     let mut rec = rt.recorder(gpu);
     let mut i = 0usize;
-    let (samples, batch) = device::sample_batched(&timer, &case.measure, &mut rec, || {
-        attn.launch(&sets[i % sets.len()])?;
-        i += 1;
-        Ok(())
-    })?;
+    let (samples, batching) = device::sample_batched(
+        &timer,
+        spin.as_ref().map_err(String::clone),
+        &case.measure,
+        &mut rec,
+        || {
+            attn.launch(&sets[i % sets.len()])?;
+            i += 1;
+            Ok(())
+        },
+    )?;
     let mut out = CaseOutput::new(gpu.device_label());
     out.gpu_name = gpu.name.clone();
     out.gpu_index = Some(gpu.ordinal);
     out.latency_and_rate(&samples.values, p.flops(), metric::THROUGHPUT, "TFLOP/s", 1e12);
     rec.finish(&mut out);
     // Per case: the worker's env messages merge into one map for the target.
-    out.env
-        .insert(format!("calls_per_sample {}", case.label()), batch.to_string());
+    batching.record(&mut out, case);
     if p.causal {
         out.warn("causal attention on the math path computes the full score matrix and masks it; TFLOP/s counts the causal half, as FlashAttention does");
     }

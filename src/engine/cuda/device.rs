@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
 use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags};
-use cudarc::driver::{CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtr};
+use cudarc::driver::{
+    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
+};
 use rand::{Rng, SeedableRng};
 
 use crate::case::{Dtype, Seconds};
@@ -252,28 +254,158 @@ impl EventTimer {
         Ok(ms as f64 * 1e-3)
     }
 
-    /// An estimate of one call's GPU time: batches of 1, 2, 4, ... calls of `f` are timed until
-    /// one spans a quarter of `target_s`; that batch's time over its calls (a single call on an
-    /// idle GPU would overstate it by the launch latency, and the batch then come out short).
+    /// [`EventTimer::time`] behind a spin of `lead_s` on the same stream: the spin is queued
+    /// first, then the start event, `f`'s work and the end event. Returns the GPU time between
+    /// the events and the host's time to enqueue `f`'s work (from the spin's launch): when that
+    /// is under the lead, the whole batch was waiting when the start event fired.
+    pub fn time_behind<E: From<anyhow::Error>>(
+        &self,
+        spin: &Spin,
+        lead_s: Seconds,
+        f: impl FnOnce() -> Result<(), E>,
+    ) -> Result<(Seconds, Seconds), E> {
+        let t0 = std::time::Instant::now();
+        spin.launch(&self.stream, lead_s)?;
+        let mut host = 0.0;
+        let gpu = self.time(|| -> Result<(), E> {
+            f()?;
+            host = t0.elapsed().as_secs_f64();
+            Ok(())
+        })?;
+        Ok((gpu, host))
+    }
+
+    /// An estimate of one call's GPU time and of the host's time to enqueue one call: batches
+    /// of 1, 2, 4, ... calls of `f` are timed until one spans a quarter of `target_s`; that
+    /// batch's times over its calls (a single call on an idle GPU would overstate it by the
+    /// launch latency, and the batch then come out short).
     pub fn per_call<E: From<anyhow::Error>>(
         &self,
         target_s: Seconds,
         mut f: impl FnMut() -> Result<(), E>,
-    ) -> Result<Seconds, E> {
-        let mut est = f64::NAN;
+    ) -> Result<(Seconds, Seconds), E> {
+        let mut est = (f64::NAN, f64::NAN);
         for n in estimate_batches() {
+            let mut host = 0.0;
             let t = self.time(|| -> Result<(), E> {
+                let t0 = std::time::Instant::now();
                 for _ in 0..n {
                     f()?;
                 }
+                host = t0.elapsed().as_secs_f64();
                 Ok(())
             })?;
-            est = t / n as f64;
+            est = (t / n as f64, host / n as f64);
             if t >= target_s / 4.0 {
                 break;
             }
         }
         Ok(est)
+    }
+}
+
+/// The spin kernel ([`super::kernels::SPIN`]) of one GPU, queued before each timed sample.
+pub struct Spin {
+    func: CudaFunction,
+}
+
+impl Spin {
+    pub fn new(func: CudaFunction) -> Spin {
+        Spin { func }
+    }
+
+    /// Enqueues a spin of `seconds` of GPU time on `stream`.
+    pub fn launch(&self, stream: &Arc<CudaStream>, seconds: Seconds) -> Result<()> {
+        let ns: u64 = (seconds * 1e9).round().max(0.0) as u64;
+        let cfg = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (1, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = stream.launch_builder(&self.func);
+        b.arg(&ns);
+        // SAFETY: spin_ns(unsigned long long) takes exactly this one argument and touches no
+        // memory.
+        unsafe { b.launch(cfg) }
+            .map(|_| ())
+            .map_err(|e| anyhow!("failed to launch the spin kernel: {e}"))
+    }
+}
+
+/// The shortest lead a spin gives a sample.
+pub const MIN_LEAD_S: Seconds = 20e-6;
+/// The longest: a host that needs more than this to enqueue one sample's calls is launch-bound,
+/// and its samples say so ([`Batching::starved`]).
+pub const MAX_LEAD_S: Seconds = 50e-3;
+/// How often a sample whose calls were not all queued in time is taken again, with a longer lead.
+pub const MAX_RETAKES: usize = 2;
+
+/// The spin's lead for a sample whose calls take the host `host_s` to enqueue: twice that (the
+/// host is sometimes slower than its estimate), within [`MIN_LEAD_S`, `MAX_LEAD_S`].
+pub fn lead_for(host_s: Seconds) -> Seconds {
+    if host_s.is_nan() {
+        return MAX_LEAD_S;
+    }
+    (2.0 * host_s).clamp(MIN_LEAD_S, MAX_LEAD_S)
+}
+
+/// How a case's samples were taken: calls per sample, and with a spin, the lead it ended with,
+/// the samples taken again because the host had not queued every call when the GPU started, and
+/// those kept although it still had not (launch-bound).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batching {
+    pub calls: usize,
+    pub spin: Result<Seconds, String>,
+    pub retaken: usize,
+    pub starved: usize,
+    pub samples: usize,
+}
+
+impl Batching {
+    /// One line for the run's environment.
+    pub fn describe(&self) -> String {
+        match &self.spin {
+            Ok(lead) => format!(
+                "{} calls per sample, queued behind a {:.0} µs spin; {} of {} samples re-taken, {} launch-bound",
+                self.calls,
+                lead * 1e6,
+                self.retaken,
+                self.samples,
+                self.starved
+            ),
+            Err(why) => format!(
+                "{} calls per sample, start event on an idle GPU (no spin kernel: {why})",
+                self.calls
+            ),
+        }
+    }
+
+    /// Into the case's output: the calls per sample and [`Batching::describe`] in the run's
+    /// environment (per case: the worker's env messages merge into one map for the target), and
+    /// the launch-bound warning where it applies.
+    pub fn record(&self, out: &mut crate::engine::CaseOutput, case: &crate::case::Case) {
+        out.env.insert(
+            format!("calls_per_sample {}", case.label()),
+            self.calls.to_string(),
+        );
+        out.env
+            .insert(format!("gpu_timing {}", case.label()), self.describe());
+        if let Some(w) = self.warning() {
+            out.warn(w);
+        }
+    }
+
+    /// A warning for the case when more than a tenth of its samples were launch-bound.
+    pub fn warning(&self) -> Option<String> {
+        (self.samples > 0 && self.starved * 10 > self.samples).then(|| {
+            format!(
+                "{} of {} samples are launch-bound: the host could not enqueue {} calls within {:.0} ms, so the GPU may have waited for work inside the timed region",
+                self.starved,
+                self.samples,
+                self.calls,
+                MAX_LEAD_S * 1e3
+            )
+        })
     }
 }
 
@@ -329,28 +461,67 @@ pub fn estimate_batches() -> impl Iterator<Item = usize> {
 
 /// Samples of `next` (one call of the workload, enqueued on the timer's stream) in batches sized
 /// by [`calls_per_sample`] for the target in force; each sample is a batch's time over its
-/// calls. Returns the samples and the batch size. Telemetry is read between samples.
+/// calls. With `spin` (`Err` says why there is none) each batch is queued behind a spin whose
+/// lead covers the host's enqueue time, so the events time back-to-back GPU work; a sample
+/// whose calls were not all queued in time is taken again with a longer lead (at most
+/// [`MAX_RETAKES`] times, then kept and counted as launch-bound). Telemetry is read between
+/// samples.
 pub fn sample_batched(
     timer: &EventTimer,
+    spin: Result<&Spin, String>,
     settings: &crate::case::MeasureSettings,
     rec: &mut super::telemetry::Recorder,
     mut next: impl FnMut() -> Result<(), crate::error::CaseError>,
-) -> Result<(crate::measure::sampler::Samples, usize), crate::error::CaseError> {
+) -> Result<(crate::measure::sampler::Samples, Batching), crate::error::CaseError> {
+    use crate::error::CaseError;
     let target = sample_target_s();
     next()?;
-    let batch = calls_per_sample(timer.per_call(target, &mut next)?, target);
-    use crate::error::CaseError;
+    let (per_call, host_per_call) = timer.per_call(target, &mut next)?;
+    let calls = calls_per_sample(per_call, target);
+    let mut lead = lead_for(host_per_call * calls as f64);
+    let (mut retaken, mut starved, mut taken) = (0, 0, 0);
     let samples = crate::measure::Sampler::new(settings).run(|| -> Result<Seconds, CaseError> {
-        let t = timer.time(|| -> Result<(), CaseError> {
-            for _ in 0..batch {
+        let batch = |next: &mut dyn FnMut() -> Result<(), CaseError>| -> Result<(), CaseError> {
+            for _ in 0..calls {
                 next()?;
             }
             Ok(())
-        })?;
+        };
+        taken += 1;
+        let t = match &spin {
+            Err(_) => timer.time(|| batch(&mut next))?,
+            Ok(spin) => {
+                let mut attempt = 0;
+                loop {
+                    let (t, host) = timer.time_behind(spin, lead, || batch(&mut next))?;
+                    if host <= lead {
+                        // Back towards twice this host's time after a hiccup raised it: the
+                        // spin's idle GPU time is kept short, so heavy kernels run at the
+                        // clocks a busy GPU holds.
+                        lead = (lead * 0.5).max(lead_for(host));
+                        break t;
+                    }
+                    lead = lead_for(host);
+                    if attempt == MAX_RETAKES {
+                        starved += 1;
+                        break t;
+                    }
+                    attempt += 1;
+                    retaken += 1;
+                }
+            }
+        };
         rec.tick();
-        Ok(t / batch as f64)
+        Ok(t / calls as f64)
     })?;
-    Ok((samples, batch))
+    let batching = Batching {
+        calls,
+        spin: spin.map(|_| lead),
+        retaken,
+        starved,
+        samples: taken,
+    };
+    Ok((samples, batching))
 }
 
 /// The UUID as nvidia-smi prints it: `GPU-` and 8-4-4-4-12 hex digits.
@@ -602,6 +773,39 @@ mod tests {
                 "{per}: {n} is more than needed"
             );
         }
+    }
+
+    #[test]
+    fn lead_covers_the_host_within_bounds() {
+        assert_eq!(lead_for(1e-3), 2e-3);
+        assert_eq!(lead_for(1e-7), MIN_LEAD_S);
+        assert_eq!(lead_for(1.0), MAX_LEAD_S);
+        assert_eq!(lead_for(f64::NAN), MAX_LEAD_S);
+    }
+
+    #[test]
+    fn batching_is_described_and_warns_when_launch_bound() {
+        let mut b = Batching {
+            calls: 200,
+            spin: Ok(1e-3),
+            retaken: 1,
+            starved: 0,
+            samples: 40,
+        };
+        assert_eq!(
+            b.describe(),
+            "200 calls per sample, queued behind a 1000 µs spin; 1 of 40 samples re-taken, 0 launch-bound"
+        );
+        assert_eq!(b.warning(), None);
+        b.starved = 5;
+        assert!(b
+            .warning()
+            .unwrap()
+            .starts_with("5 of 40 samples are launch-bound"));
+        b.spin = Err("NVRTC not found".into());
+        assert!(b
+            .describe()
+            .contains("idle GPU (no spin kernel: NVRTC not found)"));
     }
 
     #[test]

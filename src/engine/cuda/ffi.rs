@@ -72,6 +72,7 @@ pub type Stream = *mut c_void;
 
 // ---- cuBLAS (cublas_api.h) ----
 pub const CUBLAS_STATUS_SUCCESS: c_int = 0;
+pub const CUBLAS_STATUS_NOT_SUPPORTED: c_int = 15;
 pub const CUBLAS_OP_N: c_int = 0;
 pub const CUBLAS_OP_T: c_int = 1;
 pub const CUBLAS_GEMM_DEFAULT: c_int = -1;
@@ -109,6 +110,10 @@ pub const CUBLASLT_MATMUL_DESC_A_SCALE_POINTER: c_int = 17;
 pub const CUBLASLT_MATMUL_DESC_B_SCALE_POINTER: c_int = 18;
 pub const CUBLASLT_MATMUL_DESC_FAST_ACCUM: c_int = 25;
 pub const CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES: c_int = 1;
+pub const CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES: c_int = 5;
+pub const CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES: c_int = 6;
+pub const CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES: c_int = 7;
+pub const CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES: c_int = 8;
 
 /// `cublasLtMatmulHeuristicResult_t`: the algorithm (64 opaque bytes), its workspace, status,
 /// waves and reserved words; 96 bytes in CUDA 12 and 13.
@@ -249,6 +254,25 @@ mod tests {
         assert_eq!(
             CUBLASLT_MATMUL_DESC_FAST_ACCUM,
             lt::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_FAST_ACCUM as c_int
+        );
+        type Pref = lt::cublasLtMatmulPreferenceAttributes_t;
+        assert_eq!(
+            [
+                CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES
+            ],
+            [
+                Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES as c_int,
+                Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES as c_int,
+                Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES as c_int,
+                Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES as c_int
+            ]
+        );
+        assert_eq!(
+            cudarc::cublas::sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED as c_int,
+            CUBLAS_STATUS_NOT_SUPPORTED
         );
         assert_eq!(
             NCCL_BFLOAT16,

@@ -153,16 +153,47 @@ enum Blas {
     Lt(Box<LtPlan>),
 }
 
-/// A cuBLASLt fp8 matmul: descriptors, the chosen algorithm and its workspace.
+/// A cuBLASLt fp8 matmul: descriptors, the heuristic's candidate algorithms (best first), the
+/// one in use and the workspace. The heuristic's first answer is not guaranteed to run (the
+/// cuBLASLt samples say so: "request more algos and try to run them one by one"), so a launch
+/// that gets `CUBLAS_STATUS_NOT_SUPPORTED` moves on to the next candidate, once, before timing.
 struct LtPlan {
     lib: Arc<CublasLt>,
     handle: ffi::Handle,
     desc: ffi::Handle,
     layouts: [ffi::Handle; 3],
-    algo: ffi::LtHeuristic,
+    algos: Vec<ffi::LtHeuristic>,
+    chosen: std::cell::Cell<usize>,
     workspace: DeviceBuf,
-    // Per-tensor scales (1.0) that fp8 matmuls require, kept alive for the descriptor.
-    _scales: DeviceBuf,
+    // Per-tensor scales (1.0) that fp8 matmuls require, each its own allocation (aligned as
+    // cudaMalloc aligns), kept alive for the descriptor. With B's scale 4 bytes after A's in
+    // one buffer, every fp8 matmul failed with CUBLAS_STATUS_NOT_SUPPORTED on an H100
+    // (cuBLASLt 13.1, driver 580; docs/gpu-validation.md).
+    _scales: [DeviceBuf; 2],
+}
+
+/// How many candidate algorithms the fp8 plan asks the heuristic for.
+const LT_CANDIDATES: usize = 8;
+
+/// The alignment of a device address in bytes: the largest power of two dividing it, up to 256
+/// (cuBLASLt's heuristic assumes 256 unless told otherwise).
+pub fn address_alignment(ptr: u64) -> u32 {
+    if ptr == 0 {
+        256
+    } else {
+        1u32 << ptr.trailing_zeros().min(8)
+    }
+}
+
+/// The smallest alignment among addresses (256 for none).
+pub fn min_alignment(ptrs: impl IntoIterator<Item = u64>) -> u32 {
+    ptrs.into_iter().map(address_alignment).min().unwrap_or(256)
+}
+
+/// The index of the candidate to try after `tried` failed with `rc`: the next one when the
+/// library said NOT_SUPPORTED (that algorithm cannot take these operands), none otherwise.
+pub fn next_candidate(tried: usize, rc: c_int, candidates: usize) -> Option<usize> {
+    (rc == ffi::CUBLAS_STATUS_NOT_SUPPORTED && tried + 1 < candidates).then_some(tried + 1)
 }
 
 impl Drop for Problem<'_> {
@@ -235,20 +266,22 @@ fn libs(rt: &mut Runtime, dtype: Dtype) -> Result<Libs, CaseError> {
 }
 
 impl<'a> Problem<'a> {
-    /// `fast_accum` applies to the cuBLASLt (fp8) path only.
+    /// `fast_accum` and `align` (the smallest alignment of the operands it will be launched on)
+    /// apply to the cuBLASLt (fp8) path only.
     fn new(
         libs: &Libs,
         gpu: &'a Gpu,
         dtype: Dtype,
         cm: ColMajor,
         fast_accum: bool,
+        align: u32,
     ) -> Result<Problem<'a>, CaseError> {
         let types = gemm_types(dtype);
         gpu.ctx
             .bind_to_thread()
             .map_err(|e| anyhow!("failed to bind GPU {}: {e}", gpu.ordinal))?;
         let blas = match libs {
-            Libs::Lt(lib) => Blas::Lt(Box::new(lt_plan(lib.clone(), gpu, types, cm, fast_accum)?)),
+            Libs::Lt(lib) => Blas::Lt(Box::new(lt_plan(lib.clone(), gpu, types, cm, fast_accum, align)?)),
             Libs::Cublas(lib) => {
                 let handle = cublas_handle(lib, gpu)?;
                 Blas::Cublas {
@@ -293,28 +326,57 @@ impl<'a> Problem<'a> {
                     ),
                     "cublasGemmEx",
                 ),
-                Blas::Lt(p) => blas_check(
-                    (p.lib.cublasLtMatmul)(
-                        p.handle,
-                        p.desc,
-                        &one as *const f32 as *const c_void,
-                        b.cptr(),
-                        p.layouts[0],
-                        a.cptr(),
-                        p.layouts[1],
-                        &zero as *const f32 as *const c_void,
-                        c.cptr(),
-                        p.layouts[2],
-                        c.mptr(),
-                        p.layouts[2],
-                        &p.algo,
-                        p.workspace.mptr(),
-                        p.workspace.len(),
-                        self.gpu.stream_ptr(),
-                    ),
-                    "cublasLtMatmul",
-                ),
+                Blas::Lt(p) => {
+                    let mut i = p.chosen.get();
+                    loop {
+                        let rc = (p.lib.cublasLtMatmul)(
+                            p.handle,
+                            p.desc,
+                            &one as *const f32 as *const c_void,
+                            b.cptr(),
+                            p.layouts[0],
+                            a.cptr(),
+                            p.layouts[1],
+                            &zero as *const f32 as *const c_void,
+                            c.cptr(),
+                            p.layouts[2],
+                            c.mptr(),
+                            p.layouts[2],
+                            &p.algos[i],
+                            p.workspace.mptr(),
+                            p.workspace.len(),
+                            self.gpu.stream_ptr(),
+                        );
+                        if rc == ffi::CUBLAS_STATUS_SUCCESS {
+                            p.chosen.set(i);
+                            return Ok(());
+                        }
+                        match next_candidate(i, rc, p.algos.len()) {
+                            Some(next) => i = next,
+                            None => {
+                                return Err(anyhow!(
+                                    "cublasLtMatmul failed with cuBLAS status {rc} (candidate {} of {} the heuristic offered; operand alignment A {} B {} C {} bytes, workspace {} bytes at alignment {})",
+                                    i + 1,
+                                    p.algos.len(),
+                                    address_alignment(a.ptr),
+                                    address_alignment(b.ptr),
+                                    address_alignment(c.ptr),
+                                    p.workspace.len(),
+                                    address_alignment(p.workspace.ptr)
+                                ))
+                            }
+                        }
+                    }
+                }
             }
+        }
+    }
+
+    /// For the fp8 plan: the candidate algorithm in use (1-based) and how many were offered.
+    fn lt_choice(&self) -> Option<(usize, usize)> {
+        match &self.blas {
+            Blas::Lt(p) => Some((p.chosen.get() + 1, p.algos.len())),
+            Blas::Cublas { .. } => None,
         }
     }
 }
@@ -328,13 +390,17 @@ fn lt_plan(
     types: GemmTypes,
     cm: ColMajor,
     fast_accum: bool,
+    align: u32,
 ) -> Result<LtPlan, CaseError> {
     const WORKSPACE: usize = 32 << 20;
     gpu.ctx
         .bind_to_thread()
         .map_err(|e| anyhow!("failed to bind GPU {}: {e}", gpu.ordinal))?;
     let workspace = gpu.filled(WORKSPACE, 0)?;
-    let scales = gpu.upload(&[1.0f32.to_le_bytes(), 1.0f32.to_le_bytes()].concat())?;
+    let scales = [
+        gpu.upload(&1.0f32.to_le_bytes())?,
+        gpu.upload(&1.0f32.to_le_bytes())?,
+    ];
     let mut handle: ffi::Handle = std::ptr::null_mut();
     let mut desc: ffi::Handle = std::ptr::null_mut();
     let mut layouts = [std::ptr::null_mut(); 3];
@@ -342,7 +408,7 @@ fn lt_plan(
     // below on failure).
     unsafe {
         blas_check((lib.cublasLtCreate)(&mut handle), "cublasLtCreate")?;
-        let r = (|| -> anyhow::Result<ffi::LtHeuristic> {
+        let r = (|| -> anyhow::Result<Vec<ffi::LtHeuristic>> {
             blas_check(
                 (lib.cublasLtMatmulDescCreate)(&mut desc, types.compute, ffi::CUDA_R_32F),
                 "cublasLtMatmulDescCreate",
@@ -364,8 +430,8 @@ fn lt_plan(
                 &tb as *const c_int as *const c_void,
                 4,
             )?;
-            let sa = scales.ptr;
-            let sb = scales.ptr + 4;
+            let sa = scales[0].ptr;
+            let sb = scales[1].ptr;
             set(
                 ffi::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,
                 &sa as *const u64 as *const c_void,
@@ -409,21 +475,41 @@ fn lt_plan(
                 "cublasLtMatmulPreferenceCreate",
             )?;
             let ws = WORKSPACE as u64;
-            let r = blas_check(
-                (lib.cublasLtMatmulPreferenceSetAttribute)(
-                    pref,
-                    ffi::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                    &ws as *const u64 as *const c_void,
-                    8,
-                ),
-                "cublasLtMatmulPreferenceSetAttribute",
+            let set_pref = |attr: c_int, v: *const c_void, n: usize| {
+                blas_check(
+                    (lib.cublasLtMatmulPreferenceSetAttribute)(pref, attr, v, n),
+                    "cublasLtMatmulPreferenceSetAttribute",
+                )
+            };
+            // The operands' real alignment (the heuristic otherwise assumes 256 bytes and may
+            // offer an algorithm the buffers cannot take).
+            let mut r = set_pref(
+                ffi::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                &ws as *const u64 as *const c_void,
+                8,
             );
-            let mut heur: ffi::LtHeuristic = std::mem::zeroed();
+            for attr in [
+                ffi::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                ffi::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                ffi::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                ffi::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+            ] {
+                r = r.and_then(|_| set_pref(attr, &align as *const u32 as *const c_void, 4));
+            }
+            let mut heur: Vec<ffi::LtHeuristic> = vec![std::mem::zeroed(); LT_CANDIDATES];
             let mut found: c_int = 0;
             let r = r.and_then(|_| {
                 blas_check(
                     (lib.cublasLtMatmulAlgoGetHeuristic)(
-                        handle, desc, layouts[0], layouts[1], layouts[2], layouts[2], pref, 1, &mut heur,
+                        handle,
+                        desc,
+                        layouts[0],
+                        layouts[1],
+                        layouts[2],
+                        layouts[2],
+                        pref,
+                        LT_CANDIDATES as c_int,
+                        heur.as_mut_ptr(),
                         &mut found,
                     ),
                     "cublasLtMatmulAlgoGetHeuristic",
@@ -431,18 +517,23 @@ fn lt_plan(
             });
             (lib.cublasLtMatmulPreferenceDestroy)(pref);
             r?;
-            if found < 1 {
-                return Err(anyhow!("cuBLASLt has no fp8 algorithm for this problem"));
+            heur.truncate(found.clamp(0, LT_CANDIDATES as c_int) as usize);
+            heur.retain(|h| h.state == ffi::CUBLAS_STATUS_SUCCESS);
+            if heur.is_empty() {
+                return Err(anyhow!(
+                    "cuBLASLt has no fp8 algorithm for this problem (operands aligned to {align} bytes)"
+                ));
             }
             Ok(heur)
         })();
         match r {
-            Ok(algo) => Ok(LtPlan {
+            Ok(algos) => Ok(LtPlan {
                 lib,
                 handle,
                 desc,
                 layouts,
-                algo,
+                algos,
+                chosen: std::cell::Cell::new(0),
                 workspace,
                 _scales: scales,
             }),
@@ -475,7 +566,6 @@ fn check_small(
     fast_accum: bool,
 ) -> Result<f64, CaseError> {
     let (m, n, k) = (64u64, 48u64, 80u64);
-    let prob = Problem::new(libs, gpu, dtype, col_major(layout, m, n, k), fast_accum)?;
     let (ea, eb, ec) = elems(m, n, k);
     let (ab, av) = device::random_values(dtype, ea, 0x5eed_0001);
     let (bb, bv) = device::random_values(dtype, eb, 0x5eed_0002);
@@ -483,6 +573,8 @@ fn check_small(
     let b = gpu.upload(&bb)?;
     let out_dtype = output_dtype(dtype);
     let c = gpu.filled(ec * out_dtype.size_bytes(), 0xff)?;
+    let align = min_alignment([a.ptr, b.ptr, c.ptr]);
+    let prob = Problem::new(libs, gpu, dtype, col_major(layout, m, n, k), fast_accum, align)?;
     prob.launch(&a, &b, &c)?;
     gpu.synchronize()?;
     let got = device::decode_all(out_dtype, &gpu.download(&c)?);
@@ -499,6 +591,7 @@ fn check_small(
 
 pub fn run(rt: &mut Runtime, p: &GemmParams, case: &Case) -> Result<CaseOutput, CaseError> {
     let libs = libs(rt, p.dtype)?;
+    let spin = super::kernels::spin(rt, 0);
     let gpu0 = rt.gpu0();
     let mut out = CaseOutput::new(gpu0.device_label());
     out.gpu_name = gpu0.name.clone();
@@ -529,7 +622,6 @@ pub fn run(rt: &mut Runtime, p: &GemmParams, case: &Case) -> Result<CaseOutput, 
     let rel_err = check_small(&libs, gpu, p.dtype, layout, fast_accum)?;
 
     let cm = col_major(layout, p.m, p.n, p.k);
-    let prob = Problem::new(&libs, gpu, p.dtype, cm, fast_accum)?;
     let (ea, eb, ec) = elems(p.m, p.n, p.k);
     let in_bytes = p.dtype.size_bytes();
     let out_bytes = output_dtype(p.dtype).size_bytes();
@@ -550,23 +642,35 @@ pub fn run(rt: &mut Runtime, p: &GemmParams, case: &Case) -> Result<CaseOutput, 
         let c = gpu.filled(ec * out_bytes, 0)?;
         sets.push((a, b, c));
     }
+    let align = min_alignment(sets.iter().flat_map(|(a, b, c)| [a.ptr, b.ptr, c.ptr]));
+    let prob = Problem::new(&libs, gpu, p.dtype, cm, fast_accum, align)?;
     let timer = gpu.timer()?;
     let mut rec = rt.recorder(gpu);
     let mut i = 0usize;
-    let (samples, batch) = device::sample_batched(&timer, &case.measure, &mut rec, || {
-        let (a, b, c) = &sets[i % sets.len()];
-        i += 1;
-        Ok(prob.launch(a, b, c)?)
-    })?;
-    // Per case: the worker's env messages merge into one map for the target.
-    out.env
-        .insert(format!("calls_per_sample {}", case.label()), batch.to_string());
+    let (samples, batching) = device::sample_batched(
+        &timer,
+        spin.as_ref().map_err(String::clone),
+        &case.measure,
+        &mut rec,
+        || {
+            let (a, b, c) = &sets[i % sets.len()];
+            i += 1;
+            Ok(prob.launch(a, b, c)?)
+        },
+    )?;
+    batching.record(&mut out, case);
     out.latency_and_rate(&samples.values, p.flops(), metric::THROUGHPUT, "TFLOP/s", 1e12);
     rec.finish(&mut out);
     out.env.insert(
         format!("gemm_{}_check_rel_error", p.dtype),
         format!("{rel_err:.2e}"),
     );
+    if let Some((used, offered)) = prob.lt_choice() {
+        out.env.insert(
+            format!("cublaslt_algorithm {}", case.label()),
+            format!("candidate {used} of {offered} (operands aligned to {align} bytes)"),
+        );
+    }
     Ok(out)
 }
 
@@ -596,6 +700,27 @@ mod tests {
         let t = gemm_types(Dtype::Fp8);
         assert_eq!((t.ab, t.c, t.lt), (ffi::CUDA_R_8F_E4M3, ffi::CUDA_R_16BF, true));
         assert_eq!(output_dtype(Dtype::Fp8), Dtype::Bf16);
+    }
+
+    #[test]
+    fn alignment_of_addresses() {
+        assert_eq!(address_alignment(0x7f00_0000_0000), 256);
+        assert_eq!(address_alignment(0x7f00_0000_0010), 16);
+        assert_eq!(address_alignment(0x7f00_0000_0004), 4);
+        assert_eq!(address_alignment(0x7f00_0000_0001), 1);
+        assert_eq!(min_alignment([0x1000, 0x1080, 0x2000]), 128);
+        assert_eq!(min_alignment([]), 256);
+    }
+
+    #[test]
+    fn only_not_supported_moves_to_the_next_candidate() {
+        let ns = ffi::CUBLAS_STATUS_NOT_SUPPORTED;
+        assert_eq!(next_candidate(0, ns, 8), Some(1));
+        assert_eq!(next_candidate(6, ns, 8), Some(7));
+        assert_eq!(next_candidate(7, ns, 8), None);
+        // Any other failure (invalid value, execution failed) is an error at once.
+        assert_eq!(next_candidate(0, 7, 8), None);
+        assert_eq!(next_candidate(0, 13, 8), None);
     }
 
     #[test]

@@ -461,6 +461,36 @@ pub fn load_skip_reason(name: &str, target: Target, nvrtc: (i32, i32), driver_cu
     )
 }
 
+/// A one-thread kernel that keeps the stream busy for `ns` nanoseconds of the GPU's global timer:
+/// queued before a timed sample's start event, it holds the GPU while the host enqueues the
+/// sample's calls, so that the start event fires with the whole batch already waiting and the
+/// sample measures back-to-back GPU work, not launch latency (nvbench's method, with a timed
+/// spin in place of its host-released flag: it can never deadlock on a full launch queue).
+pub const SPIN: &str = r#"
+extern "C" __global__ void spin_ns(unsigned long long ns) {
+    unsigned long long t0, t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+    do {
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    } while (t - t0 < ns);
+}
+"#;
+
+/// The spin module ([`SPIN`]) for a GPU, compiled once per worker.
+pub fn spin_module(rt: &mut Runtime, gpu_index: usize) -> Result<Arc<CudaModule>, CaseError> {
+    module(rt, gpu_index, Dtype::Fp32, "spin", SPIN)
+}
+
+/// The spin kernel of a GPU, or why there is none (no NVRTC, a load failure): the caller then
+/// times samples with the start event on an idle GPU and says so.
+pub fn spin(rt: &mut Runtime, gpu_index: usize) -> Result<super::device::Spin, String> {
+    let module = spin_module(rt, gpu_index).map_err(|e| e.to_string())?;
+    module
+        .load_function("spin_ns")
+        .map(super::device::Spin::new)
+        .map_err(|e| format!("spin_ns missing from the NVRTC module: {e}"))
+}
+
 /// The softmax module for a GPU and dtype, compiled once per worker.
 pub fn softmax_module(
     rt: &mut Runtime,
@@ -727,6 +757,7 @@ mod tests {
                 format!("{PRELUDE}{SOFTMAX}{GENERATE}"),
                 &GENERATE_KERNELS[..],
             ),
+            ("spin", SPIN.to_string(), &["spin_ns"][..]),
         ];
         for (name, src, entries) in &modules {
             for kind in 0..3 {

@@ -117,14 +117,25 @@ pub fn search_dirs() -> Vec<PathBuf> {
     ] {
         dirs.push(PathBuf::from(d));
     }
-    // Python wheels: site-packages/nvidia/{cublas,nccl,cuda_nvrtc,cuda_runtime}/lib.
-    for base in ["/usr/local/lib", "/usr/lib", "/opt/conda/lib"] {
-        for entry in read_dir_names(Path::new(base)) {
+    // Python wheels: site-packages/nvidia/{cublas,nccl,cuda_nvrtc,cuda_runtime}/lib (CUDA 12
+    // wheels) and site-packages/nvidia/cu13/lib (CUDA 13 wheels), under the system prefixes and
+    // under every Python environment that is active or on PATH (a venv, conda).
+    let mut bases: Vec<PathBuf> = ["/usr/local/lib", "/usr/lib", "/opt/conda/lib"]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+    bases.extend(env_prefix_lib_dirs(
+        std::env::var_os("VIRTUAL_ENV"),
+        std::env::var_os("CONDA_PREFIX"),
+        std::env::var_os("PATH"),
+    ));
+    for base in &bases {
+        for entry in read_dir_names(base) {
             if !entry.starts_with("python3") {
                 continue;
             }
             for sp in ["site-packages", "dist-packages"] {
-                let nv = Path::new(base).join(&entry).join(sp).join("nvidia");
+                let nv = base.join(&entry).join(sp).join("nvidia");
                 for pkg in read_dir_names(&nv) {
                     dirs.push(nv.join(pkg).join("lib"));
                 }
@@ -139,6 +150,32 @@ pub fn search_dirs() -> Vec<PathBuf> {
     let mut seen = std::collections::HashSet::new();
     dirs.retain(|d| seen.insert(d.clone()));
     dirs
+}
+
+/// The `lib` directories of the Python environments in `VIRTUAL_ENV`, `CONDA_PREFIX` and of
+/// every `.../bin` on `PATH` (a venv's or conda's interpreter lives in `<prefix>/bin`), in that
+/// order; their `python3.X/site-packages/nvidia` hold the CUDA libraries PyTorch came with.
+pub fn env_prefix_lib_dirs(
+    virtual_env: Option<std::ffi::OsString>,
+    conda_prefix: Option<std::ffi::OsString>,
+    path: Option<std::ffi::OsString>,
+) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for prefix in [virtual_env, conda_prefix].into_iter().flatten() {
+        if !prefix.is_empty() {
+            out.push(PathBuf::from(prefix).join("lib"));
+        }
+    }
+    if let Some(path) = path {
+        for bin in std::env::split_paths(&path) {
+            if bin.file_name().is_some_and(|n| n == "bin") {
+                if let Some(prefix) = bin.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    out.push(prefix.join("lib"));
+                }
+            }
+        }
+    }
+    out
 }
 
 fn read_dir_names(dir: &Path) -> Vec<String> {
@@ -395,6 +432,20 @@ mod tests {
         assert_eq!(major_of("/x/libcublas.so.13.0.2", &LIBCUBLAS), Some(13));
         assert_eq!(major_of("libcublas.so.12", &LIBCUBLAS), Some(12));
         assert_eq!(major_of("libcublas.so", &LIBCUBLAS), None);
+    }
+
+    #[test]
+    fn python_environments_on_path_are_searched() {
+        let path = std::env::join_paths(["/opt/torch/.venv/bin", "/usr/bin", "/sbin", "relative"]).unwrap();
+        let dirs = env_prefix_lib_dirs(Some("/venv".into()), None, Some(path));
+        assert_eq!(
+            dirs,
+            ["/venv/lib", "/opt/torch/.venv/lib", "/usr/lib"]
+                .iter()
+                .map(PathBuf::from)
+                .collect::<Vec<_>>()
+        );
+        assert!(env_prefix_lib_dirs(Some("".into()), None, None).is_empty());
     }
 
     #[test]
