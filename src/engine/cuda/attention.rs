@@ -360,20 +360,10 @@ pub fn run(rt: &mut Runtime, p: &AttentionParams, case: &Case) -> Result<CaseOut
         sets.push(make_set(gpu, &sh, p.dtype, &q, &k, &v)?);
     }
     let attn = Attn::new(lib, gpu, func, sh, p.dtype)?;
-    let timer = gpu.timer()?;
     let mut rec = rt.recorder(gpu);
-    let mut i = 0usize;
-    let (samples, batching) = device::sample_batched(
-        &timer,
-        spin.as_ref().map_err(String::clone),
-        &case.measure,
-        &mut rec,
-        || {
-            attn.launch(&sets[i % sets.len()])?;
-            i += 1;
-            Ok(())
-        },
-    )?;
+    let (samples, batching) = device::sample_rotating(gpu, &spin, &case.measure, &mut rec, &sets, |set| {
+        Ok(attn.launch(set)?)
+    })?;
     let mut out = CaseOutput::new(gpu.device_label());
     out.gpu_name = gpu.name.clone();
     out.gpu_index = Some(gpu.ordinal);

@@ -524,6 +524,31 @@ pub fn sample_batched(
     Ok((samples, batching))
 }
 
+/// [`sample_batched`] over input sets used in turn (rotated past L2): each call of the workload
+/// is `launch` on the next set.
+pub fn sample_rotating<S>(
+    gpu: &Gpu,
+    spin: &Result<Spin, String>,
+    settings: &crate::case::MeasureSettings,
+    rec: &mut super::telemetry::Recorder,
+    sets: &[S],
+    mut launch: impl FnMut(&S) -> Result<(), crate::error::CaseError>,
+) -> Result<(crate::measure::sampler::Samples, Batching), crate::error::CaseError> {
+    let timer = gpu.timer()?;
+    let mut i = 0usize;
+    sample_batched(
+        &timer,
+        spin.as_ref().map_err(String::clone),
+        settings,
+        rec,
+        || {
+            let set = &sets[i % sets.len()];
+            i += 1;
+            launch(set)
+        },
+    )
+}
+
 /// The UUID as nvidia-smi prints it: `GPU-` and 8-4-4-4-12 hex digits.
 pub fn format_uuid(b: &[u8; 16]) -> String {
     let h: Vec<String> = b.iter().map(|x| format!("{x:02x}")).collect();

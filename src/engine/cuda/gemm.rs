@@ -644,20 +644,11 @@ pub fn run(rt: &mut Runtime, p: &GemmParams, case: &Case) -> Result<CaseOutput, 
     }
     let align = min_alignment(sets.iter().flat_map(|(a, b, c)| [a.ptr, b.ptr, c.ptr]));
     let prob = Problem::new(&libs, gpu, p.dtype, cm, fast_accum, align)?;
-    let timer = gpu.timer()?;
     let mut rec = rt.recorder(gpu);
-    let mut i = 0usize;
-    let (samples, batching) = device::sample_batched(
-        &timer,
-        spin.as_ref().map_err(String::clone),
-        &case.measure,
-        &mut rec,
-        || {
-            let (a, b, c) = &sets[i % sets.len()];
-            i += 1;
+    let (samples, batching) =
+        device::sample_rotating(gpu, &spin, &case.measure, &mut rec, &sets, |(a, b, c)| {
             Ok(prob.launch(a, b, c)?)
-        },
-    )?;
+        })?;
     batching.record(&mut out, case);
     out.latency_and_rate(&samples.values, p.flops(), metric::THROUGHPUT, "TFLOP/s", 1e12);
     rec.finish(&mut out);
