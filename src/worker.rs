@@ -23,6 +23,9 @@ pub fn run_job_file(path: &Path, out: impl Write) -> Result<()> {
 pub fn run_job(job: &Job, out: impl Write) -> Result<()> {
     let mut em = Emitter::new(out);
     let mut engine = engine::create(job);
+    if let Some(rank) = engine.follower() {
+        return follow_job(engine.as_mut(), job, &rank, &mut em);
+    }
     em.emit(&Message::Env { info: engine.env() })?;
     for case in &job.cases {
         let (c, w) = (case.id.clone(), case.workload.clone());
@@ -53,6 +56,40 @@ pub fn run_job(job: &Job, out: impl Write) -> Result<()> {
         }
     }
     em.emit(&Message::Done)?;
+    Ok(())
+}
+
+/// A non-zero rank of a multi-rank step: runs its rank of each case and reports only what went
+/// wrong (rank 0's worker reports the rows). A failure or skip also ends this worker with an
+/// error, so that Slurm's `--kill-on-bad-exit` ends the step rather than leave rank 0 waiting in
+/// a collective.
+fn follow_job<W: Write>(
+    engine: &mut dyn engine::Engine,
+    job: &Job,
+    rank: &str,
+    em: &mut Emitter<W>,
+) -> Result<()> {
+    let mut bad = Vec::new();
+    for case in &job.cases {
+        let (c, w) = (case.id.clone(), case.workload.clone());
+        match engine.follow(case) {
+            Ok(()) => continue,
+            Err(CaseError::Skipped(reason)) => em.emit(&Message::Skip {
+                case: c.clone(),
+                workload: w.clone(),
+                reason,
+            })?,
+            Err(CaseError::Failed(e)) => em.emit(&Message::Error {
+                case: c.clone(),
+                workload: w.clone(),
+                reason: format!("{e:#}"),
+            })?,
+        }
+        bad.push(format!("{w}/{c}"));
+    }
+    if !bad.is_empty() {
+        anyhow::bail!("{rank} could not run {}", bad.join(", "));
+    }
     Ok(())
 }
 
