@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use super::command::{
-    parse_allocation_line, parse_job_nodelist, parse_node_addr, salloc_args, scancel_args,
+    parse_allocation_line, parse_hostnames, parse_job_nodelist, parse_node_addr, salloc_args, scancel_args,
     DEFAULT_PENDING_TIMEOUT_S,
 };
 use super::poll;
@@ -207,10 +207,7 @@ pub fn job_nodes(job: &str) -> Result<Vec<String>> {
         &["scontrol".into(), "show".into(), "hostnames".into(), list.clone()],
         CLIENT_TIMEOUT,
     )?;
-    let nodes: Vec<String> = String::from_utf8_lossy(&names.stdout)
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
+    let nodes = parse_hostnames(&String::from_utf8_lossy(&names.stdout));
     if nodes.is_empty() {
         bail!("`scontrol show hostnames {list}` gave no node names");
     }

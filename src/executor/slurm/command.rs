@@ -341,6 +341,12 @@ pub fn parse_labelled_line(line: &str) -> Option<(usize, &str)> {
     Some((task.parse().ok()?, rest))
 }
 
+/// The node names of `scontrol show hostnames n[1-2],gpu7`, one per line, in Slurm's order: the
+/// first is where rank 0 of a multi-rank step runs.
+pub fn parse_hostnames(text: &str) -> Vec<String> {
+    text.split_whitespace().map(str::to_owned).collect()
+}
+
 /// `NodeAddr=10.0.0.1` out of `scontrol show node N`: the address the node is reached at (its
 /// name need not resolve; Slurm's `NodeAddr` defaults to the name when not set).
 pub fn parse_node_addr(text: &str) -> Option<String> {
@@ -533,5 +539,7 @@ mod tests {
             Some("127.0.0.1")
         );
         assert_eq!(parse_node_addr("NodeName=n1"), None);
+        assert_eq!(parse_hostnames("n1\nn2\ngpu7\n"), ["n1", "n2", "gpu7"]);
+        assert!(parse_hostnames("").is_empty());
     }
 }
