@@ -33,10 +33,10 @@ use crate::sys::safe_name;
 use crate::workload::allreduce::CPU_DEFAULT_RANKS;
 use allocation::{cancel, run_bounded, Allocation, CANCEL_WAIT, CLIENT_TIMEOUT};
 use command::{
-    container_launch, parse_labelled_line, parse_launch_line, parse_task_error, rank_env, rank_layout,
-    scancel_args, StepSpec, WorkerCommand,
+    container_launch, parse_launch_line, parse_task_error, rank_env, rank_layout, scancel_args, StepSpec,
+    WorkerCommand,
 };
-use ranks::RankStream;
+use ranks::RankLines;
 
 /// How long `start` waits for srun to say which step and node it launched (a step waiting for
 /// resources inside the allocation says nothing until it runs).
@@ -296,12 +296,7 @@ impl Executor for SlurmExecutor {
         Ok(Box::new(SlurmWorker {
             child,
             lines: spawn_line_reader(stdout),
-            ranks: ranks.map(|_| Ranks {
-                stream: RankStream::default(),
-                queue: VecDeque::new(),
-                ended: false,
-                log: task_log,
-            }),
+            ranks: ranks.map(|_| RankLines::new(task_log)),
             reader: Some(reader),
             state,
             placement,
@@ -366,65 +361,11 @@ fn spawn_stderr_reader(
     })
 }
 
-/// The tasks' output of a multi-rank step, merged into one protocol stream.
-struct Ranks {
-    stream: RankStream,
-    /// Merged lines not yet handed on.
-    queue: VecDeque<String>,
-    /// srun's stdout ended.
-    ended: bool,
-    /// The case log: the other ranks' lines go there.
-    log: Option<File>,
-}
-
-impl Ranks {
-    fn next_line(&mut self, lines: &Receiver<std::io::Result<String>>, timeout: Duration) -> LineEvent {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            if let Some(l) = self.queue.pop_front() {
-                return LineEvent::Line(l);
-            }
-            if self.ended {
-                return LineEvent::Eof;
-            }
-            let now = std::time::Instant::now();
-            let until = self.stream.due().map_or(deadline, |d| d.min(deadline));
-            match recv_line(lines, until.saturating_duration_since(now)) {
-                LineEvent::Line(raw) => match parse_labelled_line(&raw) {
-                    Some((rank, text)) => {
-                        if rank != 0 {
-                            if let Some(f) = self.log.as_mut() {
-                                let _ = writeln!(f, "[task {rank} stdout] {text}");
-                            }
-                        }
-                        let out = self.stream.push(rank, text, std::time::Instant::now());
-                        self.queue.extend(out);
-                    }
-                    // Not a task's line (srun's own): the supervisor reports it.
-                    None => self.queue.push_back(raw),
-                },
-                LineEvent::Eof => {
-                    let out = self.stream.end();
-                    self.queue.extend(out);
-                    self.ended = true;
-                }
-                LineEvent::Timeout => {
-                    let out = self.stream.tick(std::time::Instant::now());
-                    self.queue.extend(out);
-                    if self.queue.is_empty() && std::time::Instant::now() >= deadline {
-                        return LineEvent::Timeout;
-                    }
-                }
-            }
-        }
-    }
-}
-
 struct SlurmWorker {
     child: Child,
     lines: Receiver<std::io::Result<String>>,
     /// Set for a multi-rank step.
-    ranks: Option<Ranks>,
+    ranks: Option<RankLines>,
     reader: Option<JoinHandle<()>>,
     state: Arc<Mutex<StepState>>,
     placement: Option<Placement>,
@@ -475,7 +416,7 @@ impl WorkerHandle for SlurmWorker {
     }
 
     fn finish(&mut self) -> Result<ExitInfo> {
-        if self.ranks.as_ref().is_some_and(|r| r.stream.done()) {
+        if self.ranks.as_ref().is_some_and(RankLines::done) {
             // Rank 0 is done; a rank still running waits for a group that will not come.
             let deadline = std::time::Instant::now() + FOLLOWERS_GRACE;
             while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {

@@ -1,9 +1,9 @@
 //! The state of a job or step as Slurm tells it, for confirming that what tagbench cancelled is
 //! gone. `sacct` first (it knows finished jobs for as long as the accounting database keeps
-//! them); where it cannot answer (no slurmdbd: `Slurm accounting storage is disabled`) every
-//! later poll of the process asks `scontrol show job` / `scontrol show step` instead, which know
-//! a job until `MinJobAge` after its end and a step while it runs (ReFrame's poller falls back
-//! from `sacct` to `squeue` in the same way).
+//! them); where it cannot answer (no slurmdbd: `Slurm accounting storage is disabled`, or no
+//! sacct at all) every later poll of the process asks `scontrol show job` / `scontrol show
+//! step` instead, which know a job until `MinJobAge` after its end and a step while it runs
+//! (ReFrame's poller falls back from `sacct` to `squeue` in the same way).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -53,11 +53,13 @@ static NO_SACCT: AtomicBool = AtomicBool::new(false);
 /// The state of job `J` or step `J.S`.
 pub fn state(id: &str) -> Result<SlurmState> {
     if !NO_SACCT.load(Ordering::Relaxed) {
-        let out = run_bounded(&sacct_args(id), CLIENT_TIMEOUT)?;
-        if out.status.success() {
-            return Ok(parse_sacct(&String::from_utf8_lossy(&out.stdout), id));
+        // An error here (no sacct installed) means the same as sacct's own refusal.
+        match run_bounded(&sacct_args(id), CLIENT_TIMEOUT) {
+            Ok(out) if out.status.success() => {
+                return Ok(parse_sacct(&String::from_utf8_lossy(&out.stdout), id));
+            }
+            _ => NO_SACCT.store(true, Ordering::Relaxed),
         }
-        NO_SACCT.store(true, Ordering::Relaxed);
     }
     let out = run_bounded(&scontrol_args(id), CLIENT_TIMEOUT)?;
     // `Invalid job id specified` / `Job step J.S not found`: Slurm has forgotten it.

@@ -4,8 +4,15 @@
 //! collective broke), so the two are joined, the rank that failed first named first; when rank 0
 //! was ended before it could say anything, the other rank's failure becomes the case's row.
 
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::Write;
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
+use super::command::parse_labelled_line;
+use crate::executor::local::recv_line;
+use crate::executor::LineEvent;
 use crate::protocol::Message;
 
 /// How long rank 0's error waits for another rank's: the rank that died first may be on another
@@ -169,6 +176,76 @@ impl RankStream {
             workload,
             reason,
         })]
+    }
+}
+
+/// srun's stdout of a multi-rank step, read through a [`RankStream`]: what the supervisor reads.
+pub struct RankLines {
+    stream: RankStream,
+    /// Merged lines not yet handed on.
+    queue: VecDeque<String>,
+    /// srun's stdout ended.
+    ended: bool,
+    /// The case log: the other ranks' lines go there.
+    log: Option<File>,
+}
+
+impl RankLines {
+    /// Other ranks' lines go to `log` (the case log).
+    pub fn new(log: Option<File>) -> RankLines {
+        RankLines {
+            stream: RankStream::default(),
+            queue: VecDeque::new(),
+            ended: false,
+            log,
+        }
+    }
+
+    /// Whether rank 0 said `done`.
+    pub fn done(&self) -> bool {
+        self.stream.done()
+    }
+
+    /// The next merged line, as [`WorkerHandle::next_line`](crate::executor::WorkerHandle) gives one.
+    pub fn next_line(&mut self, lines: &Receiver<std::io::Result<String>>, timeout: Duration) -> LineEvent {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.queue.pop_front() {
+                return LineEvent::Line(l);
+            }
+            if self.ended {
+                return LineEvent::Eof;
+            }
+            let now = Instant::now();
+            let until = self.stream.due().map_or(deadline, |d| d.min(deadline));
+            match recv_line(lines, until.saturating_duration_since(now)) {
+                LineEvent::Line(raw) => match parse_labelled_line(&raw) {
+                    Some((rank, text)) => {
+                        if rank != 0 {
+                            if let Some(f) = self.log.as_mut() {
+                                let _ = writeln!(f, "[task {rank} stdout] {text}");
+                            }
+                        }
+                        let out = self.stream.push(rank, text, Instant::now());
+                        self.queue.extend(out);
+                    }
+                    // Not a task's line (srun's own): the supervisor reports it.
+                    None => self.queue.push_back(raw),
+                },
+                LineEvent::Eof => {
+                    let out = self.stream.end();
+                    self.queue.extend(out);
+                    self.ended = true;
+                }
+                LineEvent::Timeout => {
+                    let out = self.stream.tick(Instant::now());
+                    self.queue.extend(out);
+                    if self.queue.is_empty() && Instant::now() >= deadline {
+                        return LineEvent::Timeout;
+                    }
+                }
+            }
+        }
     }
 }
 
