@@ -159,3 +159,69 @@ fn emit_output<W: Write>(em: &mut Emitter<W>, case: &str, workload: &str, out: C
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::case::{Case, Device, EngineKind, WorkloadKind};
+    use crate::workload::Params;
+
+    /// Rank 1 of a step whose case `bad` breaks on this rank.
+    struct Rank1;
+
+    impl engine::Engine for Rank1 {
+        fn name(&self) -> &'static str {
+            "test"
+        }
+        fn env(&mut self) -> BTreeMap<String, String> {
+            BTreeMap::new()
+        }
+        fn follower(&self) -> Option<String> {
+            Some("rank 1 on n2".into())
+        }
+        fn follow(&mut self, case: &Case) -> Result<(), CaseError> {
+            match case.id.as_str() {
+                "bad" => Err(CaseError::Failed(anyhow::anyhow!(
+                    "rank 1 on n2 exited with status 7"
+                ))),
+                _ => Ok(()),
+            }
+        }
+    }
+
+    #[test]
+    fn a_following_rank_reports_only_its_failure() {
+        let case = |id: &str| Case {
+            workload: "allreduce".into(),
+            kind: WorkloadKind::Allreduce,
+            id: id.into(),
+            params: Params::from_case_id(WorkloadKind::Allreduce, "ranks=2").unwrap(),
+            measure: Default::default(),
+        };
+        let job = Job {
+            run_id: "r".into(),
+            engine: EngineKind::Torch,
+            device: Device::Cpu,
+            gpus: Vec::new(),
+            cases: vec![case("good"), case("bad")],
+        };
+        let mut out = Vec::new();
+        let err = follow_job(&mut Rank1, &job, "rank 1 on n2", &mut Emitter::new(&mut out)).unwrap_err();
+        assert_eq!(err.to_string(), "rank 1 on n2 could not run allreduce/bad");
+        let lines: Vec<Message> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| Message::parse(l).unwrap())
+            .collect();
+        assert_eq!(
+            lines,
+            [Message::Error {
+                case: "bad".into(),
+                workload: "allreduce".into(),
+                reason: "rank 1 on n2 exited with status 7".into(),
+            }]
+        );
+    }
+}
