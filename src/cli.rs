@@ -82,7 +82,8 @@ pub struct RunArgs {
     #[arg(long, value_enum)]
     pub pull: Option<PullPolicy>,
     /// Where every target's worker runs: `local`, `docker` or `slurm` (job steps of one
-    /// allocation; see the suite's `[slurm]` table and docs/slurm.md).
+    /// allocation, a multi-rank torch case one step of a task per rank; see the suite's
+    /// `[slurm]` table and docs/slurm.md).
     #[arg(long, value_enum)]
     pub executor: Option<ExecutorKind>,
     /// Slurm partition of the allocation (`[slurm] partition`).

@@ -23,6 +23,9 @@ pub fn run_job_file(path: &Path, out: impl Write) -> Result<()> {
 pub fn run_job(job: &Job, out: impl Write) -> Result<()> {
     let mut em = Emitter::new(out);
     let mut engine = engine::create(job);
+    if let Some(rank) = engine.follower() {
+        return follow_job(engine.as_mut(), job, &rank, &mut em);
+    }
     em.emit(&Message::Env { info: engine.env() })?;
     for case in &job.cases {
         let (c, w) = (case.id.clone(), case.workload.clone());
@@ -53,6 +56,40 @@ pub fn run_job(job: &Job, out: impl Write) -> Result<()> {
         }
     }
     em.emit(&Message::Done)?;
+    Ok(())
+}
+
+/// A non-zero rank of a multi-rank step: runs its rank of each case and reports only what went
+/// wrong (rank 0's worker reports the rows). A failure or skip also ends this worker with an
+/// error, so that Slurm's `--kill-on-bad-exit` ends the step rather than leave rank 0 waiting in
+/// a collective.
+fn follow_job<W: Write>(
+    engine: &mut dyn engine::Engine,
+    job: &Job,
+    rank: &str,
+    em: &mut Emitter<W>,
+) -> Result<()> {
+    let mut bad = Vec::new();
+    for case in &job.cases {
+        let (c, w) = (case.id.clone(), case.workload.clone());
+        match engine.follow(case) {
+            Ok(()) => continue,
+            Err(CaseError::Skipped(reason)) => em.emit(&Message::Skip {
+                case: c.clone(),
+                workload: w.clone(),
+                reason,
+            })?,
+            Err(CaseError::Failed(e)) => em.emit(&Message::Error {
+                case: c.clone(),
+                workload: w.clone(),
+                reason: format!("{e:#}"),
+            })?,
+        }
+        bad.push(format!("{w}/{c}"));
+    }
+    if !bad.is_empty() {
+        anyhow::bail!("{rank} could not run {}", bad.join(", "));
+    }
     Ok(())
 }
 
@@ -121,4 +158,70 @@ fn emit_output<W: Write>(em: &mut Emitter<W>, case: &str, workload: &str, out: C
         })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::case::{Case, Device, EngineKind, WorkloadKind};
+    use crate::workload::Params;
+
+    /// Rank 1 of a step whose case `bad` breaks on this rank.
+    struct Rank1;
+
+    impl engine::Engine for Rank1 {
+        fn name(&self) -> &'static str {
+            "test"
+        }
+        fn env(&mut self) -> BTreeMap<String, String> {
+            BTreeMap::new()
+        }
+        fn follower(&self) -> Option<String> {
+            Some("rank 1 on n2".into())
+        }
+        fn follow(&mut self, case: &Case) -> Result<(), CaseError> {
+            match case.id.as_str() {
+                "bad" => Err(CaseError::Failed(anyhow::anyhow!(
+                    "rank 1 on n2 exited with status 7"
+                ))),
+                _ => Ok(()),
+            }
+        }
+    }
+
+    #[test]
+    fn a_following_rank_reports_only_its_failure() {
+        let case = |id: &str| Case {
+            workload: "allreduce".into(),
+            kind: WorkloadKind::Allreduce,
+            id: id.into(),
+            params: Params::from_case_id(WorkloadKind::Allreduce, "ranks=2").unwrap(),
+            measure: Default::default(),
+        };
+        let job = Job {
+            run_id: "r".into(),
+            engine: EngineKind::Torch,
+            device: Device::Cpu,
+            gpus: Vec::new(),
+            cases: vec![case("good"), case("bad")],
+        };
+        let mut out = Vec::new();
+        let err = follow_job(&mut Rank1, &job, "rank 1 on n2", &mut Emitter::new(&mut out)).unwrap_err();
+        assert_eq!(err.to_string(), "rank 1 on n2 could not run allreduce/bad");
+        let lines: Vec<Message> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| Message::parse(l).unwrap())
+            .collect();
+        assert_eq!(
+            lines,
+            [Message::Error {
+                case: "bad".into(),
+                workload: "allreduce".into(),
+                reason: "rank 1 on n2 exited with status 7".into(),
+            }]
+        );
+    }
 }

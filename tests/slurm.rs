@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use tagbench::results::{read_results, ResultRow, RunDir, Status};
 
+mod common;
+
 fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tagbench"))
 }
@@ -162,6 +164,9 @@ fn slurm_executor_on_a_real_two_node_cluster() {
     pending_allocation_is_cancelled(&cluster, tmp.path(), &results);
     ctrl_c_cancels_the_allocation(&cluster, tmp.path(), &results);
     docker_in_a_step_leaves_no_container(&cluster, tmp.path(), &results);
+    if let Some(python) = common::torch_python() {
+        allreduce_spans_both_nodes_as_one_step(&cluster, tmp.path(), &results, &python);
+    }
     assert_eq!(
         cluster.jobs_left(Duration::from_secs(10)),
         "",
@@ -458,5 +463,80 @@ fn docker_in_a_step_leaves_no_container(c: &Cluster, dir: &Path, results: &Path)
         String::from_utf8_lossy(&left.stdout).trim(),
         "",
         "containers left"
+    );
+}
+
+/// A 4-rank all-reduce (torch engine, gloo on the CPU) as one step of 4 tasks on both nodes:
+/// rows come from rank 0 alone (each metric once), busbw is measured, the step's nodes are both
+/// recorded; then a rank on the second node that dies at set-up fails the case naming itself
+/// and its node, and nothing is left in squeue.
+fn allreduce_spans_both_nodes_as_one_step(c: &Cluster, dir: &Path, results: &Path, python: &Path) {
+    let suite = write(
+        dir,
+        "allreduce.toml",
+        "[defaults]\nwarmup_s = 0.0\nmin_samples = 3\nmax_time_s = 0.2\nrounds = 1\n\n[[workload]]\nkind = \"gemm\"\nsize = 64\n\n[[workload]]\nkind = \"allreduce\"\nranks = 4\nmax_bytes = 65536\n",
+    );
+    let run = |id: &str, crash: Option<&str>| {
+        let mut cmd = c.run(Some(&suite), id, results, &["--engine", "torch", "--nodes", "2"]);
+        cmd.env("TAGBENCH_PYTHON", python);
+        // srun passes the environment on to every task; the worker script reads this one.
+        match crash {
+            Some(rank) => cmd.env("TAGBENCH_TEST_CRASH_RANK", rank),
+            None => cmd.env_remove("TAGBENCH_TEST_CRASH_RANK"),
+        };
+        cmd.output().unwrap()
+    };
+    let out = run("allreduce", None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let measured = rows(results, "allreduce");
+    let ar: Vec<&ResultRow> = measured.iter().filter(|r| r.workload == "allreduce").collect();
+    assert!(ar.iter().all(|r| r.status == Status::Ok), "{ar:?}");
+    // Rank 0 alone reports: every metric exactly once (1 KiB to 64 KiB by 4, 4 metrics each, and
+    // the headline busbw).
+    let metrics: std::collections::BTreeSet<&str> = ar.iter().map(|r| r.metric.as_str()).collect();
+    assert_eq!(ar.len(), 17, "{ar:?}");
+    assert_eq!(metrics.len(), ar.len(), "a metric reported twice: {ar:?}");
+    let busbw = ar.iter().find(|r| r.metric == "busbw").unwrap();
+    assert!(busbw.median.is_some_and(|m| m > 0.0), "{busbw:?}");
+    // One step across both nodes, not the gemm's step.
+    assert!(ar.iter().all(|r| r.node == "n1,n2"), "{ar:?}");
+    let gemm = measured.iter().find(|r| r.workload == "gemm").unwrap();
+    assert_eq!(gemm.status, Status::Ok, "{gemm:?}");
+    assert_ne!(gemm.job_step, ar[0].job_step);
+    let logs = RunDir::new(results.join("allreduce")).logs();
+    let launched = std::fs::read_dir(&logs)
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
+        .any(|t| t.contains("--ntasks=4") && t.contains("on host n2, 2 tasks"));
+    assert!(launched, "no log in {} shows 2 of 4 tasks on n2", logs.display());
+    assert_eq!(
+        c.jobs_left(Duration::from_secs(10)),
+        "",
+        "jobs left after the all-reduce"
+    );
+
+    // Rank 3 (on n2) exits at set-up: the case fails naming it (among the ranks whose collective
+    // it broke, in the order their reports arrived); the gemm is unaffected.
+    let out = run("allreduce-crash", Some("3"));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let crashed = rows(results, "allreduce-crash");
+    let ar: Vec<&ResultRow> = crashed.iter().filter(|r| r.workload == "allreduce").collect();
+    assert_eq!(ar.len(), 1, "{ar:?}");
+    assert_eq!(ar[0].status, Status::Failed);
+    assert!(
+        ar[0].reason.contains("rank 3 on n2 exited with status 7"),
+        "{}",
+        ar[0].reason
+    );
+    assert!(
+        crashed
+            .iter()
+            .any(|r| r.workload == "gemm" && r.status == Status::Ok),
+        "{crashed:?}"
+    );
+    assert_eq!(
+        c.jobs_left(Duration::from_secs(10)),
+        "",
+        "jobs left after the crashed rank"
     );
 }

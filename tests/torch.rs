@@ -7,35 +7,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command as StdCommand;
 
 use assert_cmd::Command;
 
-/// The python with torch, or None when the tests are explicitly skipped.
-fn torch_python() -> Option<PathBuf> {
-    if std::env::var("TAGBENCH_SKIP_TORCH_TESTS").as_deref() == Ok("1") {
-        eprintln!("skipping: TAGBENCH_SKIP_TORCH_TESTS=1");
-        return None;
-    }
-    let python = std::env::var_os("TAGBENCH_PYTHON")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/tagbench/venv-torch/bin/python"))
-        })
-        .expect("set TAGBENCH_PYTHON to a python with torch");
-    let ok = StdCommand::new(&python)
-        .args(["-c", "import torch"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "{} cannot import torch: run scripts/install-torch-cpu.sh and set TAGBENCH_PYTHON to the python it prints \
-         (or TAGBENCH_SKIP_TORCH_TESTS=1 to skip these tests)",
-        python.display()
-    );
-    Some(python)
-}
+mod common;
+use common::torch_python;
 
 type Row = BTreeMap<String, String>;
 

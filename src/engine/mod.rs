@@ -216,6 +216,20 @@ pub trait Engine {
     fn allreduce(&mut self, _p: &AllreduceParams, case: &Case) -> Result<CaseOutput, CaseError> {
         Err(not_implemented(self.name(), case))
     }
+
+    /// `Some(rank 1 on n2)` when this worker is a non-zero rank of a multi-rank step whose
+    /// rank 0 is another worker (a task of a Slurm step of N tasks): it then reports failures
+    /// only, and rank 0 the rows.
+    fn follower(&self) -> Option<String> {
+        None
+    }
+    /// This worker's rank of `case`, led by another worker's rank 0.
+    fn follow(&mut self, _case: &Case) -> Result<(), CaseError> {
+        Err(CaseError::Failed(anyhow::anyhow!(
+            "the {} engine cannot be one rank of a multi-rank step",
+            self.name()
+        )))
+    }
 }
 
 /// The skip of a workload an engine does not implement.

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
+use crate::case::Case;
 use crate::protocol::Job;
 use crate::results::{Placement, TargetMeta};
 use crate::suite::{ExecutorKind, TargetSpec};
@@ -75,6 +76,12 @@ pub trait Executor {
     fn prepare(&mut self, target: &TargetSpec) -> Result<TargetMeta>;
     /// Starts a worker on `job`; its stderr goes to `log`.
     fn start(&mut self, target: &TargetSpec, job: &Job, log: &Path) -> Result<Box<dyn WorkerHandle>>;
+    /// How many of the `pending` cases (at least one) the next worker takes. All of them, unless
+    /// the executor launches some cases differently (a multi-rank case is a Slurm step of its
+    /// own, with one task per rank).
+    fn job_len(&self, _target: &TargetSpec, pending: &[Case]) -> usize {
+        pending.len()
+    }
 }
 
 /// The executor for a target: the one it names, else `local` when it has no image and the

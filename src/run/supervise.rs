@@ -138,6 +138,13 @@ pub fn run_target(
             .run
             .logs()
             .join(format!("{log_name}-r{}-{attempt}.log", ctx.round));
+        // The executor may give a worker only the first cases (a multi-rank case under Slurm
+        // is a step of its own); the rest go to the next worker.
+        let take = prepared
+            .exec
+            .job_len(target, &s.pending)
+            .clamp(1, s.pending.len());
+        let cases = s.pending[..take].to_vec();
         let job = Job {
             run_id: ctx.run_id.clone(),
             engine: target.engine.unwrap_or_default(),
@@ -146,7 +153,7 @@ pub fn run_target(
                 GpuSelection::List(l) => l.clone(),
                 _ => Vec::new(),
             },
-            cases: s.pending.clone(),
+            cases: cases.clone(),
         };
         let mut worker = match prepared.exec.start(target, &job, &log) {
             Ok(w) => w,
@@ -154,7 +161,9 @@ pub fn run_target(
                 let reason = format!("could not start the worker: {e:#}");
                 ctx.bar
                     .suspend(|| eprintln!("error: target {}: {reason}", s.tname));
-                return fail_all(ctx, writer, &prepared.meta, &s.pending, &reason);
+                fail_all(ctx, writer, &prepared.meta, &cases, &reason)?;
+                s.pending.drain(..take);
+                continue;
             }
         };
         if let Some(p) = worker.placement() {
@@ -165,7 +174,18 @@ pub fn run_target(
         let end = s.follow(ctx, writer, &mut prepared.meta, worker.as_mut())?;
         let exit = worker.finish();
         match end {
-            End::Done => break,
+            End::Done => {
+                // A case of the job that the worker finished without reporting (a worker bug):
+                // recorded rather than lost, and not run again.
+                let silent: Vec<Case> = cases
+                    .iter()
+                    .filter(|c| s.pending.iter().any(|p| p.workload == c.workload && p.id == c.id))
+                    .cloned()
+                    .collect();
+                fail_all(ctx, writer, &prepared.meta, &silent, NOTHING_REPORTED)?;
+                s.pending
+                    .retain(|p| !silent.iter().any(|c| p.workload == c.workload && p.id == c.id));
+            }
             End::Died(why) => {
                 let reason = why.unwrap_or_else(|| match exit {
                     Ok(info) => format!("worker ended during the case: {info}"),
@@ -177,6 +197,9 @@ pub fn run_target(
     }
     Ok(())
 }
+
+/// The reason of a case whose worker ended it, or the whole job, without a result.
+const NOTHING_REPORTED: &str = "the worker reported nothing for this case";
 
 /// How a worker's output ended.
 enum End {
@@ -398,8 +421,13 @@ impl Session {
         self.buf.sample_index.clear();
         if rows.is_empty() {
             // A case that ended without any result is a worker bug; record it rather than lose it.
-            let reason = "the worker reported nothing for this case";
-            rows.push(recorder(ctx, meta).status(&w, &c, Status::Failed, reason, &self.buf.started_at));
+            rows.push(recorder(ctx, meta).status(
+                &w,
+                &c,
+                Status::Failed,
+                NOTHING_REPORTED,
+                &self.buf.started_at,
+            ));
         }
         self.pending.retain(|p| !(p.workload == w && p.id == c));
         ctx.write_case(writer, rows, samples)

@@ -39,6 +39,9 @@ pub struct AllreduceParams {
     pub in_place: bool,
 }
 
+/// CPU ranks when a case does not say (`ranks = 0`): two processes exercise the whole path.
+pub const CPU_DEFAULT_RANKS: usize = 2;
+
 fn default_min() -> u64 {
     1 << 10
 }

@@ -37,6 +37,18 @@ impl Default for Params {
 }
 
 impl Params {
+    /// How many processes (ranks) the case runs as: `Some(n)` for a multi-rank case (all-reduce,
+    /// DDP/FSDP steps, tensor-parallel generation; for all-reduce `0` means the launch's default:
+    /// every GPU, or [`allreduce::CPU_DEFAULT_RANKS`] on the CPU), `None` for one process.
+    pub fn ranks(&self) -> Option<usize> {
+        match self {
+            Params::Allreduce(p) => Some(p.ranks),
+            Params::Precision(p) => (p.parallel != precision::Parallel::None).then_some(p.ranks),
+            Params::Generate(p) => (p.tensor_parallel > 1).then_some(p.tensor_parallel),
+            _ => None,
+        }
+    }
+
     pub fn kind(&self) -> WorkloadKind {
         match self {
             Params::Probe(_) => WorkloadKind::Probe,
@@ -151,6 +163,24 @@ mod tests {
         }
         assert_eq!(Params::from_case_id(WorkloadKind::Gemm, "size=big"), None);
         assert_eq!(Params::from_case_id(WorkloadKind::Gemm, "nonsense"), None);
+    }
+
+    #[test]
+    fn multi_rank_cases_say_how_many_ranks() {
+        fn ranks(kind: WorkloadKind, id: &str) -> Option<usize> {
+            Params::from_case_id(kind, id).unwrap().ranks()
+        }
+        assert_eq!(ranks(WorkloadKind::Allreduce, "ranks=4"), Some(4));
+        assert_eq!(ranks(WorkloadKind::Allreduce, "default"), Some(0));
+        let gen = "prompt_len=4,new_tokens=2,tensor_parallel";
+        assert_eq!(ranks(WorkloadKind::Generate, &format!("{gen}=2")), Some(2));
+        assert_eq!(ranks(WorkloadKind::Generate, &format!("{gen}=1")), None);
+        assert_eq!(
+            ranks(WorkloadKind::Precision, "batch=4,mode=fp32,parallel=ddp,ranks=2"),
+            Some(2)
+        );
+        assert_eq!(ranks(WorkloadKind::Precision, "batch=4,mode=fp32"), None);
+        assert_eq!(ranks(WorkloadKind::Gemm, "size=8"), None);
     }
 
     #[test]

@@ -12,9 +12,6 @@ use crate::measure::Sampler;
 use crate::workload::allreduce::{algbw_gbps, busbw_gbps, sized, AllreduceParams};
 use crate::workload::metric;
 
-/// CPU ranks when the case does not say (`ranks = 0`): two processes exercise the whole path.
-const CPU_DEFAULT_RANKS: usize = 2;
-
 impl TorchEngine {
     pub(super) fn run_allreduce(
         &mut self,
@@ -22,11 +19,7 @@ impl TorchEngine {
         case: &Case,
     ) -> Result<CaseOutput, CaseError> {
         self.session()?;
-        let ranks = match (self.device, p.ranks) {
-            (Device::Cpu, 0) => CPU_DEFAULT_RANKS,
-            (Device::Cuda, 0) => self.gpu_pool().len().max(1),
-            (_, n) => n,
-        };
+        let ranks = self.ranks_for(p.ranks);
         self.with_ranks(ranks, |e| e.allreduce_on_ranks(p, case, ranks))
     }
 
@@ -39,8 +32,12 @@ impl TorchEngine {
         let mut out = CaseOutput::new(self.device.as_str());
         self.setup(case, json!({}), &mut out)?;
         if self.device == Device::Cuda {
-            // Every rank's GPU: the numbers are the group's, not one device's.
-            out.device = self.rank_devices(ranks)?.join(",");
+            // Every rank's GPU: the numbers are the group's, not one device's. Ranks on other
+            // nodes (a Slurm step) are not this worker's to name.
+            out.device = match self.launcher()? {
+                super::Launcher::Local => self.rank_devices(ranks)?.join(","),
+                super::Launcher::Slurm(_) => format!("cuda x{ranks} ranks"),
+            };
             out.gpu_index = None;
         }
         let mut largest: Option<Vec<f64>> = None;

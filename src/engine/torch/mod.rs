@@ -5,6 +5,7 @@
 //! engine, so that both engines share one statistics implementation and one set of metric names.
 
 mod allreduce;
+pub mod launcher;
 mod python;
 mod ranks;
 
@@ -12,6 +13,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
+use self::launcher::Launcher;
 use self::python::{PyProcess, Role, ScriptFile};
 use self::ranks::RankGroup;
 use super::{CaseOutput, Engine};
@@ -39,6 +41,9 @@ pub struct TorchEngine {
     session: Option<PyProcess>,
     /// The ranks of the multi-rank case being measured: requests go to its rank 0 meanwhile.
     group: Option<RankGroup>,
+    /// Who starts those ranks: this worker, or Slurm (this worker is then one of them); an
+    /// error when the step's environment is incomplete.
+    launcher: Result<Launcher, String>,
     /// Why torch cannot run here (no python3, torch not importable): every case skips with it.
     unavailable: Option<String>,
     /// What python said when it started (versions, GPU count).
@@ -60,6 +65,7 @@ impl TorchEngine {
             script: ScriptFile::write(),
             session: None,
             group: None,
+            launcher: Launcher::from_env(),
             unavailable: None,
             hello: Value::Null,
             precision_refs: BTreeMap::new(),
@@ -170,35 +176,73 @@ impl TorchEngine {
     ) -> Result<T, CaseError> {
         // The session tells whether torch is here at all and how many GPUs it sees.
         self.session()?;
-        let devices = self.rank_devices(ranks)?;
-        self.group = Some(RankGroup::launch(
-            &self.python,
-            &self.script,
-            &devices,
-            self.device,
-        )?);
+        let group = match self.launcher()? {
+            Launcher::Local => {
+                let devices = self.rank_devices(ranks)?;
+                RankGroup::launch(&self.python, &self.script, &devices, self.device)?
+            }
+            Launcher::Slurm(me) => {
+                if ranks != me.spec.world {
+                    return Err(CaseError::Failed(anyhow::anyhow!(
+                        "the case needs {ranks} ranks but its slurm step has {} tasks",
+                        me.spec.world
+                    )));
+                }
+                let device = self.rank_device(me.spec.local_rank)?;
+                RankGroup::lead(&self.python, &self.script, &device, &me, self.device)?
+            }
+        };
+        self.group = Some(group);
         let result = f(self);
         // Dropping the group ends every rank (a hung one is killed) before the next case.
         self.group = None;
         result
     }
 
+    fn launcher(&self) -> Result<Launcher, CaseError> {
+        self.launcher
+            .clone()
+            .map_err(|e| CaseError::Failed(anyhow::anyhow!("cannot start the ranks: {e}")))
+    }
+
+    /// How many ranks a case asking for `asked` runs as (`0`: every GPU, two processes on the
+    /// CPU, or as many as the Slurm step has tasks).
+    fn ranks_for(&self, asked: usize) -> usize {
+        match (&self.launcher, self.device, asked) {
+            (Ok(Launcher::Slurm(me)), _, 0) => me.spec.world,
+            (_, Device::Cpu, 0) => crate::workload::allreduce::CPU_DEFAULT_RANKS,
+            (_, Device::Cuda, 0) => self.gpu_pool().len().max(1),
+            (_, _, n) => n,
+        }
+    }
+
     /// The device of each of `ranks` ranks: `cpu` for every CPU rank, one GPU per rank on CUDA.
     fn rank_devices(&self, ranks: usize) -> Result<Vec<String>, CaseError> {
+        let gpus = self.gpu_pool().len();
+        if self.device == Device::Cuda && gpus > 0 && ranks > gpus {
+            return Err(CaseError::skipped(format!(
+                "{ranks} ranks need {ranks} GPUs (one process per GPU); the target has {gpus}"
+            )));
+        }
+        (0..ranks).map(|r| self.rank_device(r)).collect()
+    }
+
+    /// The device of the rank with node-local index `local`: `cpu`, or the node's `local`-th GPU.
+    fn rank_device(&self, local: usize) -> Result<String, CaseError> {
         match self.device {
-            Device::Cpu => Ok(vec!["cpu".to_string(); ranks]),
+            Device::Cpu => Ok("cpu".to_string()),
             Device::Cuda => {
                 let pool = self.gpu_pool();
                 if pool.is_empty() {
                     return Err(CaseError::skipped("torch sees no CUDA device"));
                 }
-                if ranks > pool.len() {
-                    return Err(CaseError::skipped(format!(
-                        "{ranks} ranks need {ranks} GPUs (one process per GPU); the target has {}",
+                match pool.get(local) {
+                    Some(g) => Ok(format!("cuda:{g}")),
+                    None => Err(CaseError::skipped(format!(
+                        "local rank {local} needs a GPU of its own (one process per GPU); the node gives the step {}",
                         pool.len()
-                    )));
+                    ))),
                 }
-                Ok(pool[..ranks].iter().map(|g| format!("cuda:{g}")).collect())
             }
         }
     }
@@ -460,6 +504,38 @@ impl Engine for TorchEngine {
 
     fn allreduce(&mut self, p: &AllreduceParams, case: &Case) -> Result<CaseOutput, CaseError> {
         self.run_allreduce(p, case)
+    }
+
+    fn follower(&self) -> Option<String> {
+        match &self.launcher {
+            Ok(Launcher::Slurm(me)) if me.spec.rank != 0 => Some(me.label()),
+            _ => None,
+        }
+    }
+
+    fn follow(&mut self, case: &Case) -> Result<(), CaseError> {
+        let me = match self.launcher()? {
+            Launcher::Slurm(me) => me,
+            Launcher::Local => {
+                return Err(CaseError::Failed(anyhow::anyhow!(
+                    "this worker launches its own ranks; it follows none"
+                )))
+            }
+        };
+        if case.params.ranks().is_none() {
+            // A one-process case is rank 0's alone.
+            return Ok(());
+        }
+        // No session here (it would cost a python start): the node-local GPU of this rank, as
+        // rank 0's worker numbers it.
+        let device = match self.device {
+            Device::Cpu => "cpu".to_string(),
+            Device::Cuda => {
+                let l = me.spec.local_rank;
+                format!("cuda:{}", self.gpus.get(l).copied().unwrap_or(l))
+            }
+        };
+        ranks::follow(&self.python, &self.script, &device, &me, self.device)
     }
 }
 

@@ -181,9 +181,12 @@ impl PyProcess {
         last
     }
 
-    /// How the process ended (waiting for it), in words: `exited with status 3`.
-    pub fn ended(&mut self) -> String {
-        self.exit_description()
+    /// How the process ended (waiting for it): whether with status 0, and in words
+    /// (`exited with status 3`).
+    pub fn ended(&mut self) -> (bool, String) {
+        let how = self.exit_description();
+        let ok = matches!(self.child.try_wait(), Ok(Some(s)) if s.success());
+        (ok, how)
     }
 
     /// Closes stdin, so that an idle rank 0 broadcasts the end to its group and every rank exits.

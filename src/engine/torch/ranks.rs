@@ -2,7 +2,9 @@
 //! `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT` set (gloo between local processes on
 //! the CPU, NCCL with one process per GPU on CUDA). Rank 0 answers the protocol and broadcasts
 //! each request to the others, so every rank handles it in lockstep; a rank that ends early fails
-//! the case with its rank and reason.
+//! the case with its rank and reason. Under a Slurm step of N tasks (`launcher.rs`) each worker
+//! starts only its own rank: rank 0's worker leads ([`RankGroup::lead`]), the others
+//! [`follow`].
 
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,13 +14,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::launcher::{RankSpec, SlurmRank};
 use super::python::{PyProcess, Role, ScriptFile};
 use crate::case::Device;
 use crate::error::CaseError;
 
 /// How a non-zero rank ended before the group was closed.
 struct RankEnd {
-    rank: usize,
+    /// `rank 1`, or `rank 1 on n2` under Slurm.
+    rank: String,
     how: String,
     reply: Option<Result<Value, CaseError>>,
 }
@@ -27,10 +31,10 @@ impl RankEnd {
     /// The case's error: the rank, how its process ended and what it said.
     fn error(&self) -> CaseError {
         match &self.reply {
-            Some(Err(CaseError::Skipped(r))) => CaseError::Skipped(format!("rank {}: {r}", self.rank)),
-            Some(Err(e)) => CaseError::Failed(anyhow::anyhow!("rank {} {}: {e}", self.rank, self.how)),
+            Some(Err(CaseError::Skipped(r))) => CaseError::Skipped(format!("{}: {r}", self.rank)),
+            Some(Err(e)) => CaseError::Failed(anyhow::anyhow!("{} {}: {e}", self.rank, self.how)),
             _ => CaseError::Failed(anyhow::anyhow!(
-                "rank {} {} (its stderr is in the case log)",
+                "{} {} (its stderr is in the case log)",
                 self.rank,
                 self.how
             )),
@@ -58,28 +62,18 @@ impl RankGroup {
     ) -> Result<RankGroup, CaseError> {
         let ranks = devices.len();
         let port = free_port()?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let env = |rank: usize| {
-            let mut e = vec![
-                ("MASTER_ADDR".to_string(), "127.0.0.1".to_string()),
-                ("MASTER_PORT".to_string(), port.to_string()),
-                ("WORLD_SIZE".to_string(), ranks.to_string()),
-                ("RANK".to_string(), rank.to_string()),
-                ("LOCAL_RANK".to_string(), rank.to_string()),
-            ];
-            // Loopback only: gloo would otherwise pick the interface of the host name, which a
-            // container without a network may not have. NCCL's control group is gloo too.
-            if std::env::var_os("GLOO_SOCKET_IFNAME").is_none() {
-                e.push(("GLOO_SOCKET_IFNAME".to_string(), "lo".to_string()));
+            RankSpec {
+                rank,
+                world: ranks,
+                local_rank: rank,
+                master_addr: "127.0.0.1".to_string(),
+                master_port: port,
+                ranks_on_node: ranks,
+                loopback: true,
             }
-            if device == Device::Cpu && ranks > 1 {
-                // N processes share the cores: one intra-op pool each that fills them all would
-                // oversubscribe them N times.
-                if std::env::var_os("OMP_NUM_THREADS").is_none() {
-                    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-                    e.push(("OMP_NUM_THREADS".to_string(), (cores / ranks).max(1).to_string()));
-                }
-            }
-            e
+            .env(device, cores, |k| std::env::var_os(k).is_some())
         };
         let early_end = Arc::new(Mutex::new(None));
         let closing = Arc::new(AtomicBool::new(false));
@@ -99,13 +93,14 @@ impl RankGroup {
             let (early_end, closing, done) = (early_end.clone(), closing.clone(), reaped.clone());
             let handle = std::thread::spawn(move || {
                 let reply = p.last_reply();
-                let how = p.ended();
+                let (_, how) = p.ended();
                 done.store(true, Ordering::SeqCst);
                 if closing.load(Ordering::SeqCst) {
                     return;
                 }
                 let mut slot = early_end.lock().unwrap_or_else(|e| e.into_inner());
                 if slot.is_none() {
+                    let rank = format!("rank {rank}");
                     *slot = Some(RankEnd { rank, how, reply });
                     // Rank 0 may be inside a collective that can no longer complete (NCCL waits
                     // for its timeout): end it, so that the case fails now.
@@ -119,6 +114,30 @@ impl RankGroup {
             watchers,
             early_end,
             closing,
+        })
+    }
+
+    /// Rank 0 of a group that Slurm launched as the tasks of one step: only this worker's own
+    /// python; the other ranks are other tasks, whose failures reach the host through their own
+    /// workers ([`follow`]).
+    pub fn lead(
+        python: &OsStr,
+        script: &ScriptFile,
+        device_name: &str,
+        me: &SlurmRank,
+        device: Device,
+    ) -> Result<RankGroup, CaseError> {
+        let leader = PyProcess::spawn(
+            python,
+            script,
+            Role::Leader { device: device_name },
+            &slurm_env(me, device),
+        )?;
+        Ok(RankGroup {
+            leader,
+            watchers: Vec::new(),
+            early_end: Arc::new(Mutex::new(None)),
+            closing: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -163,6 +182,39 @@ impl Drop for RankGroup {
     }
 }
 
+/// A non-zero rank of a group that Slurm launched: runs this worker's python rank until rank 0
+/// ends the group. A rank that could not go on fails (or skips) naming itself and its node.
+pub fn follow(
+    python: &OsStr,
+    script: &ScriptFile,
+    device_name: &str,
+    me: &SlurmRank,
+    device: Device,
+) -> Result<(), CaseError> {
+    let mut p = PyProcess::spawn(
+        python,
+        script,
+        Role::Follower { device: device_name },
+        &slurm_env(me, device),
+    )?;
+    let reply = p.last_reply();
+    let (ok, how) = p.ended();
+    if ok && reply.is_none() {
+        return Ok(());
+    }
+    Err(RankEnd {
+        rank: me.label(),
+        how,
+        reply,
+    }
+    .error())
+}
+
+fn slurm_env(me: &SlurmRank, device: Device) -> Vec<(String, String)> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    me.spec.env(device, cores, |k| std::env::var_os(k).is_some())
+}
+
 #[cfg(unix)]
 fn kill(pid: u32) {
     // SAFETY: kill(2) with a pid this group started and has not reaped.
@@ -194,7 +246,7 @@ mod tests {
     #[test]
     fn a_rank_end_names_the_rank() {
         let end = RankEnd {
-            rank: 1,
+            rank: "rank 1".into(),
             how: "exited with status 7".into(),
             reply: None,
         };
@@ -204,10 +256,10 @@ mod tests {
         };
         assert!(text.starts_with("rank 1 exited with status 7"), "{text}");
         let skipped = RankEnd {
-            rank: 2,
+            rank: "rank 2 on n2".into(),
             how: "exited with status 3".into(),
             reply: Some(Err(CaseError::Skipped("no GPU".into()))),
         };
-        assert!(matches!(skipped.error(), CaseError::Skipped(r) if r == "rank 2: no GPU"));
+        assert!(matches!(skipped.error(), CaseError::Skipped(r) if r == "rank 2 on n2: no GPU"));
     }
 }

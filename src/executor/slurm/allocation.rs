@@ -5,19 +5,23 @@
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::process::{Command, Output, Stdio};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
 use super::command::{
-    parse_allocation_line, parse_job_nodelist, salloc_args, scancel_args, DEFAULT_PENDING_TIMEOUT_S,
+    parse_allocation_line, parse_hostnames, parse_job_nodelist, parse_node_addr, salloc_args, scancel_args,
+    DEFAULT_PENDING_TIMEOUT_S,
 };
+use super::poll;
 use crate::suite::SlurmSettings;
 
 /// How long a Slurm client command (scancel, scontrol) may take: they hang for a long time
 /// when slurmctld is down.
 pub(super) const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a cancelled job or step may take to end before tagbench warns that it is left.
+pub(super) const CANCEL_WAIT: Duration = Duration::from_secs(10);
 
 /// A granted allocation.
 #[derive(Debug)]
@@ -31,6 +35,8 @@ pub struct Allocation {
     owned: bool,
     /// Steps running now (`J.S`), cancelled on Ctrl-C when the allocation is not ours.
     pub(super) steps: Arc<Mutex<BTreeSet<String>>>,
+    /// The first node's address: MASTER_ADDR of multi-rank steps, looked up once when needed.
+    master_addr: OnceLock<Result<String, String>>,
 }
 
 /// The allocations of the runs in this process, by run id.
@@ -78,6 +84,7 @@ impl Allocation {
                 allocation_s: 0.0,
                 owned: false,
                 steps,
+                master_addr: OnceLock::new(),
             });
         }
         let started = Instant::now();
@@ -86,7 +93,7 @@ impl Allocation {
         let id = job.clone();
         crate::sys::interrupt::on_interrupt(&format!("slurm job {job}"), move || {
             eprintln!("cancelling slurm job {id}");
-            let _ = run_bounded(&scancel_args(&id), CLIENT_TIMEOUT);
+            let _ = cancel(&id, Duration::from_secs(5));
         });
         let nodes = job_nodes(&job).inspect_err(|_| {
             let _ = run_bounded(&scancel_args(&job), CLIENT_TIMEOUT);
@@ -97,14 +104,51 @@ impl Allocation {
             allocation_s,
             owned: true,
             steps,
+            master_addr: OnceLock::new(),
         })
     }
+
+    /// The address of the allocation's first node (`scontrol show hostnames` order): where
+    /// rank 0 of a multi-rank step runs and the others meet it (torch's MASTER_ADDR). Its
+    /// `NodeAddr`, since a node's name need not resolve.
+    pub fn master_addr(&self) -> Result<String> {
+        self.master_addr
+            .get_or_init(|| {
+                let first = &self.nodes[0];
+                let args: Vec<String> = ["scontrol", "show", "node", first.as_str()]
+                    .map(String::from)
+                    .to_vec();
+                let out = run_bounded(&args, CLIENT_TIMEOUT).map_err(|e| format!("{e:#}"))?;
+                if !out.status.success() {
+                    return Err(format!(
+                        "`scontrol show node {first}` failed: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ));
+                }
+                Ok(parse_node_addr(&String::from_utf8_lossy(&out.stdout)).unwrap_or_else(|| first.clone()))
+            })
+            .clone()
+            .map_err(|e| anyhow::anyhow!("failed to find the address of slurm node {}: {e}", self.nodes[0]))
+    }
+}
+
+/// `scancel` of a job or step, then polls until Slurm says it ended (at most `limit`): the
+/// next step or run must not find its nodes still busy. An error when it is still active.
+pub(super) fn cancel(id: &str, limit: Duration) -> Result<()> {
+    run_bounded(&scancel_args(id), CLIENT_TIMEOUT)?;
+    if let Some(state) = poll::wait_ended(id, limit)? {
+        bail!(
+            "slurm job {id} is still {state} {} s after scancel",
+            limit.as_secs()
+        );
+    }
+    Ok(())
 }
 
 impl Drop for Allocation {
     fn drop(&mut self) {
         if self.owned {
-            if let Err(e) = run_bounded(&scancel_args(&self.job_id), CLIENT_TIMEOUT) {
+            if let Err(e) = cancel(&self.job_id, CANCEL_WAIT) {
                 eprintln!(
                     "warning: failed to cancel slurm job {}: {e:#}; `scancel {}` does",
                     self.job_id, self.job_id
@@ -132,7 +176,9 @@ fn salloc(run_id: &str, s: &SlurmSettings) -> Result<String> {
         }
     }
     if let Some(id) = &pending {
-        let _ = run_bounded(&scancel_args(id), CLIENT_TIMEOUT);
+        if let Err(e) = cancel(id, CANCEL_WAIT) {
+            eprintln!("warning: failed to cancel the pending slurm job {id}: {e:#}; `scancel {id}` does");
+        }
     }
     let said: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let said = said.join(" | ");
@@ -161,10 +207,7 @@ pub fn job_nodes(job: &str) -> Result<Vec<String>> {
         &["scontrol".into(), "show".into(), "hostnames".into(), list.clone()],
         CLIENT_TIMEOUT,
     )?;
-    let nodes: Vec<String> = String::from_utf8_lossy(&names.stdout)
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
+    let nodes = parse_hostnames(&String::from_utf8_lossy(&names.stdout));
     if nodes.is_empty() {
         bail!("`scontrol show hostnames {list}` gave no node names");
     }

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::engine::torch::launcher::SLURM_RANKS_VAR;
 use crate::executor::docker::{JOB_PATH, LABEL_RUN, LABEL_TARGET, WORKER_PATH};
 use crate::suite::{ContainerPlatform, SlurmSettings};
 
@@ -71,6 +72,13 @@ pub fn srun_args(s: &StepSpec) -> Vec<String> {
         // One rank dying ends the step, so a multi-rank case cannot hang on its peers.
         "--kill-on-bad-exit=1".into(),
     ];
+    if s.ntasks > 1 {
+        // Every output line starts with its task (`1: {...}`), so that the host tells rank 0's
+        // rows from the other ranks' failures; block placement puts rank 0 on the first node,
+        // which is MASTER_ADDR.
+        a.push("--label".into());
+        a.push("--distribution=block".into());
+    }
     if let Some(n) = &s.nodelist {
         a.push(format!("--nodelist={n}"));
     }
@@ -79,6 +87,51 @@ pub fn srun_args(s: &StepSpec) -> Vec<String> {
     }
     a
 }
+
+/// Nodes and tasks of a multi-rank step of `ranks` ranks on an allocation of `nodes` (in
+/// Slurm's order) with `gpus_per_node` GPUs each (0: CPU ranks). GPU ranks fill nodes (one rank
+/// per GPU, as nccl-tests places them: 8 ranks on 8-GPU nodes stay on one node); CPU ranks spread
+/// over as many nodes as there are ranks. The step is pinned to the first nodes, so that rank 0
+/// runs on `nodes[0]`, whose address is MASTER_ADDR.
+pub fn rank_layout(ranks: usize, gpus_per_node: usize, nodes: &[String]) -> Result<(usize, String), String> {
+    if ranks == 0 {
+        return Err("a multi-rank step needs at least one rank".into());
+    }
+    let used = if gpus_per_node > 0 {
+        ranks.div_ceil(gpus_per_node)
+    } else {
+        ranks.min(nodes.len())
+    };
+    if used > nodes.len() || used == 0 {
+        return Err(format!(
+            "{ranks} ranks at {gpus_per_node} GPUs per node need {} nodes; the allocation has {}",
+            ranks.div_ceil(gpus_per_node.max(1)),
+            nodes.len()
+        ));
+    }
+    Ok((used, nodes[..used].join(",")))
+}
+
+/// What the host adds to the environment of a multi-rank step's tasks: the marker that makes
+/// each worker one rank (the torch engine's launcher layer) and the rendezvous.
+pub fn rank_env(master_addr: &str, master_port: u16) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (SLURM_RANKS_VAR.to_string(), "1".to_string()),
+        ("MASTER_ADDR".to_string(), master_addr.to_string()),
+        ("MASTER_PORT".to_string(), master_port.to_string()),
+    ])
+}
+
+/// The Slurm variables a task's rank is read from; a container that does not inherit the step's
+/// environment (docker) gets them by name.
+const RANK_VARS: [&str; 6] = [
+    "SLURM_PROCID",
+    "SLURM_NTASKS",
+    "SLURM_LOCALID",
+    "SLURM_NODEID",
+    "SLURM_STEP_TASKS_PER_NODE",
+    "SLURMD_NODENAME",
+];
 
 /// What the worker is and gets, wherever it runs.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,6 +151,8 @@ pub struct WorkerCommand<'a> {
     pub target: &'a str,
     /// The docker container's name (unique per step).
     pub container_name: &'a str,
+    /// One task of a multi-rank step: the ranks talk over the nodes' network.
+    pub multi_rank: bool,
 }
 
 /// Container-platform layer: the options the platform adds to `srun`, and the step's command.
@@ -205,10 +260,17 @@ pub fn container_launch(platform: ContainerPlatform, w: &WorkerCommand<'_>) -> R
                 format!("--name={}", w.container_name),
                 format!("--label={LABEL_RUN}={}", w.run_id),
                 format!("--label={LABEL_TARGET}={}", w.target),
-                "--network=none".into(),
-                format!("--volume={exe}:{WORKER_PATH}:ro"),
-                format!("--volume={job}:{JOB_PATH}:ro"),
             ];
+            if w.multi_rank {
+                // Ranks on other nodes reach rank 0's rendezvous over the host's network; the
+                // task's rank comes from the step's variables, which docker does not pass on.
+                command.push("--network=host".into());
+                command.extend(RANK_VARS.iter().map(|v| format!("--env={v}")));
+            } else {
+                command.push("--network=none".into());
+            }
+            command.push(format!("--volume={exe}:{WORKER_PATH}:ro"));
+            command.push(format!("--volume={job}:{JOB_PATH}:ro"));
             // The container sees the pinned GPU as its only one, so CUDA_VISIBLE_DEVICES does
             // not go in with the other variables.
             let pinned = w.env.get("CUDA_VISIBLE_DEVICES");
@@ -272,6 +334,28 @@ pub fn parse_task_error(line: &str) -> Option<String> {
     Some(format!("{node}: task {task}: {what}"))
 }
 
+/// A line of a `--label`led step's stdout: the task that wrote it and what it wrote
+/// (`1: {...}`; srun pads the task number when there are ten tasks or more).
+pub fn parse_labelled_line(line: &str) -> Option<(usize, &str)> {
+    let (task, rest) = line.trim_start().split_once(": ")?;
+    Some((task.parse().ok()?, rest))
+}
+
+/// The node names of `scontrol show hostnames n[1-2],gpu7`, one per line, in Slurm's order: the
+/// first is where rank 0 of a multi-rank step runs.
+pub fn parse_hostnames(text: &str) -> Vec<String> {
+    text.split_whitespace().map(str::to_owned).collect()
+}
+
+/// `NodeAddr=10.0.0.1` out of `scontrol show node N`: the address the node is reached at (its
+/// name need not resolve; Slurm's `NodeAddr` defaults to the name when not set).
+pub fn parse_node_addr(text: &str) -> Option<String> {
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix("NodeAddr="))
+        .filter(|a| !a.is_empty() && *a != "(null)")
+        .map(str::to_owned)
+}
+
 /// `NodeList=n[1-2]` out of `scontrol show job`.
 pub fn parse_job_nodelist(text: &str) -> Option<String> {
     text.split_whitespace()
@@ -321,6 +405,7 @@ mod tests {
             run_id: "r1",
             target: "img:a",
             container_name: "tagbench-r1-img_a-r0-1",
+            multi_rank: false,
         }
     }
 
@@ -346,7 +431,46 @@ mod tests {
             nodelist: None,
             ..step()
         };
-        insta::assert_snapshot!(srun_args(&multi).join(" "), @"srun -v --jobid=42 --job-name=tagbench-r1-img_a-r0 --nodes=2 --ntasks=16 --kill-on-bad-exit=1 --gres=gpu:8");
+        insta::assert_snapshot!(srun_args(&multi).join(" "), @"srun -v --jobid=42 --job-name=tagbench-r1-img_a-r0 --nodes=2 --ntasks=16 --kill-on-bad-exit=1 --label --distribution=block --gres=gpu:8");
+    }
+
+    #[test]
+    fn multi_rank_step() {
+        let nodes: Vec<String> = ["n1", "n2", "n3"].map(String::from).to_vec();
+        // CPU ranks spread over the nodes; GPU ranks fill them.
+        assert_eq!(rank_layout(4, 0, &nodes), Ok((3, "n1,n2,n3".into())));
+        assert_eq!(rank_layout(2, 0, &nodes), Ok((2, "n1,n2".into())));
+        assert_eq!(rank_layout(8, 8, &nodes), Ok((1, "n1".into())));
+        assert_eq!(rank_layout(12, 8, &nodes), Ok((2, "n1,n2".into())));
+        let e = rank_layout(32, 8, &nodes).unwrap_err();
+        assert!(e.contains("need 4 nodes; the allocation has 3"), "{e}");
+        let (n, list) = rank_layout(4, 0, &nodes[..2]).unwrap();
+        let step = StepSpec {
+            nodes: n,
+            ntasks: 4,
+            nodelist: Some(list),
+            gpus_per_node: None,
+            ..step()
+        };
+        let mut w = worker(None);
+        w.env = rank_env("10.0.0.1", 29500);
+        w.multi_rank = true;
+        let line = container_launch(ContainerPlatform::None, &w)
+            .unwrap()
+            .argv(&step)
+            .join(" ");
+        insta::assert_snapshot!(line, @"srun -v --jobid=42 --job-name=tagbench-r1-img_a-r0 --nodes=2 --ntasks=4 --kill-on-bad-exit=1 --label --distribution=block --nodelist=n1,n2 env MASTER_ADDR=10.0.0.1 MASTER_PORT=29500 TAGBENCH_SLURM_RANKS=1 /shared/bin/tagbench worker --job /shared/results/r1/logs/img_a-r0-1.job.json");
+        let docker = container_launch(
+            ContainerPlatform::Docker,
+            &WorkerCommand {
+                image: Some("img:a"),
+                ..w
+            },
+        )
+        .unwrap()
+        .command
+        .join(" ");
+        insta::assert_snapshot!(docker, @"docker run --rm --init --name=tagbench-r1-img_a-r0-1 --label=tagbench.run=r1 --label=tagbench.target=img:a --network=host --env=SLURM_PROCID --env=SLURM_NTASKS --env=SLURM_LOCALID --env=SLURM_NODEID --env=SLURM_STEP_TASKS_PER_NODE --env=SLURMD_NODENAME --volume=/shared/bin/tagbench:/opt/tagbench/tagbench:ro --volume=/shared/results/r1/logs/img_a-r0-1.job.json:/opt/tagbench/job.json:ro --env=MASTER_ADDR=10.0.0.1 --env=MASTER_PORT=29500 --env=TAGBENCH_SLURM_RANKS=1 --gpus=all img:a /opt/tagbench/tagbench worker --job /opt/tagbench/job.json");
     }
 
     #[test]
@@ -404,5 +528,18 @@ mod tests {
             Some("n[1-2]")
         );
         assert_eq!(parse_job_nodelist("   NodeList=(null)"), None);
+        assert_eq!(
+            parse_labelled_line("1: {\"type\":\"done\"}"),
+            Some((1, "{\"type\":\"done\"}"))
+        );
+        assert_eq!(parse_labelled_line(" 3: x: y"), Some((3, "x: y")));
+        assert_eq!(parse_labelled_line("{\"type\":\"done\"}"), None);
+        assert_eq!(
+            parse_node_addr("NodeName=n1 Arch=x86_64\n   NodeAddr=127.0.0.1 NodeHostName=vm").as_deref(),
+            Some("127.0.0.1")
+        );
+        assert_eq!(parse_node_addr("NodeName=n1"), None);
+        assert_eq!(parse_hostnames("n1\nn2\ngpu7\n"), ["n1", "n2", "gpu7"]);
+        assert!(parse_hostnames("").is_empty());
     }
 }

@@ -1,10 +1,14 @@
 //! The `slurm` executor: one allocation per run ([`allocation`]), each round × target one
 //! `srun --jobid` step that starts the worker (inside the target's container platform) and
-//! streams its JSON lines back; the step id and node go into run.json and rows. Command lines
-//! come from [`command`] (pure functions).
+//! streams its JSON lines back; the step id and node go into run.json and rows. A multi-rank
+//! case (torch engine) is a step of its own with one task per rank, whose labelled output
+//! [`ranks`] merges. Command lines come from [`command`] (pure functions); [`poll`] confirms
+//! that what was cancelled has ended.
 
 pub mod allocation;
 pub mod command;
+pub mod poll;
+pub mod ranks;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -20,19 +24,29 @@ use anyhow::{bail, Context, Result};
 
 use super::local::{recv_line, spawn_line_reader};
 use super::{Executor, ExitInfo, LineEvent, WorkerHandle};
+use crate::case::{Case, Device, EngineKind};
 use crate::protocol::Job;
 use crate::results::{Placement, TargetMeta};
 use crate::suite::{ContainerPlatform, GpuNamed, GpuSelection, TargetSpec};
 use crate::sys::interrupt::hold_if_interrupted;
 use crate::sys::safe_name;
-use allocation::{run_bounded, Allocation, CLIENT_TIMEOUT};
-use command::{container_launch, parse_launch_line, parse_task_error, scancel_args, StepSpec, WorkerCommand};
+use crate::workload::allreduce::CPU_DEFAULT_RANKS;
+use allocation::{cancel, run_bounded, Allocation, CANCEL_WAIT, CLIENT_TIMEOUT};
+use command::{
+    container_launch, parse_launch_line, parse_task_error, rank_env, rank_layout, scancel_args, StepSpec,
+    WorkerCommand,
+};
+use ranks::RankLines;
 
 /// How long `start` waits for srun to say which step and node it launched (a step waiting for
 /// resources inside the allocation says nothing until it runs).
 const LAUNCH_WAIT: Duration = Duration::from_secs(30);
 /// stderr lines kept for messages (srun's own `-v` chatter left out).
 const TAIL_LINES: usize = 20;
+/// How long the other tasks of a multi-rank step may take to end after rank 0 said `done`
+/// before the step is cancelled (a rank still waiting at a rendezvous rank 0 never joined,
+/// because it skipped the case, would otherwise hold the step until torch's own timeout).
+const FOLLOWERS_GRACE: Duration = Duration::from_secs(10);
 
 /// Runs workers as Slurm steps of the run's allocation.
 pub struct SlurmExecutor {
@@ -98,6 +112,25 @@ fn pin(gpus: &GpuSelection, per_node: usize, nodes: &[String]) -> Result<Pin> {
     })
 }
 
+/// The ranks of `case` as one Slurm step of that many tasks, or `None` when it runs as one task.
+/// Only the torch engine runs a rank per process; a target pinned to a GPU (`--gpus each`) keeps
+/// its one task, where the engine says what it cannot run. `0` ranks (all-reduce) are every GPU
+/// of the allocation, or the engine's CPU default.
+fn step_ranks(target: &TargetSpec, case: &Case, gpus_per_node: usize, nodes: usize) -> Option<usize> {
+    if target.engine.unwrap_or_default() != EngineKind::Torch || matches!(target.gpus, GpuSelection::List(_))
+    {
+        return None;
+    }
+    let cuda = target.device.unwrap_or_default() == Device::Cuda;
+    let ranks = match case.params.ranks()? {
+        0 if cuda && gpus_per_node > 0 => gpus_per_node * nodes,
+        0 if cuda => return None,
+        0 => CPU_DEFAULT_RANKS,
+        n => n,
+    };
+    (ranks > 1).then_some(ranks)
+}
+
 impl Executor for SlurmExecutor {
     fn name(&self) -> &'static str {
         "slurm"
@@ -147,12 +180,28 @@ impl Executor for SlurmExecutor {
         })
     }
 
+    fn job_len(&self, target: &TargetSpec, pending: &[Case]) -> usize {
+        let per_node = target.slurm.as_ref().and_then(|s| s.gpus_per_node).unwrap_or(0);
+        let nodes = self.alloc.as_ref().map_or(1, |a| a.nodes.len());
+        let multi = |c: &Case| step_ranks(target, c, per_node, nodes).is_some();
+        match pending.first() {
+            Some(c) if multi(c) => 1,
+            _ => pending.iter().take_while(|c| !multi(c)).count(),
+        }
+    }
+
     fn start(&mut self, target: &TargetSpec, job: &Job, log: &Path) -> Result<Box<dyn WorkerHandle>> {
         let Some(alloc) = self.alloc.clone() else {
             bail!("the slurm target was not prepared");
         };
         let settings = target.slurm.clone().unwrap_or_default();
         let per_node = settings.gpus_per_node.unwrap_or(0);
+        let cuda = target.device.unwrap_or_default() == Device::Cuda;
+        // A multi-rank case comes alone (`job_len`): one task per rank.
+        let ranks = match job.cases.as_slice() {
+            [case] => step_ranks(target, case, per_node, alloc.nodes.len()),
+            _ => None,
+        };
         let pinned = pin(&target.gpus, per_node, &alloc.nodes)?;
         let mut job = job.clone();
         if !pinned.job_gpus.is_empty() {
@@ -165,12 +214,27 @@ impl Executor for SlurmExecutor {
         if let Some(v) = &pinned.visible {
             env.insert("CUDA_VISIBLE_DEVICES".into(), v.clone());
         }
+        let target_name = target.display_name();
+        let mut layout = (1, pinned.nodelist.clone());
+        if let Some(n) = ranks {
+            let case = &job.cases[0];
+            let (nodes, list) = rank_layout(n, if cuda { per_node } else { 0 }, &alloc.nodes)
+                .map_err(|e| anyhow::anyhow!("target {target_name}: {}/{}: {e}", case.workload, case.id))?;
+            layout = (nodes, Some(list));
+            // The rendezvous: the first node's address, a port that was free here a moment ago
+            // (the ephemeral range makes a clash on the node unlikely; torch says so if one
+            // happens).
+            let port = std::net::TcpListener::bind(("0.0.0.0", 0))
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .context("failed to choose a MASTER_PORT")?;
+            env.extend(rank_env(&alloc.master_addr()?, port));
+        }
         let stem = log
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
         let container_name = format!("tagbench-{}-{}", safe_name(&self.run_id), safe_name(&stem));
-        let target_name = target.display_name();
         let platform = target.container.unwrap_or_default();
         let uses_gpus = per_node > 0 && target.gpus != GpuSelection::Named(GpuNamed::None);
         let launch = container_launch(
@@ -184,15 +248,16 @@ impl Executor for SlurmExecutor {
                 run_id: &self.run_id,
                 target: &target_name,
                 container_name: &container_name,
+                multi_rank: ranks.is_some(),
             },
         )
         .map_err(|e| anyhow::anyhow!("target {target_name}: {e}"))?;
         let step = StepSpec {
             job_id: alloc.job_id.clone(),
             name: format!("tagbench-{}-{}", safe_name(&self.run_id), safe_name(&target_name)),
-            nodes: 1,
-            ntasks: 1,
-            nodelist: pinned.nodelist,
+            nodes: layout.0,
+            ntasks: ranks.unwrap_or(1),
+            nodelist: layout.1,
             gpus_per_node: uses_gpus.then_some(per_node),
         };
         let argv = launch.argv(&step);
@@ -213,9 +278,15 @@ impl Executor for SlurmExecutor {
         let stderr = child.stderr.take().expect("piped stderr");
         let state = Arc::new(Mutex::new(StepState::default()));
         let (launched_tx, launched) = mpsc::channel();
+        let task_log = logf.try_clone().ok();
         let reader = spawn_stderr_reader(stderr, logf, state.clone(), launched_tx);
-        // The step id is known once srun launched it; a step that cannot be created ends srun.
-        let _ = launched.recv_timeout(LAUNCH_WAIT);
+        // The step id is known once srun launched it (one line per node); a step that cannot
+        // be created ends srun.
+        for _ in 0..step.nodes {
+            if launched.recv_timeout(LAUNCH_WAIT).is_err() {
+                break;
+            }
+        }
         let placement = state.lock().ok().and_then(|s| s.placement());
         if let Some(p) = &placement {
             if let Ok(mut s) = alloc.steps.lock() {
@@ -225,6 +296,7 @@ impl Executor for SlurmExecutor {
         Ok(Box::new(SlurmWorker {
             child,
             lines: spawn_line_reader(stdout),
+            ranks: ranks.map(|_| RankLines::new(task_log)),
             reader: Some(reader),
             state,
             placement,
@@ -292,6 +364,8 @@ fn spawn_stderr_reader(
 struct SlurmWorker {
     child: Child,
     lines: Receiver<std::io::Result<String>>,
+    /// Set for a multi-rank step.
+    ranks: Option<RankLines>,
     reader: Option<JoinHandle<()>>,
     state: Arc<Mutex<StepState>>,
     placement: Option<Placement>,
@@ -323,21 +397,36 @@ impl SlurmWorker {
 
 impl WorkerHandle for SlurmWorker {
     fn next_line(&mut self, timeout: Duration) -> LineEvent {
-        recv_line(&self.lines, timeout)
+        match self.ranks.as_mut() {
+            Some(r) => r.next_line(&self.lines, timeout),
+            None => recv_line(&self.lines, timeout),
+        }
     }
 
     fn kill(&mut self) -> Result<()> {
-        // scancel ends the step on its node (srun alone would leave the task to Slurm's timers).
-        if let Some(id) = self.step_id() {
-            run_bounded(&scancel_args(&id), CLIENT_TIMEOUT)
-                .with_context(|| format!("failed to cancel slurm step {id}"))?;
-        }
+        // scancel ends the step on its node (srun alone would leave the task to Slurm's timers),
+        // and the step must have ended before the next one asks for its resources.
+        let cancelled = match self.step_id() {
+            Some(id) => cancel(&id, CANCEL_WAIT).with_context(|| format!("failed to cancel slurm step {id}")),
+            None => Ok(()),
+        };
         let _ = self.child.kill();
         self.remove_containers();
-        Ok(())
+        cancelled
     }
 
     fn finish(&mut self) -> Result<ExitInfo> {
+        if self.ranks.as_ref().is_some_and(RankLines::done) {
+            // Rank 0 is done; a rank still running waits for a group that will not come.
+            let deadline = std::time::Instant::now() + FOLLOWERS_GRACE;
+            while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if let (Ok(None), Some(id)) = (self.child.try_wait(), self.step_id()) {
+                eprintln!("warning: slurm step {id}: ranks still running {} s after rank 0 ended; cancelling the step", FOLLOWERS_GRACE.as_secs());
+                let _ = cancel(&id, CANCEL_WAIT);
+            }
+        }
         let status = self.child.wait().context("failed to wait for srun")?;
         hold_if_interrupted();
         if let Some(r) = self.reader.take() {
