@@ -6,11 +6,43 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{bail, Result};
 
-use super::judge::{judge_rounds, verdict, Judgement, Verdict};
+use super::judge::{judge_rounds, verdict, Judgement, RoundsPlan, Verdict};
 use super::{CompareOptions, CompareReport, Comparison, LoadedRun, Measurement, Side};
 use crate::results::{ResultRow, Status};
 use crate::stats::bootstrap::fnv1a;
-use crate::stats::holm_adjust;
+use crate::stats::{holm_adjust, Design};
+
+/// The rounds designs the runs recorded (run.json `rounds_design`), by (workload, case).
+pub type Designs = BTreeMap<(String, String), Design>;
+
+/// Every rounds design recorded by `runs`.
+pub fn designs_of<'a>(runs: impl IntoIterator<Item = &'a LoadedRun>) -> Designs {
+    let mut out = Designs::new();
+    for r in runs {
+        for (label, d) in r.meta.iter().flat_map(|m| m.rounds_design.iter()) {
+            if let Some((w, c)) = label.split_once('/') {
+                out.insert((w.to_string(), c.to_string()), *d);
+            }
+        }
+    }
+    out
+}
+
+/// The two sides' rounds as aligned pairs when they come from one run (round r of each was
+/// measured back to back), else `None`.
+fn paired_rounds(b: &Measurement, c: &Measurement) -> Option<(Vec<Vec<f64>>, Vec<Vec<f64>>)> {
+    if b.row.run_id.is_empty() || b.row.run_id != c.row.run_id {
+        return None;
+    }
+    let (mut pb, mut pc) = (Vec::new(), Vec::new());
+    for (i, id) in b.round_ids.iter().enumerate() {
+        if let Some(j) = c.round_ids.iter().position(|x| x == id) {
+            pb.push(b.rounds[i].clone());
+            pc.push(c.rounds[j].clone());
+        }
+    }
+    Some((pb, pc))
+}
 
 /// Columns a comparison can run along.
 pub const ALONG_COLUMNS: [&str; 7] = [
@@ -210,6 +242,7 @@ fn pair_up(
     base_label: &str,
     cand_label: &str,
     opts: &CompareOptions,
+    designs: &Designs,
     out: &mut Vec<Comparison>,
 ) {
     let keys: BTreeSet<&MatchKey> = base
@@ -261,7 +294,17 @@ fn pair_up(
                     cmp.reason = "no samples in samples.csv: medians only, no test".into();
                 } else {
                     let seed = opts.seed ^ fnv1a(&[&key.workload, &key.case, &key.metric, cand_label]);
-                    match judge_rounds(&b.rounds, &c.rounds, opts.min_samples, opts.bootstrap, seed) {
+                    let design = designs
+                        .get(&(key.workload.clone(), key.case.clone()))
+                        .copied()
+                        .unwrap_or(Design::fixed(1));
+                    let paired = paired_rounds(b, c);
+                    let plan = RoundsPlan {
+                        paired: paired.is_some(),
+                        design,
+                    };
+                    let (br, cr) = paired.unwrap_or_else(|| (b.rounds.clone(), c.rounds.clone()));
+                    match judge_rounds(&br, &cr, plan, opts.min_samples, opts.bootstrap, seed) {
                         Ok(j) => {
                             cmp.judgement = j;
                             cmp.verdict = Verdict::Noisy; // decided after the Holm correction
@@ -285,9 +328,27 @@ fn pair_up(
     }
 }
 
-/// "; 1 outlier round set aside in the baseline", or nothing.
+/// "; 1 outlier round set aside in the baseline", the pairs judged, the look's α share, or
+/// nothing.
 fn outlier_note(c: &Comparison) -> String {
     let mut parts = Vec::new();
+    if let Some(pairs) = c.judgement.pairs {
+        parts.push(format!("paired over {pairs} rounds, 20% trimmed"));
+    }
+    if c.judgement.alpha_share < 1.0 {
+        parts.push(format!(
+            "look at {} rounds spends {:.0}% of α",
+            c.judgement.judged_rounds,
+            c.judgement.alpha_share * 100.0
+        ));
+    }
+    if c.judgement.pairs.is_some() {
+        return if parts.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", parts.join(", "))
+        };
+    }
     for (n, side) in [
         (c.baseline.outlier_rounds, "baseline"),
         (c.candidate.outlier_rounds, "candidate"),
@@ -352,7 +413,7 @@ pub fn compare_runs(base: &LoadedRun, cand: &LoadedRun, opts: &CompareOptions) -
     let bi = index(base.measurements.iter(), None, with_target, &bl);
     let ci = index(cand.measurements.iter(), None, with_target, &cl);
     let mut out = Vec::new();
-    pair_up(&bi, &ci, &bl, &cl, opts, &mut out);
+    pair_up(&bi, &ci, &bl, &cl, opts, &designs_of([base, cand]), &mut out);
     Ok(CompareReport {
         mode: "runs".into(),
         baseline: bl,
@@ -388,13 +449,14 @@ pub fn compare_along(
         bail!("nothing to compare: every row has {column} = `{baseline}`");
     }
     let bi = index(base_rows.iter().copied(), Some(column), false, baseline);
+    let designs = designs_of(runs);
     let mut out = Vec::new();
     for (value, rows) in &groups {
         if value == baseline {
             continue;
         }
         let ci = index(rows.iter().copied(), Some(column), false, value);
-        pair_up(&bi, &ci, baseline, value, opts, &mut out);
+        pair_up(&bi, &ci, baseline, value, opts, &designs, &mut out);
     }
     Ok(CompareReport {
         mode: format!("along {column}"),

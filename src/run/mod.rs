@@ -85,6 +85,7 @@ fn new_meta(plan: &Plan, opts: &RunOptions, run_id: &str) -> Result<RunMeta> {
         args: Vec::new(),
         options: Some(serde_json::to_value(opts)?),
         targets: Vec::new(),
+        rounds_design: Default::default(),
     })
 }
 

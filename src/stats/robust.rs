@@ -61,22 +61,22 @@ pub fn outlier_rounds(round_medians: &[f64]) -> Vec<bool> {
 /// remain (else all of them: too few rounds to tell a bad one from the spread), and how many
 /// were set aside.
 pub fn without_outliers(round_medians: &[f64], keep_at_least: usize) -> (Vec<f64>, usize) {
-    let flags = outlier_rounds(round_medians);
-    let kept: Vec<f64> = round_medians
-        .iter()
-        .zip(&flags)
-        .filter(|(_, &o)| !o)
-        .map(|(v, _)| *v)
-        .collect();
-    if kept.len() < keep_at_least {
+    let keep: Vec<bool> = outlier_rounds(round_medians).iter().map(|o| !o).collect();
+    if keep.iter().filter(|k| **k).count() < keep_at_least {
         return (round_medians.to_vec(), 0);
     }
+    let kept: Vec<f64> = round_medians
+        .iter()
+        .zip(&keep)
+        .filter(|(_, &k)| k)
+        .map(|(v, _)| *v)
+        .collect();
     let dropped = round_medians.len() - kept.len();
     (kept, dropped)
 }
 
 /// Trimmed mean and winsorized variance of `v` with `g` values trimmed from each end.
-fn trimmed_stats(v: &[f64], g: usize) -> (f64, f64) {
+pub(crate) fn trimmed_stats(v: &[f64], g: usize) -> (f64, f64) {
     let s = sorted(v);
     let n = s.len();
     let kept = &s[g..n - g];
