@@ -5,10 +5,21 @@
 #   2. the same runs with the candidate's time samples scaled by 1.10 (samples.csv rewritten in
 #      a copy): how often gemm latency and attention latency are `regression`;
 #   3. `compare` JSON: ratio against candidate/baseline as shown.
-# Usage: scripts/issue10-acceptance.sh [RUNS=10] [ROUNDS=5]; TAGBENCH=path/to/tagbench.
+#   4. wall time per run, and the rounds each case ended with.
+# Usage: scripts/issue10-acceptance.sh [RUNS=10] [MIN_ROUNDS=5] [MAX_ROUNDS=MIN_ROUNDS];
+# MAX_ROUNDS above MIN_ROUNDS runs adaptive rounds (min_rounds/max_rounds), else a fixed number.
+# TAGBENCH=path/to/tagbench. The ×1.10 copies keep the rounds the A/A run stopped at (a real
+# 10% slowdown would be judged undecided at a look more often and get more rounds).
 set -euo pipefail
 RUNS=${1:-10}
 ROUNDS=${2:-5}
+MAX_ROUNDS=${3:-$ROUNDS}
+if [ "$MAX_ROUNDS" -gt "$ROUNDS" ]; then
+  ROUNDS_KEYS="min_rounds = $ROUNDS
+max_rounds = $MAX_ROUNDS"
+else
+  ROUNDS_KEYS="rounds = $ROUNDS"
+fi
 BIN=${TAGBENCH:-target/release/tagbench}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
@@ -21,7 +32,7 @@ max_samples = 200
 max_time_s = 0.3
 target_rel_ci = 0.01
 timeout_s = 120
-rounds = $ROUNDS
+$ROUNDS_KEYS
 [[target]]
 name = "a"
 local = true
@@ -90,7 +101,7 @@ for i in $(seq 1 "$RUNS"); do
   start=$(date +%s.%N)
   "$BIN" run --no-progress --no-report --run-id "aa-$i" --results-dir "$WORK/r" "$WORK/aa.toml" >/dev/null 2>"$WORK/run-$i.err" || true
   wall=$(python3 -c "import time; print(f'{time.time() - $start:.1f}')")
-  extra=$(grep -c "in place of an outlier round" "$WORK/run-$i.err" || true)
+  extra=$(grep -c "measuring .* again" "$WORK/run-$i.err" || true)
   verdicts "$WORK/r/aa-$i" > "$WORK/v-$i.txt"
   judged=$(awk '$3!="missing"' "$WORK/v-$i.txt" | wc -l)
   noisy=$(awk '$3=="noisy"' "$WORK/v-$i.txt" | wc -l)
@@ -100,9 +111,18 @@ for i in $(seq 1 "$RUNS"); do
   verdicts "$WORK/s-$i" > "$WORK/sv-$i.txt"
   g=$(awk '$1=="gemm" && $2=="latency" && $3=="regression"' "$WORK/sv-$i.txt" | wc -l)
   a=$(awk '$1=="attention" && $2=="latency" && $3=="regression"' "$WORK/sv-$i.txt" | wc -l)
-  echo "run $i: wall ${wall}s, extra round batches $extra; A/A: $judged judged, $noisy noisy, $changes regression/improvement; ×1.10: gemm latency $(sed -n 's/^gemm latency \([a-z]*\).*/\1/p' "$WORK/sv-$i.txt"), attention latency $(sed -n 's/^attention latency \([a-z]*\).*/\1/p' "$WORK/sv-$i.txt"); max |ratio − shown| $err"
+  rounds=$(python3 -c '
+import csv, sys, collections
+m = collections.defaultdict(set)
+for r in csv.DictReader(open(sys.argv[1])):
+    if r["round"] and r["workload"] != "probe":
+        m[r["workload"]].add(int(r["round"]))
+print(",".join(f"{w} {len(v)}" for w, v in sorted(m.items())))' "$WORK/r/aa-$i/results.csv")
+  echo "run $i: wall ${wall}s, rounds [$rounds], extra round batches $extra; A/A: $judged judged, $noisy noisy, $changes regression/improvement; ×1.10: gemm latency $(sed -n 's/^gemm latency \([a-z]*\).*/\1/p' "$WORK/sv-$i.txt"), attention latency $(sed -n 's/^attention latency \([a-z]*\).*/\1/p' "$WORK/sv-$i.txt"); max |ratio − shown| $err"
+  total_wall=$(python3 -c "print(f'{${total_wall:-0} + $wall:.1f}')")
   total_judged=$((total_judged + judged)); total_noisy=$((total_noisy + noisy)); total_changes=$((total_changes + changes))
   hits_gemm=$((hits_gemm + g)); hits_att=$((hits_att + a))
 done
+echo "wall time: ${total_wall}s over $RUNS runs (rounds $ROUNDS..$MAX_ROUNDS)"
 echo "A/A over $RUNS runs: $total_changes regressions/improvements; $total_noisy of $total_judged judged metrics noisy"
 echo "×1.10 candidate: gemm latency regression in $hits_gemm of $RUNS, attention latency in $hits_att of $RUNS"

@@ -795,3 +795,74 @@ size = 512
         assert!(c["verdict"] == "same" || c["verdict"] == "noisy", "{c}");
     }
 }
+
+/// Nightly runs of the baseline tag on four days (levels drift by a few percent between days)
+/// pooled as one baseline: a candidate within the days' spread is not a regression, and the
+/// output says that between-run drift is not controlled; a 30% slowdown is still found. The
+/// runs are named by a glob or listed (`--baseline R1 R2 ... CANDIDATE`).
+#[test]
+fn pooled_baseline_from_several_runs_widens_by_the_drift_between_them() {
+    let t = tempfile::tempdir().unwrap();
+    let nights = t.path().join("nights");
+    for (i, day) in [10.0, 10.3, 9.8, 10.1].iter().enumerate() {
+        let mut c = Case::gemm("local", "", 256, samples(300 + i as u64, *day, 0.01, 100));
+        c.rounds = 5;
+        write_run(
+            &nights,
+            &format!("night-{i}"),
+            &format!("2026-01-0{}T03:00:00Z", i + 1),
+            &[c],
+        );
+    }
+    let cand = |id: &str, level: f64| {
+        let mut c = Case::gemm("local", "", 256, samples(400, level, 0.01, 100));
+        c.rounds = 5;
+        write_run(t.path(), id, "2026-01-09T03:00:00Z", &[c])
+    };
+    let same_day = cand("today", 10.35);
+    let glob = format!("{}/night-*", nights.display());
+    let out = tagbench()
+        .args(["compare", "--format", "json", "--baseline", &glob])
+        .arg(&same_day)
+        .assert()
+        .code(0);
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(stderr.contains("between-run drift is not controlled"), "{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    for c in v["comparisons"].as_array().unwrap() {
+        assert_ne!(c["verdict"], "regression", "{c}");
+        assert_eq!(c["pooled_runs"][0], 4, "{c}");
+        assert!(
+            c["reason"]
+                .as_str()
+                .unwrap()
+                .contains("baseline pooled from 4 runs"),
+            "{c}"
+        );
+        // Wider than the candidate's own rounds (±1%) would make it.
+        assert!(
+            c["ci_high"].as_f64().unwrap() / c["ci_low"].as_f64().unwrap() > 1.03,
+            "{c}"
+        );
+    }
+    // Listed runs, the candidate last: a 30% slowdown is a regression.
+    let slow = cand("slow", 13.0);
+    let mut cmd = tagbench();
+    cmd.args(["compare", "--baseline"]);
+    for i in 0..4 {
+        cmd.arg(nights.join(format!("night-{i}")));
+    }
+    let out = cmd.arg(&slow).assert().code(1);
+    let text = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("latency") && l.ends_with("regression")),
+        "{text}"
+    );
+    // A glob that matches nothing is an input error.
+    tagbench()
+        .args(["compare", "--baseline", &format!("{}/nope-*", nights.display())])
+        .arg(&slow)
+        .assert()
+        .code(2);
+}

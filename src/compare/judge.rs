@@ -9,7 +9,8 @@ use crate::render::num::pct;
 use crate::stats::bootstrap::median_in_place;
 use crate::stats::robust::TRIM;
 use crate::stats::{
-    mann_whitney, paired_log_ratio, ratio_of_medians_ci, without_outliers, yuen_log_ratio, Design,
+    mann_whitney, paired_log_ratio, pooled_runs_log_ratio, ratio_of_medians_ci, without_outliers,
+    yuen_log_ratio, Design,
 };
 
 /// What a comparison concludes.
@@ -75,6 +76,10 @@ pub struct Judgement {
     /// Rounds judged (pairs kept, or the smaller side's rounds kept): what the look counts.
     #[serde(skip)]
     pub judged_rounds: usize,
+    /// With a baseline pooled from several runs: how many, and the run-to-run drift (τ, the
+    /// standard deviation of a run's log level) the CI was widened by.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pooled_runs: Option<(usize, f64)>,
     /// The baseline's estimate the ratio is computed from: exp(20%-trimmed mean of the log
     /// round medians), or the pooled sample median when a side has too few rounds.
     #[serde(skip)]
@@ -97,6 +102,7 @@ impl Default for Judgement {
             alpha_share: 1.0,
             pairs: None,
             judged_rounds: 0,
+            pooled_runs: None,
             baseline: None,
             candidate: None,
             outlier_rounds: (0, 0),
@@ -134,12 +140,9 @@ pub fn judge(
         ci_low: Some(ci.low),
         ci_high: Some(ci.high),
         p: Some(mw.p),
-        alpha_share: 1.0,
-        pairs: None,
-        judged_rounds: 0,
         baseline: Some(median_in_place(&mut baseline.to_vec())),
         candidate: Some(median_in_place(&mut candidate.to_vec())),
-        outlier_rounds: (0, 0),
+        ..Judgement::default()
     })
 }
 
@@ -248,6 +251,51 @@ pub fn judge_rounds(
         candidate: Some(y.candidate),
         outlier_rounds: (ob, oc),
         ..j
+    })
+}
+
+/// Judges a candidate run against a baseline pooled from several runs: `baseline_runs` holds
+/// the rounds of each baseline run. Between-run drift is not controlled; the run-to-run spread
+/// of the baseline runs widens the CI (`stats::pooled`). With fewer than [`MIN_ROUNDS`] rounds
+/// in a run, or one baseline run, the rounds are judged as one group ([`judge_rounds`]).
+pub fn judge_pooled(
+    baseline_runs: &[Vec<Vec<f64>>],
+    candidate: &[Vec<f64>],
+    min_samples: usize,
+    resamples: usize,
+    seed: u64,
+) -> Result<Judgement, String> {
+    let medians = |r: &[Vec<f64>]| -> Vec<f64> {
+        r.iter()
+            .filter(|v| !v.is_empty())
+            .map(|v| median_in_place(&mut v.clone()))
+            .collect()
+    };
+    let runs: Vec<Vec<f64>> = baseline_runs.iter().map(|r| medians(r)).collect();
+    let mc = medians(candidate);
+    if runs.len() < 2 || runs.iter().any(|r| r.len() < MIN_ROUNDS) || mc.len() < MIN_ROUNDS {
+        let all: Vec<Vec<f64>> = baseline_runs.iter().flatten().cloned().collect();
+        return judge_rounds(
+            &all,
+            candidate,
+            RoundsPlan::default(),
+            min_samples,
+            resamples,
+            seed,
+        );
+    }
+    let y = pooled_runs_log_ratio(&runs, &mc, TRIM, CI_LEVEL)
+        .ok_or("round medians are not all positive: no ratio")?;
+    Ok(Judgement {
+        ratio: Some(y.ratio),
+        ci_low: Some(y.low),
+        ci_high: Some(y.high),
+        p: Some(y.p),
+        pooled_runs: Some((y.runs, y.between_runs)),
+        judged_rounds: mc.len(),
+        baseline: Some(y.baseline),
+        candidate: Some(y.candidate),
+        ..Judgement::default()
     })
 }
 

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{bail, Result};
 
-use super::judge::{judge_rounds, verdict, Judgement, RoundsPlan, Verdict};
+use super::judge::{judge_pooled, judge_rounds, verdict, Judgement, RoundsPlan, Verdict};
 use super::{CompareOptions, CompareReport, Comparison, LoadedRun, Measurement, Side};
 use crate::results::{ResultRow, Status};
 use crate::stats::bootstrap::fnv1a;
@@ -304,7 +304,18 @@ fn pair_up(
                         design,
                     };
                     let (br, cr) = paired.unwrap_or_else(|| (b.rounds.clone(), c.rounds.clone()));
-                    match judge_rounds(&br, &cr, plan, opts.min_samples, opts.bootstrap, seed) {
+                    let judged = if b.run_of_round.is_empty() {
+                        judge_rounds(&br, &cr, plan, opts.min_samples, opts.bootstrap, seed)
+                    } else {
+                        judge_pooled(
+                            &rounds_by_run(b),
+                            &c.rounds,
+                            opts.min_samples,
+                            opts.bootstrap,
+                            seed,
+                        )
+                    };
+                    match judged {
                         Ok(j) => {
                             cmp.judgement = j;
                             cmp.verdict = Verdict::Noisy; // decided after the Holm correction
@@ -328,10 +339,52 @@ fn pair_up(
     }
 }
 
+/// A pooled baseline's rounds, grouped by the run they came from.
+fn rounds_by_run(m: &Measurement) -> Vec<Vec<Vec<f64>>> {
+    let runs = m.run_of_round.iter().max().map_or(0, |r| r + 1);
+    let mut out = vec![Vec::new(); runs];
+    for (r, rounds) in m.run_of_round.iter().zip(&m.rounds) {
+        out[*r].push(rounds.clone());
+    }
+    out.retain(|r| !r.is_empty());
+    out
+}
+
+/// One measurement of a key from the rounds of several baseline runs (`run_of_round` says
+/// which run each round came from; never paired with a candidate's rounds).
+fn pool_measurements(ms: &[&Measurement]) -> Measurement {
+    let mut row = ms[0].row.clone();
+    row.run_id = String::new();
+    let mut out = Measurement {
+        row,
+        samples: Vec::new(),
+        rounds: Vec::new(),
+        round_ids: Vec::new(),
+        run_of_round: Vec::new(),
+    };
+    for (i, m) in ms.iter().enumerate() {
+        out.samples.extend(&m.samples);
+        out.rounds.extend(m.rounds.iter().cloned());
+        out.round_ids.extend(&m.round_ids);
+        out.run_of_round.extend(std::iter::repeat_n(i, m.rounds.len()));
+    }
+    if let Some(s) = crate::stats::summarize(&out.samples) {
+        crate::results::set_summary(&mut out.row, &s);
+    }
+    out.row.n = Some(out.samples.len());
+    out
+}
+
 /// "; 1 outlier round set aside in the baseline", the pairs judged, the look's α share, or
 /// nothing.
 fn outlier_note(c: &Comparison) -> String {
     let mut parts = Vec::new();
+    if let Some((runs, tau)) = c.judgement.pooled_runs {
+        parts.push(format!(
+            "baseline pooled from {runs} runs: between-run drift is not controlled, the CI is widened by the drift between them (τ = {:.1}%)",
+            tau * 100.0
+        ));
+    }
     if let Some(pairs) = c.judgement.pairs {
         parts.push(format!("paired over {pairs} rounds, 20% trimmed"));
     }
@@ -417,6 +470,62 @@ pub fn compare_runs(base: &LoadedRun, cand: &LoadedRun, opts: &CompareOptions) -
     Ok(CompareReport {
         mode: "runs".into(),
         baseline: bl,
+        options: opts.clone(),
+        comparisons: finish(out, opts),
+    })
+}
+
+/// Compares a candidate run with a baseline pooled from several earlier runs of the baseline
+/// (a nightly job). Every baseline run's rounds of a key stay grouped by run: the run-to-run
+/// spread widens the CI (`stats::pooled`), as the candidate's own day is not controlled.
+pub fn compare_pooled(bases: &[LoadedRun], cand: &LoadedRun, opts: &CompareOptions) -> Result<CompareReport> {
+    if bases.is_empty() {
+        bail!("no baseline run");
+    }
+    let targets =
+        |r: &LoadedRun| -> BTreeSet<String> { r.measurements.iter().map(|m| m.row.target.clone()).collect() };
+    let tc = targets(cand);
+    let single = bases.iter().all(|b| targets(b).len() <= 1) && tc.len() <= 1;
+    if !single && bases.iter().any(|b| targets(b) != tc) {
+        bail!(
+            "the baseline runs and {} have different targets; a pooled baseline needs one target a run or the same targets in every run",
+            cand.dir.display()
+        );
+    }
+    let with_target = !single;
+    let maps: Vec<BTreeMap<MatchKey, &Measurement>> = bases
+        .iter()
+        .map(|b| index(b.measurements.iter(), None, with_target, &b.name()))
+        .collect();
+    let keys: BTreeSet<&MatchKey> = maps.iter().flat_map(|m| m.keys()).collect();
+    let pooled: Vec<(MatchKey, Measurement)> = keys
+        .into_iter()
+        .map(|k| {
+            let ms: Vec<&Measurement> = maps.iter().filter_map(|m| m.get(k).copied()).collect();
+            // Metric rows pool; a status row (failed, skipped) stands for the key as it is.
+            let metric: Vec<&Measurement> = ms.iter().copied().filter(|m| m.is_metric()).collect();
+            let m = if metric.is_empty() {
+                ms[ms.len() - 1].clone()
+            } else {
+                pool_measurements(&metric)
+            };
+            (k.clone(), m)
+        })
+        .collect();
+    let bi: BTreeMap<MatchKey, &Measurement> = pooled.iter().map(|(k, m)| (k.clone(), m)).collect();
+    let label = format!(
+        "{} runs ({} … {})",
+        bases.len(),
+        bases[0].name(),
+        bases[bases.len() - 1].name()
+    );
+    let cl = cand.name();
+    let ci = index(cand.measurements.iter(), None, with_target, &cl);
+    let mut out = Vec::new();
+    pair_up(&bi, &ci, &label, &cl, opts, &Designs::new(), &mut out);
+    Ok(CompareReport {
+        mode: "pooled runs".into(),
+        baseline: label,
         options: opts.clone(),
         comparisons: finish(out, opts),
     })

@@ -20,6 +20,9 @@ pub struct Measurement {
     pub rounds: Vec<Vec<f64>>,
     /// The round index (the CSV's `round`) of each entry of `rounds`.
     pub round_ids: Vec<usize>,
+    /// For a baseline pooled from several runs: which run (0-based) each entry of `rounds`
+    /// came from; empty for one run.
+    pub run_of_round: Vec<usize>,
 }
 
 impl Measurement {
@@ -102,6 +105,7 @@ impl LoadedRun {
                     samples,
                     rounds,
                     round_ids,
+                    run_of_round: Vec::new(),
                 }
             })
             .collect();

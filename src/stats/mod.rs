@@ -6,6 +6,7 @@ pub mod edivisive;
 pub mod holm;
 pub mod mannwhitney;
 pub mod paired;
+pub mod pooled;
 pub mod robust;
 pub mod sequential;
 pub mod summary;
@@ -17,6 +18,7 @@ pub use edivisive::{change_points, change_points_log, ChangePoint, EDivisiveSett
 pub use holm::holm_adjust;
 pub use mannwhitney::{mann_whitney, MannWhitney};
 pub use paired::{paired_log_ratio, PairedLogRatio};
+pub use pooled::{pooled_runs_log_ratio, PooledLogRatio};
 pub use robust::{outlier_rounds, without_outliers, yuen_log_ratio, TrimmedLogRatio};
 pub use sequential::Design;
 pub use summary::{percentile_sorted, summarize, Summary};
