@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::render::num::pct;
 use crate::stats::bootstrap::median_in_place;
+use crate::stats::paired::PAIR_TRIM;
 use crate::stats::robust::TRIM;
 use crate::stats::{
     mann_whitney, paired_log_ratio, pooled_runs_log_ratio, ratio_of_medians_ci, without_outliers,
@@ -218,11 +219,11 @@ pub fn judge_rounds(
             .filter(|(x, y)| !x.is_empty() && !y.is_empty())
             .map(|(x, y)| (median(x), median(y)))
             .unzip();
-        let first = paired_log_ratio(&mb, &mc, TRIM, CI_LEVEL);
+        let first = paired_log_ratio(&mb, &mc, PAIR_TRIM, CI_LEVEL);
         if let Some(first) = first {
             let mut j = Judgement::default();
             let share = spent(&mut j, first.pairs);
-            let y = paired_log_ratio(&mb, &mc, TRIM, ci_level(share)).expect("judged once already");
+            let y = paired_log_ratio(&mb, &mc, PAIR_TRIM, ci_level(share)).expect("judged once already");
             return Ok(Judgement {
                 ratio: Some(y.ratio),
                 ci_low: Some(y.low),

@@ -386,7 +386,7 @@ fn outlier_note(c: &Comparison) -> String {
         ));
     }
     if let Some(pairs) = c.judgement.pairs {
-        parts.push(format!("paired over {pairs} rounds, 20% trimmed"));
+        parts.push(format!("paired over {pairs} rounds"));
     }
     if c.judgement.alpha_share < 1.0 {
         parts.push(format!(

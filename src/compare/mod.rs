@@ -203,11 +203,20 @@ pub fn cmd_compare(args: crate::cli::CompareArgs) -> Result<i32> {
     let opts = CompareOptions::from_args(&args.stats)?;
     let (report, runs) = match &args.along {
         Some(column) => {
-            let [base] = args.baseline.as_slice() else {
-                bail!("--along {column} needs --baseline VALUE (one {column} to compare against)");
+            // `--baseline` takes several values; with `--along` the first is the column value and
+            // any further ones (before no other RUN) are the runs.
+            let Some((base, rest)) = args.baseline.split_first() else {
+                bail!("--along {column} needs --baseline VALUE (the {column} to compare against)");
             };
-            let runs = args
-                .runs
+            let paths: Vec<std::path::PathBuf> = match (rest, args.runs.is_empty()) {
+                (r, true) => r.iter().map(std::path::PathBuf::from).collect(),
+                ([], false) => args.runs.clone(),
+                _ => bail!(
+                    "--along {column} takes one --baseline VALUE, got {}",
+                    args.baseline.len()
+                ),
+            };
+            let runs = paths
                 .iter()
                 .map(|p| LoadedRun::load(p))
                 .collect::<Result<Vec<_>>>()?;

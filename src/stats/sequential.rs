@@ -89,7 +89,7 @@ impl Design {
 mod tests {
     use super::*;
     use crate::stats::paired::paired_log_ratio;
-    use crate::stats::robust::TRIM;
+    use crate::stats::paired::PAIR_TRIM;
     use crate::stats::synthetic::lognormal;
     use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -135,7 +135,7 @@ mod tests {
                 c.push(drift * lognormal(rng, 1.0, 0.03, 1)[0]);
             }
             let w = if spend { d.share(k) } else { 1.0 };
-            let Some(r) = paired_log_ratio(&b, &c, TRIM, 1.0 - 0.05 * w) else {
+            let Some(r) = paired_log_ratio(&b, &c, PAIR_TRIM, 1.0 - 0.05 * w) else {
                 continue;
             };
             let (up, down) = (1.0 + noise, 1.0 / (1.0 + noise));
