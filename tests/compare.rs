@@ -787,20 +787,8 @@ size = 512
         );
     }
 
-    let out = tagbench()
-        .args([
-            "compare",
-            "--format",
-            "json",
-            "--along",
-            "target",
-            "--baseline",
-            "a",
-        ])
-        .arg(run.root.clone())
-        .assert()
-        .code(0);
-    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let (code, v) = common::compare_along_target(&run.root, "a");
+    assert_eq!(code, Some(0), "{v}");
     for c in v["comparisons"].as_array().unwrap() {
         assert!(c["verdict"] == "same" || c["verdict"] == "noisy", "{c}");
     }

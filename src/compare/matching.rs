@@ -28,9 +28,12 @@ pub fn designs_of<'a>(runs: impl IntoIterator<Item = &'a LoadedRun>) -> Designs 
     out
 }
 
+/// The samples of each round of one side.
+type Rounds = Vec<Vec<f64>>;
+
 /// The two sides' rounds as aligned pairs when they come from one run (round r of each was
 /// measured back to back), else `None`.
-fn paired_rounds(b: &Measurement, c: &Measurement) -> Option<(Vec<Vec<f64>>, Vec<Vec<f64>>)> {
+fn paired_rounds(b: &Measurement, c: &Measurement) -> Option<(Rounds, Rounds)> {
     if b.row.run_id.is_empty() || b.row.run_id != c.row.run_id {
         return None;
     }

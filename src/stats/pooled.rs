@@ -4,8 +4,8 @@
 //! Between-run drift is not controlled here: the candidate ran at another time than every
 //! baseline run, so a difference can come from the day as well as from the tag. The rounds of
 //! one run share that day's conditions, so the run, not the round, is the unit the drift acts
-//! on (a one-way random-effects model: a run's log level = tag level + run effect (variance τ²)
-//! + round noise). The baseline's estimate is the mean over runs of each run's trimmed mean of
+//! on (a one-way random-effects model: a run's log level is the tag's level plus a run effect of
+//! variance τ² plus round noise). The baseline's estimate is the mean over runs of each run's trimmed mean of
 //! log round medians, whose spread between runs carries both components; the candidate is one
 //! draw of the run effect, so its variance is its rounds' (Yuen's d) plus τ², estimated from the
 //! baseline runs by the method of moments, `τ² = max(0, s²_runs − mean d_run)` (Searle, Casella

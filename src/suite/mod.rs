@@ -315,7 +315,7 @@ fn compile_workload(
             .map_err(|e| (e.span().unwrap_or(span.clone()), e.message().trim().to_string()))?;
         ov.apply(&mut settings)
             .map_err(|m| (span.clone(), format!("workload `{name}`: {m}")))?;
-        check_measure(&settings).map_err(|m| (span.clone(), m))?;
+        check_measure(&settings).map_err(|m| (span.clone(), format!("workload `{name}`: {m}")))?;
     }
 
     let total: usize = axes.iter().map(|(_, v)| v.len()).product();

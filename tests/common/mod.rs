@@ -147,3 +147,23 @@ pub fn write_run_with_targets(
 pub fn tagbench() -> assert_cmd::Command {
     assert_cmd::Command::cargo_bin("tagbench").unwrap()
 }
+
+/// `compare --format json --along target --baseline BASELINE RUN`: its exit code and JSON.
+pub fn compare_along_target(run: &Path, baseline: &str) -> (Option<i32>, serde_json::Value) {
+    let out = tagbench()
+        .args([
+            "compare",
+            "--format",
+            "json",
+            "--along",
+            "target",
+            "--baseline",
+            baseline,
+        ])
+        .arg(run)
+        .output()
+        .unwrap();
+    let v = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code(), v)
+}
