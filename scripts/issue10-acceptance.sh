@@ -21,8 +21,13 @@ else
   ROUNDS_KEYS="rounds = $ROUNDS"
 fi
 BIN=${TAGBENCH:-target/release/tagbench}
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
+# KEEP=DIR keeps the runs (and their ×1.10 copies) in DIR for a closer look.
+if [ -n "${KEEP:-}" ]; then
+  WORK=$KEEP; mkdir -p "$WORK"
+else
+  WORK=$(mktemp -d)
+  trap 'rm -rf "$WORK"' EXIT
+fi
 cat > "$WORK/aa.toml" <<TOML
 name = "aa"
 [defaults]
@@ -123,6 +128,27 @@ print(",".join(f"{w} {len(v)}" for w, v in sorted(m.items())))' "$WORK/r/aa-$i/r
   total_judged=$((total_judged + judged)); total_noisy=$((total_noisy + noisy)); total_changes=$((total_changes + changes))
   hits_gemm=$((hits_gemm + g)); hits_att=$((hits_att + a))
 done
+# The spread that decides what can be told apart: per metric, the SD of log round medians of
+# one side, and of the log ratios of the round pairs (what the paired test sees), over all runs.
+python3 - "$WORK" "$RUNS" <<'PY'
+import csv, math, statistics as st, sys, collections
+work, runs = sys.argv[1], int(sys.argv[2])
+side, pair = collections.defaultdict(list), collections.defaultdict(list)
+for i in range(1, runs + 1):
+    g = collections.defaultdict(list)
+    for r in csv.DictReader(open(f"{work}/r/aa-{i}/samples.csv")):
+        g[(r["workload"], r["metric"], r["target"], int(r["round"]))].append(float(r["value"]))
+    med = {k: st.median(v) for k, v in g.items()}
+    for (w, m, t, rd), v in med.items():
+        if t == "a" and (w, m, "b", rd) in med:
+            pair[(w, m)].append(math.log(med[(w, m, "b", rd)] / v))
+    for (w, m) in {(w, m) for (w, m, _, _) in med}:
+        la = [math.log(v) for (w2, m2, t, _), v in med.items() if (w2, m2, t) == (w, m, "a")]
+        if len(la) > 2:
+            side[(w, m)].append(st.stdev(la))
+for k in sorted(pair):
+    print(f"spread {k[0]} {k[1]}: one side's round medians {100 * st.mean(side[k]):.1f}% (mean SD per run), round-pair log ratios {100 * st.stdev(pair[k]):.1f}% (SD)")
+PY
 echo "wall time: ${total_wall}s over $RUNS runs (rounds $ROUNDS..$MAX_ROUNDS)"
 echo "A/A over $RUNS runs: $total_changes regressions/improvements; $total_noisy of $total_judged judged metrics noisy"
 echo "×1.10 candidate: gemm latency regression in $hits_gemm of $RUNS, attention latency in $hits_att of $RUNS"
