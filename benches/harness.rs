@@ -19,6 +19,7 @@ fn settings(n: usize) -> MeasureSettings {
         target_rel_ci: 1e-12, // never converges: exactly n samples
         timeout_s: 1e9,
         rounds: 1,
+        max_rounds: 1,
     }
 }
 

@@ -5,13 +5,29 @@
 #   2. the same runs with the candidate's time samples scaled by 1.10 (samples.csv rewritten in
 #      a copy): how often gemm latency and attention latency are `regression`;
 #   3. `compare` JSON: ratio against candidate/baseline as shown.
-# Usage: scripts/issue10-acceptance.sh [RUNS=10] [ROUNDS=5]; TAGBENCH=path/to/tagbench.
+#   4. wall time per run, and the rounds each case ended with.
+# Usage: scripts/issue10-acceptance.sh [RUNS=10] [MIN_ROUNDS=5] [MAX_ROUNDS=MIN_ROUNDS];
+# MAX_ROUNDS above MIN_ROUNDS runs adaptive rounds (min_rounds/max_rounds), else a fixed number.
+# TAGBENCH=path/to/tagbench. The ×1.10 copies keep the rounds the A/A run stopped at (a real
+# 10% slowdown would be judged undecided at a look more often and get more rounds).
 set -euo pipefail
 RUNS=${1:-10}
 ROUNDS=${2:-5}
+MAX_ROUNDS=${3:-$ROUNDS}
+if [ "$MAX_ROUNDS" -gt "$ROUNDS" ]; then
+  ROUNDS_KEYS="min_rounds = $ROUNDS
+max_rounds = $MAX_ROUNDS"
+else
+  ROUNDS_KEYS="rounds = $ROUNDS"
+fi
 BIN=${TAGBENCH:-target/release/tagbench}
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
+# KEEP=DIR keeps the runs (and their ×1.10 copies) in DIR for a closer look.
+if [ -n "${KEEP:-}" ]; then
+  WORK=$KEEP; mkdir -p "$WORK"
+else
+  WORK=$(mktemp -d)
+  trap 'rm -rf "$WORK"' EXIT
+fi
 cat > "$WORK/aa.toml" <<TOML
 name = "aa"
 [defaults]
@@ -21,7 +37,7 @@ max_samples = 200
 max_time_s = 0.3
 target_rel_ci = 0.01
 timeout_s = 120
-rounds = $ROUNDS
+$ROUNDS_KEYS
 [[target]]
 name = "a"
 local = true
@@ -90,7 +106,7 @@ for i in $(seq 1 "$RUNS"); do
   start=$(date +%s.%N)
   "$BIN" run --no-progress --no-report --run-id "aa-$i" --results-dir "$WORK/r" "$WORK/aa.toml" >/dev/null 2>"$WORK/run-$i.err" || true
   wall=$(python3 -c "import time; print(f'{time.time() - $start:.1f}')")
-  extra=$(grep -c "in place of an outlier round" "$WORK/run-$i.err" || true)
+  extra=$(grep -c "measuring .* again" "$WORK/run-$i.err" || true)
   verdicts "$WORK/r/aa-$i" > "$WORK/v-$i.txt"
   judged=$(awk '$3!="missing"' "$WORK/v-$i.txt" | wc -l)
   noisy=$(awk '$3=="noisy"' "$WORK/v-$i.txt" | wc -l)
@@ -100,9 +116,39 @@ for i in $(seq 1 "$RUNS"); do
   verdicts "$WORK/s-$i" > "$WORK/sv-$i.txt"
   g=$(awk '$1=="gemm" && $2=="latency" && $3=="regression"' "$WORK/sv-$i.txt" | wc -l)
   a=$(awk '$1=="attention" && $2=="latency" && $3=="regression"' "$WORK/sv-$i.txt" | wc -l)
-  echo "run $i: wall ${wall}s, extra round batches $extra; A/A: $judged judged, $noisy noisy, $changes regression/improvement; ×1.10: gemm latency $(sed -n 's/^gemm latency \([a-z]*\).*/\1/p' "$WORK/sv-$i.txt"), attention latency $(sed -n 's/^attention latency \([a-z]*\).*/\1/p' "$WORK/sv-$i.txt"); max |ratio − shown| $err"
+  rounds=$(python3 -c '
+import csv, sys, collections
+m = collections.defaultdict(set)
+for r in csv.DictReader(open(sys.argv[1])):
+    if r["round"] and r["workload"] != "probe":
+        m[r["workload"]].add(int(r["round"]))
+print(",".join(f"{w} {len(v)}" for w, v in sorted(m.items())))' "$WORK/r/aa-$i/results.csv")
+  echo "run $i: wall ${wall}s, rounds [$rounds], extra round batches $extra; A/A: $judged judged, $noisy noisy, $changes regression/improvement; ×1.10: gemm latency $(sed -n 's/^gemm latency \([a-z]*\).*/\1/p' "$WORK/sv-$i.txt"), attention latency $(sed -n 's/^attention latency \([a-z]*\).*/\1/p' "$WORK/sv-$i.txt"); max |ratio − shown| $err"
+  total_wall=$(python3 -c "print(f'{${total_wall:-0} + $wall:.1f}')")
   total_judged=$((total_judged + judged)); total_noisy=$((total_noisy + noisy)); total_changes=$((total_changes + changes))
   hits_gemm=$((hits_gemm + g)); hits_att=$((hits_att + a))
 done
+# The spread that decides what can be told apart: per metric, the SD of log round medians of
+# one side, and of the log ratios of the round pairs (what the paired test sees), over all runs.
+python3 - "$WORK" "$RUNS" <<'PY'
+import csv, math, statistics as st, sys, collections
+work, runs = sys.argv[1], int(sys.argv[2])
+side, pair = collections.defaultdict(list), collections.defaultdict(list)
+for i in range(1, runs + 1):
+    g = collections.defaultdict(list)
+    for r in csv.DictReader(open(f"{work}/r/aa-{i}/samples.csv")):
+        g[(r["workload"], r["metric"], r["target"], int(r["round"]))].append(float(r["value"]))
+    med = {k: st.median(v) for k, v in g.items()}
+    for (w, m, t, rd), v in med.items():
+        if t == "a" and (w, m, "b", rd) in med:
+            pair[(w, m)].append(math.log(med[(w, m, "b", rd)] / v))
+    for (w, m) in {(w, m) for (w, m, _, _) in med}:
+        la = [math.log(v) for (w2, m2, t, _), v in med.items() if (w2, m2, t) == (w, m, "a")]
+        if len(la) > 2:
+            side[(w, m)].append(st.stdev(la))
+for k in sorted(pair):
+    print(f"spread {k[0]} {k[1]}: one side's round medians {100 * st.mean(side[k]):.1f}% (mean SD per run), round-pair log ratios {100 * st.stdev(pair[k]):.1f}% (SD)")
+PY
+echo "wall time: ${total_wall}s over $RUNS runs (rounds $ROUNDS..$MAX_ROUNDS)"
 echo "A/A over $RUNS runs: $total_changes regressions/improvements; $total_noisy of $total_judged judged metrics noisy"
 echo "×1.10 candidate: gemm latency regression in $hits_gemm of $RUNS, attention latency in $hits_att of $RUNS"

@@ -90,7 +90,11 @@ pub struct MeasureSettings {
     /// targets. A process is the unit of replication: memory layout, thread placement and clock
     /// state differ between processes far more than between samples of one process, so
     /// comparisons judge on the spread of per-round medians when each side has 3 or more.
+    /// With two or more targets this is the rounds measured first (`min_rounds`); more are
+    /// added, up to `max_rounds`, while a comparison is undecided.
     pub rounds: usize,
+    /// The most rounds a case gets when rounds are adaptive (`min_rounds` < `max_rounds`).
+    pub max_rounds: usize,
 }
 
 impl Default for MeasureSettings {
@@ -104,6 +108,7 @@ impl Default for MeasureSettings {
             target_rel_ci: 0.01,
             timeout_s: 300.0,
             rounds: 5,
+            max_rounds: 20,
         }
     }
 }

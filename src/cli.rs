@@ -177,17 +177,20 @@ pub struct StatsArgs {
 
 #[derive(Debug, Args, Clone)]
 pub struct CompareArgs {
-    /// BASELINE CANDIDATE (run directories or results.csv files); with `--along`, any number of
-    /// runs to compare within.
-    #[arg(required = true, value_name = "RUN")]
+    /// BASELINE CANDIDATE (run directories or results.csv files); with `--baseline RUN...`,
+    /// the CANDIDATE only; with `--along`, any number of runs to compare within.
+    #[arg(value_name = "RUN")]
     pub runs: Vec<PathBuf>,
     /// Compare along this column within the runs: image, gpu_name, engine, target, device,
     /// image_id or run_id.
     #[arg(long, value_name = "COLUMN")]
     pub along: Option<String>,
-    /// With `--along`: the column value every other value is compared against.
-    #[arg(long, value_name = "VALUE", requires = "along")]
-    pub baseline: Option<String>,
+    /// With `--along`: the column value every other value is compared against. Without it:
+    /// earlier runs of the baseline pooled into one baseline (`--baseline RUN... CANDIDATE`,
+    /// or a glob such as 'results/*-nightly'); between-run drift is not controlled, and the
+    /// spread between those runs widens the CI.
+    #[arg(long, value_name = "RUN|VALUE", num_args = 1..)]
+    pub baseline: Vec<String>,
     #[command(flatten)]
     pub stats: StatsArgs,
     /// Output format.

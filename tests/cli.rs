@@ -1,6 +1,8 @@
 //! End-to-end tests of the core harness through the real binary: the smoke suite, suite errors,
 //! a run killed mid-way and resumed, a case that outlives its time limit.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -376,6 +378,59 @@ size = 64
         .collect();
     let want = [("a", 0), ("b", 0), ("b", 1), ("a", 1), ("a", 2), ("b", 2)];
     assert_eq!(order, want.map(|(t, r)| (t.to_string(), r)));
+}
+
+/// Adaptive rounds: two targets, `min_rounds = 3`, `max_rounds = 6`. The run records the design
+/// in run.json; every case ends at a look (3 or 6 rounds judged) or, having re-measured outlier
+/// rounds, at most 2 past `max_rounds`; `compare` spends α by the look it judged at. With a time
+/// budget already spent after the first rounds, no round is added.
+#[test]
+fn adaptive_rounds_stop_at_a_look_and_record_the_design() {
+    let tmp = tempfile::tempdir().unwrap();
+    let suite = |budget: &str| {
+        format!(
+            "[defaults]\nwarmup_s = 0.0\nmin_samples = 3\nmax_time_s = 0.05\nmin_rounds = 3\nmax_rounds = 6\n{budget}\n[[target]]\nname = \"a\"\nlocal = true\n[[target]]\nname = \"b\"\nlocal = true\n[[workload]]\nkind = \"gemm\"\nsize = [64, 128]\n"
+        )
+    };
+    for (id, budget) in [("open", ""), ("budget", "max_run_time = 0.001")] {
+        std::fs::create_dir_all(tmp.path().join(id)).unwrap();
+        let path = write_suite(&tmp.path().join(id), &suite(budget));
+        let out = tagbench()
+            .arg(&path)
+            .args(["--run-id", id, "--results-dir"])
+            .arg(tmp.path().join("r"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        let run = RunDir::new(tmp.path().join("r").join(id));
+        let meta = run.read_meta().unwrap();
+        assert_eq!(meta.rounds_design.len(), 2, "{:?}", meta.rounds_design);
+        let d = meta.rounds_design["gemm/size=64"];
+        assert_eq!((d.min_rounds, d.max_rounds), (3, 6));
+        let rows = read_results(&run).unwrap();
+        for case in ["size=64", "size=128"] {
+            let rounds = rows
+                .iter()
+                .filter(|r| r.case == case && r.metric == "latency" && r.target == "a")
+                .count();
+            if budget.is_empty() {
+                assert!((3..=8).contains(&rounds), "{case}: {rounds} rounds\n{stderr}");
+            } else {
+                // Only re-measured outlier rounds may follow the first three.
+                assert!(rounds <= 5, "{case}: {rounds} rounds\n{stderr}");
+            }
+        }
+        let (_, v) = common::compare_along_target(&run.root, "a");
+        for c in v["comparisons"].as_array().unwrap() {
+            let share = c["alpha_share"].as_f64().unwrap();
+            assert!(
+                share == 0.5,
+                "looks at 3 and 6 of 6 rounds spend half of α each: {c}"
+            );
+            assert!(c["pairs"].as_u64().unwrap() >= 3, "{c}");
+        }
+    }
 }
 
 #[test]

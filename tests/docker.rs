@@ -226,69 +226,78 @@ fn median_latency(rows: &[ResultRow], target: &str) -> f64 {
         .unwrap_or_else(|| panic!("no gemm latency row for {target}: {rows:?}"))
 }
 
+/// Two images in one run: rows, run.json metadata and logs from inside each image, and a
+/// difference the tool must find whatever else runs on the machine. The slow side is held to a
+/// quarter of a CPU by the kernel (`cpus = 0.25`: Docker's NanoCpus, a CFS quota), so other
+/// processes cannot hide it (one thread against two could: ratios 0.99–1.01 at load 5.35);
+/// the assertion is on `compare`'s verdict over 8 paired rounds, not on a raw speed-up. A 1024³
+/// GEMM takes several quota periods (100 ms) per sample, so every sample is throttled.
 #[test]
 fn two_images_run_with_rows_metadata_and_a_measurable_difference() {
     let Some((_g, img)) = setup() else { return };
     let suite = format!(
-        "name = \"two-images\"\n{DEFAULTS}\n[[workload]]\nkind = \"probe\"\n\n[[workload]]\nkind = \"gemm\"\nsize = 512\ndtype = \"fp32\"\nmin_samples = 15\nmax_time_s = 1.5\n"
+        "name = \"two-images\"\n{DEFAULTS}rounds = 8\n\n[[target]]\nimage = \"{}\"\ncpus = 0.25\n\n[[target]]\nimage = \"{}\"\n\n[[workload]]\nkind = \"probe\"\n\n[[workload]]\nkind = \"gemm\"\nsize = 1024\ndtype = \"fp32\"\nmin_samples = 3\nmax_time_s = 1.0\n",
+        img.threads1, img.threads2
     );
-    // The machine is shared: a busy moment can hide the second thread, so a few tries.
-    let mut ratios = Vec::new();
-    for attempt in 0..3 {
-        let run = Run::new(&format!("two-{attempt}"), &suite);
-        let mut cmd = run.cmd();
-        cmd.args(["--image", &img.threads1, "--image", &img.threads2]);
-        let (code, stdout, stderr) = output(cmd);
-        assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
-        let rows = run.rows();
-        for image in [&img.threads1, &img.threads2] {
-            let mine = rows_of(&rows, image);
-            assert!(mine.len() >= 3, "rows for {image}: {rows:?}");
-            for r in &mine {
-                assert_eq!(r.executor, "docker");
-                assert_eq!(&r.image, image);
-                assert!(r.image_id.starts_with("sha256:"), "image_id {:?}", r.image_id);
-                assert_eq!(r.status, Status::Ok, "{r:?}");
-            }
-        }
-        let meta = run.run_dir().read_meta().unwrap();
-        assert_eq!(meta.targets.len(), 2);
-        for t in &meta.targets {
-            assert_eq!(t.executor, "docker");
-            assert!(t.image_id.starts_with("sha256:"));
-            assert!(!t.image_created.is_empty(), "created date in {t:?}");
-            assert!(t.env.contains_key("docker.api_version"), "{t:?}");
-            // The worker's probe answered from inside the image.
-            assert!(t.env.len() > 3, "probe facts in {t:?}");
-        }
-        // The worker saw the image's ENV.
-        assert!(
-            rows.iter()
-                .any(|r| r.target == img.threads1 && r.workload == "probe"),
-            "probe row"
-        );
-        let logs = run.logs();
-        for line in logs.lines().filter(|l| l.starts_with("[tagbench] container")) {
-            eprintln!("overhead: {line}");
-        }
-        assert!(logs.contains("first protocol line"), "logs: {logs}");
-        assert_eq!(run.leftovers(), "", "containers left behind");
-
-        let (slow, fast) = (
-            median_latency(&rows, &img.threads1),
-            median_latency(&rows, &img.threads2),
-        );
-        eprintln!(
-            "gemm 512 fp32 median latency: 1 thread {slow:.3} ms, 2 threads {fast:.3} ms, ratio {:.2}",
-            slow / fast
-        );
-        ratios.push(slow / fast);
-        if slow / fast > 1.2 {
-            return;
+    let run = Run::new("two", &suite);
+    let (code, stdout, stderr) = output(run.cmd());
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let rows = run.rows();
+    for image in [&img.threads1, &img.threads2] {
+        let mine = rows_of(&rows, image);
+        assert!(mine.len() >= 3, "rows for {image}: {rows:?}");
+        for r in &mine {
+            assert_eq!(r.executor, "docker");
+            assert_eq!(&r.image, image);
+            assert!(r.image_id.starts_with("sha256:"), "image_id {:?}", r.image_id);
+            assert_eq!(r.status, Status::Ok, "{r:?}");
         }
     }
+    let meta = run.run_dir().read_meta().unwrap();
+    assert_eq!(meta.targets.len(), 2);
+    for t in &meta.targets {
+        assert_eq!(t.executor, "docker");
+        assert!(t.image_id.starts_with("sha256:"));
+        assert!(!t.image_created.is_empty(), "created date in {t:?}");
+        assert!(t.env.contains_key("docker.api_version"), "{t:?}");
+        // The worker's probe answered from inside the image.
+        assert!(t.env.len() > 3, "probe facts in {t:?}");
+    }
+    assert!(
+        rows.iter()
+            .any(|r| r.target == img.threads1 && r.workload == "probe"),
+        "probe row"
+    );
+    let logs = run.logs();
+    for line in logs.lines().filter(|l| l.starts_with("[tagbench] container")) {
+        eprintln!("overhead: {line}");
+    }
+    assert!(logs.contains("first protocol line"), "logs: {logs}");
+    assert_eq!(run.leftovers(), "", "containers left behind");
+
+    let (slow, fast) = (
+        median_latency(&rows, &img.threads1),
+        median_latency(&rows, &img.threads2),
+    );
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    panic!("the 1-thread image was not measurably slower than the 2-thread image: ratios {ratios:?} (load average {load})");
+    eprintln!(
+        "gemm 1024 fp32 median latency: quarter CPU {slow:.1} ms, unlimited {fast:.1} ms (load {load})"
+    );
+    let out = Command::cargo_bin("tagbench")
+        .unwrap()
+        .args(["compare", "--along", "image", "--baseline", &img.threads2])
+        .arg(run.run_dir().root.clone())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    for metric in ["latency", "throughput"] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("gemm") && l.contains(metric) && l.ends_with("regression")),
+            "the quarter-CPU image must be a gemm {metric} regression (load {load}):\n{text}"
+        );
+    }
+    assert_eq!(out.status.code(), Some(1), "{text}");
 }
 
 #[test]

@@ -7,8 +7,12 @@ use serde::Serialize;
 
 use crate::render::num::pct;
 use crate::stats::bootstrap::median_in_place;
+use crate::stats::paired::PAIR_TRIM;
 use crate::stats::robust::TRIM;
-use crate::stats::{mann_whitney, ratio_of_medians_ci, without_outliers, yuen_log_ratio};
+use crate::stats::{
+    mann_whitney, paired_log_ratio, pooled_runs_log_ratio, ratio_of_medians_ci, without_outliers,
+    yuen_log_ratio, Design,
+};
 
 /// What a comparison concludes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -51,15 +55,32 @@ impl Verdict {
 }
 
 /// The statistics of one comparison, before the family correction.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Judgement {
     /// candidate / baseline of the two estimates below (the values shown for each side).
     pub ratio: Option<f64>,
     /// 95% CI of the ratio (Yuen's t on rounds, or the bootstrap on samples).
     pub ci_low: Option<f64>,
     pub ci_high: Option<f64>,
-    /// Two-sided p-value (uncorrected): Yuen's test on rounds, Mann-Whitney on samples.
+    /// Two-sided p-value before Holm's correction: the paired trimmed t on rounds of one run,
+    /// Yuen's test on rounds of different runs, Mann-Whitney on samples; divided by the α share
+    /// of the look it was judged at (`stats::sequential`), which keeps it a valid p-value under
+    /// adaptive rounds.
     pub p: Option<f64>,
+    /// The share of α (and of the CI's error) spent at this look: 1 with a fixed number of
+    /// rounds. The CI is the `1 − 0.05 · alpha_share` interval.
+    pub alpha_share: f64,
+    /// Round pairs judged when the rounds were paired (one run, round r of each side back to
+    /// back); absent when the sides were judged as independent groups.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pairs: Option<usize>,
+    /// Rounds judged (pairs kept, or the smaller side's rounds kept): what the look counts.
+    #[serde(skip)]
+    pub judged_rounds: usize,
+    /// With a baseline pooled from several runs: how many, and the run-to-run drift (τ, the
+    /// standard deviation of a run's log level) the CI was widened by.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pooled_runs: Option<(usize, f64)>,
     /// The baseline's estimate the ratio is computed from: exp(20%-trimmed mean of the log
     /// round medians), or the pooled sample median when a side has too few rounds.
     #[serde(skip)]
@@ -72,8 +93,31 @@ pub struct Judgement {
     pub outlier_rounds: (usize, usize),
 }
 
-/// Bootstrap CI level.
+impl Default for Judgement {
+    fn default() -> Self {
+        Judgement {
+            ratio: None,
+            ci_low: None,
+            ci_high: None,
+            p: None,
+            alpha_share: 1.0,
+            pairs: None,
+            judged_rounds: 0,
+            pooled_runs: None,
+            baseline: None,
+            candidate: None,
+            outlier_rounds: (0, 0),
+        }
+    }
+}
+
+/// CI level of a fixed design (with adaptive rounds, `1 − 0.05 · alpha_share`).
 pub const CI_LEVEL: f64 = 0.95;
+
+/// The CI level for a look that spends `share` of the error.
+pub fn ci_level(share: f64) -> f64 {
+    1.0 - (1.0 - CI_LEVEL) * share
+}
 
 /// Runs the test and the bootstrap; `Err` says why no verdict is possible (→ `noisy`).
 pub fn judge(
@@ -99,21 +143,43 @@ pub fn judge(
         p: Some(mw.p),
         baseline: Some(median_in_place(&mut baseline.to_vec())),
         candidate: Some(median_in_place(&mut candidate.to_vec())),
-        outlier_rounds: (0, 0),
+        ..Judgement::default()
     })
 }
 
 /// Rounds a side needs before comparisons judge on the spread between rounds.
 pub const MIN_ROUNDS: usize = 3;
 
+/// How the rounds of two sides relate, and the design they were measured under.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RoundsPlan {
+    /// The sides' rounds are aligned pairs measured back to back in one run (round r of each).
+    pub paired: bool,
+    /// The rounds design (`Design::fixed` for a fixed number of rounds).
+    pub design: Design,
+}
+
+impl Default for RoundsPlan {
+    fn default() -> Self {
+        RoundsPlan {
+            paired: false,
+            design: Design::fixed(1),
+        }
+    }
+}
+
 /// Judges two measurements given per round (worker process).
 ///
-/// With at least [`MIN_ROUNDS`] rounds a side, the round is the unit of replication. Outlier
+/// With at least [`MIN_ROUNDS`] rounds a side, the round is the unit of replication. Rounds of
+/// one run are paired (`plan.paired`: round r of both sides ran back to back) and judged with
+/// the trimmed-mean t on the pairs' log ratios (`stats::paired`), which cancels what the
+/// machine did to both at that moment. Rounds of different runs are independent groups: outlier
 /// rounds (Iglewicz & Hoaglin's modified z-score on log round medians, `stats::robust`) are set
-/// aside while at least [`MIN_ROUNDS`] remain (`run` measures a replacement round pair for each);
-/// the rest are judged with Yuen's 20%-trimmed-mean t-test on their logs (Yuen, 1974), whose
-/// estimate, CI and p-value one bad round cannot swing. The estimate of each side is
-/// exp(trimmed mean of log round medians), and the ratio is exactly their quotient.
+/// aside while at least [`MIN_ROUNDS`] remain, and the rest are judged with Yuen's 20%-trimmed
+/// t-test on their logs (Yuen, 1974). The estimate of each side is exp(trimmed mean of log round
+/// medians) (paired: the candidate's is the baseline's times the paired ratio), so the ratio is
+/// exactly their quotient. The look's share of α (`stats::sequential`) sets the CI level and
+/// divides the p-value.
 /// Samples within one process are not independent of that process's memory layout, thread
 /// placement and clocks; treating them as independent across processes declares differences
 /// that a second run does not reproduce. With fewer rounds, the sample-level test and bootstrap
@@ -121,6 +187,7 @@ pub const MIN_ROUNDS: usize = 3;
 pub fn judge_rounds(
     baseline: &[Vec<f64>],
     candidate: &[Vec<f64>],
+    plan: RoundsPlan,
     min_samples: usize,
     resamples: usize,
     seed: u64,
@@ -138,24 +205,98 @@ pub fn judge_rounds(
             c.len()
         ));
     }
+    let median = |v: &Vec<f64>| median_in_place(&mut v.clone());
+    let spent = |j: &mut Judgement, judged: usize| -> f64 {
+        let share = plan.design.share_at(judged);
+        j.alpha_share = share;
+        j.judged_rounds = judged;
+        share
+    };
+    if plan.paired {
+        let (mb, mc): (Vec<f64>, Vec<f64>) = baseline
+            .iter()
+            .zip(candidate)
+            .filter(|(x, y)| !x.is_empty() && !y.is_empty())
+            .map(|(x, y)| (median(x), median(y)))
+            .unzip();
+        let first = paired_log_ratio(&mb, &mc, PAIR_TRIM, CI_LEVEL);
+        if let Some(first) = first {
+            let mut j = Judgement::default();
+            let share = spent(&mut j, first.pairs);
+            let y = paired_log_ratio(&mb, &mc, PAIR_TRIM, ci_level(share)).expect("judged once already");
+            return Ok(Judgement {
+                ratio: Some(y.ratio),
+                ci_low: Some(y.low),
+                ci_high: Some(y.high),
+                p: Some((y.p / share).min(1.0)),
+                pairs: Some(y.pairs),
+                baseline: Some(y.baseline),
+                candidate: Some(y.candidate),
+                ..j
+            });
+        }
+    }
+    let medians = |r: &[Vec<f64>]| -> Vec<f64> { r.iter().filter(|v| !v.is_empty()).map(median).collect() };
+    let (mb, ob) = without_outliers(&medians(baseline), MIN_ROUNDS);
+    let (mc, oc) = without_outliers(&medians(candidate), MIN_ROUNDS);
+    let mut j = Judgement::default();
+    let share = spent(&mut j, mb.len().min(mc.len()));
+    let y = yuen_log_ratio(&mb, &mc, TRIM, ci_level(share))
+        .ok_or("per-round medians are not all positive: no ratio of trimmed means")?;
+    Ok(Judgement {
+        ratio: Some(y.ratio),
+        ci_low: Some(y.low),
+        ci_high: Some(y.high),
+        p: Some((y.p / share).min(1.0)),
+        baseline: Some(y.baseline),
+        candidate: Some(y.candidate),
+        outlier_rounds: (ob, oc),
+        ..j
+    })
+}
+
+/// Judges a candidate run against a baseline pooled from several runs: `baseline_runs` holds
+/// the rounds of each baseline run. Between-run drift is not controlled; the run-to-run spread
+/// of the baseline runs widens the CI (`stats::pooled`). With fewer than [`MIN_ROUNDS`] rounds
+/// in a run, or one baseline run, the rounds are judged as one group ([`judge_rounds`]).
+pub fn judge_pooled(
+    baseline_runs: &[Vec<Vec<f64>>],
+    candidate: &[Vec<f64>],
+    min_samples: usize,
+    resamples: usize,
+    seed: u64,
+) -> Result<Judgement, String> {
     let medians = |r: &[Vec<f64>]| -> Vec<f64> {
         r.iter()
             .filter(|v| !v.is_empty())
             .map(|v| median_in_place(&mut v.clone()))
             .collect()
     };
-    let (mb, ob) = without_outliers(&medians(baseline), MIN_ROUNDS);
-    let (mc, oc) = without_outliers(&medians(candidate), MIN_ROUNDS);
-    let y = yuen_log_ratio(&mb, &mc, TRIM, CI_LEVEL)
-        .ok_or("per-round medians are not all positive: no ratio of trimmed means")?;
+    let runs: Vec<Vec<f64>> = baseline_runs.iter().map(|r| medians(r)).collect();
+    let mc = medians(candidate);
+    if runs.len() < 2 || runs.iter().any(|r| r.len() < MIN_ROUNDS) || mc.len() < MIN_ROUNDS {
+        let all: Vec<Vec<f64>> = baseline_runs.iter().flatten().cloned().collect();
+        return judge_rounds(
+            &all,
+            candidate,
+            RoundsPlan::default(),
+            min_samples,
+            resamples,
+            seed,
+        );
+    }
+    let y = pooled_runs_log_ratio(&runs, &mc, TRIM, CI_LEVEL)
+        .ok_or("round medians are not all positive: no ratio")?;
     Ok(Judgement {
         ratio: Some(y.ratio),
         ci_low: Some(y.low),
         ci_high: Some(y.high),
         p: Some(y.p),
+        pooled_runs: Some((y.runs, y.between_runs)),
+        judged_rounds: mc.len(),
         baseline: Some(y.baseline),
         candidate: Some(y.candidate),
-        outlier_rounds: (ob, oc),
+        ..Judgement::default()
     })
 }
 
@@ -316,7 +457,7 @@ mod tests {
     }
 
     fn decide_rounds(base: &[Vec<f64>], cand: &[Vec<f64>]) -> Verdict {
-        match judge_rounds(base, cand, 5, 2000, 1) {
+        match judge_rounds(base, cand, RoundsPlan::default(), 5, 2000, 1) {
             Ok(j) => verdict(&j, j.p.unwrap_or(1.0), 0.01, 0.03, "lower").0,
             Err(_) => Verdict::Noisy,
         }
@@ -359,7 +500,7 @@ mod tests {
             let c: Vec<Vec<f64>> = (0..5).map(|_| samples(&mut rng, 1.0, CV, N)).collect();
             // One baseline round 75× slow (issue 10's GEMM A/B): still not a change.
             b[4] = samples(&mut rng, 75.0, CV, N);
-            let j = judge_rounds(&b, &c, 5, 2000, 1).unwrap();
+            let j = judge_rounds(&b, &c, RoundsPlan::default(), 5, 2000, 1).unwrap();
             assert_eq!(j.outlier_rounds, (1, 0));
             assert!(j.ci_low.unwrap() > 0.95 && j.ci_high.unwrap() < 1.05, "{j:?}");
             let r = j.candidate.unwrap() / j.baseline.unwrap();
@@ -403,7 +544,7 @@ mod tests {
         let c = vec![samples(&mut rng, 1.1, CV, N), samples(&mut rng, 1.1, CV, N)];
         let flat = |r: &[Vec<f64>]| r.iter().flatten().copied().collect::<Vec<_>>();
         assert_eq!(
-            judge_rounds(&b, &c, 5, 2000, 1).unwrap(),
+            judge_rounds(&b, &c, RoundsPlan::default(), 5, 2000, 1).unwrap(),
             judge(&flat(&b), &flat(&c), 5, 2000, 1).unwrap()
         );
     }

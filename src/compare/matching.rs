@@ -6,11 +6,46 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{bail, Result};
 
-use super::judge::{judge_rounds, verdict, Judgement, Verdict};
+use super::judge::{judge_pooled, judge_rounds, verdict, Judgement, RoundsPlan, Verdict};
 use super::{CompareOptions, CompareReport, Comparison, LoadedRun, Measurement, Side};
 use crate::results::{ResultRow, Status};
 use crate::stats::bootstrap::fnv1a;
-use crate::stats::holm_adjust;
+use crate::stats::{holm_adjust, Design};
+
+/// The rounds designs the runs recorded (run.json `rounds_design`), by (workload, case).
+pub type Designs = BTreeMap<(String, String), Design>;
+
+/// Every rounds design recorded by `runs`.
+pub fn designs_of<'a>(runs: impl IntoIterator<Item = &'a LoadedRun>) -> Designs {
+    let mut out = Designs::new();
+    for r in runs {
+        for (label, d) in r.meta.iter().flat_map(|m| m.rounds_design.iter()) {
+            if let Some((w, c)) = label.split_once('/') {
+                out.insert((w.to_string(), c.to_string()), *d);
+            }
+        }
+    }
+    out
+}
+
+/// The samples of each round of one side.
+type Rounds = Vec<Vec<f64>>;
+
+/// The two sides' rounds as aligned pairs when they come from one run (round r of each was
+/// measured back to back), else `None`.
+fn paired_rounds(b: &Measurement, c: &Measurement) -> Option<(Rounds, Rounds)> {
+    if b.row.run_id.is_empty() || b.row.run_id != c.row.run_id {
+        return None;
+    }
+    let (mut pb, mut pc) = (Vec::new(), Vec::new());
+    for (i, id) in b.round_ids.iter().enumerate() {
+        if let Some(j) = c.round_ids.iter().position(|x| x == id) {
+            pb.push(b.rounds[i].clone());
+            pc.push(c.rounds[j].clone());
+        }
+    }
+    Some((pb, pc))
+}
 
 /// Columns a comparison can run along.
 pub const ALONG_COLUMNS: [&str; 7] = [
@@ -210,6 +245,7 @@ fn pair_up(
     base_label: &str,
     cand_label: &str,
     opts: &CompareOptions,
+    designs: &Designs,
     out: &mut Vec<Comparison>,
 ) {
     let keys: BTreeSet<&MatchKey> = base
@@ -261,7 +297,28 @@ fn pair_up(
                     cmp.reason = "no samples in samples.csv: medians only, no test".into();
                 } else {
                     let seed = opts.seed ^ fnv1a(&[&key.workload, &key.case, &key.metric, cand_label]);
-                    match judge_rounds(&b.rounds, &c.rounds, opts.min_samples, opts.bootstrap, seed) {
+                    let design = designs
+                        .get(&(key.workload.clone(), key.case.clone()))
+                        .copied()
+                        .unwrap_or(Design::fixed(1));
+                    let paired = paired_rounds(b, c);
+                    let plan = RoundsPlan {
+                        paired: paired.is_some(),
+                        design,
+                    };
+                    let (br, cr) = paired.unwrap_or_else(|| (b.rounds.clone(), c.rounds.clone()));
+                    let judged = if b.run_of_round.is_empty() {
+                        judge_rounds(&br, &cr, plan, opts.min_samples, opts.bootstrap, seed)
+                    } else {
+                        judge_pooled(
+                            &rounds_by_run(b),
+                            &c.rounds,
+                            opts.min_samples,
+                            opts.bootstrap,
+                            seed,
+                        )
+                    };
+                    match judged {
                         Ok(j) => {
                             cmp.judgement = j;
                             cmp.verdict = Verdict::Noisy; // decided after the Holm correction
@@ -285,9 +342,69 @@ fn pair_up(
     }
 }
 
-/// "; 1 outlier round set aside in the baseline", or nothing.
+/// A pooled baseline's rounds, grouped by the run they came from.
+fn rounds_by_run(m: &Measurement) -> Vec<Vec<Vec<f64>>> {
+    let runs = m.run_of_round.iter().max().map_or(0, |r| r + 1);
+    let mut out = vec![Vec::new(); runs];
+    for (r, rounds) in m.run_of_round.iter().zip(&m.rounds) {
+        out[*r].push(rounds.clone());
+    }
+    out.retain(|r| !r.is_empty());
+    out
+}
+
+/// One measurement of a key from the rounds of several baseline runs (`run_of_round` says
+/// which run each round came from; never paired with a candidate's rounds).
+fn pool_measurements(ms: &[&Measurement]) -> Measurement {
+    let mut row = ms[0].row.clone();
+    row.run_id = String::new();
+    let mut out = Measurement {
+        row,
+        samples: Vec::new(),
+        rounds: Vec::new(),
+        round_ids: Vec::new(),
+        run_of_round: Vec::new(),
+    };
+    for (i, m) in ms.iter().enumerate() {
+        out.samples.extend(&m.samples);
+        out.rounds.extend(m.rounds.iter().cloned());
+        out.round_ids.extend(&m.round_ids);
+        out.run_of_round.extend(std::iter::repeat_n(i, m.rounds.len()));
+    }
+    if let Some(s) = crate::stats::summarize(&out.samples) {
+        crate::results::set_summary(&mut out.row, &s);
+    }
+    out.row.n = Some(out.samples.len());
+    out
+}
+
+/// "; 1 outlier round set aside in the baseline", the pairs judged, the look's α share, or
+/// nothing.
 fn outlier_note(c: &Comparison) -> String {
     let mut parts = Vec::new();
+    if let Some((runs, tau)) = c.judgement.pooled_runs {
+        parts.push(format!(
+            "baseline pooled from {runs} runs: between-run drift is not controlled, the CI is widened by the drift between them (τ = {:.1}%)",
+            tau * 100.0
+        ));
+    }
+    if let Some(pairs) = c.judgement.pairs {
+        parts.push(format!("paired over {pairs} rounds"));
+    }
+    if c.judgement.alpha_share < 1.0 {
+        parts.push(format!(
+            "look at {} rounds spends {:.0}% of α",
+            c.judgement.judged_rounds,
+            c.judgement.alpha_share * 100.0
+        ));
+    }
+    if c.judgement.pairs.is_some() {
+        return if parts.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", parts.join(", "))
+        };
+    }
     for (n, side) in [
         (c.baseline.outlier_rounds, "baseline"),
         (c.candidate.outlier_rounds, "candidate"),
@@ -352,10 +469,66 @@ pub fn compare_runs(base: &LoadedRun, cand: &LoadedRun, opts: &CompareOptions) -
     let bi = index(base.measurements.iter(), None, with_target, &bl);
     let ci = index(cand.measurements.iter(), None, with_target, &cl);
     let mut out = Vec::new();
-    pair_up(&bi, &ci, &bl, &cl, opts, &mut out);
+    pair_up(&bi, &ci, &bl, &cl, opts, &designs_of([base, cand]), &mut out);
     Ok(CompareReport {
         mode: "runs".into(),
         baseline: bl,
+        options: opts.clone(),
+        comparisons: finish(out, opts),
+    })
+}
+
+/// Compares a candidate run with a baseline pooled from several earlier runs of the baseline
+/// (a nightly job). Every baseline run's rounds of a key stay grouped by run: the run-to-run
+/// spread widens the CI (`stats::pooled`), as the candidate's own day is not controlled.
+pub fn compare_pooled(bases: &[LoadedRun], cand: &LoadedRun, opts: &CompareOptions) -> Result<CompareReport> {
+    if bases.is_empty() {
+        bail!("no baseline run");
+    }
+    let targets =
+        |r: &LoadedRun| -> BTreeSet<String> { r.measurements.iter().map(|m| m.row.target.clone()).collect() };
+    let tc = targets(cand);
+    let single = bases.iter().all(|b| targets(b).len() <= 1) && tc.len() <= 1;
+    if !single && bases.iter().any(|b| targets(b) != tc) {
+        bail!(
+            "the baseline runs and {} have different targets; a pooled baseline needs one target a run or the same targets in every run",
+            cand.dir.display()
+        );
+    }
+    let with_target = !single;
+    let maps: Vec<BTreeMap<MatchKey, &Measurement>> = bases
+        .iter()
+        .map(|b| index(b.measurements.iter(), None, with_target, &b.name()))
+        .collect();
+    let keys: BTreeSet<&MatchKey> = maps.iter().flat_map(|m| m.keys()).collect();
+    let pooled: Vec<(MatchKey, Measurement)> = keys
+        .into_iter()
+        .map(|k| {
+            let ms: Vec<&Measurement> = maps.iter().filter_map(|m| m.get(k).copied()).collect();
+            // Metric rows pool; a status row (failed, skipped) stands for the key as it is.
+            let metric: Vec<&Measurement> = ms.iter().copied().filter(|m| m.is_metric()).collect();
+            let m = if metric.is_empty() {
+                ms[ms.len() - 1].clone()
+            } else {
+                pool_measurements(&metric)
+            };
+            (k.clone(), m)
+        })
+        .collect();
+    let bi: BTreeMap<MatchKey, &Measurement> = pooled.iter().map(|(k, m)| (k.clone(), m)).collect();
+    let label = format!(
+        "{} runs ({} … {})",
+        bases.len(),
+        bases[0].name(),
+        bases[bases.len() - 1].name()
+    );
+    let cl = cand.name();
+    let ci = index(cand.measurements.iter(), None, with_target, &cl);
+    let mut out = Vec::new();
+    pair_up(&bi, &ci, &label, &cl, opts, &Designs::new(), &mut out);
+    Ok(CompareReport {
+        mode: "pooled runs".into(),
+        baseline: label,
         options: opts.clone(),
         comparisons: finish(out, opts),
     })
@@ -388,13 +561,14 @@ pub fn compare_along(
         bail!("nothing to compare: every row has {column} = `{baseline}`");
     }
     let bi = index(base_rows.iter().copied(), Some(column), false, baseline);
+    let designs = designs_of(runs);
     let mut out = Vec::new();
     for (value, rows) in &groups {
         if value == baseline {
             continue;
         }
         let ci = index(rows.iter().copied(), Some(column), false, value);
-        pair_up(&bi, &ci, baseline, value, opts, &mut out);
+        pair_up(&bi, &ci, baseline, value, opts, &designs, &mut out);
     }
     Ok(CompareReport {
         mode: format!("along {column}"),

@@ -17,7 +17,7 @@ pub use crate::results::{LoadedRun, Measurement};
 pub use crate::render::Format;
 pub use format::render;
 pub use judge::{Judgement, Verdict};
-pub use matching::{compare_along, compare_runs};
+pub use matching::{compare_along, compare_pooled, compare_runs};
 
 /// One side of a comparison.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -141,31 +141,123 @@ impl CompareReport {
     }
 }
 
+/// Run paths from `--baseline` values: each a path, or a glob with `*` and `?` in its last
+/// component (sorted); a pattern that matches nothing is an error.
+pub fn expand_runs(values: &[String]) -> Result<Vec<std::path::PathBuf>> {
+    let mut out = Vec::new();
+    for v in values {
+        if !v.contains(['*', '?']) {
+            out.push(std::path::PathBuf::from(v));
+            continue;
+        }
+        let path = std::path::Path::new(v);
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        let pattern = path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut hits: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+            .with_context(|| format!("failed to read {} for --baseline {v}", dir.display()))?
+            .flatten()
+            .filter(|e| wildcard_match(&pattern, &e.file_name().to_string_lossy()))
+            .map(|e| e.path())
+            .collect();
+        if hits.is_empty() {
+            bail!("--baseline {v} matches no run");
+        }
+        hits.sort();
+        out.extend(hits);
+    }
+    Ok(out)
+}
+
+/// Whole-name match with `*` (any run of characters) and `?` (one character).
+fn wildcard_match(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    // Classic two-pointer match with backtracking to the last `*`.
+    let (mut i, mut j, mut star, mut mark) = (0, 0, None, 0);
+    while j < n.len() {
+        if i < p.len() && (p[i] == '?' || p[i] == n[j]) {
+            i += 1;
+            j += 1;
+        } else if i < p.len() && p[i] == '*' {
+            star = Some(i);
+            mark = j;
+            i += 1;
+        } else if let Some(s) = star {
+            i = s + 1;
+            mark += 1;
+            j = mark;
+        } else {
+            return false;
+        }
+    }
+    p[i..].iter().all(|c| *c == '*')
+}
+
 /// `tagbench compare`.
 pub fn cmd_compare(args: crate::cli::CompareArgs) -> Result<i32> {
     let opts = CompareOptions::from_args(&args.stats)?;
     let (report, runs) = match &args.along {
         Some(column) => {
-            let Some(base) = &args.baseline else {
+            // `--baseline` takes several values; with `--along` the first is the column value and
+            // any further ones (before no other RUN) are the runs.
+            let Some((base, rest)) = args.baseline.split_first() else {
                 bail!("--along {column} needs --baseline VALUE (the {column} to compare against)");
             };
-            let runs = args
-                .runs
+            let paths: Vec<std::path::PathBuf> = match (rest, args.runs.is_empty()) {
+                (r, true) => r.iter().map(std::path::PathBuf::from).collect(),
+                ([], false) => args.runs.clone(),
+                _ => bail!(
+                    "--along {column} takes one --baseline VALUE, got {}",
+                    args.baseline.len()
+                ),
+            };
+            let runs = paths
                 .iter()
                 .map(|p| LoadedRun::load(p))
                 .collect::<Result<Vec<_>>>()?;
+            if runs.is_empty() {
+                bail!("--along {column} needs one or more runs to compare within");
+            }
             let report = compare_along(&runs, column, base, &opts)?;
+            (report, runs)
+        }
+        None if !args.baseline.is_empty() => {
+            // `--baseline R1 R2 CAND` reads the candidate as the last value when no run follows.
+            let mut bases = args.baseline.clone();
+            let cand = match args.runs.as_slice() {
+                [c] => c.clone(),
+                [] if bases.len() >= 2 => std::path::PathBuf::from(bases.pop().expect("two or more")),
+                _ => bail!(
+                    "with --baseline RUN... give exactly one CANDIDATE run, got {}",
+                    args.runs.len()
+                ),
+            };
+            let paths = expand_runs(&bases)?;
+            let bases = paths
+                .iter()
+                .map(|p| LoadedRun::load(p))
+                .collect::<Result<Vec<_>>>()?;
+            let cand = LoadedRun::load(&cand)?;
+            let report = compare_pooled(&bases, &cand, &opts)?;
+            eprintln!(
+                "baseline pooled from {} runs: between-run drift is not controlled; the CI is widened by the spread between those runs",
+                bases.len()
+            );
+            let mut runs = bases;
+            runs.push(cand);
             (report, runs)
         }
         None => {
             if args.runs.len() != 2 {
                 bail!(
-                    "compare needs BASELINE and CANDIDATE (two runs), got {}; to compare within runs use --along COLUMN --baseline VALUE",
+                    "compare needs BASELINE and CANDIDATE (two runs), got {}; to pool earlier runs use --baseline RUN... CANDIDATE; to compare within runs use --along COLUMN --baseline VALUE",
                     args.runs.len()
                 );
-            }
-            if args.baseline.is_some() {
-                bail!("--baseline VALUE goes with --along COLUMN; without it the first run is the baseline");
             }
             let base = LoadedRun::load(&args.runs[0])?;
             let cand = LoadedRun::load(&args.runs[1])?;
@@ -191,4 +283,17 @@ pub fn cmd_compare(args: crate::cli::CompareArgs) -> Result<i32> {
         eprintln!("error: nothing matched with measurements on both sides");
     }
     Ok(report.exit_code())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards() {
+        assert!(wildcard_match("*-nightly", "20261124-nightly"));
+        assert!(wildcard_match("n?ght*", "night-1"));
+        assert!(!wildcard_match("*-nightly", "20261124-nightly.bak"));
+        assert!(wildcard_match("*", ""));
+    }
 }

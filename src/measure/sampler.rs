@@ -101,6 +101,7 @@ mod tests {
             target_rel_ci: 0.01,
             timeout_s: 60.0,
             rounds: 1,
+            max_rounds: 1,
         }
     }
 

@@ -215,6 +215,7 @@ mod tests {
                 baseline: Some(1.0),
                 candidate: Some(ratio),
                 outlier_rounds: (0, 0),
+                ..Default::default()
             },
             p_adj: Some(0.001),
             noise: 0.03,

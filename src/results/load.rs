@@ -18,6 +18,11 @@ pub struct Measurement {
     pub samples: Vec<f64>,
     /// The samples of each round (worker process), in round order.
     pub rounds: Vec<Vec<f64>>,
+    /// The round index (the CSV's `round`) of each entry of `rounds`.
+    pub round_ids: Vec<usize>,
+    /// For a baseline pooled from several runs: which run (0-based) each entry of `rounds`
+    /// came from; empty for one run.
+    pub run_of_round: Vec<usize>,
 }
 
 impl Measurement {
@@ -81,20 +86,27 @@ impl LoadedRun {
             .map(|k| {
                 let mut rows = grouped.remove(&k).unwrap_or_default();
                 rows.sort_by_key(|r| r.round.unwrap_or(0));
-                let rounds: Vec<Vec<f64>> = rows
+                let (rounds, round_ids): (Vec<Vec<f64>>, Vec<usize>) = rows
                     .iter()
                     .filter_map(|r| {
-                        let mut v = by_key.remove(&(k.clone(), r.round.unwrap_or(0)))?;
+                        let round = r.round.unwrap_or(0);
+                        let mut v = by_key.remove(&(k.clone(), round))?;
                         v.sort_by_key(|&(i, _)| i);
-                        Some(v.into_iter().map(|(_, x)| x).collect())
+                        Some((v.into_iter().map(|(_, x)| x).collect(), round))
                     })
-                    .collect();
+                    .unzip();
                 let samples: Vec<f64> = rounds.iter().flatten().copied().collect();
                 let mut row = rows.swap_remove(0);
                 if rounds.len() > 1 {
                     pool_summary(&mut row, &samples);
                 }
-                Measurement { row, samples, rounds }
+                Measurement {
+                    row,
+                    samples,
+                    rounds,
+                    round_ids,
+                    run_of_round: Vec::new(),
+                }
             })
             .collect();
         Ok(LoadedRun {

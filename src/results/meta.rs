@@ -27,6 +27,11 @@ pub struct RunMeta {
     pub options: Option<serde_json::Value>,
     #[serde(default)]
     pub targets: Vec<TargetMeta>,
+    /// Per case (`workload/case`), the rounds design it ran under when rounds were adaptive
+    /// (`min_rounds` < `max_rounds`): `compare` spends α across its looks
+    /// (`stats::sequential`). Absent: a fixed number of rounds.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rounds_design: BTreeMap<String, crate::stats::Design>,
 }
 
 /// Per target: the image and what the probe found inside it.

@@ -22,6 +22,8 @@ pub struct RunContext {
     pub round: usize,
     /// (target, workload, case) that were skipped or failed: not run again in later rounds.
     pub not_ok: HashSet<CaseKey>,
+    /// When this process started the run (the `max_run_time` budget counts from here).
+    pub started: std::time::Instant,
 }
 
 impl RunContext {
@@ -34,7 +36,13 @@ impl RunContext {
             counts: BTreeMap::new(),
             round: 0,
             not_ok,
+            started: std::time::Instant::now(),
         }
+    }
+
+    /// Seconds since this process started the run.
+    pub fn elapsed_s(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
     }
 
     /// Writes (and flushes) the rows of one finished case and counts them.

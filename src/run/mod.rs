@@ -85,6 +85,7 @@ fn new_meta(plan: &Plan, opts: &RunOptions, run_id: &str) -> Result<RunMeta> {
         args: Vec::new(),
         options: Some(serde_json::to_value(opts)?),
         targets: Vec::new(),
+        rounds_design: Default::default(),
     })
 }
 
@@ -136,11 +137,16 @@ pub fn cmd_run(opts: RunOptions) -> Result<i32> {
     let mut writer = RunWriter::open(&run)?;
     let bar = progress_bar(plan.total_steps(), opts.no_progress);
     eprintln!(
-        "run {run_id}: suite `{}`, {} cases × {} targets, up to {} rounds → {}",
+        "run {run_id}: suite `{}`, {} cases × {} targets, {} rounds{} → {}",
         plan.suite.name,
         plan.cases.len(),
         plan.targets.len(),
         plan.max_rounds(),
+        match plan.cases.iter().map(|c| plan::design_of(c).max_rounds).max() {
+            Some(m) if m > plan.max_rounds() && plan.targets.len() > 1 =>
+                format!(" (up to {m} while undecided)"),
+            _ => String::new(),
+        },
         dir.display()
     );
     let mut ctx = RunContext::new(&run_id, &plan.suite.name, &run, bar.clone(), done.not_ok.clone());

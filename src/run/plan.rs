@@ -132,6 +132,19 @@ pub fn rounds_of(c: &Case) -> usize {
     }
 }
 
+/// A case's rounds design: `rounds_of` first, at most `max_rounds` (the probe: one round).
+pub fn design_of(c: &Case) -> crate::stats::Design {
+    let min = rounds_of(c);
+    crate::stats::Design {
+        min_rounds: min,
+        max_rounds: if c.kind == WorkloadKind::Probe {
+            min
+        } else {
+            c.measure.max_rounds.max(min)
+        },
+    }
+}
+
 /// Everything a run measures: the suite, its targets and the cases that passed the filters.
 pub struct Plan {
     pub suite: Suite,

@@ -1,7 +1,8 @@
 //! The round loop: every case in interleaved rounds across targets (A B, B A, …) so that drift
 //! over time affects every side alike; a case that was skipped or failed is not measured again;
 //! `--resume` skips what already has rows; progress on stderr; rows written per case; one more
-//! interleaved round for each outlier round (bounded by [`MAX_EXTRA_ROUNDS`]).
+//! interleaved round for each outlier round (bounded by [`MAX_EXTRA_ROUNDS`]); with adaptive
+//! rounds, more interleaved rounds while a comparison is undecided (`stats::sequential`).
 
 use std::collections::HashSet;
 
@@ -9,7 +10,7 @@ use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::context::{CaseKey, RunContext};
-use super::plan::{rounds_of, Plan};
+use super::plan::{design_of, rounds_of, Plan};
 use super::supervise::{prepare_target, run_target, write_status, Prepared};
 use crate::case::{Case, Device};
 use crate::results::{outlier_rounds_of, read_results, RunDir, RunMeta, RunWriter, Status, TargetMeta};
@@ -128,7 +129,93 @@ pub fn run_rounds(
     if plan.targets.len() < 2 {
         return Ok(());
     }
-    replace_outlier_rounds(ctx, writer, plan, done, meta, &mut prepared)
+    replace_outlier_rounds(ctx, writer, plan, done, meta, &mut prepared)?;
+    add_rounds_until_decided(ctx, writer, plan, done, meta, &mut prepared)
+}
+
+/// Rounds measured so far of a case (one past its highest round index).
+fn measured_rounds(rows: &[crate::results::ResultRow], c: &Case) -> usize {
+    rows.iter()
+        .filter(|r| r.workload == c.workload && r.case == c.id)
+        .filter_map(|r| r.round)
+        .max()
+        .map_or(0, |r| r + 1)
+}
+
+/// Cases whose comparisons (every target against the first, as `compare --along target`
+/// would judge them now) want another round pair: a compared metric is still `noisy`, or the
+/// rounds judged are between two looks of the design, where no verdict may stop the case.
+/// A case stops at `max_rounds` (plus the rounds that replaced outlier rounds).
+fn undecided_cases(ctx: &RunContext, plan: &Plan) -> Result<Vec<Case>> {
+    use crate::compare::{compare_along, CompareOptions, LoadedRun, Verdict};
+    let run = LoadedRun::load(&ctx.run.root)?;
+    let base = plan.targets[0].display_name();
+    let Ok(report) = compare_along(
+        std::slice::from_ref(&run),
+        "target",
+        &base,
+        &CompareOptions::default(),
+    ) else {
+        return Ok(Vec::new());
+    };
+    let rows = read_results(&ctx.run)?;
+    Ok(plan
+        .cases
+        .iter()
+        .filter(|c| {
+            let design = design_of(c);
+            if design.max_rounds <= design.min_rounds
+                || measured_rounds(&rows, c) >= design.max_rounds + MAX_EXTRA_ROUNDS
+            {
+                return false;
+            }
+            report
+                .comparisons
+                .iter()
+                .filter(|x| x.workload == c.workload && x.case == c.id && x.judgement.p.is_some())
+                .any(|x| {
+                    let judged = x.judgement.judged_rounds;
+                    judged < design.max_rounds && (x.verdict == Verdict::Noisy || !design.is_look(judged))
+                })
+        })
+        .cloned()
+        .collect())
+}
+
+/// Adaptive rounds: while a case is undecided (see [`undecided_cases`]) and the suite's
+/// `max_run_time` has not passed, one more interleaved round pair of it. The α of the final
+/// verdicts is spent across the design's looks (`stats::sequential`), recorded in run.json.
+fn add_rounds_until_decided(
+    ctx: &mut RunContext,
+    writer: &mut RunWriter,
+    plan: &Plan,
+    done: &Done,
+    meta: &mut RunMeta,
+    prepared: &mut [Option<Option<Prepared>>],
+) -> Result<()> {
+    for c in plan.cases.iter().filter(|c| {
+        let d = design_of(c);
+        d.max_rounds > d.min_rounds
+    }) {
+        meta.rounds_design.insert(c.label(), design_of(c));
+    }
+    if meta.rounds_design.is_empty() {
+        return Ok(());
+    }
+    ctx.run.write_meta(meta)?;
+    loop {
+        if let Some(budget) = plan.suite.max_run_time_s {
+            if ctx.elapsed_s() > budget {
+                eprintln!("max_run_time ({budget} s) reached: no more rounds are added; undecided comparisons stay `noisy`");
+                return Ok(());
+            }
+        }
+        let cases = undecided_cases(ctx, plan)?;
+        if cases.is_empty() {
+            return Ok(());
+        }
+        run_extra_round(ctx, writer, plan, done, meta, prepared, cases, "undecided")?;
+    }
 }
 
 /// Cases (by workload and id) with more outlier rounds, on any target and metric, than rounds
@@ -149,13 +236,7 @@ fn cases_needing_a_round(ctx: &RunContext, plan: &Plan) -> Result<Vec<Case>> {
         let e = outliers.entry((workload, case)).or_default();
         *e = (*e).max(n);
     }
-    let measured = |c: &Case| -> usize {
-        rows.iter()
-            .filter(|r| r.workload == c.workload && r.case == c.id)
-            .filter_map(|r| r.round)
-            .max()
-            .map_or(0, |r| r + 1)
-    };
+    let measured = |c: &Case| measured_rounds(&rows, c);
     Ok(plan
         .cases
         .iter()
@@ -186,43 +267,59 @@ fn replace_outlier_rounds(
         if cases.is_empty() {
             break;
         }
-        // Each case continues at its own next round index.
-        let mut by_round: std::collections::BTreeMap<usize, Vec<Case>> = Default::default();
-        let rows = read_results(&ctx.run)?;
-        for c in cases {
-            let next = rows
+        run_extra_round(
+            ctx,
+            writer,
+            plan,
+            done,
+            meta,
+            prepared,
+            cases,
+            "in place of an outlier round",
+        )?;
+    }
+    Ok(())
+}
+
+/// One more interleaved round of `cases` on every target, each case at its own next round
+/// index, in the alternating order.
+#[allow(clippy::too_many_arguments)]
+fn run_extra_round(
+    ctx: &mut RunContext,
+    writer: &mut RunWriter,
+    plan: &Plan,
+    done: &Done,
+    meta: &mut RunMeta,
+    prepared: &mut [Option<Option<Prepared>>],
+    cases: Vec<Case>,
+    why: &str,
+) -> Result<()> {
+    let mut by_round: std::collections::BTreeMap<usize, Vec<Case>> = Default::default();
+    let rows = read_results(&ctx.run)?;
+    for c in cases {
+        by_round.entry(measured_rounds(&rows, &c)).or_default().push(c);
+    }
+    for (round, cases) in by_round {
+        ctx.round = round;
+        eprintln!("round {round}: measuring {} case(s) again, {why}", cases.len());
+        for ti in order(round, plan.targets.len()) {
+            let target = &plan.targets[ti];
+            let tname = target.display_name();
+            let todo: Vec<Case> = cases
                 .iter()
-                .filter(|r| r.workload == c.workload && r.case == c.id)
-                .filter_map(|r| r.round)
-                .max()
-                .map_or(0, |r| r + 1);
-            by_round.entry(next).or_default().push(c);
-        }
-        for (round, cases) in by_round {
-            ctx.round = round;
-            eprintln!(
-                "round {round}: measuring {} case(s) again in place of an outlier round",
-                cases.len()
-            );
-            for ti in order(round, plan.targets.len()) {
-                let target = &plan.targets[ti];
-                let tname = target.display_name();
-                let todo: Vec<Case> = cases
-                    .iter()
-                    .filter(|c| {
-                        let key = (tname.clone(), c.workload.clone(), c.id.clone());
-                        !ctx.not_ok.contains(&key) && !done.rounds.contains(&(key, round))
-                    })
-                    .cloned()
-                    .collect();
-                let Some(Some(p)) = prepared[ti].as_mut() else {
-                    continue;
-                };
-                if todo.is_empty() {
-                    continue;
-                }
-                run_and_record(ctx, writer, target, p, todo, meta)?;
+                .filter(|c| {
+                    let key = (tname.clone(), c.workload.clone(), c.id.clone());
+                    !ctx.not_ok.contains(&key) && !done.rounds.contains(&(key, round))
+                })
+                .cloned()
+                .collect();
+            let Some(Some(p)) = prepared[ti].as_mut() else {
+                continue;
+            };
+            if todo.is_empty() {
+                continue;
             }
+            run_and_record(ctx, writer, target, p, todo, meta)?;
         }
     }
     Ok(())

@@ -47,7 +47,7 @@ fn sorted(v: &[f64]) -> Vec<f64> {
 /// [`MIN_ROUNDS_FOR_OUTLIERS`] rounds, or a non-positive value, flag nothing.
 pub fn outlier_rounds(round_medians: &[f64]) -> Vec<bool> {
     let n = round_medians.len();
-    if n < 3 || round_medians.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
+    if n < MIN_ROUNDS_FOR_OUTLIERS || round_medians.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
         return vec![false; n];
     }
     let logs: Vec<f64> = round_medians.iter().map(|v| v.ln()).collect();
@@ -61,22 +61,22 @@ pub fn outlier_rounds(round_medians: &[f64]) -> Vec<bool> {
 /// remain (else all of them: too few rounds to tell a bad one from the spread), and how many
 /// were set aside.
 pub fn without_outliers(round_medians: &[f64], keep_at_least: usize) -> (Vec<f64>, usize) {
-    let flags = outlier_rounds(round_medians);
-    let kept: Vec<f64> = round_medians
-        .iter()
-        .zip(&flags)
-        .filter(|(_, &o)| !o)
-        .map(|(v, _)| *v)
-        .collect();
-    if kept.len() < keep_at_least {
+    let keep: Vec<bool> = outlier_rounds(round_medians).iter().map(|o| !o).collect();
+    if keep.iter().filter(|k| **k).count() < keep_at_least {
         return (round_medians.to_vec(), 0);
     }
+    let kept: Vec<f64> = round_medians
+        .iter()
+        .zip(&keep)
+        .filter(|(_, &k)| k)
+        .map(|(v, _)| *v)
+        .collect();
     let dropped = round_medians.len() - kept.len();
     (kept, dropped)
 }
 
 /// Trimmed mean and winsorized variance of `v` with `g` values trimmed from each end.
-fn trimmed_stats(v: &[f64], g: usize) -> (f64, f64) {
+pub(crate) fn trimmed_stats(v: &[f64], g: usize) -> (f64, f64) {
     let s = sorted(v);
     let n = s.len();
     let kept = &s[g..n - g];
@@ -188,6 +188,8 @@ mod tests {
         // Rounds within 3% of each other: the MAD floor keeps them all.
         assert!(outlier_rounds(&[1.0, 1.01, 0.99, 1.03, 1.0]).iter().all(|o| !o));
         assert!(outlier_rounds(&[1.0, 100.0]).iter().all(|o| !o));
+        // Fewer than five rounds flag nothing (the code said three while the rule said five).
+        assert!(outlier_rounds(&[1.0, 1.0, 1.01, 9.0]).iter().all(|o| !o));
         // Too few would remain: keep them all.
         assert_eq!(without_outliers(&[1.0, 1.0, 9.0], 3).1, 0);
     }

@@ -34,6 +34,9 @@ pub struct Suite {
     pub workloads: Vec<Workload>,
     /// The `[slurm]` table: allocation settings for targets run with `--executor slurm`.
     pub slurm: SlurmSettings,
+    /// `max_run_time` of `[defaults]`: past it, no more adaptive rounds are added (the
+    /// `min_rounds` of every case still run).
+    pub max_run_time_s: Option<f64>,
 }
 
 /// One `[[workload]]` entry and the cases its sweep axes expand into.
@@ -82,7 +85,7 @@ impl Suite {
 /// Top-level keys and what they hold.
 const TOP_KEYS: [&str; 6] = ["name", "description", "defaults", "target", "workload", "slurm"];
 /// Measurement keys that a workload may override.
-const MEASURE_KEYS: [&str; 8] = [
+const MEASURE_KEYS: [&str; 10] = [
     "warmup_s",
     "min_samples",
     "max_samples",
@@ -91,6 +94,8 @@ const MEASURE_KEYS: [&str; 8] = [
     "target_rel_ci",
     "timeout_s",
     "rounds",
+    "min_rounds",
+    "max_rounds",
 ];
 
 fn compile(
@@ -148,9 +153,26 @@ fn compile(
         Some(v) => String::deserialize(de(v)).map_err(|e| terr(e, Some("description")))?,
         None => String::new(),
     };
-    let defaults = match get(doc, "defaults") {
-        Some(v) => MeasureSettings::deserialize(de(v)).map_err(|e| terr(e, Some("defaults")))?,
-        None => MeasureSettings::default(),
+    let (defaults, max_run_time_s) = match get(doc, "defaults") {
+        Some(v) => {
+            let mut table = match v.get_ref() {
+                DeValue::Table(t) => t.clone(),
+                _ => return Err(at(v.span(), "`defaults` must be a table".into())),
+            };
+            let budget = match table.remove("max_run_time") {
+                Some(b) => {
+                    Some(parse_duration_s(&b).map_err(|m| at(b.span(), format!("key `max_run_time`: {m}")))?)
+                }
+                None => None,
+            };
+            let ov = MeasureOverrides::deserialize(de(&Spanned::new(v.span(), DeValue::Table(table))))
+                .map_err(|e| terr(e, Some("defaults")))?;
+            let mut settings = MeasureSettings::default();
+            ov.apply(&mut settings)
+                .map_err(|m| at(v.span(), format!("[defaults]: {m}")))?;
+            (settings, budget)
+        }
+        None => (MeasureSettings::default(), None),
     };
     check_measure(&defaults).map_err(|m| at(get(doc, "defaults").map_or(0..0, |v| v.span()), m))?;
 
@@ -194,10 +216,37 @@ fn compile(
         description,
         path: path.to_owned(),
         defaults,
+        max_run_time_s,
         targets,
         workloads,
         slurm,
     })
+}
+
+/// `max_run_time`: seconds as a number, or a string with a unit (`"90s"`, `"30m"`, `"2h"`).
+fn parse_duration_s(v: &Spanned<DeValue<'_>>) -> Result<f64, String> {
+    let secs = match v.get_ref() {
+        DeValue::Integer(i) => i.as_str().replace('_', "").parse::<f64>().ok(),
+        DeValue::Float(f) => f.as_str().parse::<f64>().ok(),
+        DeValue::String(s) => {
+            let s = s.trim();
+            let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len()));
+            let scale = match unit.trim() {
+                "" | "s" => Some(1.0),
+                "m" | "min" => Some(60.0),
+                "h" => Some(3600.0),
+                _ => None,
+            };
+            num.trim().parse::<f64>().ok().zip(scale).map(|(n, k)| n * k)
+        }
+        _ => None,
+    };
+    match secs {
+        Some(s) if s > 0.0 && s.is_finite() => Ok(s),
+        _ => {
+            Err("expected a positive number of seconds, or a string such as \"90s\", \"30m\", \"2h\"".into())
+        }
+    }
 }
 
 type Located = (Range<usize>, String);
@@ -264,8 +313,9 @@ fn compile_workload(
     if !measure.is_empty() {
         let ov = MeasureOverrides::deserialize(de(&Spanned::new(span.clone(), DeValue::Table(measure))))
             .map_err(|e| (e.span().unwrap_or(span.clone()), e.message().trim().to_string()))?;
-        ov.apply(&mut settings);
-        check_measure(&settings).map_err(|m| (span.clone(), m))?;
+        ov.apply(&mut settings)
+            .map_err(|m| (span.clone(), format!("workload `{name}`: {m}")))?;
+        check_measure(&settings).map_err(|m| (span.clone(), format!("workload `{name}`: {m}")))?;
     }
 
     let total: usize = axes.iter().map(|(_, v)| v.len()).product();
@@ -324,10 +374,20 @@ struct MeasureOverrides {
     target_rel_ci: Option<f64>,
     timeout_s: Option<f64>,
     rounds: Option<usize>,
+    min_rounds: Option<usize>,
+    max_rounds: Option<usize>,
 }
 
 impl MeasureOverrides {
-    fn apply(self, s: &mut MeasureSettings) {
+    /// Sets what was given; `rounds = N` is a fixed design (N rounds, never more), while
+    /// `min_rounds`/`max_rounds` set the adaptive one. Giving both kinds is an error.
+    fn apply(self, s: &mut MeasureSettings) -> Result<(), String> {
+        if self.rounds.is_some() && (self.min_rounds.is_some() || self.max_rounds.is_some()) {
+            return Err(
+                "give either `rounds` (a fixed number) or `min_rounds`/`max_rounds` (adaptive), not both"
+                    .into(),
+            );
+        }
         if let Some(v) = self.warmup_s {
             s.warmup_s = v;
         }
@@ -351,7 +411,19 @@ impl MeasureOverrides {
         }
         if let Some(v) = self.rounds {
             s.rounds = v;
+            s.max_rounds = v;
         }
+        if let Some(v) = self.min_rounds {
+            s.rounds = v;
+            // A minimum above the inherited maximum raises it (a maximum given here is checked).
+            if self.max_rounds.is_none() {
+                s.max_rounds = s.max_rounds.max(v);
+            }
+        }
+        if let Some(v) = self.max_rounds {
+            s.max_rounds = v;
+        }
+        Ok(())
     }
 }
 
@@ -372,7 +444,13 @@ fn check_measure(s: &MeasureSettings) -> Result<(), String> {
         }
     }
     if s.rounds == 0 || s.rounds > 100 {
-        return Err("`rounds` must be between 1 and 100".into());
+        return Err("`rounds` (`min_rounds`) must be between 1 and 100".into());
+    }
+    if s.max_rounds < s.rounds || s.max_rounds > 100 {
+        return Err(format!(
+            "`max_rounds` ({}) must be between `min_rounds` ({}) and 100",
+            s.max_rounds, s.rounds
+        ));
     }
     if s.timeout_s.is_nan() || s.timeout_s <= 0.0 {
         return Err("`timeout_s` must be positive".into());

@@ -205,3 +205,47 @@ fn bad_byte_sizes_name_line_at_load() {
     assert_eq!(t.shm_size.as_ref().map(ByteSize::bytes), Some(1 << 30));
     assert_eq!(t.memory.as_ref().map(ByteSize::bytes), Some(1024));
 }
+
+#[test]
+fn adaptive_rounds_keys() {
+    let s = parse("[defaults]\nmin_rounds = 4\nmax_rounds = 12\nmax_run_time = \"30m\"\n[[workload]]\nkind = \"gemm\"\nsize = 8\n\n[[workload]]\nkind = \"gemm\"\nname = \"fixed\"\nsize = 8\nrounds = 3\n").unwrap();
+    let (a, f) = (&s.workloads[0].cases[0].measure, &s.workloads[1].cases[0].measure);
+    assert_eq!((a.rounds, a.max_rounds), (4, 12));
+    assert_eq!((f.rounds, f.max_rounds), (3, 3));
+    assert_eq!(s.max_run_time_s, Some(1800.0));
+    // Defaults: 5 first, up to 20; no time budget.
+    let d = parse("[[workload]]\nkind = \"gemm\"\nsize = 8\n").unwrap();
+    assert_eq!(
+        (d.defaults.rounds, d.defaults.max_rounds, d.max_run_time_s),
+        (5, 20, None)
+    );
+    assert_eq!(
+        parse("[defaults]\nmax_run_time = 90\n[[workload]]\nkind = \"probe\"\n")
+            .unwrap()
+            .max_run_time_s,
+        Some(90.0)
+    );
+}
+
+#[test]
+fn adaptive_rounds_errors_name_the_line() {
+    let e =
+        parse("name = \"x\"\n[defaults]\nmin_rounds = 8\nmax_rounds = 4\n[[workload]]\nkind = \"probe\"\n")
+            .unwrap_err();
+    assert_eq!(e.line, 2, "{e}");
+    assert!(
+        e.message
+            .contains("`max_rounds` (4) must be between `min_rounds` (8)"),
+        "{e}"
+    );
+    let e = parse("[defaults]\nrounds = 5\nmax_rounds = 9\n[[workload]]\nkind = \"probe\"\n").unwrap_err();
+    assert!(e.message.contains("either `rounds`"), "{e}");
+    let e = parse("[defaults]\nwarmup_s = 0.1\nmax_run_time = \"soon\"\n[[workload]]\nkind = \"probe\"\n")
+        .unwrap_err();
+    assert_eq!(e.line, 3, "{e}");
+    assert!(e.message.contains("max_run_time"), "{e}");
+    let e = parse("[[workload]]\nkind = \"gemm\"\nsize = 8\nmax_run_time = 5\n").unwrap_err();
+    assert!(e.message.contains("max_run_time"), "{e}");
+    let e = parse("[[workload]]\nkind = \"gemm\"\nsize = 8\nmin_rounds = 30\nmax_rounds = 10\n").unwrap_err();
+    assert!(e.message.contains("workload `gemm`"), "{e}");
+}

@@ -173,3 +173,23 @@ pub fn torch_python() -> Option<PathBuf> {
     );
     Some(python)
 }
+
+/// `compare --format json --along target --baseline BASELINE RUN`: its exit code and JSON.
+pub fn compare_along_target(run: &Path, baseline: &str) -> (Option<i32>, serde_json::Value) {
+    let out = tagbench()
+        .args([
+            "compare",
+            "--format",
+            "json",
+            "--along",
+            "target",
+            "--baseline",
+            baseline,
+        ])
+        .arg(run)
+        .output()
+        .unwrap();
+    let v = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code(), v)
+}
