@@ -157,7 +157,7 @@ fn values_shown_are_what_the_ratio_is_computed_from_and_a_slow_round_is_set_asid
             c["reason"]
                 .as_str()
                 .unwrap()
-                .contains("1 outlier round set aside in the baseline"),
+                .contains("1 outlier round in the baseline (trimmed)"),
             "{c}"
         );
     }

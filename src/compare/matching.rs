@@ -378,7 +378,7 @@ fn pool_measurements(ms: &[&Measurement]) -> Measurement {
     out
 }
 
-/// "; 1 outlier round set aside in the baseline", the pairs judged, the look's α share, or
+/// "; 1 outlier round in the baseline (trimmed)", the pairs judged, the look's α share, or
 /// nothing.
 fn outlier_note(c: &Comparison) -> String {
     let mut parts = Vec::new();
@@ -411,7 +411,7 @@ fn outlier_note(c: &Comparison) -> String {
     ] {
         if n > 0 {
             let s = if n == 1 { "" } else { "s" };
-            parts.push(format!("{n} outlier round{s} set aside in the {side}"));
+            parts.push(format!("{n} outlier round{s} in the {side} (trimmed)"));
         }
     }
     if parts.is_empty() {

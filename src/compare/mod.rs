@@ -25,7 +25,7 @@ pub struct Side {
     /// The run or the column value this side stands for.
     pub label: String,
     /// The value shown for this side and the one the change and CI are computed from: with
-    /// rounds, exp(20%-trimmed mean of the log round medians, outlier rounds set aside);
+    /// rounds, exp(20%-trimmed mean of the log round medians: a wild round stays out);
     /// otherwise the pooled sample median. `ratio` = candidate.estimate / baseline.estimate.
     pub estimate: Option<f64>,
     /// The pooled median of every sample of every round (a summary only; not what is judged).
@@ -33,7 +33,8 @@ pub struct Side {
     pub n: usize,
     /// Rounds (worker processes) measured.
     pub rounds: usize,
-    /// Outlier rounds set aside by the modified z-score rule.
+    /// Outlier rounds flagged by the modified z-score rule (counted and marked; the trimming keeps
+    /// them out of the estimate).
     pub outlier_rounds: usize,
     pub status: String,
     pub reason: String,

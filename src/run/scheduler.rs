@@ -125,7 +125,7 @@ pub fn run_rounds(
         }
     }
     // Rounds are interleaved pairs only with two or more targets; a single target's outlier
-    // rounds are still marked and set aside by `compare`, and its round count stays as planned.
+    // rounds are still marked and counted by `compare`, and its round count stays as planned.
     if plan.targets.len() < 2 {
         return Ok(());
     }
