@@ -22,4 +22,4 @@ pub use pooled::{pooled_runs_log_ratio, PooledLogRatio};
 pub use robust::{outlier_rounds, without_outliers, yuen_log_ratio, TrimmedLogRatio};
 pub use sequential::Design;
 pub use summary::{percentile_sorted, summarize, Summary};
-pub use welch::{welch_log_ratio, welch_t, LogRatio, WelchT};
+pub use welch::{log_t_interval, welch_log_ratio, welch_t, LogRatio, WelchT};

@@ -26,7 +26,7 @@
 //!   with [`DF_FACTOR`] · (h − 1) the 10%-trimmed test gave 0.7% and 0.9% at α = 1% (4.2%, 4.5%
 //!   at α = 5%): at most α, as a release gate needs. Untrimmed (under 10 pairs), h − 1 is exact.
 
-use statrs::distribution::{ContinuousCDF, StudentsT};
+use super::welch::log_t_interval;
 
 use super::robust::trimmed_stats;
 
@@ -89,33 +89,23 @@ pub fn paired_log_ratio(
     let (tm, wv) = trimmed_stats(&logs, g);
     let base_logs: Vec<f64> = baseline.iter().map(|b| b.ln()).collect();
     let base = trimmed_stats(&base_logs, g).0.exp();
-    let ratio = tm.exp();
     let se2 = (n as f64 - 1.0) * wv / (h as f64 * (h as f64 - 1.0));
-    let df = if g == 0 {
-        h as f64 - 1.0
-    } else {
-        DF_FACTOR * (h as f64 - 1.0)
+    let df = || {
+        if g == 0 {
+            h as f64 - 1.0
+        } else {
+            DF_FACTOR * (h as f64 - 1.0)
+        }
     };
-    let (low, high, p) = if se2 <= 0.0 || !se2.is_finite() {
-        (ratio, ratio, if tm.abs() <= 1e-12 { 1.0 } else { 0.0 })
-    } else {
-        let t = StudentsT::new(0.0, 1.0, df).ok()?;
-        let se = se2.sqrt();
-        let q = t.inverse_cdf(0.5 + level / 2.0);
-        (
-            (tm - q * se).exp(),
-            (tm + q * se).exp(),
-            (2.0 * t.sf((tm / se).abs())).clamp(0.0, 1.0),
-        )
-    };
+    let t = log_t_interval(tm, se2, df, level)?;
     Some(PairedLogRatio {
         baseline: base,
-        candidate: base * ratio,
-        ratio,
-        low,
-        high,
-        p,
-        df,
+        candidate: base * t.ratio,
+        ratio: t.ratio,
+        low: t.low,
+        high: t.high,
+        p: t.p,
+        df: t.df,
         pairs: n,
     })
 }

@@ -7,7 +7,7 @@
 //! median-based rule and a trimmed mean do not.
 
 use super::paired::DF_FACTOR;
-use statrs::distribution::{ContinuousCDF, StudentsT};
+use super::welch::log_t_interval;
 
 /// Iglewicz & Hoaglin's cut-off for the modified z-score ("How to Detect and Handle Outliers",
 /// ASQC 1993): |M| > 3.5 is an outlier.
@@ -136,39 +136,27 @@ pub fn yuen_log_ratio(baseline: &[f64], candidate: &[f64], trim: f64, level: f64
     };
     let (tb, db, hb) = side(baseline)?;
     let (tc, dc, hc) = side(candidate)?;
-    let diff = tc - tb;
-    let (eb, ec) = (tb.exp(), tc.exp());
-    let ratio = diff.exp();
     let se2 = db + dc;
-    if se2 <= 0.0 || !se2.is_finite() {
-        // No spread: the difference is exact.
-        let p = if diff.abs() <= 1e-12 { 1.0 } else { 0.0 };
-        return Some(TrimmedLogRatio {
-            baseline: eb,
-            candidate: ec,
-            ratio,
-            low: ratio,
-            high: ratio,
-            p,
-            df: f64::INFINITY,
-        });
-    }
-    let welch = se2 * se2 / (db * db / (hb - 1.0) + dc * dc / (hc - 1.0));
     // Calibrated as the paired test's (`stats::paired::DF_FACTOR`): with something trimmed,
     // Welch–Satterthwaite on h − 1 is liberal at 10–20 rounds.
     let trimmed = hb < baseline.len() as f64 || hc < candidate.len() as f64;
-    let df = if trimmed { DF_FACTOR * welch } else { welch };
-    let t = StudentsT::new(0.0, 1.0, df).ok()?;
-    let se = se2.sqrt();
-    let q = t.inverse_cdf(0.5 + level / 2.0);
+    let df = || {
+        let welch = se2 * se2 / (db * db / (hb - 1.0) + dc * dc / (hc - 1.0));
+        if trimmed {
+            DF_FACTOR * welch
+        } else {
+            welch
+        }
+    };
+    let t = log_t_interval(tc - tb, se2, df, level)?;
     Some(TrimmedLogRatio {
-        baseline: eb,
-        candidate: ec,
-        ratio,
-        low: (diff - q * se).exp(),
-        high: (diff + q * se).exp(),
-        p: (2.0 * t.sf((diff / se).abs())).clamp(0.0, 1.0),
-        df,
+        baseline: tb.exp(),
+        candidate: tc.exp(),
+        ratio: t.ratio,
+        low: t.low,
+        high: t.high,
+        p: t.p,
+        df: t.df,
     })
 }
 

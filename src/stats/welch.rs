@@ -107,6 +107,35 @@ pub fn welch_log_ratio(baseline: &[f64], candidate: &[f64], level: f64) -> Optio
     })
 }
 
+/// The CI of exp(`diff`) and the two-sided p-value of "no difference" for a t statistic on the
+/// log scale: `diff ± q·√se2`, q the t quantile for `level` with `df()` degrees of freedom. With
+/// no spread (`se2` zero or not finite) the difference is exact: the CI is the ratio itself, p is
+/// 1 for no difference and 0 otherwise, and the df is infinite (`df` is not called: it divides by
+/// the spread). The trimmed, paired and pooled tests share it.
+pub fn log_t_interval(diff: f64, se2: f64, df: impl FnOnce() -> f64, level: f64) -> Option<LogRatio> {
+    let ratio = diff.exp();
+    if se2 <= 0.0 || !se2.is_finite() {
+        return Some(LogRatio {
+            ratio,
+            low: ratio,
+            high: ratio,
+            p: if diff.abs() <= 1e-12 { 1.0 } else { 0.0 },
+            df: f64::INFINITY,
+        });
+    }
+    let df = df();
+    let t = StudentsT::new(0.0, 1.0, df).ok()?;
+    let se = se2.sqrt();
+    let q = t.inverse_cdf(0.5 + level / 2.0);
+    Some(LogRatio {
+        ratio,
+        low: (diff - q * se).exp(),
+        high: (diff + q * se).exp(),
+        p: (2.0 * t.sf((diff / se).abs())).clamp(0.0, 1.0),
+        df,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
