@@ -429,6 +429,14 @@ fn adaptive_rounds_stop_at_a_look_and_record_the_design() {
                 "looks at 3 and 6 of 6 rounds spend half of α each: {c}"
             );
             assert!(c["pairs"].as_u64().unwrap() >= 3, "{c}");
+            // The reason gives the look's CI level: 1 − 0.05 · ½.
+            assert!(
+                c["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("spends 50% of α (97.5% CI)"),
+                "{c}"
+            );
         }
     }
 }

@@ -59,7 +59,7 @@ pub fn cells(c: &Comparison, along: bool) -> Vec<String> {
 }
 
 /// What the baseline and candidate columns hold, said once above every comparison table.
-pub const VALUES_NOTE: &str = "values: per side, the trimmed mean of round medians (20% trimmed, so a wild round stays out) that the change and CI are computed from; the pooled sample median is `median` in --format json";
+pub const VALUES_NOTE: &str = "values: per side, the trimmed mean of round medians (20% trimmed, so a wild round stays out) that the change and CI are computed from; the pooled sample median is `median` in --format json; CI: 95%, or wider where an adaptive look spent part of α (its reason gives the level)";
 
 pub fn header(along: bool) -> Vec<&'static str> {
     let mut h = vec!["workload", "case", "metric", "gpu"];
@@ -71,7 +71,7 @@ pub fn header(along: bool) -> Vec<&'static str> {
         "candidate",
         "unit",
         "change",
-        "95% CI",
+        "CI",
         "p (Holm)",
         "verdict",
     ]);

@@ -393,9 +393,10 @@ fn outlier_note(c: &Comparison) -> String {
     }
     if c.judgement.alpha_share < 1.0 {
         parts.push(format!(
-            "look at {} rounds spends {:.0}% of α",
+            "look at {} rounds spends {:.0}% of α ({}% CI)",
             c.judgement.judged_rounds,
-            c.judgement.alpha_share * 100.0
+            c.judgement.alpha_share * 100.0,
+            (super::judge::ci_level(c.judgement.alpha_share) * 1e4).round() / 100.0
         ));
     }
     if c.judgement.pairs.is_some() {
