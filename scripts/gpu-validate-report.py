@@ -47,38 +47,33 @@ def load_json(results, run_id):
         return {}
 
 
-def find_key(obj, key):
-    """The first value of `key` anywhere in a JSON tree (run.json nests the probe's env)."""
+def find_first(obj, match):
+    """The first value anywhere in a JSON tree (run.json nests the probe's env) whose key and
+    value satisfy `match(key, value)`, as a string."""
     if isinstance(obj, dict):
-        if key in obj and isinstance(obj[key], (str, int, float)):
-            return str(obj[key])
+        for k, v in obj.items():
+            if isinstance(v, (str, int, float)) and match(k, v):
+                return str(v)
         for v in obj.values():
-            r = find_key(v, key)
+            r = find_first(v, match)
             if r is not None:
                 return r
     elif isinstance(obj, list):
         for v in obj:
-            r = find_key(v, key)
+            r = find_first(v, match)
             if r is not None:
                 return r
     return None
+
+
+def find_key(obj, key):
+    """The first value of `key` anywhere in a JSON tree."""
+    return find_first(obj, lambda k, _: k == key)
 
 
 def find_prefixed(obj, prefix, contains):
     """The first string value whose key starts with `prefix` and contains `contains`."""
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            if isinstance(k, str) and k.startswith(prefix) and contains in k and isinstance(v, str):
-                return v
-            r = find_prefixed(v, prefix, contains)
-            if r is not None:
-                return r
-    elif isinstance(obj, list):
-        for v in obj:
-            r = find_prefixed(v, prefix, contains)
-            if r is not None:
-                return r
-    return None
+    return find_first(obj, lambda k, v: isinstance(v, str) and k.startswith(prefix) and contains in k)
 
 
 def index(rows):
