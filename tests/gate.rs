@@ -211,7 +211,8 @@ fn candidate_missing_half_the_metrics_exits_1_listing_them_first() {
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["outcome"], "missing");
-    assert_eq!(v["missing"].as_array().unwrap().len(), 4, "{v}");
+    assert_eq!(v["candidate_lacks"].as_array().unwrap().len(), 4, "{v}");
+    assert_eq!(v["candidate_lacks"][0]["reason"], "not measured in the candidate");
     assert_eq!(v["comparisons"][0]["verdict"], "missing");
     // `--allow-missing` opens the gate for them (still listed).
     let out = tagbench()

@@ -222,7 +222,7 @@ kill -SEGV $$"#,
         .env("TAGBENCH_SLURM_WORKER", &crash)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let rows = rows(results, "crash");
     assert_eq!(rows.len(), 1, "{rows:?}");
     let r = &rows[0];
@@ -241,7 +241,7 @@ fn hang_is_cancelled_and_the_run_goes_on(c: &Cluster, dir: &Path, results: &Path
     let suite = write(dir, "hang.toml", &toml);
     let started = Instant::now();
     let out = c.run(Some(&suite), "hang", results, &[]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(started.elapsed() < Duration::from_secs(60));
     let rows = rows(results, "hang");
     let slow: Vec<&ResultRow> = rows.iter().filter(|r| r.workload == "slow").collect();
@@ -445,7 +445,7 @@ fn docker_in_a_step_leaves_no_container(c: &Cluster, dir: &Path, results: &Path)
     );
     let suite = write(dir, "docker.toml", &toml);
     let out = c.run(Some(&suite), "docker-step", results, &[]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let rows = rows(results, "docker-step");
     let slow: Vec<&ResultRow> = rows.iter().filter(|r| r.workload == "slow").collect();
     assert_eq!(slow.len(), 1, "{rows:?}");
@@ -518,7 +518,7 @@ fn allreduce_spans_both_nodes_as_one_step(c: &Cluster, dir: &Path, results: &Pat
     // Rank 3 (on n2) exits at set-up: the case fails naming it (among the ranks whose collective
     // it broke, in the order their reports arrived); the gemm is unaffected.
     let out = run("allreduce-crash", Some("3"));
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let crashed = rows(results, "allreduce-crash");
     let ar: Vec<&ResultRow> = crashed.iter().filter(|r| r.workload == "allreduce").collect();
     assert_eq!(ar.len(), 1, "{ar:?}");

@@ -26,7 +26,7 @@ struct JsonReport<'a> {
     /// Why the gate is closed (empty when it is open).
     gate: Vec<String>,
     /// The (workload, case, metric, gpu) the baseline measured and the candidate lacks.
-    missing: Vec<MissingKey<'a>>,
+    candidate_lacks: Vec<MissingKey<'a>>,
     #[serde(flatten)]
     report: &'a CompareReport,
 }
@@ -53,7 +53,7 @@ impl<'a> JsonReport<'a> {
             } else {
                 report.gate_lines()
             },
-            missing: report
+            candidate_lacks: report
                 .lacking()
                 .into_iter()
                 .map(|c| MissingKey {
