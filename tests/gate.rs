@@ -172,7 +172,16 @@ fn half_missing(dir: &Path) -> (PathBuf, PathBuf) {
 fn candidate_missing_half_the_metrics_exits_1_listing_them_first() {
     let t = tempfile::tempdir().unwrap();
     let (base, cand) = half_missing(t.path());
-    let out = tagbench().arg("compare").arg(&base).arg(&cand).output().unwrap();
+    let compare = |args: &[&str]| {
+        tagbench()
+            .arg("compare")
+            .args(args)
+            .arg(&base)
+            .arg(&cand)
+            .output()
+            .unwrap()
+    };
+    let out = compare(&[]);
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
@@ -202,25 +211,27 @@ fn candidate_missing_half_the_metrics_exits_1_listing_them_first() {
         "{rows:#?}"
     );
     // JSON: the outcome, and the missing comparisons first.
-    let out = tagbench()
-        .args(["compare", "--format", "json"])
-        .arg(&base)
-        .arg(&cand)
-        .output()
-        .unwrap();
+    let out = compare(&["--format", "json"]);
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["outcome"], "missing");
     assert_eq!(v["candidate_lacks"].as_array().unwrap().len(), 4, "{v}");
     assert_eq!(v["candidate_lacks"][0]["reason"], "not measured in the candidate");
     assert_eq!(v["comparisons"][0]["verdict"], "missing");
+    // JUnit: each missing metric is a failure; Markdown: the gate first.
+    let out = compare(&["--format", "junit"]);
+    assert_eq!(out.status.code(), Some(1));
+    let x = text(&out.stdout);
+    assert_eq!(x.matches("<failure type=\"missing\"").count(), 4, "{x}");
+    assert!(x.contains("tests=\"8\" failures=\"4\""), "{x}");
+    let out = compare(&["--format", "markdown"]);
+    let md = text(&out.stdout);
+    assert!(
+        md.starts_with("**Gate:** exit 1 (the candidate lacks metrics the baseline measured)\n\n- the candidate lacks 4 of the 8"),
+        "{md}"
+    );
     // `--allow-missing` opens the gate for them (still listed).
-    let out = tagbench()
-        .args(["compare", "--allow-missing"])
-        .arg(&base)
-        .arg(&cand)
-        .output()
-        .unwrap();
+    let out = compare(&["--allow-missing"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
     // `report --baseline` agrees, and its page prints the same code and names what is missing.
     let report = t.path().join("report");
