@@ -262,7 +262,22 @@ fn two_images_run_with_rows_metadata_and_a_measurable_difference() {
         assert!(t.env.contains_key("docker.api_version"), "{t:?}");
         // The worker's probe answered from inside the image.
         assert!(t.env.len() > 3, "probe facts in {t:?}");
+        // ... and found itself without capabilities or a way to gain them.
+        assert_eq!(t.env["cap_eff"], "0000000000000000", "{t:?}");
+        assert_eq!(t.env["no_new_privs"], "1", "{t:?}");
     }
+    // The quarter CPU is the container's cgroup quota; the other target has none.
+    let quota = |image: &str| {
+        let t = meta.targets.iter().find(|t| t.image == image).unwrap();
+        t.env.get("cgroup_cpus").cloned()
+    };
+    assert_eq!(
+        quota(&img.threads1).as_deref(),
+        Some("0.25"),
+        "{:?}",
+        meta.targets
+    );
+    assert_eq!(quota(&img.threads2), None, "{:?}", meta.targets);
     assert!(
         rows.iter()
             .any(|r| r.target == img.threads1 && r.workload == "probe"),

@@ -434,13 +434,15 @@ impl Drop for WorkerImage {
     }
 }
 
-/// `container = "docker"`: the worker runs in `docker run` inside the step; a case past its
-/// time limit is cancelled with its step, and the container (which outlives its docker client)
-/// is removed, so none of the run is left.
+/// `container = "docker"`: the worker runs in `docker run` inside the step, hardened and limited
+/// as the Docker executor's containers are (what the worker saw inside is checked: /dev/shm's
+/// size, the cgroup's CPU quota and memory limit, no capabilities, `no_new_privs`); a case past
+/// its time limit is cancelled with its step, and the container (which outlives its docker
+/// client) is removed, so none of the run is left.
 fn docker_in_a_step_leaves_no_container(c: &Cluster, dir: &Path, results: &Path) {
     let image = WorkerImage::build(dir);
     let toml = format!(
-        "[[target]]\nimage = \"{}\"\nexecutor = \"slurm\"\ncontainer = \"docker\"\n\n{ENDLESS_GEMM}timeout_s = 3\n\n[[workload]]\nkind = \"gemm\"\nname = \"fast\"\nsize = 64\nmax_time_s = 0.1\n",
+        "[[target]]\nimage = \"{}\"\nexecutor = \"slurm\"\ncontainer = \"docker\"\nshm_size = \"96m\"\ncpus = 1.5\nmemory = \"1g\"\n\n{ENDLESS_GEMM}timeout_s = 3\n\n[[workload]]\nkind = \"gemm\"\nname = \"fast\"\nsize = 64\nmax_time_s = 0.1\n",
         image.0
     );
     let suite = write(dir, "docker.toml", &toml);
@@ -455,6 +457,14 @@ fn docker_in_a_step_leaves_no_container(c: &Cluster, dir: &Path, results: &Path)
         !fast.is_empty() && fast.iter().all(|r| r.status == Status::Ok && r.image == image.0),
         "{fast:?}"
     );
+    // What the worker found inside its container (its `env` message, kept in run.json).
+    let meta = RunDir::new(results.join("docker-step")).read_meta().unwrap();
+    let seen = &meta.targets[0].env;
+    assert_eq!(seen["shm_bytes"], (96u64 << 20).to_string(), "{seen:?}");
+    assert_eq!(seen["cgroup_cpus"], "1.5", "{seen:?}");
+    assert_eq!(seen["cgroup_memory_bytes"], (1u64 << 30).to_string(), "{seen:?}");
+    assert_eq!(seen["cap_eff"], "0000000000000000", "{seen:?}");
+    assert_eq!(seen["no_new_privs"], "1", "{seen:?}");
     let left = Command::new("docker")
         .args(["ps", "-aq", "--filter", "label=tagbench.run=docker-step"])
         .output()

@@ -2,10 +2,10 @@
 //! (bollard; Podman's compatible socket through `DOCKER_HOST`). The worker binary (this one) and
 //! the job file are bind-mounted read-only, GPUs come through device requests, the network is
 //! `none` unless the suite asks, every container is labelled `tagbench.run=<run-id>` and is
-//! removed when its worker ends, on errors and on Ctrl-C.
+//! removed when its worker ends, on errors and on Ctrl-C. What the container gets is
+//! [`ContainerSpec`]'s rule, shared with Slurm's docker-in-step.
 
 mod api;
-mod spec;
 mod worker;
 
 use std::path::{Path, PathBuf};
@@ -21,6 +21,7 @@ use bollard::Docker;
 use futures_util::StreamExt;
 use tokio::runtime::Runtime;
 
+use super::container_spec::{job_args, ContainerSpec};
 use super::{Executor, WorkerHandle};
 use crate::protocol::Job;
 use crate::results::TargetMeta;
@@ -29,8 +30,6 @@ use crate::sys::interrupt::hold_if_interrupted;
 pub use api::docker_host;
 use api::{call, create_and_start, engine_message, is_not_found, remove_container, API_TIMEOUT};
 pub(crate) use api::{connect, remove_labelled};
-use spec::container_name;
-pub use spec::{container_body, JOB_PATH, LABEL_RUN, LABEL_TARGET, WORKER_PATH};
 use worker::{exit_info, pump_output, DockerWorker};
 
 /// How long the `--version` check of a new target may run (it takes well under a second).
@@ -104,13 +103,14 @@ impl DockerExecutor {
     /// run in (no glibc, no NVIDIA runtime, a bad option) fails the target once, with its cause.
     fn preflight(&mut self, target: &TargetSpec, image: &str) -> Result<f64> {
         let docker = self.docker()?;
-        let body = container_body(
+        let body = ContainerSpec::for_target(
             target,
+            &self.run_id,
             &self.worker_exe,
             None,
             vec!["--version".into()],
-            &self.run_id,
-        )?;
+        )?
+        .create_body();
         let name = container_name(&self.run_id, "check");
         let memory = target.memory.clone();
         self.rt.block_on(async {
@@ -210,13 +210,14 @@ impl Executor for DockerExecutor {
         let job_path = job_path
             .canonicalize()
             .with_context(|| format!("failed to resolve {}", job_path.display()))?;
-        let body = container_body(
+        let body = ContainerSpec::for_target(
             target,
+            &self.run_id,
             &self.worker_exe,
             Some(&job_path),
-            vec!["worker".into(), "--job".into(), JOB_PATH.into()],
-            &self.run_id,
-        )?;
+            job_args(),
+        )?
+        .create_body();
         let stem = log.file_stem().and_then(|s| s.to_str()).unwrap_or("worker");
         let name = container_name(&self.run_id, stem);
         let created_at = Instant::now();
@@ -240,6 +241,14 @@ impl Executor for DockerExecutor {
             removed: false,
         }))
     }
+}
+
+/// A container's name: readable in `docker ps`, unique per start.
+fn container_name(run_id: &str, what: &str) -> String {
+    let safe = crate::sys::safe_name;
+    let nonce: u32 = rand::random();
+    let run: String = safe(run_id).chars().take(60).collect();
+    format!("tagbench-{run}-{}-{nonce:08x}", safe(what))
 }
 
 /// On Ctrl-C or SIGTERM, the containers of `run_id` are removed before the process exits.
