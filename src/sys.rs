@@ -18,6 +18,25 @@ pub fn signal_name(sig: i32) -> &'static str {
     }
 }
 
+/// A child that dies with this process: when the host kills a worker past its time limit, a
+/// python or a user's program still inside a long call would otherwise keep the CPU or GPU busy.
+#[cfg(target_os = "linux")]
+pub fn die_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches only the child being set up.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn die_with_parent(_: &mut std::process::Command) {}
+
 /// The message of a caught panic: `panic!` carries a `String` or a `&'static str`.
 pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     payload

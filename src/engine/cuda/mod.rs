@@ -397,6 +397,17 @@ impl Engine for CudaEngine {
     fn allreduce(&mut self, p: &AllreduceParams, case: &Case) -> Result<CaseOutput, CaseError> {
         self.on_gpus(case, |rt| allreduce::run(rt, p, case))
     }
+
+    fn command(
+        &mut self,
+        p: &crate::workload::command::CommandParams,
+        case: &Case,
+    ) -> Result<CaseOutput, CaseError> {
+        // The program uses the GPUs itself; no CUDA context is opened here for it.
+        let first = self.wanted.first().copied().unwrap_or(0);
+        let out = CaseOutput::new(format!("cuda:{first}"));
+        crate::engine::command::run(p, case, crate::case::Device::Cuda, out)
+    }
 }
 
 #[cfg(test)]

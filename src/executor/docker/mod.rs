@@ -204,19 +204,23 @@ impl Executor for DockerExecutor {
         // The container sees only the GPUs it was given, numbered from 0.
         let mut job = job.clone();
         job.gpus = (0..job.gpus.len()).collect();
+        let files = spec::command_mounts(&mut job);
         let job_path = log.with_extension("job.json");
         std::fs::write(&job_path, serde_json::to_vec(&job)?)
             .with_context(|| format!("failed to write {}", job_path.display()))?;
         let job_path = job_path
             .canonicalize()
             .with_context(|| format!("failed to resolve {}", job_path.display()))?;
-        let body = container_body(
+        let mut body = container_body(
             target,
             &self.worker_exe,
             Some(&job_path),
             vec!["worker".into(), "--job".into(), JOB_PATH.into()],
             &self.run_id,
         )?;
+        if let Some(mounts) = body.host_config.as_mut().and_then(|h| h.mounts.as_mut()) {
+            mounts.extend(files);
+        }
         let stem = log.file_stem().and_then(|s| s.to_str()).unwrap_or("worker");
         let name = container_name(&self.run_id, stem);
         let created_at = Instant::now();

@@ -8,7 +8,9 @@ use anyhow::{bail, Context, Result};
 use bollard::models::{ContainerCreateBody, DeviceRequest, HostConfig, Mount, MountType, ResourcesUlimits};
 
 use crate::case::Device;
+use crate::protocol::Job;
 use crate::suite::{ByteSize, GpuNamed, GpuSelection, TargetSpec};
+use crate::workload::Params;
 
 /// The label every tagbench container carries; its value is the run id.
 pub const LABEL_RUN: &str = "tagbench.run";
@@ -17,6 +19,9 @@ pub const LABEL_TARGET: &str = "tagbench.target";
 /// Where the worker binary and the job file appear inside the container.
 pub const WORKER_PATH: &str = "/opt/tagbench/tagbench";
 pub const JOB_PATH: &str = "/opt/tagbench/job.json";
+/// Where a command case's `files` appear inside the container, under their paths relative to
+/// the suite file; the program starts there unless its `workdir` says otherwise.
+pub const SUITE_PATH: &str = "/opt/tagbench/suite";
 
 /// GPU device requests for the target (driver nvidia, capabilities [[gpu]]).
 fn device_requests(target: &TargetSpec) -> Result<Option<Vec<DeviceRequest>>> {
@@ -116,6 +121,42 @@ pub fn container_body(
     })
 }
 
+/// The read-only bind mounts of the `files` of the job's command cases, each at its path
+/// relative to the suite under [`SUITE_PATH`]. The cases' suite directory is rewritten to
+/// [`SUITE_PATH`] (to none, the image's working directory, when a case has no files).
+pub fn command_mounts(job: &mut Job) -> Vec<Mount> {
+    let mut mounts: Vec<Mount> = Vec::new();
+    for case in &mut job.cases {
+        let Params::Command(p) = &mut case.params else {
+            continue;
+        };
+        let root = std::path::PathBuf::from(&p.root);
+        for f in &p.files {
+            let rel = f.trim_end_matches('/');
+            let target = format!("{SUITE_PATH}/{rel}");
+            if mounts
+                .iter()
+                .any(|m| m.target.as_deref() == Some(target.as_str()))
+            {
+                continue;
+            }
+            mounts.push(Mount {
+                target: Some(target),
+                source: Some(root.join(rel).display().to_string()),
+                typ: Some(MountType::BIND),
+                read_only: Some(true),
+                ..Default::default()
+            });
+        }
+        p.root = if p.files.is_empty() {
+            String::new()
+        } else {
+            SUITE_PATH.to_string()
+        };
+    }
+    mounts
+}
+
 /// A container's name: readable in `docker ps`, unique per start.
 pub(super) fn container_name(run_id: &str, what: &str) -> String {
     let safe = crate::sys::safe_name;
@@ -179,6 +220,57 @@ mod tests {
         assert_eq!(dr.device_ids, Some(vec!["0".to_string(), "2".to_string()]));
         assert_eq!(dr.capabilities, Some(vec![vec!["gpu".to_string()]]));
         assert_eq!(hc.mounts.unwrap()[1].target.as_deref(), Some(JOB_PATH));
+    }
+
+    #[test]
+    fn command_files_are_mounted_read_only_under_the_suite_path() {
+        let mut p: crate::workload::command::CommandParams = toml::from_str(
+            r#"argv = ["python3", "bench/t.py"]
+                               files = ["bench/", "data.txt"]"#,
+        )
+        .unwrap();
+        p.check().unwrap();
+        p.root = "/home/u/suites".into();
+        let case = crate::case::Case {
+            workload: "train".into(),
+            kind: crate::case::WorkloadKind::Command,
+            id: "default".into(),
+            params: Params::Command(p),
+            measure: Default::default(),
+        };
+        let mut job = Job {
+            run_id: "r".into(),
+            engine: Default::default(),
+            device: Device::Cpu,
+            gpus: vec![],
+            cases: vec![case.clone(), case],
+        };
+        let mounts = command_mounts(&mut job);
+        let shown: Vec<(String, String, bool)> = mounts
+            .iter()
+            .map(|m| {
+                (
+                    m.source.clone().unwrap(),
+                    m.target.clone().unwrap(),
+                    m.read_only.unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("/home/u/suites/bench".into(), format!("{SUITE_PATH}/bench"), true),
+                (
+                    "/home/u/suites/data.txt".into(),
+                    format!("{SUITE_PATH}/data.txt"),
+                    true
+                ),
+            ]
+        );
+        match &job.cases[0].params {
+            Params::Command(p) => assert_eq!(p.root, SUITE_PATH),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
