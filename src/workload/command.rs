@@ -101,7 +101,7 @@ impl CommandParams {
                 return Err("`workdir` must not be empty".into());
             }
         }
-        for (k, _) in &self.env {
+        for k in self.env.keys() {
             if k.is_empty() || k.contains('=') || k.contains('\0') {
                 return Err(format!("`env` key `{k}` is not a variable name"));
             }

@@ -5,6 +5,7 @@
 //! removed when its worker ends, on errors and on Ctrl-C.
 
 mod api;
+mod glibc;
 mod spec;
 mod worker;
 
@@ -51,9 +52,17 @@ impl DockerExecutor {
             .enable_all()
             .build()
             .context("failed to start the async runtime")?;
-        let worker_exe = std::env::current_exe()
+        let host_exe = std::env::current_exe()
             .and_then(|p| p.canonicalize())
             .context("failed to locate the tagbench binary")?;
+        let (worker_exe, stale) = glibc::worker_for(
+            &host_exe,
+            std::env::var_os(glibc::WORKER_VAR).map(PathBuf::from),
+            &format!("tagbench {}", crate::VERSION),
+        );
+        if let Some(w) = stale {
+            eprintln!("warning: {w}");
+        }
         remove_containers_on_interrupt(run_id);
         Ok(DockerExecutor {
             rt: Arc::new(rt),
@@ -101,20 +110,55 @@ impl DockerExecutor {
     }
 
     /// Runs `tagbench --version` in the target's container, so that an image the worker cannot
-    /// run in (no glibc, no NVIDIA runtime, a bad option) fails the target once, with its cause.
+    /// run in (no glibc, too old a glibc, no NVIDIA runtime, a bad option) fails the target once,
+    /// with its cause.
     fn preflight(&mut self, target: &TargetSpec, image: &str) -> Result<f64> {
+        let t0 = Instant::now();
+        let (out, err, state) = self.check_container(target, None, vec!["--version".into()])?;
+        let elapsed_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let info = exit_info(&state, target.memory.as_ref(), err.clone(), image);
+        if info.code != Some(0) || !out.starts_with("tagbench ") {
+            if worker::libc_problem(&err) {
+                bail!(
+                    "the worker cannot run in image {image}: {}",
+                    self.libc_mismatch(target, image)
+                );
+            }
+            bail!("the worker cannot run in image {image}: {info}");
+        }
+        Ok(elapsed_ms)
+    }
+
+    /// Why the worker's libc does not fit the image: the glibc its loader reports (or none)
+    /// against the newest glibc symbol version the worker references.
+    fn libc_mismatch(&mut self, target: &TargetSpec, image: &str) -> String {
+        let needed = std::fs::read(&self.worker_exe)
+            .ok()
+            .and_then(|b| glibc::needed_glibc(&b))
+            .unwrap_or_else(|| "?".into());
+        let found = self
+            .check_container(target, Some(glibc::LOADER), vec!["--version".into()])
+            .ok()
+            .and_then(|(out, err, _)| glibc::found_glibc(&format!("{out}\n{err}")));
+        glibc::mismatch(image, found.as_deref(), &needed, &self.worker_exe)
+    }
+
+    /// Runs a short check container of the target (the worker, or `entrypoint` instead) to its
+    /// end: its stdout, stderr and final state. The container is removed.
+    fn check_container(
+        &mut self,
+        target: &TargetSpec,
+        entrypoint: Option<&str>,
+        args: Vec<String>,
+    ) -> Result<(String, String, bollard::models::ContainerInspectResponse)> {
         let docker = self.docker()?;
-        let body = container_body(
-            target,
-            &self.worker_exe,
-            None,
-            vec!["--version".into()],
-            &self.run_id,
-        )?;
+        let image = target.image.clone().unwrap_or_default();
+        let mut body = container_body(target, &self.worker_exe, None, args, &self.run_id)?;
+        if let Some(e) = entrypoint {
+            body.entrypoint = Some(vec![e.to_string()]);
+        }
         let name = container_name(&self.run_id, "check");
-        let memory = target.memory.clone();
         self.rt.block_on(async {
-            let t0 = Instant::now();
             let mut started = create_and_start(&docker, &name, body).await?;
             let id = started.id.clone();
             let run = async {
@@ -131,21 +175,18 @@ impl DockerExecutor {
                 Ok::<_, anyhow::Error>((out, err, state))
             };
             let result = tokio::time::timeout(PREFLIGHT_TIMEOUT, run).await;
-            let elapsed_ms = t0.elapsed().as_secs_f64() * 1e3;
             let _ = remove_container(&docker, &id).await;
             let (out, err, state) = result.map_err(|_| {
                 anyhow!(
-                    "the worker did not answer `--version` in image {image} within {} s",
+                    "the check container did not end within {} s in image {image}",
                     PREFLIGHT_TIMEOUT.as_secs()
                 )
             })??;
-            let out = String::from_utf8_lossy(&out);
-            let err = String::from_utf8_lossy(&err).into_owned();
-            let info = exit_info(&state, memory.as_ref(), err, image);
-            if info.code != Some(0) || !out.starts_with("tagbench ") {
-                bail!("the worker cannot run in image {image}: {info}");
-            }
-            Ok(elapsed_ms)
+            Ok((
+                String::from_utf8_lossy(&out).into_owned(),
+                String::from_utf8_lossy(&err).into_owned(),
+                state,
+            ))
         })
     }
 }
