@@ -37,6 +37,17 @@ pub fn die_with_parent(cmd: &mut std::process::Command) {
 #[cfg(not(target_os = "linux"))]
 pub fn die_with_parent(_: &mut std::process::Command) {}
 
+/// The last `n` non-blank lines of `text`, joined with ` | ` (the last line last): how a
+/// process's stderr is quoted in a reason.
+pub fn tail_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
 /// The message of a caught panic: `panic!` carries a `String` or a `&'static str`.
 pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     payload

@@ -74,10 +74,16 @@ fn tagbench_exe() -> PathBuf {
         .into()
 }
 
-/// The shared libraries `ldd` lists for the worker, as (path in the image, file on this host).
+/// The shared libraries `ldd` lists for the worker, as (path in the image, file on this host):
+/// for this binary and for the glibc 2.17 worker beside it, which the executor mounts when it is
+/// there (linked against glibc 2.17, it also needs libdl, libpthread and librt, which newer
+/// glibc keeps as compatibility stubs).
 fn worker_libs() -> Vec<(String, PathBuf)> {
+    let exe = tagbench_exe();
+    let old = exe.with_file_name("tagbench-glibc2.17");
     let out = Command::new("ldd")
-        .arg(tagbench_exe())
+        .arg(&exe)
+        .args(old.is_file().then_some(&old))
         .output()
         .expect("ldd runs");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -89,6 +95,9 @@ fn worker_libs() -> Vec<(String, PathBuf)> {
             None => line.split_whitespace().next(),
         };
         if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            if libs.iter().any(|(have, _)| have == p) {
+                continue;
+            }
             libs.push((p.to_string(), PathBuf::from(p)));
         }
     }

@@ -344,15 +344,9 @@ fn capture(mut r: impl Read, prefix: &str) -> Vec<u8> {
     kept
 }
 
-/// The last few non-empty lines of `stderr`, joined with ` | ` (the last line last).
+/// The last few lines of `stderr`, as every stderr is quoted in a reason.
 fn tail_of(stderr: &[u8]) -> String {
-    let text = String::from_utf8_lossy(stderr);
-    let lines: Vec<&str> = text
-        .lines()
-        .map(str::trim_end)
-        .filter(|l| !l.trim().is_empty())
-        .collect();
-    lines[lines.len().saturating_sub(TAIL_LINES)..].join(" | ")
+    crate::sys::tail_lines(&String::from_utf8_lossy(stderr), TAIL_LINES)
 }
 
 /// `exited with status 3`, `was killed by signal 11 (SIGSEGV)`.

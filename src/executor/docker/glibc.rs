@@ -8,6 +8,14 @@ use std::path::{Path, PathBuf};
 pub const WORKER_GLIBC: &str = "2.17";
 /// Where x86-64 glibc keeps its dynamic loader; an image without it has no glibc.
 pub const LOADER: &str = "/lib64/ld-linux-x86-64.so.2";
+/// Where distributions keep libc.so.6 (Debian/Ubuntu, RHEL/UBI): run through the loader it prints
+/// its version, for glibc older than 2.33 whose loader has no `--version`.
+pub const LIBC_PATHS: [&str; 4] = [
+    "/lib/x86_64-linux-gnu/libc.so.6",
+    "/lib64/libc.so.6",
+    "/usr/lib/x86_64-linux-gnu/libc.so.6",
+    "/usr/lib64/libc.so.6",
+];
 /// Overrides the worker binary mounted into containers (tests; a worker built elsewhere).
 pub const WORKER_VAR: &str = "TAGBENCH_WORKER";
 
@@ -79,10 +87,10 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// The glibc version in the loader's `--version` text (`ld.so (Debian GLIBC 2.31-13) stable
-/// release version 2.31.`).
+/// The glibc version in the banner of the loader's `--version` or of libc.so.6 (`GNU C Library
+/// (Debian GLIBC 2.31-13) stable release version 2.31.`).
 pub fn found_glibc(loader_output: &str) -> Option<String> {
-    let first = loader_output.lines().find(|l| l.contains("version"))?;
+    let first = loader_output.lines().find(|l| l.contains("release version"))?;
     let v = first.rsplit("version").next()?.trim().trim_end_matches('.');
     (!v.is_empty() && v.chars().all(|c| c.is_ascii_digit() || c == '.')).then(|| v.to_string())
 }
@@ -132,6 +140,9 @@ mod tests {
     fn found_reads_the_loader() {
         let out = "ld.so (Debian GLIBC 2.31-13+deb11u11) stable release version 2.31.\nCopyright (C) 2020";
         assert_eq!(found_glibc(out).as_deref(), Some("2.31"));
+        let libc = "GNU C Library (Debian GLIBC 2.31-13+deb11u5) stable release version 2.31.\nCopyright";
+        assert_eq!(found_glibc(libc).as_deref(), Some("2.31"));
+        assert_eq!(found_glibc("--version: cannot open shared object file"), None);
         assert_eq!(found_glibc("exec failed"), None);
     }
 

@@ -129,17 +129,28 @@ impl DockerExecutor {
         Ok(elapsed_ms)
     }
 
-    /// Why the worker's libc does not fit the image: the glibc its loader reports (or none)
-    /// against the newest glibc symbol version the worker references.
+    /// Why the worker's libc does not fit the image: the glibc the image has (its loader's
+    /// `--version`, glibc 2.33+, else its libc.so.6 run through the loader, which prints the same
+    /// banner), or none (no loader), against the newest glibc symbol version the worker references.
     fn libc_mismatch(&mut self, target: &TargetSpec, image: &str) -> String {
         let needed = std::fs::read(&self.worker_exe)
             .ok()
             .and_then(|b| glibc::needed_glibc(&b))
             .unwrap_or_else(|| "?".into());
-        let found = self
-            .check_container(target, Some(glibc::LOADER), vec!["--version".into()])
-            .ok()
-            .and_then(|(out, err, _)| glibc::found_glibc(&format!("{out}\n{err}")));
+        let mut found = None;
+        for arg in std::iter::once("--version").chain(glibc::LIBC_PATHS) {
+            match self.check_container(target, Some(glibc::LOADER), vec![arg.into()]) {
+                Ok((out, err, _)) => {
+                    if let Some(v) = glibc::found_glibc(&format!("{out}\n{err}")) {
+                        found = Some(v);
+                        break;
+                    }
+                    found = Some("of unknown version".to_string());
+                }
+                // The loader itself is missing: the container cannot start.
+                Err(_) => break,
+            }
+        }
         glibc::mismatch(image, found.as_deref(), &needed, &self.worker_exe)
     }
 
