@@ -88,7 +88,8 @@ fn worker_libs() -> Vec<(String, PathBuf)> {
         .expect("ldd runs");
     let text = String::from_utf8_lossy(&out.stdout);
     let mut libs = Vec::new();
-    for line in text.lines() {
+    // With two files, ldd heads each list with `/path/to/file:`.
+    for line in text.lines().filter(|l| !l.trim_end().ends_with(':')) {
         // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)` or `/lib64/ld-linux-x86-64.so.2 (0x...)`
         let path = match line.split_once("=>") {
             Some((_, rest)) => rest.split_whitespace().next(),
