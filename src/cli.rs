@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::case::{Device, EngineKind};
+use crate::outcome::EXIT_CODES_HELP;
 use crate::suite::{ContainerPlatform, ExecutorKind, PullPolicy};
 
 #[derive(Debug, Parser)]
@@ -14,8 +15,8 @@ use crate::suite::{ContainerPlatform, ExecutorKind, PullPolicy};
     about = "Benchmark and regression harness for GPU deep-learning container images",
     long_about = "tagbench runs benchmark suites (GEMM, attention, token generation, mixed-precision training steps, \
 NCCL all-reduce, an environment probe) inside container images or on this host, records every sample to CSV, \
-and compares image tags or GPUs with statistics that decide which differences are real.\n\n\
-Exit codes: 0 = fine, 1 = regression found, 2 = error (bad input, no data, failed cases)."
+and compares image tags or GPUs with statistics that decide which differences are real.",
+    after_help = EXIT_CODES_HELP
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -24,7 +25,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a suite and write results/<run-id>/{results.csv, samples.csv, run.json, logs/}.
+    /// Run a suite and write results/<run-id>/{results.csv, samples.csv, run.json, logs/}; with
+    /// two or more targets, end with the comparison of the first (or `--baseline`) against the
+    /// others and exit with its code, as `compare` would.
+    #[command(after_help = EXIT_CODES_HELP)]
     Run(RunArgs),
     /// List the cases a suite expands into, without running anything.
     List(ListArgs),
@@ -32,12 +36,17 @@ pub enum Command {
     /// activations, workspace) and whether it fits the GPUs, before anything runs.
     Plan(PlanArgs),
     /// Compare two runs (BASELINE CANDIDATE), or the values of one column within runs
-    /// (`--along image --baseline repo/name:tagA`); exit 1 on a regression.
+    /// (`--along image --baseline repo/name:tagA`). The gate fails closed: exit 1 on a
+    /// regression, a failed case or a metric the candidate lacks; 2 on a partial run.
+    #[command(after_help = EXIT_CODES_HELP)]
     Compare(CompareArgs),
-    /// Write an HTML report, summary.md and SVG/PNG plots of one or more runs.
+    /// Write an HTML report, summary.md and SVG/PNG plots of one or more runs; the exit code is
+    /// the one the report's verdict prints.
+    #[command(after_help = EXIT_CODES_HELP)]
     Report(ReportArgs),
     /// Find change points in a series of runs of one suite (nightly results) and say whether
-    /// the newest segment is a regression.
+    /// the newest segment is a regression (exit 1).
+    #[command(after_help = EXIT_CODES_HELP)]
     History(HistoryArgs),
     /// Remove containers that interrupted runs left behind (those labelled `tagbench.run`).
     Clean(CleanArgs),
@@ -117,6 +126,16 @@ pub struct RunArgs {
     /// Do not write a report at the end of the run.
     #[arg(long)]
     pub no_report: bool,
+    /// With two or more targets: the target (its name in the `target` column) that the others
+    /// are compared against when the run ends; default the first. The run then prints the
+    /// comparison and its verdict, and exits with `compare`'s code.
+    #[arg(long, value_name = "TARGET")]
+    pub baseline: Option<String>,
+    /// With two or more targets: do not fail (exit 1) when a target lacks a case or metric that
+    /// the baseline target measured (skipped there, say for a dtype its GPU lacks); the
+    /// missing ones are still listed first.
+    #[arg(long)]
+    pub allow_missing: bool,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -175,6 +194,21 @@ pub struct StatsArgs {
     pub seed: u64,
 }
 
+/// The gate's rules that a flag relaxes (`compare`, `report`, and `run` with two or more
+/// targets). By default the gate fails closed.
+#[derive(Debug, Args, Clone, Default)]
+pub struct GateArgs {
+    /// Do not fail (exit 1) when the candidate lacks a (workload, case, metric, gpu) that the
+    /// baseline measured (skipped, failed to start, or lost when its run was cut short); the
+    /// missing ones are still listed first.
+    #[arg(long)]
+    pub allow_missing: bool,
+    /// Compare an interrupted or partial run (run.json `state` not `complete`) for what it has,
+    /// instead of exiting 2 with how to `tagbench run --resume` it.
+    #[arg(long)]
+    pub allow_partial: bool,
+}
+
 #[derive(Debug, Args, Clone)]
 pub struct CompareArgs {
     /// BASELINE CANDIDATE (run directories or results.csv files); with `--baseline RUN...`,
@@ -193,6 +227,8 @@ pub struct CompareArgs {
     pub baseline: Vec<String>,
     #[command(flatten)]
     pub stats: StatsArgs,
+    #[command(flatten)]
+    pub gate: GateArgs,
     /// Output format.
     #[arg(long, value_enum, default_value_t = crate::render::Format::Table)]
     pub format: crate::render::Format,
@@ -218,6 +254,8 @@ pub struct ReportArgs {
     pub along: Option<String>,
     #[command(flatten)]
     pub stats: StatsArgs,
+    #[command(flatten)]
+    pub gate: GateArgs,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -1,31 +1,6 @@
-//! Exit codes and the typed errors a user can cause.
+//! The typed errors a user can cause (exit codes: [`crate::outcome`]).
 
 use std::path::PathBuf;
-
-/// Exit code: everything went fine (and, for comparisons, no regression).
-pub const EXIT_OK: i32 = 0;
-/// Exit code: a regression was found.
-pub const EXIT_REGRESSION: i32 = 1;
-/// Exit code: bad input, no data, or any other error.
-pub const EXIT_ERROR: i32 = 2;
-
-/// The exit code of a comparison (compare, report): a regression or a failed case is 1;
-/// nothing measured on both sides is 2 (the input cannot answer the question); else 0.
-pub fn comparison_exit(matched: usize, regressions: usize) -> i32 {
-    if regressions > 0 {
-        EXIT_REGRESSION
-    } else if matched == 0 {
-        EXIT_ERROR
-    } else {
-        EXIT_OK
-    }
-}
-
-/// The exit code of a command that ended in an error. Every error a user can cause (a bad
-/// suite, bad options, nothing matched) and every other failure is 2.
-pub fn exit_code_of(_err: &anyhow::Error) -> i32 {
-    EXIT_ERROR
-}
 
 /// Two sides of a comparison share no (workload, case, metric, gpu).
 #[derive(Debug, thiserror::Error)]

@@ -10,14 +10,15 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::cli::HistoryArgs;
-use crate::error::{EXIT_OK, EXIT_REGRESSION};
 use crate::options::noise_thresholds;
+use crate::outcome::Outcome;
 use crate::render::escape::md_escape;
 use crate::render::num::{fmt_num, pct};
 use crate::render::table::aligned;
 use crate::render::Format;
 use crate::results::LoadedRun;
 use crate::stats::{change_points_log, EDivisiveSettings};
+use crate::{errln, out};
 
 /// A change point in a series, named by the run where the new level starts.
 #[derive(Debug, Clone, Serialize)]
@@ -281,7 +282,7 @@ pub fn render(h: &History, format: Format) -> Result<String> {
 }
 
 /// `tagbench history`.
-pub fn cmd_history(args: HistoryArgs) -> Result<i32> {
+pub fn cmd_history(args: HistoryArgs) -> Result<Outcome> {
     let (noise, noise_for) = noise_thresholds(args.noise, &args.noise_for)?;
     let (suite, runs) = load_runs(&args.results_dir, args.suite.as_deref())?;
     let settings = EDivisiveSettings {
@@ -297,14 +298,18 @@ pub fn cmd_history(args: HistoryArgs) -> Result<i32> {
     let text = render(&h, args.format)?;
     match &args.output {
         Some(p) => std::fs::write(p, &text).with_context(|| format!("failed to write {}", p.display()))?,
-        None => print!("{text}"),
+        None => out!("{text}")?,
     }
     let reg = h.regressions();
-    eprintln!(
+    errln!(
         "{} runs, {} series: {reg} regression(s) in the newest segment, {} with change points",
         h.runs.len(),
         h.series.len(),
         h.series.iter().filter(|s| !s.changes.is_empty()).count()
     );
-    Ok(if reg > 0 { EXIT_REGRESSION } else { EXIT_OK })
+    Ok(if reg > 0 {
+        Outcome::Regression
+    } else {
+        Outcome::Complete
+    })
 }

@@ -6,7 +6,8 @@
 //! ([`engine`]) and streams the protocol ([`protocol`]); every row is built by
 //! [`results::record`] and read back by [`results::load`]; [`compare`], [`history`] and
 //! [`report`] judge and show runs through [`render`] and the pure statistics of [`stats`].
-//! Exit codes live in [`error`]. A module imports only modules below it.
+//! Every command ends in an [`outcome::Outcome`], the one home of exit codes. A module imports
+//! only modules below it.
 
 /// The version `--version` prints: the package version and the build's identity (a hash of the
 /// sources, from build.rs), which tells a worker linked from other sources apart.
@@ -26,6 +27,7 @@ pub mod executor;
 pub mod history;
 pub mod measure;
 pub mod options;
+pub mod outcome;
 pub mod protocol;
 pub mod render;
 pub mod report;
@@ -40,7 +42,7 @@ pub mod workload;
 use clap::Parser;
 
 use crate::cli::{Cli, Command};
-use crate::error::EXIT_OK;
+use crate::outcome::Outcome;
 
 /// Runs the command line and returns the process exit code.
 pub fn main_impl() -> i32 {
@@ -56,14 +58,14 @@ pub fn main_impl() -> i32 {
         Command::Clean(args) => executor::clean::cmd_clean(args.run.as_deref()),
         Command::Worker(args) => {
             let stdout = std::io::stdout().lock();
-            worker::run_job_file(&args.job, stdout).map(|_| EXIT_OK)
+            worker::run_job_file(&args.job, stdout).map(|_| Outcome::Complete)
         }
     };
     match result {
-        Ok(code) => code,
+        Ok(outcome) => outcome.code(),
         Err(e) => {
-            eprintln!("error: {e:#}");
-            error::exit_code_of(&e)
+            errln!("error: {e:#}");
+            outcome::exit_code_of(&e)
         }
     }
 }

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::case::{Device, EngineKind};
-use crate::cli::{RunArgs, StatsArgs, SuiteArgs};
+use crate::cli::{GateArgs, RunArgs, StatsArgs, SuiteArgs};
 use crate::suite::{ContainerPlatform, ExecutorKind, GpuSelection, PullPolicy, SlurmSettings};
 
 /// The statistical settings of a comparison.
@@ -27,6 +27,11 @@ pub struct CompareOptions {
     pub seed: u64,
     /// Fewer samples than this on either side gives `noisy`.
     pub min_samples: usize,
+    /// `--allow-missing`: a metric the baseline measured and the candidate lacks does not close
+    /// the gate (it is still listed, first).
+    pub allow_missing: bool,
+    /// `--allow-partial`: an interrupted or partial run is compared for what it has.
+    pub allow_partial: bool,
 }
 
 impl Default for CompareOptions {
@@ -38,6 +43,8 @@ impl Default for CompareOptions {
             bootstrap: 2000,
             seed: 0,
             min_samples: 5,
+            allow_missing: false,
+            allow_partial: false,
         }
     }
 }
@@ -49,8 +56,8 @@ impl CompareOptions {
 }
 
 impl CompareOptions {
-    /// The validated statistics options of `compare` and `report`.
-    pub fn from_args(args: &StatsArgs) -> Result<Self> {
+    /// The validated statistics and gate options of `compare` and `report`.
+    pub fn from_args(args: &StatsArgs, gate: &GateArgs) -> Result<Self> {
         if !(args.alpha > 0.0 && args.alpha < 1.0) {
             bail!("bad --alpha {}: must be in (0, 1)", args.alpha);
         }
@@ -64,6 +71,8 @@ impl CompareOptions {
             noise_for,
             bootstrap: args.bootstrap,
             seed: args.seed,
+            allow_missing: gate.allow_missing,
+            allow_partial: gate.allow_partial,
             ..Default::default()
         })
     }
@@ -173,6 +182,13 @@ pub struct RunOptions {
     pub report_dir: PathBuf,
     #[serde(skip)]
     pub no_report: bool,
+    /// `--baseline TARGET`: what the end-of-run comparison compares against (default: the
+    /// first target).
+    #[serde(skip)]
+    pub baseline: Option<String>,
+    /// `--allow-missing` for the end-of-run comparison.
+    #[serde(skip)]
+    pub allow_missing: bool,
 }
 
 impl RunOptions {
@@ -199,6 +215,8 @@ impl RunOptions {
             no_progress: a.no_progress,
             report_dir: a.report_dir.clone(),
             no_report: a.no_report,
+            baseline: a.baseline.clone(),
+            allow_missing: a.allow_missing,
         };
         o.gpu_selection()?;
         o.slurm.check().map_err(|m| anyhow::anyhow!("bad --nodes: {m}"))?;
@@ -231,6 +249,8 @@ impl RunOptions {
         o.report_dir = self.report_dir.clone();
         o.no_report |= self.no_report;
         o.resume = self.resume.clone();
+        o.baseline = self.baseline.clone();
+        o.allow_missing = self.allow_missing;
         Ok(o)
     }
 

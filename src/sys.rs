@@ -1,8 +1,12 @@
 //! Small facts about the operating system and the process, shared by every layer: signal names,
-//! panic payloads, identifiers safe for the file system and the container engine. A leaf: it
-//! imports nothing of the crate, so any module may use it without making an import cycle.
+//! panic payloads, identifiers safe for the file system and the container engine, the limits
+//! the process runs under ([`limits`]), output that a closed pipe cannot crash. Nearly a leaf: it
+//! imports only [`crate::outcome`] (the exit code of an interrupt), itself a leaf, so any module
+//! may use it without making an import cycle.
 
 pub mod interrupt;
+pub mod limits;
+pub mod output;
 
 /// A signal's conventional name (`SIGSEGV` for 11), `signal` for the ones we do not name.
 pub fn signal_name(sig: i32) -> &'static str {

@@ -26,7 +26,10 @@ pub fn run_job(job: &Job, out: impl Write) -> Result<()> {
     if let Some(rank) = engine.follower() {
         return follow_job(engine.as_mut(), job, &rank, &mut em);
     }
-    em.emit(&Message::Env { info: engine.env() })?;
+    // What the container (or host) gave the worker, beside what the engine found.
+    let mut info = crate::sys::limits::facts();
+    info.extend(engine.env());
+    em.emit(&Message::Env { info })?;
     for case in &job.cases {
         let (c, w) = (case.id.clone(), case.workload.clone());
         em.emit(&Message::Start {

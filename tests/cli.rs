@@ -319,8 +319,14 @@ size = 64
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    // A failed case makes the run exit 2, after the other cases ran.
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    // A failed case makes the run exit 1 (the gate closes on a failed case), after the other
+    // cases ran; the verdict says so.
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("verdict: Run complete, with failed cases: exit 1 (a case failed)"),
+        "{stdout}"
+    );
     let rows = read_results(&only_run(&tmp.path().join("r"))).unwrap();
     let slow = rows_of(&rows, "slow");
     // Failed in round 0, not run again in rounds 1 and 2.

@@ -20,24 +20,24 @@ fn compare_json(base: &std::path::Path, cand: &std::path::Path, code: i32) -> se
     serde_json::from_slice(&out.get_output().stdout).unwrap()
 }
 
+/// Two runs of gemm 256 and 1024, ten rounds of ten samples each; the candidate's 256 is
+/// `slowdown` times slower.
 fn pair(dir: &std::path::Path, slowdown: f64) -> (std::path::PathBuf, std::path::PathBuf) {
+    let gemm = |size: u32, seed: u64, level: f64| Case {
+        rounds: 10,
+        ..Case::gemm("local", "", size, samples(seed, level, CV, 100))
+    };
     let a = write_run(
         dir,
         "base",
         "2026-01-01T00:00:00Z",
-        &[
-            Case::gemm("local", "", 256, samples(1, 10.0, CV, N)),
-            Case::gemm("local", "", 1024, samples(2, 80.0, CV, N)),
-        ],
+        &[gemm(256, 1, 10.0), gemm(1024, 2, 80.0)],
     );
     let b = write_run(
         dir,
         "cand",
         "2026-01-02T00:00:00Z",
-        &[
-            Case::gemm("local", "", 256, samples(3, 10.0 * slowdown, CV, N)),
-            Case::gemm("local", "", 1024, samples(4, 80.0, CV, N)),
-        ],
+        &[gemm(256, 3, 10.0 * slowdown), gemm(1024, 4, 80.0)],
     );
     (a, b)
 }
@@ -469,13 +469,14 @@ dtype = "fp32"
 "#,
     )
     .unwrap();
-    tagbench()
+    // Two targets: the run ends with the comparison and exits with its code.
+    let run = tagbench()
         .args(["run", "--no-progress", "--no-report", "--run-id", "threads"])
         .arg(&suite)
         .arg("--results-dir")
         .arg(t.path())
-        .assert()
-        .code(0);
+        .output()
+        .unwrap();
     let after = two_thread_speedup();
     let out = tagbench()
         .args(["compare", "--along", "target", "--baseline", "two"])
@@ -483,6 +484,17 @@ dtype = "fp32"
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(
+        run.status.code(),
+        out.status.code(),
+        "run and compare disagree:\n{}\n{text}",
+        String::from_utf8_lossy(&run.stdout)
+    );
+    assert!(
+        String::from_utf8_lossy(&run.stdout).contains("verdict: "),
+        "{}",
+        String::from_utf8_lossy(&run.stdout)
+    );
     assert!(
         !text
             .lines()

@@ -188,8 +188,10 @@ fn two_real_images_run_interleaved_and_compare_along_image() {
         return;
     };
     let run = Run::new("ab");
-    let (code, stderr) = run.run(&["--engine", "torch", "--image", base, "--image", slow]);
-    assert_eq!(code, 0, "{stderr}");
+    // Two images: the run ends with their comparison and exits with its code (checked against
+    // `compare` below; 0 or 1, as the verdict depends on the machine's load).
+    let (run_code, stderr) = run.run(&["--engine", "torch", "--image", base, "--image", slow]);
+    assert!(matches!(run_code, 0 | 1), "{stderr}");
     let rows = run.rows();
     for image in [base, slow] {
         let r = ok_metric(&rows, image, "latency");
@@ -228,6 +230,7 @@ fn two_real_images_run_interleaved_and_compare_along_image() {
         "compare exits 0 or 1 on a complete A/B, not {code}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert_eq!(run_code, code, "run and compare judge the same A/B alike");
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("compare --format json");
     let text = json.to_string();
     assert!(text.contains("latency") && text.contains(slow.as_str()), "{text}");

@@ -222,7 +222,7 @@ kill -SEGV $$"#,
         .env("TAGBENCH_SLURM_WORKER", &crash)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let rows = rows(results, "crash");
     assert_eq!(rows.len(), 1, "{rows:?}");
     let r = &rows[0];
@@ -241,7 +241,7 @@ fn hang_is_cancelled_and_the_run_goes_on(c: &Cluster, dir: &Path, results: &Path
     let suite = write(dir, "hang.toml", &toml);
     let started = Instant::now();
     let out = c.run(Some(&suite), "hang", results, &[]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(started.elapsed() < Duration::from_secs(60));
     let rows = rows(results, "hang");
     let slow: Vec<&ResultRow> = rows.iter().filter(|r| r.workload == "slow").collect();
@@ -434,18 +434,20 @@ impl Drop for WorkerImage {
     }
 }
 
-/// `container = "docker"`: the worker runs in `docker run` inside the step; a case past its
-/// time limit is cancelled with its step, and the container (which outlives its docker client)
-/// is removed, so none of the run is left.
+/// `container = "docker"`: the worker runs in `docker run` inside the step, hardened and limited
+/// as the Docker executor's containers are (what the worker saw inside is checked: /dev/shm's
+/// size, the cgroup's CPU quota and memory limit, no capabilities, `no_new_privs`); a case past
+/// its time limit is cancelled with its step, and the container (which outlives its docker
+/// client) is removed, so none of the run is left.
 fn docker_in_a_step_leaves_no_container(c: &Cluster, dir: &Path, results: &Path) {
     let image = WorkerImage::build(dir);
     let toml = format!(
-        "[[target]]\nimage = \"{}\"\nexecutor = \"slurm\"\ncontainer = \"docker\"\n\n{ENDLESS_GEMM}timeout_s = 3\n\n[[workload]]\nkind = \"gemm\"\nname = \"fast\"\nsize = 64\nmax_time_s = 0.1\n",
+        "[[target]]\nimage = \"{}\"\nexecutor = \"slurm\"\ncontainer = \"docker\"\nshm_size = \"96m\"\ncpus = 1.5\nmemory = \"1g\"\n\n{ENDLESS_GEMM}timeout_s = 3\n\n[[workload]]\nkind = \"gemm\"\nname = \"fast\"\nsize = 64\nmax_time_s = 0.1\n",
         image.0
     );
     let suite = write(dir, "docker.toml", &toml);
     let out = c.run(Some(&suite), "docker-step", results, &[]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let rows = rows(results, "docker-step");
     let slow: Vec<&ResultRow> = rows.iter().filter(|r| r.workload == "slow").collect();
     assert_eq!(slow.len(), 1, "{rows:?}");
@@ -455,6 +457,14 @@ fn docker_in_a_step_leaves_no_container(c: &Cluster, dir: &Path, results: &Path)
         !fast.is_empty() && fast.iter().all(|r| r.status == Status::Ok && r.image == image.0),
         "{fast:?}"
     );
+    // What the worker found inside its container (its `env` message, kept in run.json).
+    let meta = RunDir::new(results.join("docker-step")).read_meta().unwrap();
+    let seen = &meta.targets[0].env;
+    assert_eq!(seen["shm_bytes"], (96u64 << 20).to_string(), "{seen:?}");
+    assert_eq!(seen["cgroup_cpus"], "1.5", "{seen:?}");
+    assert_eq!(seen["cgroup_memory_bytes"], (1u64 << 30).to_string(), "{seen:?}");
+    assert_eq!(seen["cap_eff"], "0000000000000000", "{seen:?}");
+    assert_eq!(seen["no_new_privs"], "1", "{seen:?}");
     let left = Command::new("docker")
         .args(["ps", "-aq", "--filter", "label=tagbench.run=docker-step"])
         .output()
@@ -518,7 +528,7 @@ fn allreduce_spans_both_nodes_as_one_step(c: &Cluster, dir: &Path, results: &Pat
     // Rank 3 (on n2) exits at set-up: the case fails naming it (among the ranks whose collective
     // it broke, in the order their reports arrived); the gemm is unaffected.
     let out = run("allreduce-crash", Some("3"));
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let crashed = rows(results, "allreduce-crash");
     let ar: Vec<&ResultRow> = crashed.iter().filter(|r| r.workload == "allreduce").collect();
     assert_eq!(ar.len(), 1, "{ar:?}");

@@ -12,9 +12,63 @@ pub fn render(report: &CompareReport, format: Format) -> Result<String> {
     Ok(match format {
         Format::Table => table(report),
         Format::Markdown => markdown(report),
-        Format::Json => serde_json::to_string_pretty(report)? + "\n",
+        Format::Json => serde_json::to_string_pretty(&JsonReport::of(report))? + "\n",
         Format::Junit => junit(report),
     })
+}
+
+/// The JSON document: the gate's answer first (outcome, exit code, why, what the candidate
+/// lacks), then the whole comparison.
+#[derive(serde::Serialize)]
+struct JsonReport<'a> {
+    outcome: crate::outcome::Outcome,
+    exit_code: i32,
+    /// Why the gate is closed (empty when it is open).
+    gate: Vec<String>,
+    /// The (workload, case, metric, gpu) the baseline measured and the candidate lacks.
+    candidate_lacks: Vec<MissingKey<'a>>,
+    #[serde(flatten)]
+    report: &'a CompareReport,
+}
+
+#[derive(serde::Serialize)]
+struct MissingKey<'a> {
+    workload: &'a str,
+    case: &'a str,
+    metric: &'a str,
+    gpu: &'a str,
+    context: &'a str,
+    candidate: &'a str,
+    reason: &'a str,
+}
+
+impl<'a> JsonReport<'a> {
+    fn of(report: &'a CompareReport) -> Self {
+        let outcome = report.outcome();
+        JsonReport {
+            outcome,
+            exit_code: outcome.code(),
+            gate: if outcome == crate::outcome::Outcome::Complete {
+                Vec::new()
+            } else {
+                report.gate_lines()
+            },
+            candidate_lacks: report
+                .lacking()
+                .into_iter()
+                .map(|c| MissingKey {
+                    workload: &c.workload,
+                    case: &c.case,
+                    metric: &c.metric,
+                    gpu: &c.gpu,
+                    context: &c.context,
+                    candidate: &c.candidate.label,
+                    reason: &c.reason,
+                })
+                .collect(),
+            report,
+        }
+    }
 }
 
 fn opt_num(v: Option<f64>) -> String {
@@ -175,19 +229,54 @@ pub fn markdown(r: &CompareReport) -> String {
     out
 }
 
+/// The gate as Markdown, for the top of `compare --format markdown`.
+pub fn gate_markdown(r: &CompareReport) -> String {
+    let o = r.outcome();
+    let mut out = format!("**Gate:** exit {} ({})\n", o.code(), md_escape(o.meaning()));
+    if o != crate::outcome::Outcome::Complete {
+        out.push('\n');
+        for line in r.gate_lines() {
+            out.push_str(&format!("- {}\n", md_escape(line.trim_start())));
+        }
+    }
+    out
+}
+
+/// Whether the gate counts this comparison against the candidate (a JUnit failure).
+fn closes_gate(r: &CompareReport, c: &Comparison) -> bool {
+    matches!(c.verdict, Verdict::Regression | Verdict::Failed)
+        || (c.lacks_candidate() && !r.options.allow_missing)
+}
+
 fn junit(r: &CompareReport) -> String {
-    let failures = r.count(Verdict::Regression) + r.count(Verdict::Failed);
-    let skipped = r.count(Verdict::Noisy) + r.count(Verdict::Missing);
+    // A partial run is one more failed test case: the comparison cannot be trusted.
+    let partial = if r.options.allow_partial {
+        &[][..]
+    } else {
+        &r.partial_runs[..]
+    };
+    let failures = r.comparisons.iter().filter(|c| closes_gate(r, c)).count() + partial.len();
+    let skipped = r.count(Verdict::Noisy) + r.count(Verdict::Missing)
+        - r.comparisons
+            .iter()
+            .filter(|c| c.verdict == Verdict::Missing && closes_gate(r, c))
+            .count();
+    let tests = r.comparisons.len() + partial.len();
     let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     out.push_str(&format!(
-        "<testsuites name=\"tagbench compare\" tests=\"{}\" failures=\"{failures}\" skipped=\"{skipped}\">\n",
-        r.comparisons.len()
+        "<testsuites name=\"tagbench compare\" tests=\"{tests}\" failures=\"{failures}\" skipped=\"{skipped}\">\n"
     ));
     out.push_str(&format!(
-        "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" skipped=\"{skipped}\">\n",
+        "  <testsuite name=\"{}\" tests=\"{tests}\" failures=\"{failures}\" skipped=\"{skipped}\">\n",
         xml_escape(&format!("baseline {} ({})", r.baseline, r.mode)),
-        r.comparisons.len()
     ));
+    for p in partial {
+        let m = xml_escape(&p.message());
+        out.push_str(&format!(
+            "    <testcase classname=\"partial\" name=\"{}\">\n      <failure type=\"partial\" message=\"{m}\">{m}</failure>\n    </testcase>\n",
+            xml_escape(&p.name)
+        ));
+    }
     for c in &r.comparisons {
         let cells = cells(c, is_along(r));
         out.push_str(&format!(
@@ -206,19 +295,15 @@ fn junit(r: &CompareReport) -> String {
             cells[cells.len() - 2],
             c.reason
         ));
-        match c.verdict {
-            Verdict::Regression | Verdict::Failed => out.push_str(&format!(
-                "      <failure type=\"{}\" message=\"{detail}\">{detail}</failure>\n",
-                c.verdict.as_str()
-            )),
-            Verdict::Noisy | Verdict::Missing => out.push_str(&format!(
-                "      <skipped message=\"{}: {detail}\"/>\n",
-                c.verdict.as_str()
-            )),
-            Verdict::Same | Verdict::Improvement => out.push_str(&format!(
-                "      <system-out>{}: {detail}</system-out>\n",
-                c.verdict.as_str()
-            )),
+        let v = c.verdict.as_str();
+        if closes_gate(r, c) {
+            out.push_str(&format!(
+                "      <failure type=\"{v}\" message=\"{detail}\">{detail}</failure>\n"
+            ));
+        } else if matches!(c.verdict, Verdict::Noisy | Verdict::Missing) {
+            out.push_str(&format!("      <skipped message=\"{v}: {detail}\"/>\n"));
+        } else {
+            out.push_str(&format!("      <system-out>{v}: {detail}</system-out>\n"));
         }
         out.push_str("    </testcase>\n");
     }

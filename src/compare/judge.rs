@@ -1,8 +1,9 @@
 //! The verdict on one matched metric: with rounds, the paired trimmed t on the pairs' log ratios
 //! (rounds of one run) or Yuen's trimmed-mean t on the log round medians (rounds of different
-//! runs; outlier rounds counted, not set aside: `stats::robust`); with fewer rounds, the rank test
-//! and the bootstrap CI from the samples; then (after Holm's correction across the family)
-//! regression, improvement, same or noisy.
+//! runs; outlier rounds counted, not set aside: `stats::robust`); with fewer rounds, a time is not
+//! judged (`noisy`, naming the rounds) and a size or count gets the rank test and the bootstrap
+//! CI from the samples; then (after Holm's correction across the family) regression,
+//! improvement, same or noisy.
 
 use serde::Serialize;
 
@@ -158,6 +159,10 @@ pub struct RoundsPlan {
     pub paired: bool,
     /// The rounds design (`Design::fixed` for a fixed number of rounds).
     pub design: Design,
+    /// The metric varies between worker processes (a time, or anything derived from one:
+    /// `results::Quantity::needs_rounds`): with fewer than [`MIN_ROUNDS`] rounds a side it is
+    /// not judged. Sizes and counts are judged from the samples of fewer rounds.
+    pub needs_rounds: bool,
 }
 
 impl Default for RoundsPlan {
@@ -165,8 +170,19 @@ impl Default for RoundsPlan {
         RoundsPlan {
             paired: false,
             design: Design::fixed(1),
+            needs_rounds: true,
         }
     }
+}
+
+/// Why a metric that varies between processes is not judged on fewer than [`MIN_ROUNDS`] rounds
+/// a side: what was not replicated cannot be told from the process it ran in.
+pub fn too_few_rounds(baseline: usize, candidate: usize) -> String {
+    let s = |n: usize| if n == 1 { "" } else { "s" };
+    format!(
+        "{baseline} round{} in the baseline and {candidate} in the candidate: a timing verdict needs at least {MIN_ROUNDS} rounds (worker processes) a side, as samples of one process cannot tell a change from that process's luck; measure with rounds = {MIN_ROUNDS} or more",
+        s(baseline)
+    )
 }
 
 /// Judges two measurements given per round (worker process).
@@ -183,8 +199,10 @@ impl Default for RoundsPlan {
 /// divides the p-value.
 /// Samples within one process are not independent of that process's memory layout, thread
 /// placement and clocks; treating them as independent across processes declares differences
-/// that a second run does not reproduce. With fewer rounds, the sample-level test and bootstrap
-/// of [`judge`] are used on the pooled samples, and the reason says so.
+/// that a second run does not reproduce (two identical targets, one round each: `+83%`,
+/// p < 1e-300). With fewer rounds a metric that varies between processes is not judged
+/// ([`too_few_rounds`] says why, and the verdict is `noisy`); a size or a count is judged with
+/// the sample-level test and bootstrap of [`judge`] on the pooled samples.
 pub fn judge_rounds(
     baseline: &[Vec<f64>],
     candidate: &[Vec<f64>],
@@ -196,7 +214,11 @@ pub fn judge_rounds(
     let pooled = |r: &[Vec<f64>]| -> Vec<f64> { r.iter().flatten().copied().collect() };
     let (b, c) = (pooled(baseline), pooled(candidate));
     let rounds = |r: &[Vec<f64>]| r.iter().filter(|v| !v.is_empty()).count();
-    if rounds(baseline) < MIN_ROUNDS || rounds(candidate) < MIN_ROUNDS {
+    let (nb, nc) = (rounds(baseline), rounds(candidate));
+    if nb < MIN_ROUNDS || nc < MIN_ROUNDS {
+        if plan.needs_rounds {
+            return Err(too_few_rounds(nb, nc));
+        }
         return judge(&b, &c, min_samples, resamples, seed);
     }
     if b.len() < min_samples || c.len() < min_samples {
@@ -266,10 +288,12 @@ pub fn judge_rounds(
 /// Judges a candidate run against a baseline pooled from several runs: `baseline_runs` holds
 /// the rounds of each baseline run. Between-run drift is not controlled; the run-to-run spread
 /// of the baseline runs widens the CI (`stats::pooled`). With fewer than [`MIN_ROUNDS`] rounds
-/// in a run, or one baseline run, the rounds are judged as one group ([`judge_rounds`]).
+/// in a run, or one baseline run, the rounds are judged as one group ([`judge_rounds`], which
+/// judges no metric that `needs_rounds` on fewer than [`MIN_ROUNDS`] rounds a side).
 pub fn judge_pooled(
     baseline_runs: &[Vec<Vec<f64>>],
     candidate: &[Vec<f64>],
+    needs_rounds: bool,
     min_samples: usize,
     resamples: usize,
     seed: u64,
@@ -287,7 +311,10 @@ pub fn judge_pooled(
         return judge_rounds(
             &all,
             candidate,
-            RoundsPlan::default(),
+            RoundsPlan {
+                needs_rounds,
+                ..RoundsPlan::default()
+            },
             min_samples,
             resamples,
             seed,
@@ -546,13 +573,28 @@ mod tests {
     }
 
     #[test]
-    fn fewer_rounds_fall_back_to_samples() {
+    fn fewer_rounds_judge_no_time_and_fall_back_to_samples_for_amounts() {
         let mut rng = StdRng::seed_from_u64(13);
         let b = vec![samples(&mut rng, 1.0, CV, N), samples(&mut rng, 1.0, CV, N)];
         let c = vec![samples(&mut rng, 1.1, CV, N), samples(&mut rng, 1.1, CV, N)];
+        // A time: never judged on two rounds a side, whatever the samples say.
+        let why = judge_rounds(&b, &c, RoundsPlan::default(), 5, 2000, 1).unwrap_err();
+        assert!(
+            why.starts_with("2 rounds in the baseline and 2 in the candidate")
+                && why.contains("a timing verdict needs at least 3 rounds"),
+            "{why}"
+        );
+        assert!(too_few_rounds(1, 1).starts_with("1 round in the baseline and 1 in"));
+        let pooled = judge_pooled(&[b.clone(), b.clone()], &c, true, 5, 2000, 1).unwrap_err();
+        assert!(pooled.contains("needs at least 3 rounds"), "{pooled}");
+        // A size or a count: the samples decide.
         let flat = |r: &[Vec<f64>]| r.iter().flatten().copied().collect::<Vec<_>>();
+        let amounts = RoundsPlan {
+            needs_rounds: false,
+            ..RoundsPlan::default()
+        };
         assert_eq!(
-            judge_rounds(&b, &c, RoundsPlan::default(), 5, 2000, 1).unwrap(),
+            judge_rounds(&b, &c, amounts, 5, 2000, 1).unwrap(),
             judge(&flat(&b), &flat(&c), 5, 2000, 1).unwrap()
         );
     }

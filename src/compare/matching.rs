@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 
 use super::judge::{judge_pooled, judge_rounds, verdict, Judgement, RoundsPlan, Verdict};
 use super::{CompareOptions, CompareReport, Comparison, LoadedRun, Measurement, Side};
-use crate::results::{ResultRow, Status};
+use crate::results::{Quantity, ResultRow, Status};
 use crate::stats::bootstrap::fnv1a;
 use crate::stats::{holm_adjust, Design};
 
@@ -183,9 +183,13 @@ fn index<'a>(
         let k = key_of(m, along, with_target);
         if let Some(old) = map.insert(k, m) {
             if old.is_metric() && m.is_metric() {
-                eprintln!(
+                crate::errln!(
                     "warning: {side}: two rows for {}/{} {} (targets `{}` and `{}`); using the later one",
-                    m.row.workload, m.row.case, m.row.metric, old.row.target, m.row.target
+                    m.row.workload,
+                    m.row.case,
+                    m.row.metric,
+                    old.row.target,
+                    m.row.target
                 );
             }
         }
@@ -305,6 +309,7 @@ fn pair_up(
                     let plan = RoundsPlan {
                         paired: paired.is_some(),
                         design,
+                        needs_rounds: Quantity::of_unit(&any.unit).needs_rounds(),
                     };
                     let (br, cr) = paired.unwrap_or_else(|| (b.rounds.clone(), c.rounds.clone()));
                     let judged = if b.run_of_round.is_empty() {
@@ -313,6 +318,7 @@ fn pair_up(
                         judge_pooled(
                             &rounds_by_run(b),
                             &c.rounds,
+                            plan.needs_rounds,
                             opts.min_samples,
                             opts.bootstrap,
                             seed,
@@ -471,12 +477,13 @@ pub fn compare_runs(base: &LoadedRun, cand: &LoadedRun, opts: &CompareOptions) -
     let ci = index(cand.measurements.iter(), None, with_target, &cl);
     let mut out = Vec::new();
     pair_up(&bi, &ci, &bl, &cl, opts, &designs_of([base, cand]), &mut out);
-    Ok(CompareReport {
-        mode: "runs".into(),
-        baseline: bl,
-        options: opts.clone(),
-        comparisons: finish(out, opts),
-    })
+    Ok(CompareReport::new(
+        "runs".into(),
+        bl,
+        opts,
+        finish(out, opts),
+        [base, cand],
+    ))
 }
 
 /// Compares a candidate run with a baseline pooled from several earlier runs of the baseline
@@ -527,12 +534,13 @@ pub fn compare_pooled(bases: &[LoadedRun], cand: &LoadedRun, opts: &CompareOptio
     let ci = index(cand.measurements.iter(), None, with_target, &cl);
     let mut out = Vec::new();
     pair_up(&bi, &ci, &label, &cl, opts, &Designs::new(), &mut out);
-    Ok(CompareReport {
-        mode: "pooled runs".into(),
-        baseline: label,
-        options: opts.clone(),
-        comparisons: finish(out, opts),
-    })
+    Ok(CompareReport::new(
+        "pooled runs".into(),
+        label,
+        opts,
+        finish(out, opts),
+        bases.iter().chain([cand]),
+    ))
 }
 
 /// Compares, within `runs`, every value of `column` with the rows whose value is `baseline`.
@@ -571,10 +579,11 @@ pub fn compare_along(
         let ci = index(rows.iter().copied(), Some(column), false, value);
         pair_up(&bi, &ci, baseline, value, opts, &designs, &mut out);
     }
-    Ok(CompareReport {
-        mode: format!("along {column}"),
-        baseline: baseline.to_string(),
-        options: opts.clone(),
-        comparisons: finish(out, opts),
-    })
+    Ok(CompareReport::new(
+        format!("along {column}"),
+        baseline.to_string(),
+        opts,
+        finish(out, opts),
+        runs,
+    ))
 }

@@ -1,9 +1,11 @@
 //! A/B comparison of runs: rows and samples matched across two runs (or along a column such as
 //! `image`, `gpu_name` or `engine` within runs), a rank test, a bootstrap CI of the ratio of
-//! medians, Holm's correction across the family, and a verdict per metric.
+//! medians, Holm's correction across the family, a verdict per metric, and the gate ([`gate`])
+//! that turns them and the runs' states into the command's outcome.
 
 pub mod changes;
 pub mod format;
+pub mod gate;
 pub mod judge;
 pub mod matching;
 
@@ -12,10 +14,13 @@ use serde::Serialize;
 
 use crate::error::NothingMatched;
 pub use crate::options::CompareOptions;
+use crate::outcome::Outcome;
 pub use crate::results::{LoadedRun, Measurement};
+use crate::{errln, out};
 
 pub use crate::render::Format;
 pub use format::render;
+pub use gate::PartialRun;
 pub use judge::{Judgement, Verdict};
 pub use matching::{compare_along, compare_pooled, compare_runs};
 
@@ -72,10 +77,32 @@ pub struct CompareReport {
     pub mode: String,
     pub baseline: String,
     pub options: CompareOptions,
+    /// Compared runs whose run.json does not say `complete` (see [`gate`]).
+    pub partial_runs: Vec<PartialRun>,
+    /// Every matched key; those whose candidate lacks what the baseline measured come first.
     pub comparisons: Vec<Comparison>,
 }
 
 impl CompareReport {
+    /// A comparison of `runs`: the comparisons (Holm-corrected and with verdicts), those whose
+    /// candidate lacks what the baseline measured put first, and the runs that are partial.
+    pub fn new<'a>(
+        mode: String,
+        baseline: String,
+        options: &CompareOptions,
+        mut comparisons: Vec<Comparison>,
+        runs: impl IntoIterator<Item = &'a LoadedRun>,
+    ) -> Self {
+        gate::lacking_first(&mut comparisons);
+        CompareReport {
+            mode,
+            baseline,
+            options: options.clone(),
+            partial_runs: PartialRun::of(runs),
+            comparisons,
+        }
+    }
+
     /// The distinct candidate labels of the comparison, sorted.
     pub fn candidate_labels(&self) -> Vec<&str> {
         let mut c: Vec<&str> = self
@@ -92,24 +119,12 @@ impl CompareReport {
         self.comparisons.iter().filter(|c| c.verdict == v).count()
     }
 
-    /// Whether something got worse: a regression, or a case that was measured in the baseline
-    /// and failed in the candidate (a crash is the worst slowdown). Missing or skipped cases
-    /// are shown but do not count: they also appear when two GPUs support different dtypes.
-    pub fn has_regression(&self) -> bool {
-        self.count(Verdict::Regression) + self.count(Verdict::Failed) > 0
-    }
-
     /// Pairs with both sides measured.
     pub fn matched(&self) -> usize {
         self.comparisons
             .iter()
             .filter(|c| c.baseline.median.is_some() && c.candidate.median.is_some())
             .count()
-    }
-
-    pub fn exit_code(&self) -> i32 {
-        let regressions = self.count(Verdict::Regression) + self.count(Verdict::Failed);
-        crate::error::comparison_exit(self.matched(), regressions)
     }
 
     /// An error when no key appears on both sides at all (`compare` and `report` alike).
@@ -200,8 +215,8 @@ fn wildcard_match(pattern: &str, name: &str) -> bool {
 }
 
 /// `tagbench compare`.
-pub fn cmd_compare(args: crate::cli::CompareArgs) -> Result<i32> {
-    let opts = CompareOptions::from_args(&args.stats)?;
+pub fn cmd_compare(args: crate::cli::CompareArgs) -> Result<Outcome> {
+    let opts = CompareOptions::from_args(&args.stats, &args.gate)?;
     let (report, runs) = match &args.along {
         Some(column) => {
             // `--baseline` takes several values; with `--along` the first is the column value and
@@ -245,7 +260,7 @@ pub fn cmd_compare(args: crate::cli::CompareArgs) -> Result<i32> {
                 .collect::<Result<Vec<_>>>()?;
             let cand = LoadedRun::load(&cand)?;
             let report = compare_pooled(&bases, &cand, &opts)?;
-            eprintln!(
+            errln!(
                 "baseline pooled from {} runs: between-run drift is not controlled; the CI is widened by the spread between those runs",
                 bases.len()
             );
@@ -269,21 +284,35 @@ pub fn cmd_compare(args: crate::cli::CompareArgs) -> Result<i32> {
     report.ensure_matched()?;
     let mut text = render(&report, args.format)?;
     if args.format == Format::Table {
-        // What differs between the compared targets, a few lines before the table.
+        // The gate first (why it is closed, what the candidate lacks), then what differs
+        // between the compared targets, then the table.
         let changes = changes::text(&changes::changes_of(&runs, &report));
         if !changes.is_empty() {
             text = format!("{changes}\n{text}");
         }
+        text = format!("{}\n{text}", report.gate_block());
+    } else if args.format == Format::Markdown {
+        text = format!("{}\n{text}", format::gate_markdown(&report));
     }
     match &args.output {
         Some(p) => std::fs::write(p, &text).with_context(|| format!("failed to write {}", p.display()))?,
-        None => print!("{text}"),
+        None => out!("{text}")?,
     }
-    eprintln!("{}", report.summary_line());
-    if report.matched() == 0 {
-        eprintln!("error: nothing matched with measurements on both sides");
+    print_gate(&report);
+    Ok(report.outcome())
+}
+
+/// The verdict counts and, when the gate is closed, why, on stderr (what a CI log shows
+/// whatever the output format).
+pub fn print_gate(report: &CompareReport) {
+    errln!("{}", report.summary_line());
+    let o = report.outcome();
+    if o != Outcome::Complete {
+        for line in report.gate_lines() {
+            errln!("{line}");
+        }
     }
-    Ok(report.exit_code())
+    errln!("exit {}: {}", o.code(), o.meaning());
 }
 
 #[cfg(test)]

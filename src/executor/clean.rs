@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use super::docker::{connect, remove_labelled};
 
 /// Removes the containers labelled with `run` (every tagbench container without one); says which.
-pub fn cmd_clean(run: Option<&str>) -> Result<i32> {
+pub fn cmd_clean(run: Option<&str>) -> Result<crate::outcome::Outcome> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -21,5 +21,5 @@ pub fn cmd_clean(run: Option<&str>) -> Result<i32> {
         Some(r) => eprintln!("{} containers of run {r} removed", removed.len()),
         None => eprintln!("{} tagbench containers removed", removed.len()),
     }
-    Ok(crate::error::EXIT_OK)
+    Ok(crate::outcome::Outcome::Complete)
 }

@@ -2,6 +2,7 @@
 //! stdout back line by line. The runner is the same for all of them.
 
 pub mod clean;
+pub mod container_spec;
 pub mod docker;
 pub mod gpus;
 pub mod local;

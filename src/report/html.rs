@@ -79,19 +79,23 @@ fn row_id(i: usize) -> String {
 const VERDICT_ITEMS: usize = 20;
 
 fn verdict_section(o: &mut String, data: &ReportData) {
-    let s = match &data.comparison {
-        Some(c) => verdict::of_comparison(c),
-        None => verdict::of_runs(&data.runs),
-    };
+    let s = verdict::of(data);
     let _ = write!(
         o,
         "<section id=\"verdict\" class=\"{}\">\n<h2>{}</h2>\n<p>Exit code <b>{}</b> ({}). {}</p>\n",
-        s.outcome.class(),
-        esc(s.outcome.headline()),
-        s.exit_code,
-        esc(verdict::exit_meaning(s.exit_code)),
+        s.headline.class(),
+        esc(s.headline.text()),
+        s.exit_code(),
+        esc(s.outcome.meaning()),
         esc(&s.detail)
     );
+    if !s.gate.is_empty() {
+        o.push_str("<ul class=\"gate\">\n");
+        for line in &s.gate {
+            let _ = writeln!(o, "<li>{}</li>", esc(line.trim_start()));
+        }
+        o.push_str("</ul>\n");
+    }
     let has_ratio_plot = data.charts.iter().any(|c| c.name == "ratios");
     let index_of = |c: &Comparison| {
         data.comparison

@@ -24,22 +24,25 @@ pub fn summary(data: &ReportData) -> String {
 }
 
 fn verdict_block(data: &ReportData) -> String {
-    let s = match &data.comparison {
-        Some(c) => verdict::of_comparison(c),
-        None => verdict::of_runs(&data.runs),
-    };
-    let mark = match s.outcome.class() {
+    let s = verdict::of(data);
+    let mark = match s.headline.class() {
         "bad" => "🔴",
         "good" => "🟢",
         _ => "⚪",
     };
     let mut o = format!(
         "## {mark} {}\n\nExit code **{}** ({}). {}\n",
-        s.outcome.headline(),
-        s.exit_code,
-        verdict::exit_meaning(s.exit_code),
+        s.headline.text(),
+        s.exit_code(),
+        s.outcome.meaning(),
         md_escape(&s.detail)
     );
+    if !s.gate.is_empty() {
+        o.push('\n');
+        for line in &s.gate {
+            o.push_str(&format!("- {}\n", md_escape(line.trim_start())));
+        }
+    }
     for (title, list) in [("Worse", &s.findings), ("Better", &s.improvements)] {
         if list.is_empty() {
             continue;

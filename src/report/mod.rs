@@ -12,13 +12,17 @@ use anyhow::{bail, Context, Result};
 
 use crate::cli::ReportArgs;
 use crate::compare::{compare_along, compare_runs, CompareOptions, CompareReport, LoadedRun};
-use crate::error::EXIT_OK;
+use crate::outcome::Outcome;
+use crate::{errln, outln};
 
 /// What every reporter sees: the runs, an optional comparison and the drawn plots.
 pub struct ReportData {
     pub title: String,
     pub runs: Vec<LoadedRun>,
     pub comparison: Option<CompareReport>,
+    /// Without a comparison: whether partial runs are reported for what they have
+    /// (`--allow-partial`) rather than as incomplete (a comparison carries its own options).
+    pub allow_partial: bool,
     pub charts: Vec<plot::ChartSpec>,
     /// The charts drawn as SVG documents, in `charts` order.
     pub svgs: Vec<String>,
@@ -84,32 +88,41 @@ impl ReportManager {
 }
 
 /// Draws the plots and assembles the data of a report.
-pub fn build(title: String, runs: Vec<LoadedRun>, comparison: Option<CompareReport>) -> Result<ReportData> {
+pub fn build(
+    title: String,
+    runs: Vec<LoadedRun>,
+    comparison: Option<CompareReport>,
+    allow_partial: bool,
+) -> Result<ReportData> {
     let charts = plot::charts(&runs, comparison.as_ref());
     let svgs = charts.iter().map(plot::render_svg).collect::<Result<Vec<_>>>()?;
     Ok(ReportData {
         title,
         runs,
         comparison,
+        allow_partial,
         charts,
         svgs,
     })
 }
 
-/// Writes the report of one finished run to `report_dir/<run-id>/` (called at the end of
-/// `tagbench run`); returns the index.html path.
-pub fn write_run_report(run_dir: &Path, report_dir: &Path) -> Result<PathBuf> {
-    let run = LoadedRun::load(run_dir)?;
+/// Writes the report of one finished run, with its comparison of targets when it has one, to
+/// `report_dir/<run-id>/` (called at the end of `tagbench run`); returns the index.html path.
+pub fn write_run_report(
+    run: LoadedRun,
+    comparison: Option<CompareReport>,
+    report_dir: &Path,
+) -> Result<PathBuf> {
     let out = report_dir.join(run.name());
     let title = format!("tagbench run {}", run.name());
-    let data = build(title, vec![run], None)?;
+    let data = build(title, vec![run], comparison, false)?;
     ReportManager::default().write(&data, &out)?;
     Ok(out.join("index.html"))
 }
 
-/// `tagbench report`.
-pub fn cmd_report(args: ReportArgs) -> Result<i32> {
-    let opts = CompareOptions::from_args(&args.stats)?;
+/// `tagbench report`: exits with the outcome its verdict prints.
+pub fn cmd_report(args: ReportArgs) -> Result<Outcome> {
+    let opts = CompareOptions::from_args(&args.stats, &args.gate)?;
     let mut runs = args
         .runs
         .iter()
@@ -135,18 +148,17 @@ pub fn cmd_report(args: ReportArgs) -> Result<i32> {
     };
     let names: Vec<String> = runs.iter().map(LoadedRun::name).collect();
     let title = format!("tagbench report: {}", names.join(", "));
-    let data = build(title, runs, comparison)?;
+    let data = build(title, runs, comparison, opts.allow_partial)?;
     let files = ReportManager::default().write(&data, &args.out)?;
-    eprintln!("wrote {} files to {}", files.len(), args.out.display());
-    println!("{}", args.out.join("index.html").display());
-    Ok(match &data.comparison {
-        Some(c) => {
-            eprintln!("{}", c.summary_line());
-            if c.matched() == 0 {
-                eprintln!("error: nothing matched with measurements on both sides");
-            }
-            c.exit_code()
-        }
-        None => EXIT_OK,
-    })
+    errln!("wrote {} files to {}", files.len(), args.out.display());
+    outln!("{}", args.out.join("index.html").display())?;
+    let summary = verdict::of(&data);
+    if let Some(c) = &data.comparison {
+        errln!("{}", c.summary_line());
+    }
+    for line in &summary.gate {
+        errln!("{line}");
+    }
+    errln!("exit {}: {}", summary.exit_code(), summary.outcome.meaning());
+    Ok(summary.outcome)
 }

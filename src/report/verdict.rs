@@ -1,17 +1,24 @@
-//! The answer a report opens with: the outcome of a comparison (or of a single run), the exit
-//! code it implies, and the findings worth a reader's first look, worst first.
+//! The answer a report opens with: the outcome of a comparison (or of runs without one), the
+//! exit code it implies (the one `report` and `run` exit with: [`crate::outcome`]), why the
+//! gate is closed, and the findings worth a reader's first look, worst first.
 
+use super::ReportData;
+use crate::compare::gate::runs_outcome;
 use crate::compare::{CompareReport, Comparison, LoadedRun, Verdict};
-use crate::error::{EXIT_ERROR, EXIT_OK, EXIT_REGRESSION};
+use crate::outcome::Outcome;
 use crate::render::num::fmt_num;
 use crate::render::num::pct;
 use crate::results::Status;
 
-/// What the report says in one word.
+/// What the report says in one line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Headline {
+    /// A compared run is interrupted or partial.
+    Partial,
     Regressions,
     Failures,
+    /// The candidate lacks metrics the baseline measured.
+    Missing,
     Improvements,
     AllSame,
     TooNoisy,
@@ -19,29 +26,36 @@ pub enum Outcome {
     RunOk,
     /// A single run in which some cases failed.
     RunFailures,
+    /// Runs without comparison, one of them partial or without any row.
+    RunIncomplete,
     /// Nothing was matched with measurements on both sides.
     NothingMatched,
 }
 
-impl Outcome {
-    pub fn headline(self) -> &'static str {
+impl Headline {
+    pub fn text(self) -> &'static str {
         match self {
-            Outcome::Regressions => "Regressions found",
-            Outcome::Failures => "Cases failed in the candidate",
-            Outcome::Improvements => "Improvements, no regression",
-            Outcome::AllSame => "All the same",
-            Outcome::TooNoisy => "Too noisy to tell",
-            Outcome::RunOk => "Run complete",
-            Outcome::RunFailures => "Run complete, with failed cases",
-            Outcome::NothingMatched => "Nothing to compare",
+            Headline::Partial => "Incomplete: a compared run is partial",
+            Headline::Regressions => "Regressions found",
+            Headline::Failures => "Cases failed in the candidate",
+            Headline::Missing => "The candidate lacks metrics the baseline measured",
+            Headline::Improvements => "Improvements, no regression",
+            Headline::AllSame => "All the same",
+            Headline::TooNoisy => "Too noisy to tell",
+            Headline::RunOk => "Run complete",
+            Headline::RunFailures => "Run complete, with failed cases",
+            Headline::RunIncomplete => "Run incomplete",
+            Headline::NothingMatched => "Nothing to compare",
         }
     }
     /// A CSS class: red for bad news, green for good, grey otherwise.
     pub fn class(self) -> &'static str {
         match self {
-            Outcome::Regressions | Outcome::Failures | Outcome::RunFailures => "bad",
-            Outcome::Improvements | Outcome::AllSame | Outcome::RunOk => "good",
-            Outcome::TooNoisy | Outcome::NothingMatched => "unsure",
+            Headline::Regressions | Headline::Failures | Headline::RunFailures | Headline::Missing => "bad",
+            Headline::Improvements | Headline::AllSame | Headline::RunOk => "good",
+            Headline::TooNoisy | Headline::NothingMatched | Headline::Partial | Headline::RunIncomplete => {
+                "unsure"
+            }
         }
     }
 }
@@ -49,14 +63,26 @@ impl Outcome {
 /// The verdict block's content.
 #[derive(Debug, Clone)]
 pub struct Summary<'a> {
+    pub headline: Headline,
+    /// What the command concludes: `outcome.code()` is the exit code the block prints and the
+    /// process exits with.
     pub outcome: Outcome,
-    pub exit_code: i32,
     /// One sentence of counts.
     pub detail: String,
+    /// Why the gate is closed, first: partial runs, what the candidate lacks (each named),
+    /// failed rows. Empty when it is open.
+    pub gate: Vec<String>,
     /// Regressions and failures, worst change first.
     pub findings: Vec<&'a Comparison>,
     /// Improvements, largest first (shown after the findings).
     pub improvements: Vec<&'a Comparison>,
+}
+
+impl Summary<'_> {
+    /// The exit code the verdict implies.
+    pub fn exit_code(&self) -> i32 {
+        self.outcome.code()
+    }
 }
 
 /// How bad a comparison is for sorting: failures first, then the largest change in the bad
@@ -74,21 +100,28 @@ fn badness(c: &Comparison) -> f64 {
     }
 }
 
+/// The verdict of a report: of its comparison, or of its runs when it has none. `report`
+/// exits with this summary's outcome, and its pages print it.
+pub fn of(data: &ReportData) -> Summary<'_> {
+    match &data.comparison {
+        Some(c) => of_comparison(c),
+        None => of_runs(&data.runs, data.allow_partial),
+    }
+}
+
 /// The verdict of a comparison.
 pub fn of_comparison(c: &CompareReport) -> Summary<'_> {
     let n = |v| c.count(v);
-    let outcome = if n(Verdict::Regression) > 0 {
-        Outcome::Regressions
-    } else if n(Verdict::Failed) > 0 {
-        Outcome::Failures
-    } else if c.matched() == 0 {
-        Outcome::NothingMatched
-    } else if n(Verdict::Improvement) > 0 {
-        Outcome::Improvements
-    } else if n(Verdict::Noisy) > 0 {
-        Outcome::TooNoisy
-    } else {
-        Outcome::AllSame
+    let outcome = c.outcome();
+    let headline = match outcome {
+        Outcome::Incomplete | Outcome::Interrupted => Headline::Partial,
+        Outcome::Regression => Headline::Regressions,
+        Outcome::Failed => Headline::Failures,
+        Outcome::Missing => Headline::Missing,
+        Outcome::Error => Headline::NothingMatched,
+        Outcome::Complete if n(Verdict::Improvement) > 0 => Headline::Improvements,
+        Outcome::Complete if n(Verdict::Noisy) > 0 => Headline::TooNoisy,
+        Outcome::Complete => Headline::AllSame,
     };
     let mut findings: Vec<&Comparison> = c
         .comparisons
@@ -114,17 +147,23 @@ pub fn of_comparison(c: &CompareReport) -> Summary<'_> {
         c.baseline,
         c.mode
     );
+    let gate = if outcome == Outcome::Complete {
+        Vec::new()
+    } else {
+        c.gate_lines()
+    };
     Summary {
+        headline,
         outcome,
-        exit_code: c.exit_code(),
         detail,
+        gate,
         findings,
         improvements,
     }
 }
 
-/// The verdict of runs shown without a comparison: did every case run?
-pub fn of_runs(runs: &[LoadedRun]) -> Summary<'static> {
+/// The verdict of runs shown without a comparison: did every case run, and did the runs end?
+pub fn of_runs(runs: &[LoadedRun], allow_partial: bool) -> Summary<'static> {
     let all = runs.iter().flat_map(|r| r.measurements.iter());
     let (mut ok, mut skipped, mut failed) = (0, 0, 0);
     for m in all {
@@ -135,19 +174,49 @@ pub fn of_runs(runs: &[LoadedRun]) -> Summary<'static> {
             _ => {}
         }
     }
+    let (outcome, gate) = runs_outcome(runs, allow_partial);
     Summary {
-        outcome: if failed > 0 {
-            Outcome::RunFailures
-        } else {
-            Outcome::RunOk
+        headline: match outcome {
+            Outcome::Complete => Headline::RunOk,
+            Outcome::Failed => Headline::RunFailures,
+            _ => Headline::RunIncomplete,
         },
-        exit_code: if ok == 0 && failed > 0 { EXIT_ERROR } else { EXIT_OK },
+        outcome,
         detail: format!(
             "{ok} metrics measured, {skipped} skipped, {failed} failed; no comparison (give `report --along COLUMN --baseline VALUE` to compare)."
         ),
+        gate,
         findings: Vec::new(),
         improvements: Vec::new(),
     }
+}
+
+/// The verdict block as plain text (the end of `run` with two or more targets): the headline
+/// and exit code, why the gate is closed, the counts, then what got worse and better.
+pub fn text(s: &Summary) -> String {
+    let mut o = format!(
+        "verdict: {}: exit {} ({})\n",
+        s.headline.text(),
+        s.exit_code(),
+        s.outcome.meaning()
+    );
+    for line in &s.gate {
+        o.push_str(&format!("  {line}\n"));
+    }
+    o.push_str(&format!("  {}\n", s.detail));
+    for (title, list) in [("worse", &s.findings), ("better", &s.improvements)] {
+        for c in list.iter() {
+            o.push_str(&format!(
+                "  {title}: {}/{} {} ({}): {}\n",
+                c.workload,
+                c.case,
+                c.metric,
+                c.candidate.label,
+                finding_text(c)
+            ));
+        }
+    }
+    o
 }
 
 /// `+12.3% [+10.1%, +14.0%]`, or what is known of it.
@@ -173,15 +242,6 @@ pub fn finding_text(c: &Comparison) -> String {
         num(c.candidate.estimate),
         c.unit
     )
-}
-
-/// What an exit code means, for the reader of the verdict.
-pub fn exit_meaning(code: i32) -> &'static str {
-    match code {
-        EXIT_OK => "fine",
-        EXIT_REGRESSION => "regression found",
-        _ => "error: no data to judge",
-    }
 }
 
 #[cfg(test)]
@@ -229,6 +289,7 @@ mod tests {
             mode: "along image".into(),
             baseline: "a".into(),
             options: CompareOptions::default(),
+            partial_runs: Vec::new(),
             comparisons: v,
         }
     }
@@ -242,8 +303,9 @@ mod tests {
             cmp(Verdict::Failed, 1.0),
         ]);
         let s = of_comparison(&r);
-        assert_eq!(s.outcome, Outcome::Regressions);
-        assert_eq!(s.exit_code, EXIT_REGRESSION);
+        assert_eq!(s.headline, Headline::Regressions);
+        assert_eq!(s.outcome, Outcome::Regression);
+        assert_eq!(s.exit_code(), 1);
         let order: Vec<(Verdict, f64)> = s
             .findings
             .iter()
@@ -258,24 +320,24 @@ mod tests {
             ]
         );
         assert_eq!(
-            of_comparison(&report(vec![cmp(Verdict::Same, 1.0)])).outcome,
-            Outcome::AllSame
+            of_comparison(&report(vec![cmp(Verdict::Same, 1.0)])).headline,
+            Headline::AllSame
         );
         assert_eq!(
-            of_comparison(&report(vec![cmp(Verdict::Same, 1.0), cmp(Verdict::Noisy, 1.0)])).outcome,
-            Outcome::TooNoisy
+            of_comparison(&report(vec![cmp(Verdict::Same, 1.0), cmp(Verdict::Noisy, 1.0)])).headline,
+            Headline::TooNoisy
         );
         assert_eq!(
             of_comparison(&report(vec![
                 cmp(Verdict::Improvement, 0.5),
                 cmp(Verdict::Noisy, 1.0)
             ]))
-            .outcome,
-            Outcome::Improvements
+            .headline,
+            Headline::Improvements
         );
         assert_eq!(
-            of_comparison(&report(vec![cmp(Verdict::Failed, 1.0)])).outcome,
-            Outcome::Failures
+            of_comparison(&report(vec![cmp(Verdict::Failed, 1.0)])).headline,
+            Headline::Failures
         );
     }
 }

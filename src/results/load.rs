@@ -45,7 +45,8 @@ pub struct LoadedRun {
 
 impl LoadedRun {
     /// Reads results.csv, samples.csv and (if present) run.json of a run directory or of the
-    /// directory holding a results.csv.
+    /// directory holding a results.csv; a run.json that is there but empty or corrupt is an error
+    /// naming it.
     pub fn load(path: &Path) -> Result<Self> {
         let run = RunDir::from_arg(path);
         if !run.results_csv().exists() {
@@ -53,7 +54,13 @@ impl LoadedRun {
         }
         let rows = read_results(&run)?;
         let samples = read_samples(&run)?;
-        let meta = run.read_meta().ok();
+        // A missing run.json (a bare results.csv) is allowed; one that cannot be read is an error,
+        // never silently nothing: the state of the run and what differs come from it.
+        let meta = if run.run_json().exists() {
+            Some(run.read_meta()?)
+        } else {
+            None
+        };
         let key_of = |r: &ResultRow| -> SampleKey {
             (
                 r.target.clone(),
@@ -114,6 +121,16 @@ impl LoadedRun {
             meta,
             measurements,
         })
+    }
+
+    /// run.json's `state` when it is not `complete` (`running`: killed or still being written;
+    /// `interrupted`, `failed`): the run is partial. `None` for a complete run, and for a
+    /// results.csv without run.json (nothing says it is partial).
+    pub fn partial_state(&self) -> Option<&str> {
+        self.meta
+            .as_ref()
+            .map(|m| m.state.as_str())
+            .filter(|s| *s != super::meta::STATE_COMPLETE)
     }
 
     /// The run's name for tables: its id from run.json, else the directory name.

@@ -4,6 +4,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// run.json's `state` of a run that measured everything it planned; any other state (`running`,
+/// `interrupted`, `failed`) is a partial run that `compare` and `report` refuse to gate on.
+pub const STATE_COMPLETE: &str = "complete";
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RunMeta {
     pub schema: u32,

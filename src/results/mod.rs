@@ -6,11 +6,13 @@ pub mod meta;
 pub mod record;
 pub mod row;
 pub mod store;
+pub mod unit;
 
 pub use load::{LoadedRun, Measurement};
-pub use meta::{Placement, RunMeta, TargetMeta};
+pub use meta::{Placement, RunMeta, TargetMeta, STATE_COMPLETE};
 pub use record::{set_summary, MetricId, Recorder};
 pub use row::{ResultRow, SampleRow, Status, SCHEMA_VERSION};
 pub use store::{
     mark_outlier_rounds, outlier_rounds_of, read_results, read_samples, RoundKey, RunDir, RunWriter,
 };
+pub use unit::Quantity;

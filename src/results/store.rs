@@ -49,6 +49,12 @@ impl RunDir {
         let path = self.run_json();
         let text =
             std::fs::read_to_string(&path).with_context(|| format!("failed to read {}", path.display()))?;
+        if text.trim().is_empty() {
+            anyhow::bail!(
+                "failed to read {}: the file is empty (a run writes it when it starts: the run directory is damaged)",
+                path.display()
+            );
+        }
         serde_json::from_str(&text).with_context(|| format!("failed to parse {}", path.display()))
     }
 
@@ -206,13 +212,14 @@ fn cut_torn_tail(path: &Path) -> Result<bool> {
     Ok(true)
 }
 
-/// Reads a CSV of `T`. A last line without its newline was torn by a kill and is ignored (with a
-/// warning on stderr); any other bad line is an error naming the file and line.
-fn read_csv<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
+/// Reads a CSV of `T`, each row with the line it starts on. A last line without its newline was
+/// torn by a kill and is ignored (with a warning on stderr); any other bad line is an error
+/// naming the file and line.
+fn read_csv<T: DeserializeOwned>(path: &Path) -> Result<Vec<(u64, T)>> {
     let data = std::fs::read_to_string(path).with_context(|| format!("failed to read {}", path.display()))?;
     let body = match data.rfind('\n') {
         Some(i) if i + 1 < data.len() => {
-            eprintln!(
+            crate::errln!(
                 "warning: {}: ignoring a torn last line (the run was interrupted)",
                 path.display()
             );
@@ -224,10 +231,24 @@ fn read_csv<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(true)
         .from_reader(body.as_bytes());
+    let headers = rdr.headers()?.clone();
     let mut out = Vec::new();
-    for (i, rec) in rdr.deserialize::<T>().enumerate() {
-        let row = rec.with_context(|| format!("failed to parse {}: line {}", path.display(), i + 2))?;
-        out.push(row);
+    let mut record = csv::StringRecord::new();
+    let mut line = 2;
+    loop {
+        let read = rdr
+            .read_record(&mut record)
+            .with_context(|| format!("failed to parse {}: line {line}", path.display()))?;
+        if !read {
+            break;
+        }
+        // The line the record starts on (a quoted cell may span lines).
+        line = record.position().map_or(line, |p| p.line());
+        let row = record
+            .deserialize::<T>(Some(&headers))
+            .with_context(|| format!("failed to parse {}: line {line}", path.display()))?;
+        out.push((line, row));
+        line += 1;
     }
     Ok(out)
 }
@@ -308,8 +329,37 @@ pub fn mark_outlier_rounds(dir: &RunDir) -> Result<usize> {
     Ok(flagged.len())
 }
 
+/// Reads results.csv. A summary value that no measurement can have (NaN, infinite, or a negative
+/// time, rate, size or count) is an error naming the file and line: such a row would otherwise
+/// be judged as if it had been measured.
 pub fn read_results(dir: &RunDir) -> Result<Vec<ResultRow>> {
-    read_csv(&dir.results_csv())
+    let path = dir.results_csv();
+    let rows = read_csv::<ResultRow>(&path)?;
+    for (line, r) in &rows {
+        let values = [
+            ("median", r.median),
+            ("mean", r.mean),
+            ("min", r.min),
+            ("max", r.max),
+            ("p05", r.p05),
+            ("p95", r.p95),
+            ("ci_low", r.ci_low),
+            ("ci_high", r.ci_high),
+            ("stddev", r.stddev),
+        ];
+        for (name, v) in values {
+            if let Some(why) = v.and_then(|v| super::unit::bad_value(name, v, &r.unit)) {
+                anyhow::bail!(
+                    "failed to read {}: line {line}: {}/{} {}: {why}",
+                    path.display(),
+                    r.workload,
+                    r.case,
+                    r.metric
+                );
+            }
+        }
+    }
+    Ok(rows.into_iter().map(|(_, r)| r).collect())
 }
 
 pub fn read_samples(dir: &RunDir) -> Result<Vec<SampleRow>> {
@@ -317,7 +367,7 @@ pub fn read_samples(dir: &RunDir) -> Result<Vec<SampleRow>> {
     if !path.exists() {
         return Ok(Vec::new());
     }
-    read_csv(&path)
+    Ok(read_csv(&path)?.into_iter().map(|(_, r)| r).collect())
 }
 
 #[cfg(test)]

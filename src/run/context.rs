@@ -1,5 +1,6 @@
 //! The state a run writes into: ids, the run directory, the progress bar, the round being
-//! measured, row counts, and which cases were skipped or failed.
+//! measured, row counts, which cases were skipped or failed, and the warnings gathered for the
+//! end of the run.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -24,6 +25,8 @@ pub struct RunContext {
     pub not_ok: HashSet<CaseKey>,
     /// When this process started the run (the `max_run_time` budget counts from here).
     pub started: std::time::Instant,
+    /// The workers' warnings, said once at the end of the run.
+    pub warnings: super::warnings::Warnings,
 }
 
 impl RunContext {
@@ -37,6 +40,7 @@ impl RunContext {
             round: 0,
             not_ok,
             started: std::time::Instant::now(),
+            warnings: Default::default(),
         }
     }
 

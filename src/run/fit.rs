@@ -6,12 +6,13 @@ use anyhow::Result;
 
 use super::plan::{filtered_cases, load_suite};
 use crate::case::Case;
-use crate::error::{EXIT_ERROR, EXIT_OK};
 use crate::options::SuiteOptions;
+use crate::outcome::Outcome;
 use crate::render::table::aligned;
 use crate::workload::generate::GenerateParams;
 use crate::workload::memory::{does_not_fit, plan_of, smallest_fitting};
 use crate::workload::Params;
+use crate::{errln, out};
 
 const GIB: f64 = (1u64 << 30) as f64;
 
@@ -45,7 +46,7 @@ fn gib(bytes: u64) -> String {
 /// `tagbench plan`: the memory per rank of every generation case of a suite and whether it fits
 /// `gpu_memory` (given, or detected on this host). Exit 0 when every case fits (or nothing can be
 /// judged), 2 when the suite has no generation case.
-pub fn cmd_plan(opts: &SuiteOptions, gpu_memory: Option<u64>) -> Result<i32> {
+pub fn cmd_plan(opts: &SuiteOptions, gpu_memory: Option<u64>) -> Result<Outcome> {
     let (suite, _) = load_suite(opts)?;
     let cases = filtered_cases(&suite, &opts.filter);
     let memory = gpu_memory.or_else(|| crate::executor::gpus::host_gpu_memory().ok());
@@ -98,14 +99,19 @@ pub fn cmd_plan(opts: &SuiteOptions, gpu_memory: Option<u64>) -> Result<i32> {
         };
         rows.push(row);
     }
-    print!("{}", aligned(&rows, |i| (1..7).contains(&i)));
+    out!("{}", aligned(&rows, |i| (1..7).contains(&i)))?;
     if memory.is_none() {
-        eprintln!("no GPU memory given (--gpu-memory) or detected (nvidia-smi): fit not judged");
+        errln!("no GPU memory given (--gpu-memory) or detected (nvidia-smi): fit not judged");
     }
     if others > 0 {
-        eprintln!("{others} cases of other workloads have no memory plan (only generate cases are planned)");
+        errln!("{others} cases of other workloads have no memory plan (only generate cases are planned)");
     }
-    Ok(if rows.len() == 1 { EXIT_ERROR } else { EXIT_OK })
+    // Only the header: the suite has no generation case to plan.
+    Ok(if rows.len() == 1 {
+        Outcome::Error
+    } else {
+        Outcome::Complete
+    })
 }
 
 #[cfg(test)]

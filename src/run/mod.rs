@@ -1,6 +1,8 @@
 //! `tagbench run` and `tagbench list`: the plan ([`plan`]: suite, filters, targets, rounds), the
-//! round loop ([`scheduler`]) writing into a [`context`], one supervised worker per target and round ([`supervise`]) and
-//! the table at the end ([`table`]). Rows are built only by `results::record`.
+//! round loop ([`scheduler`]) writing into a [`context`], one supervised worker per target and
+//! round ([`supervise`]), and the end: the [`warnings`] gathered, then with two or more targets
+//! the comparison of the baseline target against the others and its verdict (the run's exit
+//! code, as `compare`'s), else the table ([`table`]). Rows are built only by `results::record`.
 
 pub mod context;
 pub mod fit;
@@ -8,14 +10,18 @@ pub mod plan;
 pub mod scheduler;
 pub mod supervise;
 pub mod table;
+pub mod warnings;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::error::{EXIT_ERROR, EXIT_OK};
+use crate::compare::{compare_along, CompareOptions, CompareReport};
 use crate::options::{RunOptions, SuiteOptions};
-use crate::results::{LoadedRun, RunDir, RunMeta, RunWriter, Status, SCHEMA_VERSION};
+use crate::outcome::Outcome;
+use crate::report::verdict;
+use crate::results::{LoadedRun, RunDir, RunMeta, RunWriter, Status, SCHEMA_VERSION, STATE_COMPLETE};
+use crate::{errln, out, outln};
 use context::RunContext;
 use plan::{filtered_cases, new_run_id, Plan};
 pub use plan::{load_suite, matches_filter, resolve_targets};
@@ -27,14 +33,18 @@ pub(crate) fn now() -> String {
 }
 
 /// `tagbench list`.
-pub fn cmd_list(opts: &SuiteOptions) -> Result<i32> {
+pub fn cmd_list(opts: &SuiteOptions) -> Result<Outcome> {
     let (suite, _) = load_suite(opts)?;
     let cases = filtered_cases(&suite, &opts.filter);
     for case in &cases {
-        println!("{}", case.label());
+        outln!("{}", case.label())?;
     }
-    eprintln!("{} cases in suite `{}`", cases.len(), suite.name);
-    Ok(if cases.is_empty() { EXIT_ERROR } else { EXIT_OK })
+    errln!("{} cases in suite `{}`", cases.len(), suite.name);
+    Ok(if cases.is_empty() {
+        Outcome::Error
+    } else {
+        Outcome::Complete
+    })
 }
 
 /// `--resume`: the run directory, and the options the run was started with (the suite is the
@@ -119,13 +129,14 @@ fn open_run(
 }
 
 /// `tagbench run`.
-pub fn cmd_run(opts: RunOptions) -> Result<i32> {
+pub fn cmd_run(opts: RunOptions) -> Result<Outcome> {
     let resumed = resume(&opts)?;
     let (resume_dir, opts) = match resumed {
         Some((dir, o)) => (Some(dir), o),
         None => (None, opts),
     };
     let plan = Plan::build(&opts)?;
+    baseline_target(&plan, &opts)?;
     let run_id = opts
         .run_id
         .clone()
@@ -136,7 +147,7 @@ pub fn cmd_run(opts: RunOptions) -> Result<i32> {
     let (run, mut meta, done) = open_run(&dir, resume_dir.is_some(), &plan, &opts, &run_id)?;
     let mut writer = RunWriter::open(&run)?;
     let bar = progress_bar(plan.total_steps(), opts.no_progress);
-    eprintln!(
+    errln!(
         "run {run_id}: suite `{}`, {} cases × {} targets, {} rounds{} → {}",
         plan.suite.name,
         plan.cases.len(),
@@ -156,33 +167,92 @@ pub fn cmd_run(opts: RunOptions) -> Result<i32> {
     drop(writer);
     let outliers = crate::results::mark_outlier_rounds(&run)?;
     if outliers > 0 {
-        eprintln!(
+        errln!(
             "{outliers} metric row(s) of outlier rounds marked in results.csv (`outlier_round`); compare sets them aside"
         );
     }
     bar.finish_and_clear();
     meta.finished_at = Some(now());
-    meta.state = "complete".into();
+    meta.state = STATE_COMPLETE.into();
     run.write_meta(&meta)?;
-    finish(&ctx, &dir, &opts)
+    finish(&ctx, &dir, &plan, &opts)
 }
 
-/// The end of a run: the table, the counts, the report; exit 2 when a case failed.
-fn finish(ctx: &RunContext, dir: &Path, opts: &RunOptions) -> Result<i32> {
-    print!("{}", table::render(&LoadedRun::load(dir)?.measurements));
-    let failed = ctx.count(Status::Failed);
-    eprintln!(
-        "{} ok, {} skipped, {failed} failed rows; results in {}",
+/// The target the others are compared against at the end of a run with two or more targets:
+/// `--baseline`, which must name one of them, or the first. `None` with one target.
+fn baseline_target(plan: &Plan, opts: &RunOptions) -> Result<Option<String>> {
+    let names: Vec<String> = plan.targets.iter().map(|t| t.display_name()).collect();
+    match &opts.baseline {
+        Some(b) if names.len() < 2 => {
+            bail!(
+                "--baseline {b}: the run has one target ({}), nothing to compare it with",
+                names.join(", ")
+            )
+        }
+        Some(b) if !names.contains(b) => {
+            bail!(
+                "--baseline {b}: no such target; the run's targets are {}",
+                names.join(", ")
+            )
+        }
+        Some(b) => Ok(Some(b.clone())),
+        None if names.len() >= 2 => Ok(Some(names[0].clone())),
+        None => Ok(None),
+    }
+}
+
+/// The end-of-run comparison (two or more targets): the baseline target against the others,
+/// as `compare --along target --baseline TARGET RUN` judges it.
+fn compare_targets(run: &LoadedRun, plan: &Plan, opts: &RunOptions) -> Result<Option<CompareReport>> {
+    let Some(base) = baseline_target(plan, opts)? else {
+        return Ok(None);
+    };
+    let copts = CompareOptions {
+        allow_missing: opts.allow_missing,
+        ..CompareOptions::default()
+    };
+    let report = compare_along(std::slice::from_ref(run), "target", &base, &copts)?;
+    if report.comparisons.is_empty() {
+        // Only status rows (a probe, skipped cases): the targets have no metric to compare,
+        // and the run is judged as a run.
+        errln!("no metric to compare between the targets: the run is judged on its rows alone");
+        return Ok(None);
+    }
+    Ok(Some(report))
+}
+
+/// The end of a run: the warnings gathered, the counts, then with two or more targets the
+/// comparison and its verdict (the exit code, as `compare`'s), else the table and the run's
+/// verdict; the report (with the comparison).
+fn finish(ctx: &RunContext, dir: &Path, plan: &Plan, opts: &RunOptions) -> Result<Outcome> {
+    let run = LoadedRun::load(dir)?;
+    for line in ctx.warnings.lines() {
+        errln!("{line}");
+    }
+    errln!(
+        "{} ok, {} skipped, {} failed rows; results in {}",
         ctx.count(Status::Ok),
         ctx.count(Status::Skipped),
+        ctx.count(Status::Failed),
         ctx.run.results_csv().display()
     );
+    let comparison = compare_targets(&run, plan, opts)?;
+    match &comparison {
+        Some(c) => out!("{}", crate::compare::render(c, crate::render::Format::Table)?)?,
+        None => out!("{}", table::render(&run.measurements))?,
+    }
+    let summary = match &comparison {
+        Some(c) => verdict::of_comparison(c),
+        None => verdict::of_runs(std::slice::from_ref(&run), false),
+    };
+    outln!("\n{}", verdict::text(&summary).trim_end())?;
+    let outcome = summary.outcome;
     if !opts.no_report {
         // A report that cannot be written must not hide the results, which are on disk.
-        match crate::report::write_run_report(dir, &opts.report_dir) {
-            Ok(index) => eprintln!("report in {}", index.display()),
-            Err(e) => eprintln!("warning: failed to write the report: {e:#}"),
+        match crate::report::write_run_report(run.clone(), comparison.clone(), &opts.report_dir) {
+            Ok(index) => errln!("report in {}", index.display()),
+            Err(e) => errln!("warning: failed to write the report: {e:#}"),
         }
     }
-    Ok(if failed > 0 { EXIT_ERROR } else { EXIT_OK })
+    Ok(outcome)
 }

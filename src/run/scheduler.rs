@@ -206,7 +206,7 @@ fn add_rounds_until_decided(
     loop {
         if let Some(budget) = plan.suite.max_run_time_s {
             if ctx.elapsed_s() > budget {
-                eprintln!("max_run_time ({budget} s) reached: no more rounds are added; undecided comparisons stay `noisy`");
+                ctx.bar.suspend(|| crate::errln!("max_run_time ({budget} s) reached: no more rounds are added; undecided comparisons stay `noisy`"));
                 return Ok(());
             }
         }
@@ -301,7 +301,8 @@ fn run_extra_round(
     }
     for (round, cases) in by_round {
         ctx.round = round;
-        eprintln!("round {round}: measuring {} case(s) again, {why}", cases.len());
+        ctx.bar
+            .suspend(|| crate::errln!("round {round}: measuring {} case(s) again, {why}", cases.len()));
         for ti in order(round, plan.targets.len()) {
             let target = &plan.targets[ti];
             let tname = target.display_name();

@@ -319,8 +319,7 @@ impl Session {
                 workload,
                 message,
             } => {
-                ctx.bar
-                    .suspend(|| eprintln!("warning: {}: {workload}/{case}: {message}", self.tname));
+                ctx.warnings.add(&self.tname, &workload, &case, &message);
                 return Ok(());
             }
             Message::Status {

@@ -28,7 +28,8 @@ pub enum ContainerPlatform {
     Apptainer,
     /// Slurm's own OCI support: `srun --container BUNDLE` (the image is the bundle directory).
     Oci,
-    /// `docker run` inside the step, labelled so that the clean-up finds what `scancel` leaves.
+    /// `docker run` inside the step: the Docker executor's container (its hardening and the
+    /// target's settings), labelled so that the clean-up finds what `scancel` leaves.
     Docker,
 }
 

@@ -61,6 +61,17 @@ pub enum PullPolicy {
     Always,
 }
 
+impl PullPolicy {
+    /// The name a suite, the command line and `docker run --pull` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Missing => "missing",
+            PullPolicy::Never => "never",
+            PullPolicy::Always => "always",
+        }
+    }
+}
+
 /// A byte count written as a Docker-style size (`64m`, `1g`, `512MiB`, `1073741824`), parsed
 /// when the suite loads so that a bad one is reported with its file and line before anything
 /// runs. The units are binary, as `docker run --shm-size` reads them; the text is kept for
@@ -135,6 +146,26 @@ impl<'de> Deserialize<'de> for ByteSize {
         d.deserialize_any(Visitor)
     }
 }
+
+/// The resource limits a container's `ulimits` may set (`setrlimit(2)`'s, as Docker and Podman
+/// name them).
+pub const ULIMIT_NAMES: [&str; 15] = [
+    "core",
+    "cpu",
+    "data",
+    "fsize",
+    "locks",
+    "memlock",
+    "msgqueue",
+    "nice",
+    "nofile",
+    "nproc",
+    "rss",
+    "rtprio",
+    "rttime",
+    "sigpending",
+    "stack",
+];
 
 /// A `[[target]]` entry.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -226,6 +257,17 @@ impl TargetSpec {
         }
         if self.executor == Some(ExecutorKind::Local) && self.image.is_some() {
             return Err("`executor = \"local\"` runs on this host; a target with an `image` needs `docker` or `slurm`".into());
+        }
+        if let Some(c) = self.cpus {
+            if !(c.is_finite() && c > 0.0) {
+                return Err(format!("key `cpus`: {c} is not a positive number of cores"));
+            }
+        }
+        if let Some(name) = self.ulimits.keys().find(|k| !ULIMIT_NAMES.contains(&k.as_str())) {
+            return Err(format!(
+                "key `ulimits`: unknown limit `{name}` (expected one of {})",
+                ULIMIT_NAMES.join(", ")
+            ));
         }
         if let Some(ipc) = &self.ipc {
             if !["private", "host", "shareable", "none"].contains(&ipc.as_str()) {

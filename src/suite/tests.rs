@@ -104,6 +104,29 @@ fn slurm_table_and_target_keys() {
 }
 
 #[test]
+fn container_keys_are_checked_at_load() {
+    let suite = |keys: &str| {
+        format!("[[workload]]\nkind = \"probe\"\n\n[[target]]\nimage = \"i:a\"\nexecutor = \"slurm\"\ncontainer = \"docker\"\n{keys}\n")
+    };
+    let s = parse(&suite(
+        "shm_size = \"96m\"\ncpus = 1.5\nulimits = { nofile = 4096 }",
+    ))
+    .unwrap();
+    assert_eq!(s.targets[0].cpus, Some(1.5));
+    let e = parse(&suite("cpus = 0")).unwrap_err();
+    assert_eq!(e.line, 4, "{e}");
+    assert!(e.to_string().contains("suites/t.toml"), "{e}");
+    assert!(
+        e.message
+            .contains("key `cpus`: 0 is not a positive number of cores"),
+        "{e}"
+    );
+    let e = parse(&suite("ulimits = { openfiles = 4096 }")).unwrap_err();
+    assert_eq!(e.line, 4, "{e}");
+    assert!(e.message.contains("unknown limit `openfiles`"), "{e}");
+}
+
+#[test]
 fn syntax_error_has_line() {
     let e = parse("[[workload]]\nkind = \"gemm\"\nsize = = 3\n").unwrap_err();
     assert_eq!(e.line, 3, "{e}");

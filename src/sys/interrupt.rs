@@ -64,7 +64,7 @@ fn install() {
                         cleanup();
                     }
                 }
-                std::process::exit(130);
+                std::process::exit(crate::outcome::Outcome::Interrupted.code());
             });
         if let Err(e) = spawned {
             eprintln!("warning: failed to watch for Ctrl-C ({e}); interrupted runs may leave containers (`tagbench clean` removes them)");

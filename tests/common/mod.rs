@@ -25,6 +25,7 @@ pub struct Case {
     pub status: Status,
     pub reason: String,
     /// Worker processes the samples are split into (equal chunks, in order); 1: no round column.
+    /// Five by default: a timing verdict needs at least three rounds a side.
     pub rounds: usize,
 }
 
@@ -38,7 +39,7 @@ impl Case {
             latency_ms,
             status: Status::Ok,
             reason: String::new(),
-            rounds: 1,
+            rounds: 5,
         }
     }
     pub fn status(target: &str, workload: &str, case: &str, status: Status, reason: &str) -> Case {

@@ -170,9 +170,7 @@ pub mod memory {
         let mem = std::fs::read_to_string("/proc/meminfo").ok()?;
         let avail = mem.lines().find_map(|l| l.strip_prefix("MemAvailable:"))?;
         let avail: u64 = avail.trim().trim_end_matches("kB").trim().parse::<u64>().ok()? * 1024;
-        let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok());
+        let cgroup = crate::sys::limits::memory_limit_bytes();
         Some(cgroup.map_or(avail, |c| c.min(avail)))
     }
 }

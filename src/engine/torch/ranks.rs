@@ -182,6 +182,9 @@ impl Drop for RankGroup {
     }
 }
 
+/// How long a follower's python may take to exit after its last protocol line.
+const FOLLOWER_EXIT_WAIT: Duration = Duration::from_secs(30);
+
 /// A non-zero rank of a group that Slurm launched: runs this worker's python rank until rank 0
 /// ends the group. A rank that could not go on fails (or skips) naming itself and its node.
 pub fn follow(
@@ -198,6 +201,10 @@ pub fn follow(
         &slurm_env(me, device),
     )?;
     let reply = p.last_reply();
+    // Its protocol closed, the rank leaves once torch's group has ended with rank 0, whose own
+    // end waits for its leader (up to 10 s): killing it sooner turns a clean end into a failure
+    // (5-6 s on a loaded 2-core host).
+    p.wait_or_kill(FOLLOWER_EXIT_WAIT);
     let (ok, how) = p.ended();
     if ok && reply.is_none() {
         return Ok(());

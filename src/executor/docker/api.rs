@@ -17,7 +17,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::Stream;
 
-use super::spec::{LABEL_RUN, LABEL_TARGET};
+use crate::executor::container_spec::{LABEL_RUN, LABEL_TARGET};
 
 /// How long one engine call (inspect, create, start, remove) may take before we give up on it.
 pub(super) const API_TIMEOUT: Duration = Duration::from_secs(120);

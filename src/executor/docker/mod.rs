@@ -2,11 +2,11 @@
 //! (bollard; Podman's compatible socket through `DOCKER_HOST`). The worker binary (this one) and
 //! the job file are bind-mounted read-only, GPUs come through device requests, the network is
 //! `none` unless the suite asks, every container is labelled `tagbench.run=<run-id>` and is
-//! removed when its worker ends, on errors and on Ctrl-C.
+//! removed when its worker ends, on errors and on Ctrl-C. What the container gets is
+//! [`ContainerSpec`]'s rule, shared with Slurm's docker-in-step.
 
 mod api;
 mod glibc;
-mod spec;
 mod worker;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +22,7 @@ use bollard::Docker;
 use futures_util::StreamExt;
 use tokio::runtime::Runtime;
 
+use super::container_spec::{command_binds, job_args, ContainerSpec};
 use super::{Executor, WorkerHandle};
 use crate::protocol::Job;
 use crate::results::TargetMeta;
@@ -30,8 +31,6 @@ use crate::sys::interrupt::hold_if_interrupted;
 pub use api::docker_host;
 use api::{call, create_and_start, engine_message, is_not_found, remove_container, API_TIMEOUT};
 pub(crate) use api::{connect, remove_labelled};
-use spec::container_name;
-pub use spec::{container_body, JOB_PATH, LABEL_RUN, LABEL_TARGET, WORKER_PATH};
 use worker::{exit_info, pump_output, DockerWorker};
 
 /// How long the `--version` check of a new target may run (it takes well under a second).
@@ -164,7 +163,7 @@ impl DockerExecutor {
     ) -> Result<(String, String, bollard::models::ContainerInspectResponse)> {
         let docker = self.docker()?;
         let image = target.image.clone().unwrap_or_default();
-        let mut body = container_body(target, &self.worker_exe, None, args, &self.run_id)?;
+        let mut body = ContainerSpec::for_target(target, &self.run_id, &self.worker_exe, None, args)?.create_body();
         if let Some(e) = entrypoint {
             body.entrypoint = Some(vec![e.to_string()]);
         }
@@ -256,23 +255,22 @@ impl Executor for DockerExecutor {
         // The container sees only the GPUs it was given, numbered from 0.
         let mut job = job.clone();
         job.gpus = (0..job.gpus.len()).collect();
-        let files = spec::command_mounts(&mut job);
+        let files = command_binds(&mut job);
         let job_path = log.with_extension("job.json");
         std::fs::write(&job_path, serde_json::to_vec(&job)?)
             .with_context(|| format!("failed to write {}", job_path.display()))?;
         let job_path = job_path
             .canonicalize()
             .with_context(|| format!("failed to resolve {}", job_path.display()))?;
-        let mut body = container_body(
+        let mut spec = ContainerSpec::for_target(
             target,
+            &self.run_id,
             &self.worker_exe,
             Some(&job_path),
-            vec!["worker".into(), "--job".into(), JOB_PATH.into()],
-            &self.run_id,
+            job_args(),
         )?;
-        if let Some(mounts) = body.host_config.as_mut().and_then(|h| h.mounts.as_mut()) {
-            mounts.extend(files);
-        }
+        spec.mounts.extend(files);
+        let body = spec.create_body();
         let stem = log.file_stem().and_then(|s| s.to_str()).unwrap_or("worker");
         let name = container_name(&self.run_id, stem);
         let created_at = Instant::now();
@@ -296,6 +294,14 @@ impl Executor for DockerExecutor {
             removed: false,
         }))
     }
+}
+
+/// A container's name: readable in `docker ps`, unique per start.
+fn container_name(run_id: &str, what: &str) -> String {
+    let safe = crate::sys::safe_name;
+    let nonce: u32 = rand::random();
+    let run: String = safe(run_id).chars().take(60).collect();
+    format!("tagbench-{run}-{}-{nonce:08x}", safe(what))
 }
 
 /// On Ctrl-C or SIGTERM, the containers of `run_id` are removed before the process exits.

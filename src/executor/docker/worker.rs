@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use tokio::runtime::Runtime;
 
 use super::api::{call, engine_message, remove_container, OutputStream, API_TIMEOUT};
-use super::spec::WORKER_PATH;
+use crate::executor::container_spec::WORKER_PATH;
 use crate::executor::local::{log_tail, recv_line};
 use crate::executor::{ExitInfo, LineEvent, WorkerHandle};
 use crate::suite::ByteSize;

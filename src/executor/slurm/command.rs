@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::engine::torch::launcher::SLURM_RANKS_VAR;
-use crate::executor::docker::{JOB_PATH, LABEL_RUN, LABEL_TARGET, WORKER_PATH};
-use crate::suite::{ContainerPlatform, SlurmSettings};
+use crate::executor::container_spec::{job_args, ContainerSpec, EnvVar, GpuRequest, JOB_PATH, WORKER_PATH};
+use crate::suite::{ContainerPlatform, SlurmSettings, TargetSpec};
 
 /// Seconds an allocation may stay pending when the suite does not say (`pending_timeout_s`).
 pub const DEFAULT_PENDING_TIMEOUT_S: u64 = 600;
@@ -140,15 +140,14 @@ pub struct WorkerCommand<'a> {
     pub exe: &'a Path,
     /// The job file as the nodes see it.
     pub job: &'a Path,
-    /// The target's image (`None` with platform `none`).
-    pub image: Option<&'a str>,
+    /// The target: its image (none with platform `none`), name and container settings.
+    pub target: &'a TargetSpec,
     /// Variables the worker must see after Slurm set up the task (a pinned
     /// `CUDA_VISIBLE_DEVICES`, which Slurm would otherwise overwrite), and the target's `env`.
     pub env: BTreeMap<String, String>,
     /// Whether the target uses GPUs (docker needs `--gpus`, apptainer `--nv`).
     pub gpus: bool,
     pub run_id: &'a str,
-    pub target: &'a str,
     /// The docker container's name (unique per step).
     pub container_name: &'a str,
     /// One task of a multi-rank step: the ranks talk over the nodes' network.
@@ -190,13 +189,15 @@ pub fn container_launch(platform: ContainerPlatform, w: &WorkerCommand<'_>) -> R
     let exe = w.exe.display().to_string();
     let job = w.job.display().to_string();
     let image = || {
-        w.image
+        w.target
+            .image
+            .as_deref()
             .ok_or_else(|| format!("container `{}` needs the target's `image`", platform.as_str()))
     };
     let mounts = format!("{exe}:{WORKER_PATH}:ro,{job}:{JOB_PATH}:ro");
     Ok(match platform {
         ContainerPlatform::None => {
-            if let Some(i) = w.image {
+            if let Some(i) = &w.target.image {
                 return Err(format!(
                     "image `{i}` needs a container platform under slurm: set `container` (pyxis, apptainer, oci or docker)"
                 ));
@@ -251,48 +252,45 @@ pub fn container_launch(platform: ContainerPlatform, w: &WorkerCommand<'_>) -> R
                 command,
             }
         }
-        ContainerPlatform::Docker => {
-            let mut command: Vec<String> = vec![
-                "docker".into(),
-                "run".into(),
-                "--rm".into(),
-                "--init".into(),
-                format!("--name={}", w.container_name),
-                format!("--label={LABEL_RUN}={}", w.run_id),
-                format!("--label={LABEL_TARGET}={}", w.target),
-            ];
-            if w.multi_rank {
-                // Ranks on other nodes reach rank 0's rendezvous over the host's network; the
-                // task's rank comes from the step's variables, which docker does not pass on.
-                command.push("--network=host".into());
-                command.extend(RANK_VARS.iter().map(|v| format!("--env={v}")));
-            } else {
-                command.push("--network=none".into());
-            }
-            command.push(format!("--volume={exe}:{WORKER_PATH}:ro"));
-            command.push(format!("--volume={job}:{JOB_PATH}:ro"));
-            // The container sees the pinned GPU as its only one, so CUDA_VISIBLE_DEVICES does
-            // not go in with the other variables.
-            let pinned = w.env.get("CUDA_VISIBLE_DEVICES");
-            command.extend(
-                w.env
-                    .iter()
-                    .filter(|(k, _)| k.as_str() != "CUDA_VISIBLE_DEVICES")
-                    .map(|(k, v)| format!("--env={k}={v}")),
-            );
-            match (w.gpus, pinned) {
-                (true, Some(d)) => command.push(format!("--gpus=device={d}")),
-                (true, None) => command.push("--gpus=all".into()),
-                _ => {}
-            }
-            command.push(image()?.to_string());
-            command.extend(worker_args(WORKER_PATH, JOB_PATH));
-            Launch {
-                srun_extra: Vec::new(),
-                command,
-            }
-        }
+        ContainerPlatform::Docker => Launch {
+            srun_extra: Vec::new(),
+            command: docker_in_step(w)?,
+        },
     })
+}
+
+/// `docker run` inside the step: the container the Docker executor would create for the target
+/// ([`ContainerSpec`], the one rule for both), with what the step changes. The GPU Slurm pinned
+/// becomes the container's only one (so `CUDA_VISIBLE_DEVICES` does not go in with the other
+/// variables); a task of a multi-rank step shares the node's network, where the other ranks
+/// reach rank 0's rendezvous, and gets its `SLURM_*` rank variables by name (docker does not
+/// pass the step's environment on).
+fn docker_in_step(w: &WorkerCommand<'_>) -> Result<Vec<String>, String> {
+    let mut spec = ContainerSpec::for_target(w.target, w.run_id, w.exe, Some(w.job), job_args())
+        .map_err(|e| format!("{e:#}"))?;
+    let pinned = w.env.get("CUDA_VISIBLE_DEVICES");
+    spec.env = w
+        .env
+        .iter()
+        .filter(|(k, _)| k.as_str() != "CUDA_VISIBLE_DEVICES")
+        .map(|(k, v)| EnvVar::Set(k.clone(), v.clone()))
+        .collect();
+    spec.gpus = match (w.gpus, pinned) {
+        (true, Some(d)) => GpuRequest::Devices(d.split(',').map(str::to_owned).collect()),
+        (true, None) => GpuRequest::All,
+        (false, _) => GpuRequest::None,
+    };
+    if w.multi_rank {
+        if let Some(n) = w.target.network.as_deref().filter(|n| *n != "host") {
+            return Err(format!(
+                "the ranks of a multi-rank docker step reach each other over the nodes' network; `network = \"{n}\"` cannot be honoured (set `network = \"host\"` or leave it out)"
+            ));
+        }
+        spec.network = "host".into();
+        spec.env
+            .extend(RANK_VARS.iter().map(|v| EnvVar::Inherit(v.to_string())));
+    }
+    Ok(spec.docker_run_args(w.container_name))
 }
 
 /// `scancel` of a job or a step (`J` or `J.S`).
@@ -367,6 +365,7 @@ pub fn parse_job_nodelist(text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::suite::{ByteSize, PullPolicy};
 
     fn settings() -> SlurmSettings {
         SlurmSettings {
@@ -392,18 +391,26 @@ mod tests {
         }
     }
 
+    /// A target named `img:a` with `image`, leaked for the `'static` command.
+    fn target(image: Option<&str>) -> &'static TargetSpec {
+        Box::leak(Box::new(TargetSpec {
+            name: Some("img:a".into()),
+            image: image.map(str::to_owned),
+            ..Default::default()
+        }))
+    }
+
     fn worker(image: Option<&'static str>) -> WorkerCommand<'static> {
         WorkerCommand {
             exe: Path::new("/shared/bin/tagbench"),
             job: Path::new("/shared/results/r1/logs/img_a-r0-1.job.json"),
-            image,
+            target: target(image),
             env: BTreeMap::from([
                 ("CUDA_VISIBLE_DEVICES".to_string(), "3".to_string()),
                 ("NCCL_DEBUG".to_string(), "WARN".to_string()),
             ]),
             gpus: true,
             run_id: "r1",
-            target: "img:a",
             container_name: "tagbench-r1-img_a-r0-1",
             multi_rank: false,
         }
@@ -463,14 +470,38 @@ mod tests {
         let docker = container_launch(
             ContainerPlatform::Docker,
             &WorkerCommand {
-                image: Some("img:a"),
-                ..w
+                target: target(Some("img:a")),
+                ..w.clone()
             },
         )
         .unwrap()
         .command
         .join(" ");
-        insta::assert_snapshot!(docker, @"docker run --rm --init --name=tagbench-r1-img_a-r0-1 --label=tagbench.run=r1 --label=tagbench.target=img:a --network=host --env=SLURM_PROCID --env=SLURM_NTASKS --env=SLURM_LOCALID --env=SLURM_NODEID --env=SLURM_STEP_TASKS_PER_NODE --env=SLURMD_NODENAME --volume=/shared/bin/tagbench:/opt/tagbench/tagbench:ro --volume=/shared/results/r1/logs/img_a-r0-1.job.json:/opt/tagbench/job.json:ro --env=MASTER_ADDR=10.0.0.1 --env=MASTER_PORT=29500 --env=TAGBENCH_SLURM_RANKS=1 --gpus=all img:a /opt/tagbench/tagbench worker --job /opt/tagbench/job.json");
+        insta::assert_snapshot!(docker, @"docker run --rm --init --name=tagbench-r1-img_a-r0-1 --pull=never --label=tagbench.run=r1 --label=tagbench.target=img:a --cap-drop=ALL --security-opt=no-new-privileges --network=host --mount=type=bind,source=/shared/bin/tagbench,target=/opt/tagbench/tagbench,readonly --mount=type=bind,source=/shared/results/r1/logs/img_a-r0-1.job.json,target=/opt/tagbench/job.json,readonly --env=MASTER_ADDR=10.0.0.1 --env=MASTER_PORT=29500 --env=TAGBENCH_SLURM_RANKS=1 --env=SLURM_PROCID --env=SLURM_NTASKS --env=SLURM_LOCALID --env=SLURM_NODEID --env=SLURM_STEP_TASKS_PER_NODE --env=SLURMD_NODENAME --gpus=all --entrypoint=/opt/tagbench/tagbench img:a worker --job /opt/tagbench/job.json");
+        // The ranks need the nodes' network: a target that names another is refused, not
+        // silently given the host's.
+        let mut bridged = target(Some("img:a")).clone();
+        bridged.network = Some("bridge".into());
+        let err = container_launch(
+            ContainerPlatform::Docker,
+            &WorkerCommand {
+                target: &bridged,
+                ..w.clone()
+            },
+        )
+        .unwrap_err();
+        assert!(err.contains("`network = \"bridge\"` cannot be honoured"), "{err}");
+        bridged.network = Some("host".into());
+        let line = container_launch(
+            ContainerPlatform::Docker,
+            &WorkerCommand {
+                target: &bridged,
+                ..w
+            },
+        )
+        .unwrap()
+        .command;
+        assert!(line.contains(&"--network=host".to_string()), "{line:?}");
     }
 
     #[test]
@@ -500,7 +531,39 @@ mod tests {
 
     #[test]
     fn platform_docker() {
-        insta::assert_snapshot!(line(ContainerPlatform::Docker, Some("img:a")), @"srun -v --jobid=42 --job-name=tagbench-r1-img_a-r0 --nodes=1 --ntasks=1 --kill-on-bad-exit=1 --nodelist=n2 --gres=gpu:8 docker run --rm --init --name=tagbench-r1-img_a-r0-1 --label=tagbench.run=r1 --label=tagbench.target=img:a --network=none --volume=/shared/bin/tagbench:/opt/tagbench/tagbench:ro --volume=/shared/results/r1/logs/img_a-r0-1.job.json:/opt/tagbench/job.json:ro --env=NCCL_DEBUG=WARN --gpus=device=3 img:a /opt/tagbench/tagbench worker --job /opt/tagbench/job.json");
+        insta::assert_snapshot!(line(ContainerPlatform::Docker, Some("img:a")), @"srun -v --jobid=42 --job-name=tagbench-r1-img_a-r0 --nodes=1 --ntasks=1 --kill-on-bad-exit=1 --nodelist=n2 --gres=gpu:8 docker run --rm --init --name=tagbench-r1-img_a-r0-1 --pull=never --label=tagbench.run=r1 --label=tagbench.target=img:a --cap-drop=ALL --security-opt=no-new-privileges --network=none --mount=type=bind,source=/shared/bin/tagbench,target=/opt/tagbench/tagbench,readonly --mount=type=bind,source=/shared/results/r1/logs/img_a-r0-1.job.json,target=/opt/tagbench/job.json,readonly --env=NCCL_DEBUG=WARN --gpus=device=3 --entrypoint=/opt/tagbench/tagbench img:a worker --job /opt/tagbench/job.json");
+    }
+
+    /// Every container option of the target reaches `docker run`, as the Docker executor
+    /// applies them (both come from `ContainerSpec`).
+    #[test]
+    fn platform_docker_takes_the_targets_settings() {
+        let t = TargetSpec {
+            name: Some("img:a".into()),
+            image: Some("img:a".into()),
+            shm_size: Some(ByteSize::parse("1g").unwrap()),
+            ipc: Some("host".into()),
+            network: Some("bridge".into()),
+            ulimits: [("memlock".to_string(), -1), ("stack".to_string(), 67108864)].into(),
+            cpus: Some(1.5),
+            memory: Some(ByteSize::parse("8g").unwrap()),
+            pull: Some(PullPolicy::Missing),
+            env: [("A".to_string(), "1".to_string())].into(),
+            ..Default::default()
+        };
+        let mut w = worker(None);
+        w.target = &t;
+        // The executor adds the target's env and the pinned GPUs to the step's variables.
+        w.env.insert("A".into(), "1".into());
+        w.env.insert("CUDA_VISIBLE_DEVICES".into(), "0,1".into());
+        let command = container_launch(ContainerPlatform::Docker, &w)
+            .unwrap()
+            .command
+            .join(" ");
+        insta::assert_snapshot!(command, @r#"docker run --rm --init --name=tagbench-r1-img_a-r0-1 --pull=missing --label=tagbench.run=r1 --label=tagbench.target=img:a --cap-drop=ALL --security-opt=no-new-privileges --network=bridge --ipc=host --shm-size=1073741824 --ulimit=memlock=-1:-1 --ulimit=stack=67108864:67108864 --cpus=1.5 --memory=8589934592 --memory-swap=8589934592 --mount=type=bind,source=/shared/bin/tagbench,target=/opt/tagbench/tagbench,readonly --mount=type=bind,source=/shared/results/r1/logs/img_a-r0-1.job.json,target=/opt/tagbench/job.json,readonly --env=A=1 --env=NCCL_DEBUG=WARN --gpus="device=0,1" --entrypoint=/opt/tagbench/tagbench img:a worker --job /opt/tagbench/job.json"#);
+        w.gpus = false;
+        let command = container_launch(ContainerPlatform::Docker, &w).unwrap().command;
+        assert!(!command.iter().any(|a| a.starts_with("--gpus")), "{command:?}");
     }
 
     #[test]

@@ -246,11 +246,10 @@ impl Executor for SlurmExecutor {
             &WorkerCommand {
                 exe: &self.worker_exe,
                 job: &job_path,
-                image: target.image.as_deref(),
+                target,
                 env,
                 gpus: uses_gpus,
                 run_id: &self.run_id,
-                target: &target_name,
                 container_name: &container_name,
                 multi_rank: ranks.is_some(),
             },
