@@ -11,7 +11,7 @@ use crate::suite::{ContainerPlatform, ExecutorKind, PullPolicy};
 #[derive(Debug, Parser)]
 #[command(
     name = "tagbench",
-    version,
+    version = crate::VERSION,
     about = "Benchmark and regression harness for GPU deep-learning container images",
     long_about = "tagbench runs benchmark suites (GEMM, attention, token generation, mixed-precision training steps, \
 NCCL all-reduce, an environment probe) inside container images or on this host, records every sample to CSV, \

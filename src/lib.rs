@@ -9,6 +9,15 @@
 //! Every command ends in an [`outcome::Outcome`], the one home of exit codes. A module imports
 //! only modules below it.
 
+/// The version `--version` prints: the package version and the build's identity (a hash of the
+/// sources, from build.rs), which tells a worker linked from other sources apart.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (build ",
+    env!("TAGBENCH_BUILD_ID"),
+    ")"
+);
+
 pub mod case;
 pub mod cli;
 pub mod compare;

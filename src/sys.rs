@@ -22,6 +22,36 @@ pub fn signal_name(sig: i32) -> &'static str {
     }
 }
 
+/// A child that dies with this process: when the host kills a worker past its time limit, a
+/// python or a user's program still inside a long call would otherwise keep the CPU or GPU busy.
+#[cfg(target_os = "linux")]
+pub fn die_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches only the child being set up.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn die_with_parent(_: &mut std::process::Command) {}
+
+/// The last `n` non-blank lines of `text`, joined with ` | ` (the last line last): how a
+/// process's stderr is quoted in a reason.
+pub fn tail_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
 /// The message of a caught panic: `panic!` carries a `String` or a `&'static str`.
 pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     payload

@@ -74,21 +74,31 @@ fn tagbench_exe() -> PathBuf {
         .into()
 }
 
-/// The shared libraries `ldd` lists for the worker, as (path in the image, file on this host).
+/// The shared libraries `ldd` lists for the worker, as (path in the image, file on this host):
+/// for this binary and for the glibc 2.17 worker beside it, which the executor mounts when it is
+/// there (linked against glibc 2.17, it also needs libdl, libpthread and librt, which newer
+/// glibc keeps as compatibility stubs).
 fn worker_libs() -> Vec<(String, PathBuf)> {
+    let exe = tagbench_exe();
+    let old = exe.with_file_name("tagbench-glibc2.17");
     let out = Command::new("ldd")
-        .arg(tagbench_exe())
+        .arg(&exe)
+        .args(old.is_file().then_some(&old))
         .output()
         .expect("ldd runs");
     let text = String::from_utf8_lossy(&out.stdout);
     let mut libs = Vec::new();
-    for line in text.lines() {
+    // With two files, ldd heads each list with `/path/to/file:`.
+    for line in text.lines().filter(|l| !l.trim_end().ends_with(':')) {
         // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)` or `/lib64/ld-linux-x86-64.so.2 (0x...)`
         let path = match line.split_once("=>") {
             Some((_, rest)) => rest.split_whitespace().next(),
             None => line.split_whitespace().next(),
         };
         if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            if libs.iter().any(|(have, _)| have == p) {
+                continue;
+            }
             libs.push((p.to_string(), PathBuf::from(p)));
         }
     }
@@ -479,7 +489,14 @@ fn missing_image_and_image_without_libc_fail_with_their_cause() {
     assert_eq!(nolibc.len(), 2);
     for r in &nolibc {
         assert_eq!(r.status, Status::Failed);
-        assert!(r.reason.contains("no compatible libc"), "{}", r.reason);
+        // The glibc found (none: no loader) against the glibc the mounted worker needs.
+        assert!(
+            r.reason
+                .contains("has no glibc (no /lib64/ld-linux-x86-64.so.2), but the worker"),
+            "{}",
+            r.reason
+        );
+        assert!(r.reason.contains("needs glibc 2."), "{}", r.reason);
     }
     assert!(rows_of(&rows, &img.threads1)
         .iter()

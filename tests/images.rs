@@ -112,6 +112,17 @@ impl Run {
         read_results(&self.run_dir()).expect("results.csv reads")
     }
 
+    /// `tagbench compare RUN --along image --baseline BASE --format json`.
+    fn compare_along_image(&self, base: &str) -> std::process::Output {
+        Command::cargo_bin("tagbench")
+            .unwrap()
+            .arg("compare")
+            .arg(self.run_dir().root)
+            .args(["--along", "image", "--baseline", base, "--format", "json"])
+            .output()
+            .expect("tagbench compare runs")
+    }
+
     fn leftovers(&self) -> String {
         let filter = format!("label=tagbench.run={}", self.run_id);
         let out = Command::new("docker")
@@ -212,13 +223,7 @@ fn two_real_images_run_interleaved_and_compare_along_image() {
         assert_ne!(threads(base), "1", "BASE leaves torch its default thread count");
     }
 
-    let out = Command::cargo_bin("tagbench")
-        .unwrap()
-        .arg("compare")
-        .arg(run.run_dir().root)
-        .args(["--along", "image", "--baseline", base, "--format", "json"])
-        .output()
-        .expect("tagbench compare runs");
+    let out = run.compare_along_image(base);
     let code = out.status.code().unwrap_or(-1);
     assert!(
         code == 0 || code == 1,
@@ -259,4 +264,242 @@ fn two_real_images_run_interleaved_and_compare_along_image() {
     );
     assert!(!changes.contains("hostname"), "{changes}");
     assert_eq!(run.leftovers(), "", "containers left behind");
+}
+
+/// The shipped example (examples/train-step.toml and its training script) as a `command`
+/// workload in BASE and SLOW: SLOW bakes `OMP_NUM_THREADS=1` in, which the script's matmuls feel
+/// on a machine with 2+ cores, so `compare --along image` flags `step_time` as a regression. The
+/// script's files are mounted read-only.
+#[test]
+fn the_example_training_step_is_a_regression_in_the_slow_image() {
+    let Some((_guard, (base, slow))) = setup() else {
+        return;
+    };
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        eprintln!("skipped: one core, so one thread is not slower");
+        return;
+    }
+    let run = Run::new("example");
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let suite = run.dir.path().join("suite.toml");
+    std::fs::copy(examples.join("train-step.toml"), &suite).unwrap();
+    std::fs::create_dir(run.dir.path().join("bench")).unwrap();
+    std::fs::copy(
+        examples.join("bench/train_step.py"),
+        run.dir.path().join("bench/train_step.py"),
+    )
+    .unwrap();
+    // A second workload: the mounted files cannot be written.
+    let mut text = std::fs::read_to_string(&suite).unwrap();
+    text.push_str(
+        r#"
+[[workload]]
+kind = "command"
+name = "readonly"
+argv = ["python3", "-c", "open('bench/new.txt', 'w')"]
+files = ["bench/"]
+"#,
+    );
+    std::fs::write(&suite, text).unwrap();
+    let load_before = load_average();
+    eprintln!("load average before the run: {load_before}");
+    let (_code, stderr) = run.run(&[
+        "--image",
+        base,
+        "--image",
+        slow,
+        "--set",
+        r#"train_step.args=["--batch", "8"]"#,
+        "--set",
+        "train_step.hidden=256",
+        // CI time: 3 rounds a side, at most one more pair.
+        "--set",
+        "max_rounds=4",
+    ]);
+    let rows = run.rows();
+    for image in [base, slow] {
+        let step = rows
+            .iter()
+            .find(|r| r.target == *image && r.metric == "step_time" && r.status == Status::Ok)
+            .unwrap_or_else(|| panic!("no step_time row for {image}: {stderr}\n{rows:#?}"));
+        // 20 timed steps per run, two runs per round.
+        assert_eq!(step.n, Some(40), "{step:?}");
+        assert_eq!(step.executor, "docker");
+        let ro = rows
+            .iter()
+            .find(|r| r.target == *image && r.workload == "readonly")
+            .expect("a readonly row");
+        assert_eq!(ro.status, Status::Failed, "{ro:?}");
+        assert!(ro.reason.contains("Read-only file system"), "{ro:?}");
+    }
+    let out = run.compare_along_image(base);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("compare --format json");
+    let step = json["comparisons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["metric"] == "step_time" && c["workload"] == "train_step")
+        .unwrap_or_else(|| panic!("no step_time comparison: {json:#}"));
+    // On an idle machine one thread is slower than two: a regression. On one whose cores are
+    // already oversubscribed (other builds), two OpenMP threads spin against each other and the
+    // one-thread image is the faster (measured: 900-1500 ms against 130-210 ms a step at a load
+    // of 13 on 2 cores), so there only a decided verdict can be asked for.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    if load_before <= cores {
+        assert_eq!(step["verdict"], "regression", "{step:#}");
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    } else {
+        eprintln!("load {load_before} > {cores} cores: asking only for a decided step_time verdict");
+        assert!(
+            step["verdict"] == "regression" || step["verdict"] == "improvement",
+            "{step:#}"
+        );
+    }
+    assert_eq!(run.leftovers(), "", "containers left behind");
+}
+
+/// The 1-minute load average (0 where /proc/loadavg cannot be read).
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// The Debian bullseye image (glibc 2.31) that scripts/build-bullseye-image.sh builds.
+fn bullseye() -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-bullseye-image.sh");
+    let out = Command::new("bash").arg(&script).output().expect("bash runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{} failed: {stderr}", script.display());
+    eprint!("{stderr}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .expect("an image name")
+        .to_string()
+}
+
+/// The newest `GLIBC_2.x` symbol version `objdump -T` lists for `binary`, as (2, x).
+fn newest_glibc_symbol(binary: &Path) -> (u32, u32) {
+    let out = Command::new("objdump")
+        .arg("-T")
+        .arg(binary)
+        .output()
+        .expect("objdump runs");
+    assert!(out.status.success(), "objdump -T {}", binary.display());
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split("GLIBC_")
+        .skip(1)
+        .filter_map(|rest| {
+            let v: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.')
+                .collect();
+            let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
+            Some((parts.next()??, parts.next()??))
+        })
+        .max()
+        .expect("the worker has glibc symbols")
+}
+
+/// An image from the glibc 2.31 era runs the native engine's smoke cases and a `command`
+/// workload, because the worker mounted into it is the one linked for glibc 2.17 (no symbol
+/// newer than GLIBC_2.17); the binary linked on this host is refused there with the glibc found
+/// against the glibc needed.
+#[test]
+fn an_old_glibc_image_runs_the_smoke_cases_and_a_command() {
+    let Some((_guard, _)) = setup() else {
+        return;
+    };
+    let release = Path::new(env!("CARGO_BIN_EXE_tagbench"))
+        .parent()
+        .unwrap()
+        .to_owned();
+    let worker = release.join("tagbench-glibc2.17");
+    assert!(
+        worker.is_file(),
+        "{} is missing: scripts/test builds it with scripts/build-worker.sh",
+        worker.display()
+    );
+    assert_eq!(
+        newest_glibc_symbol(&worker),
+        (2, 17),
+        "objdump -T {}",
+        worker.display()
+    );
+    let image = bullseye();
+    let run = Run::new("bullseye");
+    let mut suite =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("suites/smoke.toml")).unwrap();
+    suite.push_str(
+        r#"
+[[workload]]
+kind = "command"
+name = "python"
+argv = ["python3", "-c", 'import json, os, time; t = time.perf_counter(); sum(range(10**5)); open(os.environ["TAGBENCH_METRICS"], "a").write(json.dumps({"metric": "loop", "value": (time.perf_counter() - t) * 1e3, "unit": "ms"}) + "\n")']
+"#,
+    );
+    std::fs::write(run.dir.path().join("suite.toml"), suite).unwrap();
+    let (code, stderr) = run.run(&["--image", &image, "--set", "rounds=1"]);
+    assert_eq!(code, 0, "{stderr}");
+    let rows = run.rows();
+    let meta = run.run_dir().read_meta().unwrap();
+    assert_eq!(
+        meta.targets[0].env.get("os").map(String::as_str),
+        Some("Debian GNU/Linux 11 (bullseye)"),
+        "{:?}",
+        meta.targets[0].env
+    );
+    for w in ["probe", "gemm", "attention", "generate", "precision", "python"] {
+        assert!(
+            rows.iter().any(|r| r.workload == w && r.status == Status::Ok),
+            "no ok {w} row in {image}: {rows:#?}"
+        );
+    }
+    assert!(rows.iter().all(|r| r.status != Status::Failed), "{rows:#?}");
+    let lp = rows
+        .iter()
+        .find(|r| r.workload == "python" && r.metric == "loop")
+        .expect("loop row");
+    assert!(lp.median.is_some_and(|m| m > 0.0), "{lp:?}");
+
+    // The binary linked on this host (glibc 2.34+ symbols) cannot start there, and says why.
+    let host = release.join("tagbench");
+    let needed = newest_glibc_symbol(&host);
+    assert!(needed > (2, 31), "this host's binary needs glibc {needed:?}");
+    let run = Run::new("bullseye-host-binary");
+    let out = Command::new(&host)
+        .env("TAGBENCH_WORKER", &host)
+        .arg("run")
+        .arg(run.dir.path().join("suite.toml"))
+        .arg("--results-dir")
+        .arg(run.dir.path().join("results"))
+        .args([
+            "--run-id",
+            &run.run_id,
+            "--no-progress",
+            "--no-report",
+            "--image",
+            &image,
+        ])
+        .args(["--filter", "probe"])
+        .output()
+        .unwrap();
+    let rows = run.rows();
+    let r = rows.iter().find(|r| r.workload == "probe").expect("a probe row");
+    assert_eq!(r.status, Status::Failed, "{r:?}");
+    let want = format!(
+        "has glibc 2.31, but the worker ({}) needs glibc 2.{} or newer",
+        host.display(),
+        needed.1
+    );
+    assert!(r.reason.contains(&want), "{want}: {}", r.reason);
+    assert!(r.reason.contains("scripts/build-worker.sh"), "{}", r.reason);
+    assert_ne!(out.status.code(), Some(0));
 }

@@ -1,6 +1,7 @@
 //! Engines measure cases inside the worker. An engine turns a [`Case`] into metrics
 //! ([`CaseOutput`]) or says why it could not ([`CaseError`]).
 
+pub mod command;
 pub mod cpu;
 pub mod cuda;
 pub mod torch;
@@ -12,6 +13,7 @@ use crate::error::CaseError;
 use crate::protocol::Job;
 use crate::workload::allreduce::AllreduceParams;
 use crate::workload::attention::AttentionParams;
+use crate::workload::command::CommandParams;
 use crate::workload::gemm::GemmParams;
 use crate::workload::generate::GenerateParams;
 use crate::workload::precision::PrecisionParams;
@@ -216,6 +218,11 @@ pub trait Engine {
     fn allreduce(&mut self, _p: &AllreduceParams, case: &Case) -> Result<CaseOutput, CaseError> {
         Err(not_implemented(self.name(), case))
     }
+    /// A user's program: the same for every engine ([`command::run`]); an engine says which
+    /// device its rows are on.
+    fn command(&mut self, p: &CommandParams, case: &Case) -> Result<CaseOutput, CaseError> {
+        command::run(p, case, Device::Cpu, CaseOutput::new(Device::Cpu.as_str()))
+    }
 
     /// `Some(rank 1 on n2)` when this worker is a non-zero rank of a multi-rank step whose
     /// rank 0 is another worker (a task of a Slurm step of N tasks): it then reports failures
@@ -249,6 +256,7 @@ pub fn run_case(engine: &mut dyn Engine, case: &Case) -> Result<CaseOutput, Case
         Params::Generate(p) => engine.generate(p, case),
         Params::Precision(p) => engine.precision(p, case),
         Params::Allreduce(p) => engine.allreduce(p, case),
+        Params::Command(p) => engine.command(p, case),
     }
 }
 

@@ -36,6 +36,40 @@ pub fn job_args() -> Vec<String> {
     vec!["worker".into(), "--job".into(), JOB_PATH.into()]
 }
 
+/// Where a command case's `files` appear inside the container, under their paths relative to
+/// the suite file; the program starts there unless its `workdir` says otherwise.
+pub const SUITE_PATH: &str = "/opt/tagbench/suite";
+
+/// The read-only binds of the `files` of the job's command cases, each at its path relative to
+/// the suite under [`SUITE_PATH`]. The cases' suite directory is rewritten to [`SUITE_PATH`] (to
+/// none, the image's working directory, when a case has no files).
+pub fn command_binds(job: &mut crate::protocol::Job) -> Vec<Bind> {
+    let mut binds: Vec<Bind> = Vec::new();
+    for case in &mut job.cases {
+        let crate::workload::Params::Command(p) = &mut case.params else {
+            continue;
+        };
+        let root = std::path::PathBuf::from(&p.root);
+        for f in &p.files {
+            let rel = f.trim_end_matches('/');
+            let target = format!("{SUITE_PATH}/{rel}");
+            if binds.iter().any(|b| b.target == target) {
+                continue;
+            }
+            binds.push(Bind {
+                source: root.join(rel).display().to_string(),
+                target,
+            });
+        }
+        p.root = if p.files.is_empty() {
+            String::new()
+        } else {
+            SUITE_PATH.to_string()
+        };
+    }
+    binds
+}
+
 /// A host path bound into the container, always read-only.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Bind {
@@ -340,6 +374,49 @@ fn csv_line(fields: &[&str]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn command_files_are_bound_under_the_suite_path() {
+        let mut p: crate::workload::command::CommandParams = toml::from_str(
+            r#"argv = ["python3", "bench/t.py"]
+               files = ["bench/", "data.txt"]"#,
+        )
+        .unwrap();
+        p.check().unwrap();
+        p.root = "/home/u/suites".into();
+        let case = crate::case::Case {
+            workload: "train".into(),
+            kind: crate::case::WorkloadKind::Command,
+            id: "default".into(),
+            params: crate::workload::Params::Command(p),
+            measure: Default::default(),
+        };
+        let mut job = crate::protocol::Job {
+            run_id: "r".into(),
+            engine: Default::default(),
+            device: Device::Cpu,
+            gpus: vec![],
+            cases: vec![case.clone(), case],
+        };
+        let binds = command_binds(&mut job);
+        assert_eq!(
+            binds,
+            [
+                Bind {
+                    source: "/home/u/suites/bench".into(),
+                    target: format!("{SUITE_PATH}/bench")
+                },
+                Bind {
+                    source: "/home/u/suites/data.txt".into(),
+                    target: format!("{SUITE_PATH}/data.txt")
+                },
+            ]
+        );
+        match &job.cases[0].params {
+            crate::workload::Params::Command(p) => assert_eq!(p.root, SUITE_PATH),
+            other => panic!("{other:?}"),
+        }
+    }
 
     fn target() -> TargetSpec {
         TargetSpec {

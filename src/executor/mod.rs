@@ -45,11 +45,9 @@ impl std::fmt::Display for ExitInfo {
             (Some(c), None) => write!(f, "exit status {c}")?,
             (None, None) => write!(f, "unknown exit status")?,
         }
-        let tail = self.stderr_tail.trim();
+        let tail = crate::sys::tail_lines(&self.stderr_tail, 3);
         if !tail.is_empty() {
-            let last: Vec<&str> = tail.lines().rev().take(3).collect();
-            let last: Vec<&str> = last.into_iter().rev().collect();
-            write!(f, "; stderr: {}", last.join(" | "))?;
+            write!(f, "; stderr: {tail}")?;
         }
         Ok(())
     }

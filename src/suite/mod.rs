@@ -198,7 +198,8 @@ fn compile(
     if let Some(v) = get(doc, "workload") {
         for w in array_of_tables(v, "workload").map_err(|m| at(v.span(), m))? {
             let table = w.get_ref().as_table().expect("checked to be a table");
-            let workload = compile_workload(table, w.span(), &defaults).map_err(|(span, m)| at(span, m))?;
+            let workload = compile_workload(table, w.span(), &defaults, &suite_dir(path))
+                .map_err(|(span, m)| at(span, m))?;
             if let Some(prev) = workloads.iter().find(|p| p.name == workload.name) {
                 return Err(at(
                     w.span(),
@@ -254,10 +255,22 @@ type Located = (Range<usize>, String);
 /// A parameter key and the values it sweeps over (one for a scalar).
 type Axis<'i> = (Spanned<Cow<'i, str>>, Vec<Spanned<DeValue<'i>>>);
 
+/// The directory a suite's relative paths (a command's `files`) are read from, absolute.
+fn suite_dir(path: &Path) -> PathBuf {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    dir.canonicalize()
+        .or_else(|_| std::path::absolute(dir))
+        .unwrap_or_else(|_| dir.to_owned())
+}
+
 fn compile_workload(
     table: &DeTable<'_>,
     span: Range<usize>,
     defaults: &MeasureSettings,
+    dir: &Path,
 ) -> Result<Workload, Located> {
     let kind_v = get(table, "kind").ok_or_else(|| (span.clone(), "workload has no `kind`".to_string()))?;
     let kind_s = kind_v
@@ -295,8 +308,12 @@ fn compile_workload(
             measure.insert(k.clone(), v.clone());
             continue;
         }
+        let list_valued = crate::workload::list_valued_keys(kind).contains(&key);
         let values = match v.get_ref() {
-            DeValue::Array(items) if !crate::workload::list_valued_keys(kind).contains(&key) => {
+            // A list-valued key's list is one value; a list of lists sweeps over them.
+            DeValue::Array(items)
+                if !list_valued || (!items.is_empty() && items.iter().all(|i| i.get_ref().is_array())) =>
+            {
                 if items.is_empty() {
                     return Err((
                         v.span(),
@@ -330,7 +347,12 @@ fn compile_workload(
         let mut t = DeTable::new();
         let mut id_parts = Vec::new();
         for (k, v) in &combo {
-            id_parts.push(format!("{}={}", k.get_ref(), id_value(v.get_ref())));
+            let swept = axes
+                .iter()
+                .any(|(a, vs)| a.get_ref() == k.get_ref() && vs.len() > 1);
+            if swept || !crate::workload::id_silent_keys(kind).contains(&k.get_ref().as_ref()) {
+                id_parts.push(format!("{}={}", k.get_ref(), id_value(v.get_ref())));
+            }
             t.insert((*k).clone(), (*v).clone());
         }
         let params = crate::workload::Params::parse(kind, de(&Spanned::new(span.clone(), DeValue::Table(t))))
@@ -346,6 +368,22 @@ fn compile_workload(
                 };
                 (sp, msg)
             })?;
+        let params = match params {
+            crate::workload::Params::Command(mut p) => {
+                p.root = dir.display().to_string();
+                for f in &p.files {
+                    if !dir.join(f).exists() {
+                        let at = get(table, "files").map_or(span.clone(), |v| v.span());
+                        return Err((
+                            at,
+                            format!("key `files`: `{f}` does not exist (looked in {})", dir.display()),
+                        ));
+                    }
+                }
+                crate::workload::Params::Command(p)
+            }
+            other => other,
+        };
         let id = if id_parts.is_empty() {
             "default".to_string()
         } else {

@@ -12,16 +12,19 @@ pub enum WorkloadKind {
     Generate,
     Precision,
     Allreduce,
+    /// A user's own program (`workload/command.rs`).
+    Command,
 }
 
 impl WorkloadKind {
-    pub const ALL: [WorkloadKind; 6] = [
+    pub const ALL: [WorkloadKind; 7] = [
         WorkloadKind::Probe,
         WorkloadKind::Gemm,
         WorkloadKind::Attention,
         WorkloadKind::Generate,
         WorkloadKind::Precision,
         WorkloadKind::Allreduce,
+        WorkloadKind::Command,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -32,6 +35,7 @@ impl WorkloadKind {
             WorkloadKind::Generate => "generate",
             WorkloadKind::Precision => "precision",
             WorkloadKind::Allreduce => "allreduce",
+            WorkloadKind::Command => "command",
         }
     }
 

@@ -3,6 +3,7 @@
 
 pub mod allreduce;
 pub mod attention;
+pub mod command;
 mod dtype;
 pub mod gemm;
 pub mod generate;
@@ -27,6 +28,7 @@ pub enum Params {
     Generate(generate::GenerateParams),
     Precision(precision::PrecisionParams),
     Allreduce(allreduce::AllreduceParams),
+    Command(command::CommandParams),
 }
 
 impl Default for Params {
@@ -45,6 +47,7 @@ impl Params {
             Params::Allreduce(p) => Some(p.ranks),
             Params::Precision(p) => (p.parallel != precision::Parallel::None).then_some(p.ranks),
             Params::Generate(p) => (p.tensor_parallel > 1).then_some(p.tensor_parallel),
+            Params::Command(p) => (p.ranks > 1).then_some(p.ranks),
             _ => None,
         }
     }
@@ -57,6 +60,7 @@ impl Params {
             Params::Generate(_) => WorkloadKind::Generate,
             Params::Precision(_) => WorkloadKind::Precision,
             Params::Allreduce(_) => WorkloadKind::Allreduce,
+            Params::Command(_) => WorkloadKind::Command,
         }
     }
 
@@ -87,6 +91,7 @@ impl Params {
             WorkloadKind::Allreduce => {
                 Params::Allreduce(checked(de, |p: &mut allreduce::AllreduceParams| p.check())?)
             }
+            WorkloadKind::Command => Params::Command(checked(de, command::CommandParams::check)?),
         })
     }
 
@@ -122,6 +127,7 @@ impl Params {
             Params::Generate(p) => serde_json::to_value(p),
             Params::Precision(p) => serde_json::to_value(p),
             Params::Allreduce(p) => serde_json::to_value(p),
+            Params::Command(p) => serde_json::to_value(p),
         };
         // Plain structs of numbers, strings and enums always serialise.
         v.unwrap_or_default()
@@ -137,6 +143,11 @@ pub fn example(kind: WorkloadKind) -> Params {
         WorkloadKind::Attention => "heads=1,seq_q=8,head_dim=8",
         WorkloadKind::Generate => "prompt_len=4,new_tokens=2",
         WorkloadKind::Precision => "batch=2,mode=fp32",
+        WorkloadKind::Command => {
+            let mut p: command::CommandParams = toml::from_str(r#"argv = ["true"]"#).expect("valid");
+            p.check().expect("valid");
+            return Params::Command(p);
+        }
     };
     Params::from_case_id(kind, id).expect("example parameters are valid")
 }
@@ -200,6 +211,16 @@ mod tests {
 pub fn list_valued_keys(kind: WorkloadKind) -> &'static [&'static str] {
     match kind {
         WorkloadKind::Allreduce => &["gpus"],
+        WorkloadKind::Command => &command::LIST_KEYS,
+        _ => &[],
+    }
+}
+
+/// Keys left out of a case id unless they are swept: they describe the program, not a point of
+/// the sweep (a command's argv).
+pub fn id_silent_keys(kind: WorkloadKind) -> &'static [&'static str] {
+    match kind {
+        WorkloadKind::Command => &command::SILENT_KEYS,
         _ => &[],
     }
 }

@@ -397,6 +397,17 @@ impl Engine for CudaEngine {
     fn allreduce(&mut self, p: &AllreduceParams, case: &Case) -> Result<CaseOutput, CaseError> {
         self.on_gpus(case, |rt| allreduce::run(rt, p, case))
     }
+
+    fn command(
+        &mut self,
+        p: &crate::workload::command::CommandParams,
+        case: &Case,
+    ) -> Result<CaseOutput, CaseError> {
+        // The program uses the GPUs itself; no CUDA context is opened here for it.
+        let first = self.wanted.first().copied().unwrap_or(0);
+        let out = CaseOutput::new(format!("cuda:{first}"));
+        crate::engine::command::run(p, case, crate::case::Device::Cuda, out)
+    }
 }
 
 #[cfg(test)]
@@ -433,7 +444,11 @@ mod tests {
             env.get("cuda").map(String::as_str),
             Some(format!("skipped: {NO_DRIVER}").as_str())
         );
-        for kind in WorkloadKind::ALL {
+        // A user's program runs whatever the driver: it knows itself what it needs.
+        for kind in WorkloadKind::ALL
+            .into_iter()
+            .filter(|k| *k != WorkloadKind::Command)
+        {
             let case = Case {
                 workload: kind.as_str().into(),
                 kind,

@@ -52,6 +52,16 @@ impl RankSpec {
     }
 }
 
+/// A TCP port on loopback that was free a moment ago, for the rendezvous of local ranks.
+pub fn free_port() -> Result<u16, crate::error::CaseError> {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| {
+            crate::error::CaseError::Failed(anyhow::anyhow!("failed to find a free loopback port: {e}"))
+        })
+}
+
 /// This worker as one task of a multi-rank Slurm step.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SlurmRank {
@@ -250,6 +260,11 @@ mod tests {
             .env(Device::Cpu, 1, |k| k == "GLOO_SOCKET_IFNAME")
             .iter()
             .any(|(k, _)| k == "GLOO_SOCKET_IFNAME"));
+    }
+
+    #[test]
+    fn free_port_is_nonzero() {
+        assert_ne!(free_port().unwrap(), 0);
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crate::error::CaseError;
 use crate::measure::Sampler;
 use crate::workload::allreduce::AllreduceParams;
 use crate::workload::attention::AttentionParams;
+use crate::workload::command::CommandParams;
 use crate::workload::gemm::GemmParams;
 use crate::workload::generate::GenerateParams;
 use crate::workload::metric;
@@ -504,6 +505,11 @@ impl Engine for TorchEngine {
 
     fn allreduce(&mut self, p: &AllreduceParams, case: &Case) -> Result<CaseOutput, CaseError> {
         self.run_allreduce(p, case)
+    }
+
+    fn command(&mut self, p: &CommandParams, case: &Case) -> Result<CaseOutput, CaseError> {
+        // The program is the user's: no torch session is needed to run it.
+        crate::engine::command::run(p, case, self.device, self.new_output())
     }
 
     fn follower(&self) -> Option<String> {

@@ -104,7 +104,7 @@ impl PyProcess {
                     .stdout(Stdio::piped());
             }
         }
-        die_with_parent(&mut cmd);
+        crate::sys::die_with_parent(&mut cmd);
         let mut child = cmd.spawn().map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 CaseError::skipped(format!(
@@ -275,25 +275,6 @@ fn signal_of(status: &std::process::ExitStatus) -> Option<i32> {
 fn signal_of(_: &std::process::ExitStatus) -> Option<i32> {
     None
 }
-
-/// Python children die with the worker: when the host kills a worker past its time limit, a
-/// python still inside a long torch call would otherwise keep the CPU or GPU busy.
-#[cfg(target_os = "linux")]
-fn die_with_parent(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: prctl is async-signal-safe and touches only the child being set up.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn die_with_parent(_: &mut Command) {}
 
 #[cfg(test)]
 mod tests {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::launcher::{RankSpec, SlurmRank};
+use super::launcher::{free_port, RankSpec, SlurmRank};
 use super::python::{PyProcess, Role, ScriptFile};
 use crate::case::Device;
 use crate::error::CaseError;
@@ -233,22 +233,9 @@ fn kill(pid: u32) {
 #[cfg(not(unix))]
 fn kill(_pid: u32) {}
 
-/// A TCP port on loopback that was free a moment ago, for torch.distributed's rendezvous.
-fn free_port() -> Result<u16, CaseError> {
-    std::net::TcpListener::bind(("127.0.0.1", 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| CaseError::Failed(anyhow::anyhow!("failed to find a free loopback port: {e}")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn free_port_is_nonzero() {
-        assert_ne!(free_port().unwrap(), 0);
-    }
 
     #[test]
     fn a_rank_end_names_the_rank() {

@@ -6,6 +6,7 @@
 //! [`ContainerSpec`]'s rule, shared with Slurm's docker-in-step.
 
 mod api;
+mod glibc;
 mod worker;
 
 use std::path::{Path, PathBuf};
@@ -21,7 +22,7 @@ use bollard::Docker;
 use futures_util::StreamExt;
 use tokio::runtime::Runtime;
 
-use super::container_spec::{job_args, ContainerSpec};
+use super::container_spec::{command_binds, job_args, ContainerSpec};
 use super::{Executor, WorkerHandle};
 use crate::protocol::Job;
 use crate::results::TargetMeta;
@@ -50,9 +51,17 @@ impl DockerExecutor {
             .enable_all()
             .build()
             .context("failed to start the async runtime")?;
-        let worker_exe = std::env::current_exe()
+        let host_exe = std::env::current_exe()
             .and_then(|p| p.canonicalize())
             .context("failed to locate the tagbench binary")?;
+        let (worker_exe, stale) = glibc::worker_for(
+            &host_exe,
+            std::env::var_os(glibc::WORKER_VAR).map(PathBuf::from),
+            &format!("tagbench {}", crate::VERSION),
+        );
+        if let Some(w) = stale {
+            eprintln!("warning: {w}");
+        }
         remove_containers_on_interrupt(run_id);
         Ok(DockerExecutor {
             rt: Arc::new(rt),
@@ -100,21 +109,66 @@ impl DockerExecutor {
     }
 
     /// Runs `tagbench --version` in the target's container, so that an image the worker cannot
-    /// run in (no glibc, no NVIDIA runtime, a bad option) fails the target once, with its cause.
+    /// run in (no glibc, too old a glibc, no NVIDIA runtime, a bad option) fails the target once,
+    /// with its cause.
     fn preflight(&mut self, target: &TargetSpec, image: &str) -> Result<f64> {
+        let t0 = Instant::now();
+        let (out, err, state) = self.check_container(target, None, vec!["--version".into()])?;
+        let elapsed_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let info = exit_info(&state, target.memory.as_ref(), err.clone(), image);
+        if info.code != Some(0) || !out.starts_with("tagbench ") {
+            if worker::libc_problem(&err) {
+                bail!(
+                    "the worker cannot run in image {image}: {}",
+                    self.libc_mismatch(target, image)
+                );
+            }
+            bail!("the worker cannot run in image {image}: {info}");
+        }
+        Ok(elapsed_ms)
+    }
+
+    /// Why the worker's libc does not fit the image: the glibc the image has (its loader's
+    /// `--version`, glibc 2.33+, else its libc.so.6 run through the loader, which prints the same
+    /// banner), or none (no loader), against the newest glibc symbol version the worker references.
+    fn libc_mismatch(&mut self, target: &TargetSpec, image: &str) -> String {
+        let needed = std::fs::read(&self.worker_exe)
+            .ok()
+            .and_then(|b| glibc::needed_glibc(&b))
+            .unwrap_or_else(|| "?".into());
+        let mut found = None;
+        for arg in std::iter::once("--version").chain(glibc::LIBC_PATHS) {
+            match self.check_container(target, Some(glibc::LOADER), vec![arg.into()]) {
+                Ok((out, err, _)) => {
+                    if let Some(v) = glibc::found_glibc(&format!("{out}\n{err}")) {
+                        found = Some(v);
+                        break;
+                    }
+                    found = Some("of unknown version".to_string());
+                }
+                // The loader itself is missing: the container cannot start.
+                Err(_) => break,
+            }
+        }
+        glibc::mismatch(image, found.as_deref(), &needed, &self.worker_exe)
+    }
+
+    /// Runs a short check container of the target (the worker, or `entrypoint` instead) to its
+    /// end: its stdout, stderr and final state. The container is removed.
+    fn check_container(
+        &mut self,
+        target: &TargetSpec,
+        entrypoint: Option<&str>,
+        args: Vec<String>,
+    ) -> Result<(String, String, bollard::models::ContainerInspectResponse)> {
         let docker = self.docker()?;
-        let body = ContainerSpec::for_target(
-            target,
-            &self.run_id,
-            &self.worker_exe,
-            None,
-            vec!["--version".into()],
-        )?
-        .create_body();
+        let image = target.image.clone().unwrap_or_default();
+        let mut body = ContainerSpec::for_target(target, &self.run_id, &self.worker_exe, None, args)?.create_body();
+        if let Some(e) = entrypoint {
+            body.entrypoint = Some(vec![e.to_string()]);
+        }
         let name = container_name(&self.run_id, "check");
-        let memory = target.memory.clone();
         self.rt.block_on(async {
-            let t0 = Instant::now();
             let mut started = create_and_start(&docker, &name, body).await?;
             let id = started.id.clone();
             let run = async {
@@ -131,21 +185,18 @@ impl DockerExecutor {
                 Ok::<_, anyhow::Error>((out, err, state))
             };
             let result = tokio::time::timeout(PREFLIGHT_TIMEOUT, run).await;
-            let elapsed_ms = t0.elapsed().as_secs_f64() * 1e3;
             let _ = remove_container(&docker, &id).await;
             let (out, err, state) = result.map_err(|_| {
                 anyhow!(
-                    "the worker did not answer `--version` in image {image} within {} s",
+                    "the check container did not end within {} s in image {image}",
                     PREFLIGHT_TIMEOUT.as_secs()
                 )
             })??;
-            let out = String::from_utf8_lossy(&out);
-            let err = String::from_utf8_lossy(&err).into_owned();
-            let info = exit_info(&state, memory.as_ref(), err, image);
-            if info.code != Some(0) || !out.starts_with("tagbench ") {
-                bail!("the worker cannot run in image {image}: {info}");
-            }
-            Ok(elapsed_ms)
+            Ok((
+                String::from_utf8_lossy(&out).into_owned(),
+                String::from_utf8_lossy(&err).into_owned(),
+                state,
+            ))
         })
     }
 }
@@ -204,20 +255,22 @@ impl Executor for DockerExecutor {
         // The container sees only the GPUs it was given, numbered from 0.
         let mut job = job.clone();
         job.gpus = (0..job.gpus.len()).collect();
+        let files = command_binds(&mut job);
         let job_path = log.with_extension("job.json");
         std::fs::write(&job_path, serde_json::to_vec(&job)?)
             .with_context(|| format!("failed to write {}", job_path.display()))?;
         let job_path = job_path
             .canonicalize()
             .with_context(|| format!("failed to resolve {}", job_path.display()))?;
-        let body = ContainerSpec::for_target(
+        let mut spec = ContainerSpec::for_target(
             target,
             &self.run_id,
             &self.worker_exe,
             Some(&job_path),
             job_args(),
-        )?
-        .create_body();
+        )?;
+        spec.mounts.extend(files);
+        let body = spec.create_body();
         let stem = log.file_stem().and_then(|s| s.to_str()).unwrap_or("worker");
         let name = container_name(&self.run_id, stem);
         let created_at = Instant::now();

@@ -29,15 +29,21 @@ const HOST_NOTE: &str = "[tagbench]";
 /// How long a finished or killed container may take to stop before it is killed (again).
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Why a worker that printed nothing ended, where the cause is the image itself.
-fn diagnose_image(stderr: &str, image: &str) -> Option<String> {
+/// Whether a worker's stderr says that the image's libc cannot run it: no loader at all
+/// (`exec ...: no such file or directory`) or too old a glibc (`GLIBC_2.34' not found`).
+pub(super) fn libc_problem(stderr: &str) -> bool {
     let exec_failed = stderr.contains(&format!("exec {WORKER_PATH}: no such file or directory"));
     let old_glibc = stderr.contains("GLIBC_") && stderr.contains("not found");
-    (exec_failed || old_glibc).then(|| {
+    exec_failed || old_glibc
+}
+
+/// Why a worker that printed nothing ended, where the cause is the image itself (the preflight
+/// check says which glibc was found and which is needed).
+fn diagnose_image(stderr: &str, image: &str) -> Option<String> {
+    libc_problem(stderr).then(|| {
         format!(
-            "image {image} has no compatible libc for the worker: tagbench is linked against glibc \
-             (it needs /lib64/ld-linux-x86-64.so.2, libc.so.6, libm.so.6, libgcc_s.so.1 of glibc 2.34 or newer); \
-             use a glibc-based image (Debian, Ubuntu, the CUDA and PyTorch images)"
+            "image {image} has no glibc the worker can run with (its stderr: {})",
+            stderr.trim()
         )
     })
 }
@@ -251,7 +257,7 @@ mod tests {
     #[test]
     fn libc_diagnosis() {
         let d = diagnose_image("exec /opt/tagbench/tagbench: no such file or directory\n", "x:1").unwrap();
-        assert!(d.contains("no compatible libc"), "{d}");
+        assert!(d.contains("has no glibc the worker can run with"), "{d}");
         assert!(diagnose_image(
             "/opt/tagbench/tagbench: /lib/libc.so.6: version `GLIBC_2.34' not found",
             "x"

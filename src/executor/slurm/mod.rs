@@ -121,6 +121,10 @@ fn step_ranks(target: &TargetSpec, case: &Case, gpus_per_node: usize, nodes: usi
     {
         return None;
     }
+    // A command's ranks are started by its worker, as processes of one task (engine/command.rs).
+    if case.kind == crate::case::WorkloadKind::Command {
+        return None;
+    }
     let cuda = target.device.unwrap_or_default() == Device::Cuda;
     let ranks = match case.params.ranks()? {
         0 if cuda && gpus_per_node > 0 => gpus_per_node * nodes,
