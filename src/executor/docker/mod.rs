@@ -163,7 +163,8 @@ impl DockerExecutor {
     ) -> Result<(String, String, bollard::models::ContainerInspectResponse)> {
         let docker = self.docker()?;
         let image = target.image.clone().unwrap_or_default();
-        let mut body = ContainerSpec::for_target(target, &self.run_id, &self.worker_exe, None, args)?.create_body();
+        let mut body =
+            ContainerSpec::for_target(target, &self.run_id, &self.worker_exe, None, args)?.create_body();
         if let Some(e) = entrypoint {
             body.entrypoint = Some(vec![e.to_string()]);
         }
