@@ -301,8 +301,9 @@ fn two_identical_local_targets_with_one_round_are_not_judged() {
     }
 }
 
-/// `report` on a run whose every case failed exits with the code its pages print (1: a failed
-/// case), and a run that measured nothing is never "complete".
+/// `report` on a run whose every case failed exits with the code its pages print (2: nothing
+/// was measured), one with a failed case beside measured ones 1, and a run without any row is
+/// never "complete".
 #[test]
 fn report_exit_code_is_the_one_its_page_prints() {
     let t = tempfile::tempdir().unwrap();
@@ -327,13 +328,34 @@ fn report_exit_code_is_the_one_its_page_prints() {
             ),
         ],
     );
+    let some = write_run(
+        t.path(),
+        "some",
+        "2026-01-01T00:00:00Z",
+        &[
+            Case::gemm("local", "", 256, samples(1, 1.0, CV, 20)),
+            Case::status(
+                "local",
+                "gemm",
+                "size=512",
+                Status::Failed,
+                "worker ended: signal 9",
+            ),
+        ],
+    );
     let empty = write_run(t.path(), "empty", "2026-01-01T00:00:00Z", &[]);
     for (run, code, headline, why) in [
         (
             &failed,
+            2,
+            "Nothing measured: every case failed",
+            "run failed: every case failed (2 failed row(s)): nothing was measured",
+        ),
+        (
+            &some,
             1,
             "Run complete, with failed cases",
-            "run failed: 2 failed row(s)",
+            "run some: 1 failed row(s)",
         ),
         (
             &empty,
@@ -342,7 +364,7 @@ fn report_exit_code_is_the_one_its_page_prints() {
             "run empty: results.csv has no rows: nothing was measured",
         ),
     ] {
-        let report = t.path().join(format!("report-{code}"));
+        let report = run.with_extension("report");
         let out = tagbench()
             .arg("report")
             .arg(run)
