@@ -598,3 +598,41 @@ fn help_documents_exit_codes_and_gate_flags() {
         }
     }
 }
+
+/// A case that failed in the candidate is never invisible, even where the baseline has no
+/// metric of it either (it failed there too, or never ran): a `failed` comparison, exit 1.
+#[test]
+fn a_case_failed_in_the_candidate_closes_the_gate_whatever_the_baseline_did() {
+    let t = tempfile::tempdir().unwrap();
+    let ok = |seed| Case::gemm("local", "", 256, samples(seed, 10.0, CV, 50));
+    let crash = |case: &str| Case::status("local", "gemm", case, Status::Failed, "worker ended: signal 9");
+    let base = write_run(
+        t.path(),
+        "base",
+        "2026-01-01T00:00:00Z",
+        &[ok(1), crash("size=512")],
+    );
+    let cand = write_run(
+        t.path(),
+        "cand",
+        "2026-01-02T00:00:00Z",
+        &[ok(2), crash("size=512"), crash("size=1024")],
+    );
+    let out = tagbench().arg("compare").arg(&base).arg(&cand).output().unwrap();
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.starts_with("gate: exit 1 (a case failed)"), "{stdout}");
+    for (case, before) in [
+        ("size=512", "failed in the baseline too"),
+        ("size=1024", "not run in the baseline"),
+    ] {
+        let note = format!(
+            "failed: gemm/{case} (cand): failed in the candidate: worker ended: signal 9 ({before})"
+        );
+        assert!(stdout.contains(&note), "{note}\n{stdout}");
+    }
+    assert!(
+        stdout.contains("0 regression(s) and 2 failed case metric(s) in the candidate"),
+        "{stdout}"
+    );
+}

@@ -215,10 +215,8 @@ pub fn text(s: &Summary) -> String {
     for (title, list) in [("worse", &s.findings), ("better", &s.improvements)] {
         for c in list.iter() {
             o.push_str(&format!(
-                "  {title}: {}/{} {} ({}): {}\n",
-                c.workload,
-                c.case,
-                c.metric,
+                "  {title}: {} ({}): {}\n",
+                c.what(),
                 c.candidate.label,
                 finding_text(c)
             ));
