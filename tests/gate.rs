@@ -626,9 +626,8 @@ fn a_case_failed_in_the_candidate_closes_the_gate_whatever_the_baseline_did() {
         ("size=512", "failed in the baseline too"),
         ("size=1024", "not run in the baseline"),
     ] {
-        let note = format!(
-            "failed: gemm/{case} (cand): failed in the candidate: worker ended: signal 9 ({before})"
-        );
+        let note =
+            format!("failed: gemm/{case} (cand): failed in the candidate: worker ended: signal 9 ({before})");
         assert!(stdout.contains(&note), "{note}\n{stdout}");
     }
     assert!(
