@@ -18,6 +18,11 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// A gemm case whose worker was killed.
+fn crashed(case: &str) -> Case {
+    Case::status("local", "gemm", case, Status::Failed, "worker ended: signal 9")
+}
+
 /// `tagbench run --no-progress --no-report` of `suite` into `results`.
 fn run_cmd(suite: &Path, results: &Path) -> Command {
     let mut c = Command::new(cargo_bin("tagbench"));
@@ -311,22 +316,7 @@ fn report_exit_code_is_the_one_its_page_prints() {
         t.path(),
         "failed",
         "2026-01-01T00:00:00Z",
-        &[
-            Case::status(
-                "local",
-                "gemm",
-                "size=256",
-                Status::Failed,
-                "worker ended: signal 9",
-            ),
-            Case::status(
-                "local",
-                "gemm",
-                "size=512",
-                Status::Failed,
-                "worker ended: signal 9",
-            ),
-        ],
+        &[crashed("size=256"), crashed("size=512")],
     );
     let some = write_run(
         t.path(),
@@ -334,13 +324,7 @@ fn report_exit_code_is_the_one_its_page_prints() {
         "2026-01-01T00:00:00Z",
         &[
             Case::gemm("local", "", 256, samples(1, 1.0, CV, 20)),
-            Case::status(
-                "local",
-                "gemm",
-                "size=512",
-                Status::Failed,
-                "worker ended: signal 9",
-            ),
+            crashed("size=512"),
         ],
     );
     let empty = write_run(t.path(), "empty", "2026-01-01T00:00:00Z", &[]);
@@ -605,18 +589,17 @@ fn help_documents_exit_codes_and_gate_flags() {
 fn a_case_failed_in_the_candidate_closes_the_gate_whatever_the_baseline_did() {
     let t = tempfile::tempdir().unwrap();
     let ok = |seed| Case::gemm("local", "", 256, samples(seed, 10.0, CV, 50));
-    let crash = |case: &str| Case::status("local", "gemm", case, Status::Failed, "worker ended: signal 9");
     let base = write_run(
         t.path(),
         "base",
         "2026-01-01T00:00:00Z",
-        &[ok(1), crash("size=512")],
+        &[ok(1), crashed("size=512")],
     );
     let cand = write_run(
         t.path(),
         "cand",
         "2026-01-02T00:00:00Z",
-        &[ok(2), crash("size=512"), crash("size=1024")],
+        &[ok(2), crashed("size=512"), crashed("size=1024")],
     );
     let out = tagbench().arg("compare").arg(&base).arg(&cand).output().unwrap();
     let stdout = text(&out.stdout);
