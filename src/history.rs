@@ -112,7 +112,7 @@ pub fn load_runs(dir: &Path, suite: Option<&str>) -> Result<(String, Vec<LoadedR
         );
     }
     if runs.len() < total {
-        eprintln!(
+        errln!(
             "note: {} of {total} runs in {} are of other suites than `{suite}` and are left out",
             total - runs.len(),
             dir.display()

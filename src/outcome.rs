@@ -24,7 +24,8 @@ pub enum Outcome {
     Failed,
     /// A compared metric got worse beyond the noise threshold (or `history`'s newest segment).
     Regression,
-    /// Bad input, nothing to compare, or any other error.
+    /// Bad input, nothing to compare (nothing matched; every case of a run failed), or any
+    /// other error.
     Error,
     /// A compared run is interrupted or partial (run.json `state` is not `complete`), or a run
     /// measured nothing: resume it first. `--allow-partial` compares what it has. Declared after

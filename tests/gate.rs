@@ -18,6 +18,11 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// A gemm case whose worker was killed.
+fn crashed(case: &str) -> Case {
+    Case::status("local", "gemm", case, Status::Failed, "worker ended: signal 9")
+}
+
 /// `tagbench run --no-progress --no-report` of `suite` into `results`.
 fn run_cmd(suite: &Path, results: &Path) -> Command {
     let mut c = Command::new(cargo_bin("tagbench"));
@@ -301,8 +306,9 @@ fn two_identical_local_targets_with_one_round_are_not_judged() {
     }
 }
 
-/// `report` on a run whose every case failed exits with the code its pages print (1: a failed
-/// case), and a run that measured nothing is never "complete".
+/// `report` on a run whose every case failed exits with the code its pages print (2: nothing
+/// was measured), one with a failed case beside measured ones 1, and a run without any row is
+/// never "complete".
 #[test]
 fn report_exit_code_is_the_one_its_page_prints() {
     let t = tempfile::tempdir().unwrap();
@@ -310,30 +316,30 @@ fn report_exit_code_is_the_one_its_page_prints() {
         t.path(),
         "failed",
         "2026-01-01T00:00:00Z",
+        &[crashed("size=256"), crashed("size=512")],
+    );
+    let some = write_run(
+        t.path(),
+        "some",
+        "2026-01-01T00:00:00Z",
         &[
-            Case::status(
-                "local",
-                "gemm",
-                "size=256",
-                Status::Failed,
-                "worker ended: signal 9",
-            ),
-            Case::status(
-                "local",
-                "gemm",
-                "size=512",
-                Status::Failed,
-                "worker ended: signal 9",
-            ),
+            Case::gemm("local", "", 256, samples(1, 1.0, CV, 20)),
+            crashed("size=512"),
         ],
     );
     let empty = write_run(t.path(), "empty", "2026-01-01T00:00:00Z", &[]);
     for (run, code, headline, why) in [
         (
             &failed,
+            2,
+            "Nothing measured: every case failed",
+            "run failed: every case failed (2 failed row(s)): nothing was measured",
+        ),
+        (
+            &some,
             1,
             "Run complete, with failed cases",
-            "run failed: 2 failed row(s)",
+            "run some: 1 failed row(s)",
         ),
         (
             &empty,
@@ -342,7 +348,7 @@ fn report_exit_code_is_the_one_its_page_prints() {
             "run empty: results.csv has no rows: nothing was measured",
         ),
     ] {
-        let report = t.path().join(format!("report-{code}"));
+        let report = run.with_extension("report");
         let out = tagbench()
             .arg("report")
             .arg(run)
@@ -575,4 +581,40 @@ fn help_documents_exit_codes_and_gate_flags() {
             assert!(text(&out.stdout).contains(f), "{cmd} --help lacks {f}");
         }
     }
+}
+
+/// A case that failed in the candidate is never invisible, even where the baseline has no
+/// metric of it either (it failed there too, or never ran): a `failed` comparison, exit 1.
+#[test]
+fn a_case_failed_in_the_candidate_closes_the_gate_whatever_the_baseline_did() {
+    let t = tempfile::tempdir().unwrap();
+    let ok = |seed| Case::gemm("local", "", 256, samples(seed, 10.0, CV, 50));
+    let base = write_run(
+        t.path(),
+        "base",
+        "2026-01-01T00:00:00Z",
+        &[ok(1), crashed("size=512")],
+    );
+    let cand = write_run(
+        t.path(),
+        "cand",
+        "2026-01-02T00:00:00Z",
+        &[ok(2), crashed("size=512"), crashed("size=1024")],
+    );
+    let out = tagbench().arg("compare").arg(&base).arg(&cand).output().unwrap();
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.starts_with("gate: exit 1 (a case failed)"), "{stdout}");
+    for (case, before) in [
+        ("size=512", "failed in the baseline too"),
+        ("size=1024", "not run in the baseline"),
+    ] {
+        let note =
+            format!("failed: gemm/{case} (cand): failed in the candidate: worker ended: signal 9 ({before})");
+        assert!(stdout.contains(&note), "{note}\n{stdout}");
+    }
+    assert!(
+        stdout.contains("0 regression(s) and 2 failed case metric(s) in the candidate"),
+        "{stdout}"
+    );
 }

@@ -222,7 +222,7 @@ kill -SEGV $$"#,
         .env("TAGBENCH_SLURM_WORKER", &crash)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let rows = rows(results, "crash");
     assert_eq!(rows.len(), 1, "{rows:?}");
     let r = &rows[0];

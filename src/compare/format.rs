@@ -156,11 +156,9 @@ fn table(r: &CompareReport) -> String {
         out.push('\n');
         for c in notes {
             out.push_str(&format!(
-                "{}: {}/{} {} ({}): {}\n",
+                "{}: {} ({}): {}\n",
                 c.verdict.as_str(),
-                c.workload,
-                c.case,
-                c.metric,
+                c.what(),
                 c.candidate.label,
                 c.reason
             ));
@@ -215,11 +213,9 @@ pub fn markdown(r: &CompareReport) -> String {
         out.push_str("\n<details><summary>Why</summary>\n\n");
         for c in notes {
             out.push_str(&format!(
-                "- **{}** {}/{} {} ({}): {}\n",
+                "- **{}** {} ({}): {}\n",
                 c.verdict.as_str(),
-                md_escape(&c.workload),
-                md_escape(&c.case),
-                md_escape(&c.metric),
+                md_escape(&c.what()),
                 md_escape(&c.candidate.label),
                 md_escape(&c.reason)
             ));

@@ -181,8 +181,9 @@ pub fn lacking_first(comparisons: &mut [Comparison]) {
 }
 
 /// What runs shown without a comparison conclude (`run` with one target, `report RUN`): a
-/// partial run cannot answer (2, unless `allow_partial`), nor can a run with no row at all; a
-/// failed case closes the gate (1). Returns the outcome and why, one line per rule.
+/// partial run cannot answer (2, unless `allow_partial`), nor can a run with no row at all or
+/// one whose every case failed (nothing was measured); a failed case beside measured ones
+/// closes the gate (1). Skipped cases do not. Returns the outcome and why, one line per rule.
 pub fn runs_outcome(runs: &[LoadedRun], allow_partial: bool) -> (Outcome, Vec<String>) {
     let mut o = Outcome::Complete;
     let mut why = Vec::new();
@@ -200,12 +201,18 @@ pub fn runs_outcome(runs: &[LoadedRun], allow_partial: bool) -> (Outcome, Vec<St
                 r.name()
             ));
         }
-        let failed = r
-            .measurements
-            .iter()
-            .filter(|m| m.row.status == crate::results::Status::Failed)
-            .count();
-        if failed > 0 {
+        let count = |st: crate::results::Status| r.measurements.iter().filter(|m| m.row.status == st).count();
+        let (ok, failed) = (
+            count(crate::results::Status::Ok),
+            count(crate::results::Status::Failed),
+        );
+        if failed > 0 && ok == 0 {
+            o = o.worst(Outcome::Error);
+            why.push(format!(
+                "run {}: every case failed ({failed} failed row(s)): nothing was measured",
+                r.name()
+            ));
+        } else if failed > 0 {
             o = o.worst(Outcome::Failed);
             why.push(format!("run {}: {failed} failed row(s)", r.name()));
         }

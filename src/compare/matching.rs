@@ -270,13 +270,7 @@ fn pair_up(
             unit: any.unit.clone(),
             better: any.better.clone(),
             gpu: gpu_label(any),
-            context: key
-                .context
-                .iter()
-                .filter(|(k, v)| *k != "gpu" && !v.is_empty())
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(","),
+            context: context_text(&key.context),
             baseline: side(base_label, b),
             candidate: side(cand_label, c),
             judgement: Judgement::default(),
@@ -346,6 +340,64 @@ fn pair_up(
         (cmp.baseline.outlier_rounds, cmp.candidate.outlier_rounds) = cmp.judgement.outlier_rounds;
         out.push(cmp);
     }
+    failed_without_metrics(base, cand, base_label, cand_label, opts, out);
+}
+
+/// A case that failed in the candidate and has no metric on either side (it failed, was skipped
+/// or did not run in the baseline too) is still a failed case of the candidate: one `failed`
+/// comparison without a metric stands for it, so that the gate closes on it and it is listed,
+/// never invisible.
+fn failed_without_metrics(
+    base: &BTreeMap<MatchKey, &Measurement>,
+    cand: &BTreeMap<MatchKey, &Measurement>,
+    base_label: &str,
+    cand_label: &str,
+    opts: &CompareOptions,
+    out: &mut Vec<Comparison>,
+) {
+    let case_of = |k: &MatchKey| (k.workload.clone(), k.case.clone(), without_device(&k.context));
+    let measured: BTreeSet<_> = base
+        .keys()
+        .chain(cand.keys())
+        .filter(|k| !k.metric.is_empty())
+        .map(case_of)
+        .collect();
+    for (key, m) in cand {
+        if !key.metric.is_empty() || m.row.status != Status::Failed || measured.contains(&case_of(key)) {
+            continue;
+        }
+        let b = base.get(key).copied();
+        let before = match b {
+            Some(b) => format!("{} in the baseline too", b.row.status.as_str()),
+            None => "not run in the baseline".to_string(),
+        };
+        out.push(Comparison {
+            workload: key.workload.clone(),
+            case: key.case.clone(),
+            metric: String::new(),
+            unit: String::new(),
+            better: String::new(),
+            gpu: gpu_label(&m.row),
+            context: context_text(&key.context),
+            baseline: side(base_label, b),
+            candidate: side(cand_label, Some(m)),
+            judgement: Judgement::default(),
+            p_adj: None,
+            noise: opts.noise,
+            verdict: Verdict::Failed,
+            reason: format!("failed in the candidate: {} ({before})", m.row.reason),
+        });
+    }
+}
+
+/// The context columns shown beside a comparison (`key=value`, the gpu index left out).
+fn context_text(context: &[(&'static str, String)]) -> String {
+    context
+        .iter()
+        .filter(|(k, v)| *k != "gpu" && !v.is_empty())
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// A pooled baseline's rounds, grouped by the run they came from.

@@ -70,6 +70,18 @@ pub struct Comparison {
     pub reason: String,
 }
 
+impl Comparison {
+    /// `workload/case metric`, or `workload/case` for a case without a metric (one that failed
+    /// everywhere).
+    pub fn what(&self) -> String {
+        if self.metric.is_empty() {
+            format!("{}/{}", self.workload, self.case)
+        } else {
+            format!("{}/{} {}", self.workload, self.case, self.metric)
+        }
+    }
+}
+
 /// Everything a comparison found.
 #[derive(Debug, Clone, Serialize)]
 pub struct CompareReport {

@@ -15,11 +15,11 @@ pub fn cmd_clean(run: Option<&str>) -> Result<crate::outcome::Outcome> {
         remove_labelled(&docker, run).await
     })?;
     for r in &removed {
-        println!("{r}");
+        crate::outln!("{r}")?;
     }
     match run {
-        Some(r) => eprintln!("{} containers of run {r} removed", removed.len()),
-        None => eprintln!("{} tagbench containers removed", removed.len()),
+        Some(r) => crate::errln!("{} containers of run {r} removed", removed.len()),
+        None => crate::errln!("{} tagbench containers removed", removed.len()),
     }
     Ok(crate::outcome::Outcome::Complete)
 }

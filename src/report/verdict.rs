@@ -28,6 +28,8 @@ pub enum Headline {
     RunFailures,
     /// Runs without comparison, one of them partial or without any row.
     RunIncomplete,
+    /// Runs without comparison in which every case failed.
+    NothingMeasured,
     /// Nothing was matched with measurements on both sides.
     NothingMatched,
 }
@@ -45,13 +47,18 @@ impl Headline {
             Headline::RunOk => "Run complete",
             Headline::RunFailures => "Run complete, with failed cases",
             Headline::RunIncomplete => "Run incomplete",
+            Headline::NothingMeasured => "Nothing measured: every case failed",
             Headline::NothingMatched => "Nothing to compare",
         }
     }
     /// A CSS class: red for bad news, green for good, grey otherwise.
     pub fn class(self) -> &'static str {
         match self {
-            Headline::Regressions | Headline::Failures | Headline::RunFailures | Headline::Missing => "bad",
+            Headline::Regressions
+            | Headline::Failures
+            | Headline::RunFailures
+            | Headline::Missing
+            | Headline::NothingMeasured => "bad",
             Headline::Improvements | Headline::AllSame | Headline::RunOk => "good",
             Headline::TooNoisy | Headline::NothingMatched | Headline::Partial | Headline::RunIncomplete => {
                 "unsure"
@@ -179,6 +186,7 @@ pub fn of_runs(runs: &[LoadedRun], allow_partial: bool) -> Summary<'static> {
         headline: match outcome {
             Outcome::Complete => Headline::RunOk,
             Outcome::Failed => Headline::RunFailures,
+            Outcome::Error => Headline::NothingMeasured,
             _ => Headline::RunIncomplete,
         },
         outcome,
@@ -207,10 +215,8 @@ pub fn text(s: &Summary) -> String {
     for (title, list) in [("worse", &s.findings), ("better", &s.improvements)] {
         for c in list.iter() {
             o.push_str(&format!(
-                "  {title}: {}/{} {} ({}): {}\n",
-                c.workload,
-                c.case,
-                c.metric,
+                "  {title}: {} ({}): {}\n",
+                c.what(),
                 c.candidate.label,
                 finding_text(c)
             ));

@@ -172,7 +172,13 @@ fn undecided_cases(ctx: &RunContext, plan: &Plan) -> Result<Vec<Case>> {
             report
                 .comparisons
                 .iter()
-                .filter(|x| x.workload == c.workload && x.case == c.id && x.judgement.p.is_some())
+                // Measured on both sides (a metric judged, or one not judged for too few rounds).
+                .filter(|x| {
+                    x.workload == c.workload
+                        && x.case == c.id
+                        && x.baseline.median.is_some()
+                        && x.candidate.median.is_some()
+                })
                 .any(|x| {
                     let judged = x.judgement.judged_rounds;
                     judged < design.max_rounds && (x.verdict == Verdict::Noisy || !design.is_look(judged))
