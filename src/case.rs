@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 // The workload's own vocabulary lives in `workload`; a case names it through these paths too.
-pub use crate::workload::{Dtype, WorkloadKind};
+pub use crate::workload::{Better, Dtype, WorkloadKind};
 
 /// What measures inside the worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum)]
@@ -42,23 +42,6 @@ impl Device {
         match self {
             Device::Cpu => "cpu",
             Device::Cuda => "cuda",
-        }
-    }
-}
-
-/// Whether a bigger or a smaller value of a metric is better.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Better {
-    Lower,
-    Higher,
-}
-
-impl Better {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Better::Lower => "lower",
-            Better::Higher => "higher",
         }
     }
 }

@@ -298,6 +298,9 @@ fn gpus_each_is_one_step_per_gpu(c: &Cluster, dir: &Path, results: &Path) {
         )
         .args(["--filter", "gemm/size=256,dtype=fp32"])
         .args(["--set", "rounds=1", "--set", "max_time_s=0.1"])
+        // Each target measures on its own GPU index, so the end-of-run comparison matches no
+        // (case, metric, gpu) across targets; this scenario checks placement, not the gate.
+        .arg("--allow-missing")
         .env("TAGBENCH_SLURM_WORKER", &wrap)
         .output()
         .unwrap();

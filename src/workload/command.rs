@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::case::Better;
+use super::Better;
 
 /// The environment variable naming the file a program appends its metric lines to (JSON, one
 /// `{"metric": .., "value": .., "unit": .., "better": ..}` per line), so that its stdout stays

@@ -49,3 +49,20 @@ impl std::fmt::Display for WorkloadKind {
         f.write_str(self.as_str())
     }
 }
+
+/// Whether a bigger or a smaller value of a metric is better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Better {
+    Lower,
+    Higher,
+}
+
+impl Better {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Better::Lower => "lower",
+            Better::Higher => "higher",
+        }
+    }
+}

@@ -15,7 +15,7 @@ pub mod probe;
 use serde::{Deserialize, Serialize};
 
 pub use dtype::Dtype;
-pub use kind::WorkloadKind;
+pub use kind::{Better, WorkloadKind};
 
 /// A case's parameters, typed: built once when the suite is read, carried in the job JSON to the
 /// worker (tagged with `kind`, so the file stays self-describing) and matched on by the engines.
