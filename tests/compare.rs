@@ -298,6 +298,75 @@ fn along_image_within_one_run() {
     );
 }
 
+/// `--gpus each` gives one target per GPU (`local@gpu0`, `local@gpu1`, ...): along `target`, each
+/// is compared with the baseline's GPU, never `missing` for want of the same GPU index; a
+/// target spanning several GPUs is still matched GPU by GPU.
+#[test]
+fn per_gpu_targets_compare_gpu_against_gpu() {
+    let t = tempfile::tempdir().unwrap();
+    let on = |target: &str, gpu: usize, seed: u64, level: f64| Case {
+        gpu_index: Some(gpu),
+        ..Case::gemm(target, "", 256, samples(seed, level, CV, N))
+    };
+    let run = write_run(
+        t.path(),
+        "each",
+        "2026-01-01T00:00:00Z",
+        &[
+            on("local@gpu0", 0, 1, 10.0),
+            on("local@gpu1", 1, 2, 10.0),
+            on("local@gpu2", 2, 3, 12.0),
+        ],
+    );
+    let out = tagbench()
+        .args(["compare", "--along", "target", "--baseline", "local@gpu0"])
+        .arg(&run)
+        .assert()
+        .code(1);
+    let text = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    assert!(text.lines().all(|l| !l.ends_with(" missing")), "{text}");
+    let verdict = |target: &str, metric: &str| {
+        text.lines()
+            .find(|l| l.contains(target) && l.contains(metric))
+            .map(|l| l.split_whitespace().last().unwrap_or("").to_string())
+    };
+    assert_eq!(
+        verdict("local@gpu1", "latency").as_deref(),
+        Some("same"),
+        "{text}"
+    );
+    assert_eq!(
+        verdict("local@gpu2", "latency").as_deref(),
+        Some("regression"),
+        "{text}"
+    );
+
+    // Two targets on GPUs 0 and 1 each: GPU 1 of the candidate against GPU 1 of the baseline.
+    let run = write_run(
+        t.path(),
+        "all",
+        "2026-01-01T00:00:00Z",
+        &[
+            on("a", 0, 4, 10.0),
+            on("a", 1, 5, 20.0),
+            on("b", 0, 6, 10.0),
+            on("b", 1, 7, 20.0),
+        ],
+    );
+    let out = tagbench()
+        .args(["compare", "--along", "target", "--baseline", "a"])
+        .arg(&run)
+        .assert()
+        .code(0);
+    let text = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    assert!(
+        text.lines()
+            .all(|l| !l.ends_with(" missing") && !l.ends_with(" regression")),
+        "{text}"
+    );
+    assert_eq!(text.lines().filter(|l| l.ends_with(" same")).count(), 4, "{text}");
+}
+
 #[test]
 fn bad_input_exits_two() {
     let t = tempfile::tempdir().unwrap();

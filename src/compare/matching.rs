@@ -127,7 +127,14 @@ fn gpu_label(row: &ResultRow) -> String {
 }
 
 /// Context columns kept in the key for a comparison along `column` (`None`: two runs).
-fn context_of(row: &ResultRow, along: Option<&str>, with_target: bool) -> Vec<(&'static str, String)> {
+/// `pinned`: along `target`, each side's target ran on one GPU (a `gpus = "each"` placement or
+/// a target pinned to a device), so the GPU follows from the target and is not part of the key.
+fn context_of(
+    row: &ResultRow,
+    along: Option<&str>,
+    with_target: bool,
+    pinned: bool,
+) -> Vec<(&'static str, String)> {
     let gpu = row.gpu_index.map(|i| i.to_string()).unwrap_or_default();
     match along {
         None => {
@@ -153,18 +160,18 @@ fn context_of(row: &ResultRow, along: Option<&str>, with_target: bool) -> Vec<(&
                 "device" => &["device", "gpu_name", "gpu"],
                 _ => &[],
             };
-            v.retain(|(k, _)| !drop.contains(k));
+            v.retain(|(k, _)| !drop.contains(k) && !(pinned && *k == "gpu"));
             v
         }
     }
 }
 
-fn key_of(m: &Measurement, along: Option<&str>, with_target: bool) -> MatchKey {
+fn key_of(m: &Measurement, along: Option<&str>, with_target: bool, pinned: bool) -> MatchKey {
     MatchKey {
         workload: m.row.workload.clone(),
         case: m.row.case.clone(),
         metric: m.row.metric.clone(),
-        context: context_of(&m.row, along, with_target),
+        context: context_of(&m.row, along, with_target, pinned),
     }
 }
 
@@ -173,6 +180,7 @@ fn index<'a>(
     ms: impl Iterator<Item = &'a Measurement>,
     along: Option<&str>,
     with_target: bool,
+    pinned: bool,
     side: &str,
 ) -> BTreeMap<MatchKey, &'a Measurement> {
     let mut map = BTreeMap::new();
@@ -180,7 +188,7 @@ fn index<'a>(
         if m.row.metric.is_empty() && m.row.status == Status::Ok {
             continue; // a probe-like status row: nothing to compare
         }
-        let k = key_of(m, along, with_target);
+        let k = key_of(m, along, with_target, pinned);
         if let Some(old) = map.insert(k, m) {
             if old.is_metric() && m.is_metric() {
                 crate::errln!(
@@ -525,8 +533,8 @@ pub fn compare_runs(base: &LoadedRun, cand: &LoadedRun, opts: &CompareOptions) -
         );
     };
     let (bl, cl) = (base.name(), cand.name());
-    let bi = index(base.measurements.iter(), None, with_target, &bl);
-    let ci = index(cand.measurements.iter(), None, with_target, &cl);
+    let bi = index(base.measurements.iter(), None, with_target, false, &bl);
+    let ci = index(cand.measurements.iter(), None, with_target, false, &cl);
     let mut out = Vec::new();
     pair_up(&bi, &ci, &bl, &cl, opts, &designs_of([base, cand]), &mut out);
     Ok(CompareReport::new(
@@ -558,7 +566,7 @@ pub fn compare_pooled(bases: &[LoadedRun], cand: &LoadedRun, opts: &CompareOptio
     let with_target = !single;
     let maps: Vec<BTreeMap<MatchKey, &Measurement>> = bases
         .iter()
-        .map(|b| index(b.measurements.iter(), None, with_target, &b.name()))
+        .map(|b| index(b.measurements.iter(), None, with_target, false, &b.name()))
         .collect();
     let keys: BTreeSet<&MatchKey> = maps.iter().flat_map(|m| m.keys()).collect();
     let pooled: Vec<(MatchKey, Measurement)> = keys
@@ -583,7 +591,7 @@ pub fn compare_pooled(bases: &[LoadedRun], cand: &LoadedRun, opts: &CompareOptio
         bases[bases.len() - 1].name()
     );
     let cl = cand.name();
-    let ci = index(cand.measurements.iter(), None, with_target, &cl);
+    let ci = index(cand.measurements.iter(), None, with_target, false, &cl);
     let mut out = Vec::new();
     pair_up(&bi, &ci, &label, &cl, opts, &Designs::new(), &mut out);
     Ok(CompareReport::new(
@@ -593,6 +601,16 @@ pub fn compare_pooled(bases: &[LoadedRun], cand: &LoadedRun, opts: &CompareOptio
         finish(out, opts),
         bases.iter().chain([cand]),
     ))
+}
+
+/// Whether every measured row of a side ran on one and the same GPU index.
+fn one_gpu(rows: &[&Measurement]) -> bool {
+    let gpus: BTreeSet<Option<usize>> = rows
+        .iter()
+        .filter(|m| m.is_metric())
+        .map(|m| m.row.gpu_index)
+        .collect();
+    gpus.len() == 1 && gpus.iter().all(|g| g.is_some())
 }
 
 /// Compares, within `runs`, every value of `column` with the rows whose value is `baseline`.
@@ -621,14 +639,17 @@ pub fn compare_along(
     if groups.len() < 2 {
         bail!("nothing to compare: every row has {column} = `{baseline}`");
     }
-    let bi = index(base_rows.iter().copied(), Some(column), false, baseline);
     let designs = designs_of(runs);
     let mut out = Vec::new();
     for (value, rows) in &groups {
         if value == baseline {
             continue;
         }
-        let ci = index(rows.iter().copied(), Some(column), false, value);
+        // Targets that each ran on one GPU (`gpus = "each"`: local@gpu0 vs local@gpu1) are
+        // compared GPU against GPU; targets spanning several GPUs match GPU by GPU.
+        let pinned = column == "target" && one_gpu(base_rows) && one_gpu(rows);
+        let bi = index(base_rows.iter().copied(), Some(column), false, pinned, baseline);
+        let ci = index(rows.iter().copied(), Some(column), false, pinned, value);
         pair_up(&bi, &ci, baseline, value, opts, &designs, &mut out);
     }
     Ok(CompareReport::new(

@@ -27,6 +27,8 @@ pub struct Case {
     /// Worker processes the samples are split into (equal chunks, in order); 1: no round column.
     /// Five by default: a timing verdict needs at least three rounds a side.
     pub rounds: usize,
+    /// The GPU index the case ran on (`None`: a CPU case).
+    pub gpu_index: Option<usize>,
 }
 
 impl Case {
@@ -40,6 +42,7 @@ impl Case {
             status: Status::Ok,
             reason: String::new(),
             rounds: 5,
+            gpu_index: None,
         }
     }
     pub fn status(target: &str, workload: &str, case: &str, status: Status, reason: &str) -> Case {
@@ -52,6 +55,7 @@ impl Case {
             status,
             reason: reason.into(),
             rounds: 1,
+            gpu_index: None,
         }
     }
 }
@@ -87,6 +91,7 @@ pub fn write_run_with_targets(
             reason: c.reason.clone(),
             started_at: started_at.into(),
             target: c.target.clone(),
+            gpu_index: c.gpu_index,
             ..Default::default()
         };
         if c.status != Status::Ok {
@@ -123,6 +128,7 @@ pub fn write_run_with_targets(
                         value: *v,
                         target: c.target.clone(),
                         engine: "native".into(),
+                        gpu_index: c.gpu_index,
                         round,
                         ..Default::default()
                     });
