@@ -304,7 +304,12 @@ fn gpus_each_is_one_step_per_gpu(c: &Cluster, dir: &Path, results: &Path) {
     // Each target measures on its own GPU, and the end-of-run comparison matches them GPU
     // against GPU (one round a side: `noisy`, never `missing`), so the gate passes.
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(!text(&out).contains("missing"), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.lines().all(|l| !l.ends_with(" missing")), "{said}");
+    assert!(
+        said.contains("gpu 0 vs gpu 1") && said.contains("0 missing"),
+        "{said}"
+    );
     let seen = std::fs::read_to_string(&seen).unwrap();
     let mut placed: Vec<(String, String)> = seen
         .lines()

@@ -160,7 +160,7 @@ fn context_of(
                 "device" => &["device", "gpu_name", "gpu"],
                 _ => &[],
             };
-            v.retain(|(k, _)| !drop.contains(k) && !(pinned && *k == "gpu"));
+            v.retain(|(k, _)| !(drop.contains(k) || (pinned && *k == "gpu")));
             v
         }
     }
@@ -277,7 +277,13 @@ fn pair_up(
             metric: key.metric.clone(),
             unit: any.unit.clone(),
             better: any.better.clone(),
-            gpu: gpu_label(any),
+            gpu: match (b, c) {
+                // Per-GPU targets compared GPU against GPU: both GPUs are named.
+                (Some(b), Some(c)) if gpu_label(&b.row) != gpu_label(&c.row) => {
+                    format!("{} vs {}", gpu_label(&b.row), gpu_label(&c.row))
+                }
+                _ => gpu_label(any),
+            },
             context: context_text(&key.context),
             baseline: side(base_label, b),
             candidate: side(cand_label, c),
