@@ -21,6 +21,7 @@ pub const VERSION: &str = concat!(
 pub mod case;
 pub mod cli;
 pub mod compare;
+pub mod components;
 pub mod engine;
 pub mod error;
 pub mod executor;

@@ -77,6 +77,12 @@ pub enum Message {
         workload: String,
         reason: String,
     },
+    /// What the worker process loaded (shared objects, Python distributions), sent once after
+    /// the last case and before `done`.
+    Components {
+        #[serde(flatten)]
+        components: crate::components::Components,
+    },
     /// Every case of the job has been handled.
     Done,
 }

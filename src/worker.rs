@@ -58,6 +58,9 @@ pub fn run_job(job: &Job, out: impl Write) -> Result<()> {
             })?,
         }
     }
+    em.emit(&Message::Components {
+        components: engine.components(),
+    })?;
     em.emit(&Message::Done)?;
     Ok(())
 }

@@ -165,6 +165,45 @@ fn torch_and_native_engines_measure_inside_a_real_pytorch_image() {
             Some("Debian GNU/Linux 12 (bookworm)"),
             "{env:?}"
         );
+        // What the measuring process loaded, read inside the container at its end.
+        let comps = meta.targets[0]
+            .components
+            .as_ref()
+            .unwrap_or_else(|| panic!("no components in run.json: {:?}", meta.targets[0]));
+        let lib = |soname: &str| {
+            comps
+                .libraries
+                .iter()
+                .find(|l| l.soname == soname)
+                .unwrap_or_else(|| panic!("{soname} not among {:?}", comps.libraries))
+        };
+        let libc = lib("libc.so.6");
+        assert_eq!(libc.build_id.len(), 40, "{libc:?}");
+        if engine == "torch" {
+            let torch_lib = lib("libtorch_cpu.so");
+            assert!(torch_lib.path.contains("/torch/lib/"), "{torch_lib:?}");
+            assert!(torch_lib.size > 10_000_000, "{torch_lib:?}");
+            assert_eq!(torch_lib.build_id.len(), 40, "{torch_lib:?}");
+            let torch_dist = comps
+                .python
+                .iter()
+                .find(|d| d.name == "torch")
+                .unwrap_or_else(|| panic!("torch not among {:?}", comps.python));
+            assert!(torch_dist.imported, "{torch_dist:?}");
+            let probed = env.get("torch_version").cloned().unwrap_or_default();
+            assert_eq!(
+                torch_dist.version.split('+').next(),
+                probed.split('+').next(),
+                "{torch_dist:?} vs the probe's {probed}"
+            );
+            assert!(
+                comps.python.iter().any(|d| !d.imported),
+                "some installed distribution is not imported (pip, setuptools): {:?}",
+                comps.python
+            );
+        } else {
+            assert!(comps.python.is_empty(), "{:?}", comps.python);
+        }
         if engine == "torch" {
             // The version the image carries, as the image's own python reports it.
             assert!(probe.reason.starts_with("torch 2."), "{probe:?}");
@@ -263,6 +302,29 @@ fn two_real_images_run_interleaved_and_compare_along_image() {
         "{changes}"
     );
     assert!(!changes.contains("hostname"), "{changes}");
+    // SLOW differs from BASE by one environment variable of its image config: "what differs"
+    // names it under environment, in the report and in compare's text.
+    assert!(
+        changes.contains("<td>environment</td><td>OMP_NUM_THREADS</td>"),
+        "{changes}"
+    );
+    let out = Command::cargo_bin("tagbench")
+        .unwrap()
+        .arg("compare")
+        .arg(run.run_dir().root)
+        .args(["--along", "image", "--baseline", base])
+        .output()
+        .expect("tagbench compare runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("  environment:\n    OMP_NUM_THREADS  (none) -> 1\n"),
+        "{text}"
+    );
+    // Same torch in both: no Python package and no library differs.
+    assert!(
+        !text.contains("  Python packages:") && !text.contains("  libraries:"),
+        "{text}"
+    );
     assert_eq!(run.leftovers(), "", "containers left behind");
 }
 

@@ -350,12 +350,14 @@ fn a_slower_candidate_is_the_first_thing_the_report_says() {
     assert!(v.contains("href=\"#plot-ratios\"") && html.contains("id=\"plot-ratios\""));
     let c = section(&html, "changes");
     assert!(html.find("id=\"changes\"").unwrap() > verdict_at);
-    for (key, old, new) in [
-        ("torch_threads", "2", "1"),
-        ("torch_version", "2.9.1", "2.10.0"),
-        ("image_id", "sha256:aaaa1111", "sha256:bbbb2222"),
+    for (group, key, old, new) in [
+        ("driver, device and versions", "torch_threads", "2", "1"),
+        ("driver, device and versions", "torch_version", "2.9.1", "2.10.0"),
+        ("image", "image_id", "sha256:aaaa1111", "sha256:bbbb2222"),
     ] {
-        let row = format!("<tr><td>{key}</td><td class=\"old\">{old}</td><td class=\"new\">{new}</td></tr>");
+        let row = format!(
+            "<tr><td>{group}</td><td>{key}</td><td class=\"old\">{old}</td><td class=\"new\">{new}</td></tr>"
+        );
         assert!(c.contains(&row), "{key} {old} -> {new} missing: {c}");
     }
     for same_or_noise in ["python_version", "torch_cuda", "hostname", "check_container_ms"] {

@@ -224,6 +224,12 @@ pub trait Engine {
         command::run(p, case, Device::Cpu, CaseOutput::new(Device::Cpu.as_str()))
     }
 
+    /// What the process that measured loaded, asked after the last case: this worker's own
+    /// process by default; the torch engine asks its python session.
+    fn components(&mut self) -> crate::components::Components {
+        crate::components::Components::of_this_process()
+    }
+
     /// `Some(rank 1 on n2)` when this worker is a non-zero rank of a multi-rank step whose
     /// rank 0 is another worker (a task of a Slurm step of N tasks): it then reports failures
     /// only, and rank 0 the rows.

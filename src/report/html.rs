@@ -154,11 +154,12 @@ fn changes_section(o: &mut String, all: &[changes::TargetChanges]) {
             o.push_str("<p>Same image and versions in run.json.</p>\n");
             continue;
         }
-        o.push_str("<div class=\"scroll\"><table class=\"changes\"><thead><tr><th>setting</th><th>baseline</th><th>candidate</th></tr></thead><tbody>\n");
+        o.push_str("<div class=\"scroll\"><table class=\"changes\"><thead><tr><th>component</th><th>setting</th><th>baseline</th><th>candidate</th></tr></thead><tbody>\n");
         for c in &tc.changes {
             let _ = writeln!(
                 o,
-                "<tr><td>{}</td><td class=\"old\">{}</td><td class=\"new\">{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td class=\"old\">{}</td><td class=\"new\">{}</td></tr>",
+                esc(c.group.title()),
                 esc(&c.key),
                 esc(changes::or_dash(&c.old)),
                 esc(changes::or_dash(&c.new))

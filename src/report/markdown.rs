@@ -92,10 +92,11 @@ fn changes_block(all: &[changes::TargetChanges]) -> String {
             o.push_str("Same image and versions in run.json.\n");
             continue;
         }
-        o.push_str("| setting | baseline | candidate |\n|---|---|---|\n");
+        o.push_str("| component | setting | baseline | candidate |\n|---|---|---|---|\n");
         for c in &tc.changes {
             o.push_str(&format!(
-                "| {} | {} | {} |\n",
+                "| {} | {} | {} | {} |\n",
+                md_escape(c.group.title()),
                 md_escape(&c.key),
                 md_escape(changes::or_dash(&c.old)),
                 md_escape(changes::or_dash(&c.new))

@@ -65,6 +65,15 @@ pub struct TargetMeta {
     /// The worker's `env` message (probe): versions, devices, CPU.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// The image config's environment variables (`Env`), as the Engine API reports them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub image_env: BTreeMap<String, String>,
+    /// The image config's labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub image_labels: BTreeMap<String, String>,
+    /// What the target's latest worker process loaded (shared objects, Python distributions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub components: Option<crate::components::Components>,
     /// Under Slurm: the node(s) of the latest step (comma-separated), what rows carry.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub node: String,

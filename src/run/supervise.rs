@@ -277,6 +277,10 @@ impl Session {
                 meta.learn_env(info);
                 return Ok(());
             }
+            Message::Components { components } => {
+                meta.components = Some(components);
+                return Ok(());
+            }
             Message::Start { case, workload } => return self.start_case(ctx, writer, meta, workload, case),
             Message::Done => return self.flush(ctx, writer, meta),
             Message::Sample {

@@ -429,6 +429,38 @@ impl Engine for TorchEngine {
         m
     }
 
+    /// What the python session loaded: its mapped shared objects (read here, in the same
+    /// filesystem) and the distributions importable in the image. Without a live session (torch
+    /// missing, every case skipped), this worker's own process.
+    fn components(&mut self) -> crate::components::Components {
+        use crate::components::{library, Components, Distribution};
+        if !self.session.as_mut().is_some_and(PyProcess::alive) {
+            return Components::of_this_process();
+        }
+        let Ok(reply) = self.request(&json!({"op": "components"})) else {
+            return Components::of_this_process();
+        };
+        let libraries = reply["maps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(library)
+            .collect();
+        let python = reply["distributions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|d| Distribution {
+                name: d["name"].as_str().unwrap_or_default().to_string(),
+                version: d["version"].as_str().unwrap_or_default().to_string(),
+                imported: d["imported"].as_bool().unwrap_or(false),
+            })
+            .filter(|d| !d.name.is_empty())
+            .collect();
+        Components::new(libraries, python)
+    }
+
     fn probe(&mut self, _p: &ProbeParams, _case: &Case) -> Result<CaseOutput, CaseError> {
         let mut out = self.new_output();
         let reply = self

@@ -230,6 +230,23 @@ impl Executor for DockerExecutor {
                 GpuSelection::List(l) if l.len() == 1 => Some(l[0]),
                 _ => None,
             },
+            image_env: inspect
+                .config
+                .as_ref()
+                .and_then(|c| c.env.as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            image_labels: inspect
+                .config
+                .as_ref()
+                .and_then(|c| c.labels.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             ..Default::default()
         };
         let check_ms = self
