@@ -299,7 +299,7 @@ impl Executor for SlurmExecutor {
         Ok(Box::new(SlurmWorker {
             child,
             lines: spawn_line_reader(stdout),
-            ranks: ranks.map(|_| RankLines::new(task_log)),
+            ranks: ranks.map(|_| RankLines::new(task_log, &job.token)),
             reader: Some(reader),
             state,
             placement,
