@@ -618,6 +618,7 @@ impl Session {
         let mut rows = std::mem::take(&mut self.buf.rows);
         let samples = std::mem::take(&mut self.buf.samples);
         self.buf.sample_index.clear();
+        self.buf.summarized.clear();
         if rows.is_empty() {
             // A case that ended without any result is a worker bug; record it rather than lose it.
             rows.push(recorder(ctx, meta).status(
@@ -735,5 +736,203 @@ mod tests {
             assert_eq!(r.gpu_name, "NVIDIA H100 80GB HBM3");
         }
         assert!(s.pending.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod order_tests {
+    use std::collections::HashSet;
+
+    use indicatif::ProgressBar;
+
+    use super::*;
+    use crate::protocol::frame;
+    use crate::results::{read_results, read_samples, RunDir};
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        run: RunDir,
+        writer: RunWriter,
+        ctx: RunContext,
+        meta: TargetMeta,
+        s: Session,
+        cases: Vec<Case>,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        let writer = RunWriter::open(&run).unwrap();
+        let ctx = RunContext::new("r", "s", &run, ProgressBar::hidden(), HashSet::new());
+        let case = |id: &str| Case {
+            workload: "gemm".into(),
+            kind: crate::case::WorkloadKind::Gemm,
+            id: id.into(),
+            params: Default::default(),
+            measure: Default::default(),
+        };
+        let cases = vec![case("a"), case("b")];
+        let mut s = Session::new("img".into(), cases.clone());
+        s.begin_worker("t0k", &dir.path().join("w.log"));
+        Fixture {
+            run,
+            writer,
+            ctx,
+            meta: TargetMeta::default(),
+            s,
+            cases,
+            _dir: dir,
+        }
+    }
+
+    impl Fixture {
+        fn feed(&mut self, line: &str) -> Option<End> {
+            self.s
+                .take_line(&mut self.ctx, &mut self.writer, &mut self.meta, line)
+                .unwrap()
+        }
+        fn send(&mut self, m: Message) -> Option<End> {
+            self.feed(&frame("t0k", &m))
+        }
+    }
+
+    fn start(c: &str) -> Message {
+        Message::Start {
+            case: c.into(),
+            workload: "gemm".into(),
+        }
+    }
+
+    fn summary(c: &str, value: f64) -> Message {
+        Message::Summary {
+            case: c.into(),
+            workload: "gemm".into(),
+            metric: "latency".into(),
+            unit: "ms".into(),
+            better: crate::case::Better::Lower,
+            summary: crate::stats::summarize(&[value, value, value]).unwrap(),
+            device: "cpu".into(),
+            gpu_name: String::new(),
+            gpu_index: None,
+        }
+    }
+
+    fn sample(c: &str, value: f64) -> Message {
+        Message::Sample {
+            case: c.into(),
+            workload: "gemm".into(),
+            metric: "latency".into(),
+            value,
+        }
+    }
+
+    fn hello() -> Message {
+        Message::Hello {
+            version: crate::VERSION.into(),
+            protocol: PROTOCOL,
+        }
+    }
+
+    /// A forged summary (no token, even before any start) and a banner are never rows; the
+    /// forgery is counted and named once, by its line.
+    #[test]
+    fn lines_without_the_token_are_never_rows() {
+        let mut f = fixture();
+        f.send(hello());
+        f.feed("Welcome to the image (banner)");
+        let forged = frame("", &summary("a", 999.0));
+        f.feed(&forged);
+        f.send(start("a"));
+        f.send(sample("a", 1.0));
+        f.send(summary("a", 1.0));
+        f.feed(&format!("0123 {}", frame("", &sample("a", 999.0))));
+        f.send(start("b"));
+        f.send(summary("b", 2.0));
+        assert!(matches!(f.send(Message::Done), Some(End::Done)));
+        assert!(f.s.hello);
+        let cases = f.cases.clone();
+        f.s.warn_unframed(&mut f.ctx, &cases);
+        let rows = read_results(&f.run).unwrap();
+        assert_eq!(rows.len(), 2, "{rows:#?}");
+        assert!(rows.iter().all(|r| r.median != Some(999.0) && r.status == Status::Ok));
+        let samples = read_samples(&f.run).unwrap();
+        assert!(samples.iter().all(|s| s.value != 999.0), "{samples:?}");
+        let warnings = f.ctx.warnings.lines();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("ignored 2 lines on the worker's stdout that looked like a result but did not carry this job's token (the first on line 3): an image's banner or sitecustomize?"),
+            "{warnings:?}"
+        );
+        let log = std::fs::read_to_string(&f.s.log).unwrap();
+        assert!(log.contains("[tagbench] worker stdout line 2 (not protocol): Welcome"), "{log}");
+        assert_eq!(
+            unframed_warning(1, 3),
+            "ignored 1 line on the worker's stdout that looked like a result but did not carry this job's token (line 3): an image's banner or sitecustomize?"
+        );
+    }
+
+    /// A summary before its case's start fails that case, naming the line; the case's own
+    /// lines after that are dropped, and the next case is measured as usual.
+    #[test]
+    fn a_summary_before_its_start_fails_that_case() {
+        let mut f = fixture();
+        f.send(hello());
+        f.send(summary("b", 5.0));
+        f.send(start("a"));
+        f.send(summary("a", 1.0));
+        f.send(start("b"));
+        f.send(summary("b", 2.0));
+        f.send(Message::Done);
+        let rows = read_results(&f.run).unwrap();
+        assert_eq!(rows.len(), 2, "{rows:#?}");
+        let b = rows.iter().find(|r| r.case == "b").unwrap();
+        assert_eq!(b.status, Status::Failed);
+        assert_eq!(
+            b.reason,
+            "protocol error on the worker's stdout line 2: a `summary` for gemm/b before its `start`"
+        );
+        assert!(rows.iter().any(|r| r.case == "a" && r.status == Status::Ok));
+    }
+
+    /// A second summary of one metric fails the case (none of its rows are kept).
+    #[test]
+    fn a_second_summary_of_a_metric_fails_the_case() {
+        let mut f = fixture();
+        f.send(hello());
+        f.send(start("a"));
+        f.send(summary("a", 1.0));
+        f.send(summary("a", 7.0));
+        f.send(start("b"));
+        f.send(summary("b", 2.0));
+        f.send(Message::Done);
+        let rows = read_results(&f.run).unwrap();
+        let a: Vec<_> = rows.iter().filter(|r| r.case == "a").collect();
+        assert_eq!(a.len(), 1, "{rows:#?}");
+        assert_eq!(a[0].status, Status::Failed);
+        assert_eq!(
+            a[0].reason,
+            "protocol error on the worker's stdout line 4: a second `summary` of metric `latency` for gemm/a in round 0"
+        );
+        assert!(rows.iter().any(|r| r.case == "b" && r.status == Status::Ok));
+    }
+
+    /// A worker of another protocol is refused with both versions named.
+    #[test]
+    fn a_worker_of_another_protocol_is_refused() {
+        let mut f = fixture();
+        let end = f.send(Message::Hello {
+            version: "0.1.0 (build old)".into(),
+            protocol: 1,
+        });
+        let Some(End::Refused(reason)) = end else {
+            panic!("not refused")
+        };
+        assert_eq!(
+            reason,
+            format!(
+                "the worker is tagbench 0.1.0 (build old) (protocol 1) and this is tagbench {} (protocol {PROTOCOL}); use the worker of this build",
+                crate::VERSION
+            )
+        );
     }
 }
