@@ -118,6 +118,7 @@ pub fn frame(token: &str, msg: &Message) -> String {
 
 /// What a line of the worker's stdout is.
 #[derive(Debug)]
+#[expect(clippy::large_enum_variant, reason = "one per stdout line, used at once, never stored")]
 pub enum Line<'a> {
     /// A line behind this job's token: the message (or why it does not parse). Text before the
     /// token (a banner without its newline) is `before`, for the log.
@@ -232,17 +233,34 @@ mod tests {
         assert_ne!(t, new_token());
         let line = frame(&t, &Message::Done);
         assert_eq!(line, format!(r#"{t} {{"type":"done"}}"#));
-        assert!(matches!(classify(&line, &t), Line::Framed { msg: Ok(Message::Done), before: "", .. }));
+        assert!(matches!(
+            classify(&line, &t),
+            Line::Framed {
+                msg: Ok(Message::Done),
+                before: "",
+                ..
+            }
+        ));
         // A banner without its newline in front of the line: the message still counts.
         let glued = format!("Welcome!{line}");
-        assert!(matches!(classify(&glued, &t), Line::Framed { msg: Ok(Message::Done), before: "Welcome!", .. }));
+        assert!(matches!(
+            classify(&glued, &t),
+            Line::Framed {
+                msg: Ok(Message::Done),
+                before: "Welcome!",
+                ..
+            }
+        ));
         let forged = r#"{"type":"summary","case":"a","workload":"gemm","metric":"latency"}"#;
         assert!(matches!(classify(forged, &t), Line::Unframed));
         let other = format!("{} {forged}", new_token());
         assert!(matches!(classify(&other, &t), Line::Unframed));
         assert!(matches!(classify("== CUDA banner {not json} ==", &t), Line::Text));
         assert!(matches!(classify(r#"{"ok": 1}"#, &t), Line::Text));
-        assert!(matches!(classify(&format!("{t} nope"), &t), Line::Framed { msg: Err(_), .. }));
+        assert!(matches!(
+            classify(&format!("{t} nope"), &t),
+            Line::Framed { msg: Err(_), .. }
+        ));
     }
 
     #[test]

@@ -9,7 +9,8 @@ use std::process::Command;
 use assert_cmd::cargo::cargo_bin;
 use tagbench::results::{read_results, ResultRow, RunDir, Status};
 
-const DEFAULTS: &str = "[defaults]\nwarmup_s = 0\nmin_samples = 3\nmax_samples = 3\nmax_time_s = 5\ntimeout_s = 60\n";
+const DEFAULTS: &str =
+    "[defaults]\nwarmup_s = 0\nmin_samples = 3\nmax_samples = 3\nmax_time_s = 5\ntimeout_s = 60\n";
 
 /// A suite in a temp dir, run with a local target.
 struct Run {
@@ -75,9 +76,8 @@ fn read(p: &Path) -> String {
 #[test]
 fn a_summary_forged_on_the_workers_stdout_is_stored_nowhere() {
     let forged = r#"{"type":"summary","case":"default","workload":"forge","metric":"forged","unit":"ms","better":"lower","n":3,"median":31337.25,"mean":31337.25,"stddev":0.0,"min":31337.25,"max":31337.25,"p05":31337.25,"p95":31337.25,"ci_low":31337.25,"ci_high":31337.25,"outliers":0}"#;
-    let script = format!(
-        "echo 'NVIDIA banner: welcome' > /proc/$PPID/fd/1; echo '{forged}' > /proc/$PPID/fd/1"
-    );
+    let script =
+        format!("echo 'NVIDIA banner: welcome' > /proc/$PPID/fd/1; echo '{forged}' > /proc/$PPID/fd/1");
     let suite = format!(
         "name = \"forge\"\n{DEFAULTS}\n[[workload]]\nkind = \"command\"\nname = \"forge\"\nargv = [\"sh\", \"-c\", '''{script}''']\n"
     );
@@ -105,7 +105,10 @@ fn a_summary_forged_on_the_workers_stdout_is_stored_nowhere() {
         said[0].contains("lines on the worker's stdout that looked like a result but did not carry this job's token (the first on line "),
         "{stderr}"
     );
-    assert!(said[0].contains("an image's banner or sitecustomize?"), "{stderr}");
+    assert!(
+        said[0].contains("an image's banner or sitecustomize?"),
+        "{stderr}"
+    );
     // The banner and the forgery are in the log, marked as the host's notes.
     let log: String = run.logs().iter().map(|(p, _)| read(p)).collect();
     assert!(log.contains("(not protocol): NVIDIA banner: welcome"), "{log}");
@@ -119,7 +122,8 @@ fn a_summary_forged_on_the_workers_stdout_is_stored_nowhere() {
 /// the bytes needed and available, never an aborted worker; the next case runs.
 #[test]
 fn a_gemm_too_large_for_memory_is_skipped_before_allocating() {
-    let suite = format!("name = \"big\"\n{DEFAULTS}\n[[workload]]\nkind = \"gemm\"\nsize = 64\ndtype = \"fp32\"\n");
+    let suite =
+        format!("name = \"big\"\n{DEFAULTS}\n[[workload]]\nkind = \"gemm\"\nsize = 64\ndtype = \"fp32\"\n");
     let run = Run::new(&suite);
     let (_code, stderr) = run.run(&["--set", "gemm.size=[2000000, 64]"]);
     let rows = run.rows();
@@ -166,16 +170,23 @@ fn a_worker_log_is_capped() {
         .find(|l| l.starts_with("[tagbench] log cap: "))
         .unwrap_or_else(|| panic!("no cap note in {}", path.display()));
     assert!(
-        note.ends_with("bytes cut here (the first 8388608 and the last 8388608 bytes of the worker's output are kept)"),
+        note.ends_with(
+            "bytes cut here (the first 8388608 and the last 8388608 bytes of the worker's output are kept)"
+        ),
         "{note}"
     );
-    assert!(log.ends_with("0123456789abcdef\n") || log.ends_with('\n'), "the tail is kept");
+    assert!(
+        log.ends_with("0123456789abcdef\n") || log.ends_with('\n'),
+        "the tail is kept"
+    );
 }
 
 /// `--image ''` (an unset shell variable) is a usage error, not an image named "".
 #[test]
 fn an_empty_image_name_is_a_usage_error() {
-    let run = Run::new(&format!("name = \"x\"\n{DEFAULTS}\n[[workload]]\nkind = \"probe\"\n"));
+    let run = Run::new(&format!(
+        "name = \"x\"\n{DEFAULTS}\n[[workload]]\nkind = \"probe\"\n"
+    ));
     let (code, stderr) = run.run(&["--image", ""]);
     assert_eq!(code, 2, "{stderr}");
     assert!(

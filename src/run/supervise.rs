@@ -283,9 +283,17 @@ impl Session {
     /// A stdout line that is not a protocol message goes to the case log, marked as the host's
     /// note so that it is never taken for the worker's stderr.
     fn to_log(&self, what: &str, line: &str) {
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&self.log) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+        {
             let shown: String = line.chars().take(SHOWN_LINE_CHARS).collect();
-            let _ = writeln!(f, "[tagbench] worker stdout line {} ({what}): {shown}", self.line_no);
+            let _ = writeln!(
+                f,
+                "[tagbench] worker stdout line {} ({what}): {shown}",
+                self.line_no
+            );
         }
     }
 
@@ -296,7 +304,8 @@ impl Session {
             return;
         };
         let (w, c) = case.unwrap_or_else(|| (cases[0].workload.clone(), cases[0].id.clone()));
-        ctx.warnings.add(&self.tname, &w, &c, &unframed_warning(self.unframed, first));
+        ctx.warnings
+            .add(&self.tname, &w, &c, &unframed_warning(self.unframed, first));
     }
 
     /// Reads the worker's lines until `done`, end of output, or the case's deadline.
@@ -528,8 +537,15 @@ impl Session {
         key: (String, String),
         what: &str,
     ) -> Result<()> {
-        let reason = format!("protocol error on the worker's stdout line {}: {what}", self.line_no);
-        let pending = self.pending.iter().find(|p| p.workload == key.0 && p.id == key.1).cloned();
+        let reason = format!(
+            "protocol error on the worker's stdout line {}: {what}",
+            self.line_no
+        );
+        let pending = self
+            .pending
+            .iter()
+            .find(|p| p.workload == key.0 && p.id == key.1)
+            .cloned();
         if self.buf.case.as_ref() == Some(&key) {
             self.fail_current(ctx, writer, meta, &reason)?;
         } else if let Some(case) = pending {
@@ -538,9 +554,8 @@ impl Session {
             write_status(ctx, writer, meta, &case, Status::Failed, &reason)?;
             self.pending.retain(|p| !(p.workload == key.0 && p.id == key.1));
         } else {
-            ctx.bar.suspend(|| {
-                eprintln!("warning: {}: {}/{}: {reason}; ignored", self.tname, key.0, key.1)
-            });
+            ctx.bar
+                .suspend(|| eprintln!("warning: {}: {}/{}: {reason}; ignored", self.tname, key.0, key.1));
             return Ok(());
         }
         self.dead.insert(key);
@@ -854,7 +869,9 @@ mod order_tests {
         f.s.warn_unframed(&mut f.ctx, &cases);
         let rows = read_results(&f.run).unwrap();
         assert_eq!(rows.len(), 2, "{rows:#?}");
-        assert!(rows.iter().all(|r| r.median != Some(999.0) && r.status == Status::Ok));
+        assert!(rows
+            .iter()
+            .all(|r| r.median != Some(999.0) && r.status == Status::Ok));
         let samples = read_samples(&f.run).unwrap();
         assert!(samples.iter().all(|s| s.value != 999.0), "{samples:?}");
         let warnings = f.ctx.warnings.lines();
@@ -864,7 +881,10 @@ mod order_tests {
             "{warnings:?}"
         );
         let log = std::fs::read_to_string(&f.s.log).unwrap();
-        assert!(log.contains("[tagbench] worker stdout line 2 (not protocol): Welcome"), "{log}");
+        assert!(
+            log.contains("[tagbench] worker stdout line 2 (not protocol): Welcome"),
+            "{log}"
+        );
         assert_eq!(
             unframed_warning(1, 3),
             "ignored 1 line on the worker's stdout that looked like a result but did not carry this job's token (line 3): an image's banner or sitecustomize?"

@@ -182,7 +182,8 @@ fn compile(
     let slurm = match get(doc, "slurm") {
         Some(v) => {
             let s = SlurmSettings::deserialize(de(v)).map_err(|e| terr(e, Some("slurm")))?;
-            s.check().map_err(|m| at(key_span(v, &m), format!("[slurm]: {m}")))?;
+            s.check()
+                .map_err(|m| at(key_span(v, &m), format!("[slurm]: {m}")))?;
             s
         }
         None => SlurmSettings::default(),
@@ -192,7 +193,8 @@ fn compile(
     if let Some(v) = get(doc, "target") {
         for t in array_of_tables(v, "target").map_err(|m| at(v.span(), m))? {
             let spec = TargetSpec::deserialize(de(t)).map_err(|e| terr(e, None))?;
-            spec.check().map_err(|m| at(key_span(t, &m), format!("target: {m}")))?;
+            spec.check()
+                .map_err(|m| at(key_span(t, &m), format!("target: {m}")))?;
             targets.push(spec);
         }
     }

@@ -280,13 +280,25 @@ fn a_checked_key_is_named_at_its_own_line() {
     let e = parse("name = \"t\"\n\n[[workload]]\nkind = \"gemm\"\nname = \"g\"\n\n# many lines below the header\nsize = 64\nmin_samples = 50\nmax_samples = 10\n")
         .unwrap_err();
     assert_eq!(e.line, 9, "{e}");
-    assert!(e.to_string().contains("line 9: workload `g`: need 1 <= min_samples (50) <= max_samples (10)"), "{e}");
-    let e = parse("name = \"t\"\n[[target]]\nimage = \"a:b\"\n\n# c\nipc = \"bogus\"\n[[workload]]\nkind = \"probe\"\n").unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("line 9: workload `g`: need 1 <= min_samples (50) <= max_samples (10)"),
+        "{e}"
+    );
+    let e = parse(
+        "name = \"t\"\n[[target]]\nimage = \"a:b\"\n\n# c\nipc = \"bogus\"\n[[workload]]\nkind = \"probe\"\n",
+    )
+    .unwrap_err();
     assert_eq!(e.line, 6, "{e}");
-    let e = parse("name = \"t\"\n[slurm]\npartition = \"a\"\n\n# c\nnodes = 0\n[[workload]]\nkind = \"probe\"\n").unwrap_err();
+    let e =
+        parse("name = \"t\"\n[slurm]\npartition = \"a\"\n\n# c\nnodes = 0\n[[workload]]\nkind = \"probe\"\n")
+            .unwrap_err();
     assert_eq!(e.line, 6, "{e}");
-    let e = parse("name = \"t\"\n[defaults]\nmax_time_s = 1\n\nwarmup_s = -1\n[[workload]]\nkind = \"probe\"\n").unwrap_err();
+    let e =
+        parse("name = \"t\"\n[defaults]\nmax_time_s = 1\n\nwarmup_s = -1\n[[workload]]\nkind = \"probe\"\n")
+            .unwrap_err();
     assert_eq!(e.line, 5, "{e}");
-    let e = parse("name = \"t\"\n[[workload]]\nkind = \"gemm\"\nsize = 64\n\n# c\nfast_accum = true\n").unwrap_err();
+    let e = parse("name = \"t\"\n[[workload]]\nkind = \"gemm\"\nsize = 64\n\n# c\nfast_accum = true\n")
+        .unwrap_err();
     assert_eq!(e.line, 7, "{e}");
 }

@@ -112,26 +112,32 @@ impl RankStream {
                     _ => unreachable!("only failures are reports"),
                 };
                 if !self.started {
-                    out.push(line(&self.token, &Message::Start {
-                        case: case.clone(),
-                        workload: workload.clone(),
-                    }));
+                    out.push(line(
+                        &self.token,
+                        &Message::Start {
+                            case: case.clone(),
+                            workload: workload.clone(),
+                        },
+                    ));
                 }
                 let all_skips = self.reports.iter().all(|m| matches!(m, Message::Skip { .. }));
                 let reason = self.report_reasons();
-                out.push(line(&self.token, &if all_skips {
-                    Message::Skip {
-                        case,
-                        workload,
-                        reason,
-                    }
-                } else {
-                    Message::Error {
-                        case,
-                        workload,
-                        reason,
-                    }
-                }));
+                out.push(line(
+                    &self.token,
+                    &if all_skips {
+                        Message::Skip {
+                            case,
+                            workload,
+                            reason,
+                        }
+                    } else {
+                        Message::Error {
+                            case,
+                            workload,
+                            reason,
+                        }
+                    },
+                ));
                 self.failed = true;
             }
         }
@@ -173,11 +179,14 @@ impl RankStream {
             format!("{}; then {reason}", self.report_reasons())
         };
         self.failed = true;
-        vec![line(&self.token, &Message::Error {
-            case,
-            workload,
-            reason,
-        })]
+        vec![line(
+            &self.token,
+            &Message::Error {
+                case,
+                workload,
+                reason,
+            },
+        )]
     }
 }
 
@@ -259,11 +268,14 @@ mod tests {
     use super::*;
 
     fn error(reason: &str) -> String {
-        line("", &Message::Error {
-            case: "ranks=2".into(),
-            workload: "allreduce".into(),
-            reason: reason.into(),
-        })
+        line(
+            "",
+            &Message::Error {
+                case: "ranks=2".into(),
+                workload: "allreduce".into(),
+                reason: reason.into(),
+            },
+        )
     }
 
     fn reason_of(l: &str) -> String {
@@ -333,11 +345,14 @@ mod tests {
         assert_eq!(out[2], DONE);
         // All ranks skipping is a skip.
         let mut s = RankStream::default();
-        let skip = line("", &Message::Skip {
-            case: "c".into(),
-            workload: "w".into(),
-            reason: "rank 1 on n2: no GPU".into(),
-        });
+        let skip = line(
+            "",
+            &Message::Skip {
+                case: "c".into(),
+                workload: "w".into(),
+                reason: "rank 1 on n2: no GPU".into(),
+            },
+        );
         s.push(1, &skip, t);
         s.push(0, START, t);
         let out = s.end();
