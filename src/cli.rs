@@ -75,7 +75,7 @@ pub struct RunArgs {
     pub suite: SuiteArgs,
     /// Run inside this container image (repeatable: one target per image). Replaces the suite's
     /// targets; their container options (env, shm_size, ulimits, ...) are kept.
-    #[arg(long = "image", value_name = "IMAGE")]
+    #[arg(long = "image", value_name = "IMAGE", value_parser = image_name)]
     pub images: Vec<String>,
     /// Engine for every target: `native` (Rust: candle on CPU, cuBLAS/NCCL on CUDA) or `torch`
     /// (the image's own PyTorch).
@@ -287,4 +287,12 @@ pub struct HistoryArgs {
     /// Write the output to this file instead of stdout.
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,
+}
+
+/// An `--image` value: a name, never empty (an unset shell variable gives `--image ''`).
+fn image_name(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        return Err("--image needs an image name, got an empty string".into());
+    }
+    Ok(s.to_string())
 }
