@@ -631,7 +631,9 @@ fn interrupt_removes_the_runs_containers() {
     assert!(stderr.contains("removed container"), "stderr: {stderr}");
     let dir = run.run_dir().root.display().to_string();
     assert!(
-        stderr.contains(&format!("interrupted: partial run in {dir}; finish it with `tagbench run --resume {dir}`")),
+        stderr.contains(&format!(
+            "interrupted: partial run in {dir}; finish it with `tagbench run --resume {dir}`"
+        )),
         "stderr: {stderr}"
     );
     assert_eq!(run.run_dir().read_meta().unwrap().state, "interrupted");
@@ -806,7 +808,11 @@ fn resume_refuses_an_image_whose_id_changed() {
     let (code, _, stderr) = resume();
     assert_eq!(code, 0, "{stderr}");
     let rows = run.rows();
-    assert!(rows.iter().any(|r| r.workload == "slow" && r.status == Status::Ok), "{rows:#?}");
+    assert!(
+        rows.iter()
+            .any(|r| r.workload == "slow" && r.status == Status::Ok),
+        "{rows:#?}"
+    );
     assert!(rows.iter().all(|r| r.image_id == first), "{rows:#?}");
     assert_eq!(run.leftovers(), "");
 }

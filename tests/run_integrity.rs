@@ -257,10 +257,19 @@ fn run_id_is_a_name_not_a_path() {
     let abs = t.path().join("elsewhere");
     let abs = abs.to_str().unwrap();
     let cases = [
-        ("../x", "`../x` is a path: a run id names a directory under --results-dir"),
-        ("a/b", "`a/b` is a path: a run id names a directory under --results-dir"),
+        (
+            "../x",
+            "`../x` is a path: a run id names a directory under --results-dir",
+        ),
+        (
+            "a/b",
+            "`a/b` is a path: a run id names a directory under --results-dir",
+        ),
         (abs, "is a path: a run id names a directory under --results-dir"),
-        ("..", "`..` is not a run id: a run id names a directory under --results-dir"),
+        (
+            "..",
+            "`..` is not a run id: a run id names a directory under --results-dir",
+        ),
         ("", "a run id cannot be empty"),
     ];
     for (id, why) in cases {
@@ -293,7 +302,12 @@ fn resume_drops_the_samples_of_a_case_without_its_row() {
     let out = Command::new(cargo_bin("tagbench"))
         .args(["run", "--no-progress", "--no-report", "--set", "rounds=1"])
         .args(["--set", "max_time_s=0.05", "--set", "warmup_s=0"])
-        .args(["--filter", "gemm/size=256,dtype=fp32", "--filter", "gemm/size=1024,dtype=fp32"])
+        .args([
+            "--filter",
+            "gemm/size=256,dtype=fp32",
+            "--filter",
+            "gemm/size=1024,dtype=fp32",
+        ])
         .args(["--run-id", "orphans", "--results-dir"])
         .arg(&results)
         .output()

@@ -57,7 +57,10 @@ fn split_live(list: Vec<Labelled>, results_dir: &Path) -> Result<(Live, Vec<Labe
                     Some(pid) => format!("pid {pid}"),
                     None => holder.to_string(),
                 };
-                live.entry(c.run.clone()).or_insert_with(|| (holder, Vec::new())).1.push(c);
+                live.entry(c.run.clone())
+                    .or_insert_with(|| (holder, Vec::new()))
+                    .1
+                    .push(c);
             }
             Liveness::NotLive => gone.push(c),
         }

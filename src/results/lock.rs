@@ -71,9 +71,10 @@ impl RunDir {
 
     /// The run's name, as messages give it (its directory's name).
     pub fn name(&self) -> String {
-        self.root
-            .file_name()
-            .map_or_else(|| self.root.display().to_string(), |n| n.to_string_lossy().into_owned())
+        self.root.file_name().map_or_else(
+            || self.root.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        )
     }
 
     /// Takes the run directory's lock for this process (the directory must exist); a run that
@@ -87,9 +88,7 @@ impl RunDir {
             .truncate(false)
             .open(&path)
             .with_context(|| format!("failed to open {}", path.display()))?;
-        if !try_flock(&file, libc::LOCK_EX)
-            .with_context(|| format!("failed to lock {}", path.display()))?
-        {
+        if !try_flock(&file, libc::LOCK_EX).with_context(|| format!("failed to lock {}", path.display()))? {
             return Err(RunBusy {
                 run: self.name(),
                 holder: read_holder(&mut file),
@@ -181,7 +180,9 @@ pub fn check_run_id(id: &str) -> std::result::Result<(), String> {
         return Err("a run id cannot be empty".into());
     }
     if id == "." || id == ".." {
-        return Err(format!("`{id}` is not a run id: a run id names a directory under --results-dir"));
+        return Err(format!(
+            "`{id}` is not a run id: a run id names a directory under --results-dir"
+        ));
     }
     if id.contains('/') || id.contains('\0') || Path::new(id).is_absolute() {
         return Err(format!(
@@ -189,7 +190,9 @@ pub fn check_run_id(id: &str) -> std::result::Result<(), String> {
         ));
     }
     if id.starts_with('.') {
-        return Err(format!("`{id}` starts with `.`: run ids are visible directory names"));
+        return Err(format!(
+            "`{id}` starts with `.`: run ids are visible directory names"
+        ));
     }
     Ok(())
 }
@@ -216,7 +219,10 @@ mod tests {
         assert_eq!(busy.run, "r1");
         let text = err.to_string();
         assert!(
-            text.starts_with(&format!("run r1 is being written by tagbench pid {} (started ", std::process::id())),
+            text.starts_with(&format!(
+                "run r1 is being written by tagbench pid {} (started ",
+                std::process::id()
+            )),
             "{text}"
         );
         assert!(text.ends_with("; wait for it or stop it"), "{text}");

@@ -15,6 +15,7 @@ pub use meta::{Placement, RunMeta, TargetMeta, STATE_COMPLETE, STATE_INTERRUPTED
 pub use record::{set_summary, MetricId, Recorder};
 pub use row::{ResultRow, SampleRow, Status, SCHEMA_VERSION};
 pub use store::{
-    drop_orphan_samples, mark_outlier_rounds, outlier_rounds_of, read_results, read_samples, RoundKey, RunDir, RunWriter,
+    drop_orphan_samples, mark_outlier_rounds, outlier_rounds_of, read_results, read_samples, RoundKey,
+    RunDir, RunWriter,
 };
 pub use unit::Quantity;

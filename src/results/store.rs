@@ -593,17 +593,16 @@ mod tests {
         drop(f);
         assert_eq!(drop_orphan_samples(&run).unwrap(), 4);
         let left = read_samples(&run).unwrap();
-        assert_eq!(left, vec![sample("a", 0, 0), sample("a", 0, 1), sample("a", 1, 0)]);
+        assert_eq!(
+            left,
+            vec![sample("a", 0, 0), sample("a", 0, 1), sample("a", 1, 0)]
+        );
         // Nothing more to drop: the file is left alone.
         assert_eq!(drop_orphan_samples(&run).unwrap(), 0);
         // A run killed before its first row keeps a header and no sample.
         let dir = tempfile::tempdir().unwrap();
         let run = RunDir::new(dir.path());
-        std::fs::write(
-            run.samples_csv(),
-            format!("{}\n", SampleRow::header().join(",")),
-        )
-        .unwrap();
+        std::fs::write(run.samples_csv(), format!("{}\n", SampleRow::header().join(","))).unwrap();
         {
             let mut w = CsvAppender::open::<SampleRow>(&run.samples_csv()).unwrap();
             w.append(&[sample("a", 0, 0)]).unwrap();

@@ -22,8 +22,8 @@ use crate::outcome::Outcome;
 use crate::report::verdict;
 use crate::results::lock::Liveness;
 use crate::results::{
-    check_run_id, LoadedRun, RunBusy, RunDir, RunLock, RunMeta, RunWriter, Status, SCHEMA_VERSION, STATE_COMPLETE,
-    STATE_RUNNING,
+    check_run_id, LoadedRun, RunBusy, RunDir, RunLock, RunMeta, RunWriter, Status, SCHEMA_VERSION,
+    STATE_COMPLETE, STATE_RUNNING,
 };
 use crate::{errln, out, outln};
 use context::RunContext;
@@ -187,7 +187,10 @@ fn create_run_dir(dir: &Path, run_id: &str, generated: bool) -> Result<(PathBuf,
             Err(e) => return Err(e).with_context(|| format!("failed to create {}", candidate.display())),
         }
     }
-    bail!("failed to create a run directory: {} and its suffixes -2 … -100 are all taken", dir.display())
+    bail!(
+        "failed to create a run directory: {} and its suffixes -2 … -100 are all taken",
+        dir.display()
+    )
 }
 
 /// On SIGINT/SIGTERM, once the workers are gone: run.json says `interrupted`, and where the
