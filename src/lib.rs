@@ -56,7 +56,7 @@ pub fn main_impl() -> i32 {
         Command::Compare(args) => compare::cmd_compare(args),
         Command::Report(args) => report::cmd_report(args),
         Command::History(args) => history::cmd_history(args),
-        Command::Clean(args) => executor::clean::cmd_clean(args.run.as_deref()),
+        Command::Clean(args) => executor::clean::cmd_clean(args.run.as_deref(), &args.results_dir),
         Command::Worker(args) => {
             let stdout = std::io::stdout().lock();
             worker::run_job_file(&args.job, stdout).map(|_| Outcome::Complete)

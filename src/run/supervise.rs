@@ -209,6 +209,13 @@ pub fn run_target(
                     .retain(|p| !silent.iter().any(|c| p.workload == c.workload && p.id == c.id));
             }
             End::Died(why) => {
+                // Killed by an interrupt (its clean-up, or the Ctrl-C that reached the whole
+                // process group): not a crash of the case, which stays to be measured by
+                // `--resume`. The process exits meanwhile.
+                if exit.as_ref().is_ok_and(killed_by_interrupt) {
+                    crate::sys::interrupt::hold_if_interrupted_within(INTERRUPT_GRACE);
+                }
+                crate::sys::interrupt::hold_if_interrupted();
                 let reason = why.unwrap_or_else(|| match exit {
                     Ok(info) => format!("worker ended during the case: {info}"),
                     Err(e) => format!("worker ended during the case: {e:#}"),
@@ -218,6 +225,19 @@ pub fn run_target(
         }
     }
     Ok(())
+}
+
+/// How long a worker that died of SIGINT or SIGTERM waits for this process's own interrupt
+/// handler before its case is failed (see [`killed_by_interrupt`]).
+const INTERRUPT_GRACE: Duration = Duration::from_secs(2);
+
+/// Whether a worker died of SIGINT or SIGTERM (a Ctrl-C at the terminal reaches it too).
+fn killed_by_interrupt(exit: &executor::ExitInfo) -> bool {
+    exit.detail.as_deref().is_some_and(|d| {
+        [libc::SIGINT, libc::SIGTERM]
+            .iter()
+            .any(|sig| d.starts_with(&format!("killed by signal {sig} ")))
+    })
 }
 
 /// The reason of a case whose worker ended it, or the whole job, without a result.
