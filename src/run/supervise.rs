@@ -23,6 +23,9 @@ use crate::sys::safe_name;
 /// container, loading CUDA and importing torch can take tens of seconds before the case
 /// starts, and that is not the case's time.
 const STARTUP_GRACE: Duration = Duration::from_secs(60);
+/// How much longer than a `command` case's `timeout_s` the host waits: the worker kills the
+/// program at the limit itself and reports it (`engine/command.rs`).
+const COMMAND_GRACE: Duration = Duration::from_secs(10);
 
 /// How often a quiet worker's deadline is checked (and Ctrl-C noticed) while waiting for lines.
 const POLL: Duration = Duration::from_millis(250);
@@ -607,13 +610,22 @@ impl Session {
             return Ok(());
         }
         self.flush(ctx, writer, meta)?;
-        // A case the job does not list (a worker bug) gets the default limit.
-        let limit = self
+        // A case the job does not list (a worker bug) gets the default limit. A `command` case
+        // enforces its own `timeout_s` inside the worker (it kills the program and says so), so
+        // the host's deadline is a backstop a little later: a race between the two would
+        // otherwise read "the worker was killed" instead of the program's own limit.
+        let (limit, grace) = self
             .pending
             .iter()
             .find(|c| c.id == case && c.workload == workload)
-            .map_or(MeasureSettings::default().timeout_s, |c| c.measure.timeout_s);
-        self.deadline = Instant::now() + secs(limit);
+            .map_or((MeasureSettings::default().timeout_s, Duration::ZERO), |c| {
+                let grace = match c.kind {
+                    crate::case::WorkloadKind::Command => COMMAND_GRACE,
+                    _ => Duration::ZERO,
+                };
+                (c.measure.timeout_s, grace)
+            });
+        self.deadline = Instant::now() + secs(limit) + grace;
         ctx.bar.set_message(format!("{}: {workload}/{case}", self.tname));
         self.buf.case = Some((workload, case));
         self.buf.started_at = now();
