@@ -214,7 +214,9 @@ fn crash_fails_the_case(c: &Cluster, dir: &Path, results: &Path) {
     let crash = script(
         dir,
         "crash.sh",
-        r#"echo '{"type":"start","workload":"gemm","case":"size=64,dtype=fp32"}'
+        // A worker of this build: its lines carry the job's token (`worker --job PATH`).
+        r#"tok=$(sed -n 's/.*"token":"\([0-9a-f]*\)".*/\1/p' "$3")
+echo "$tok {\"type\":\"start\",\"workload\":\"gemm\",\"case\":\"size=64,dtype=fp32\"}"
 kill -SEGV $$"#,
     );
     let out = c
