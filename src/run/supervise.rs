@@ -30,7 +30,7 @@ const SHOWN_LINE_CHARS: usize = 200;
 
 /// A target whose executor is ready.
 pub struct Prepared {
-    exec: Box<dyn Executor>,
+    pub(super) exec: Box<dyn Executor>,
     pub meta: TargetMeta,
 }
 
@@ -124,6 +124,9 @@ pub fn run_target(
     prepared: &mut Prepared,
     pending: Vec<Case>,
 ) -> Result<()> {
+    // Start-up metrics of the host (container start, image size) are measured around workers.
+    let (host, pending) = super::startup::split(pending);
+    super::startup::run_on_host(ctx, writer, target, prepared, host)?;
     let log_name = safe_name(&target.display_name());
     let mut s = Session {
         tname: target.display_name(),

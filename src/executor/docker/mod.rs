@@ -24,6 +24,7 @@ use tokio::runtime::Runtime;
 
 use super::container_spec::{command_binds, job_args, ContainerSpec};
 use super::{Executor, WorkerHandle};
+use crate::error::CaseError;
 use crate::protocol::Job;
 use crate::results::TargetMeta;
 use crate::suite::{GpuSelection, PullPolicy, TargetSpec};
@@ -248,6 +249,23 @@ impl Executor for DockerExecutor {
         meta.env
             .insert("docker.check_container_ms".into(), format!("{check_ms:.0}"));
         Ok(meta)
+    }
+
+    /// The image's `Size` from the engine's image inspect (Docker and Podman both report the
+    /// whole image, every layer).
+    fn image_size(&mut self, target: &TargetSpec) -> Result<u64, CaseError> {
+        let image = target.image.clone().unwrap_or_default();
+        let docker = self.docker().map_err(CaseError::Failed)?;
+        let inspect = self
+            .rt
+            .block_on(call(&format!("inspect image {image}"), docker.inspect_image(&image)))
+            .map_err(CaseError::Failed)?;
+        match inspect.size {
+            Some(bytes) if bytes > 0 => Ok(bytes as u64),
+            other => Err(CaseError::Failed(anyhow!(
+                "the engine reported no size for image {image} ({other:?})"
+            ))),
+        }
     }
 
     fn start(&mut self, target: &TargetSpec, job: &Job, log: &Path) -> Result<Box<dyn WorkerHandle>> {
