@@ -19,6 +19,13 @@ use crate::protocol::Job;
 use crate::results::{Placement, TargetMeta};
 use crate::suite::{ExecutorKind, TargetSpec};
 
+/// A target its engine cannot run as asked (GPUs through Podman's Docker-compatible API): its
+/// cases are `skipped` with this reason rather than `failed`, as an engine skips what the
+/// target lacks.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unsupported(pub String);
+
 /// What the worker's stdout gave, or why it gave nothing.
 #[derive(Debug)]
 pub enum LineEvent {

@@ -109,6 +109,12 @@ pub fn prepare_target(
                 image: target.image.clone().unwrap_or_default(),
                 ..Default::default()
             };
+            if e.downcast_ref::<executor::Unsupported>().is_some() {
+                for c in pending {
+                    write_status(ctx, writer, &meta, c, Status::Skipped, &reason)?;
+                }
+                return Ok(None);
+            }
             fail_all(ctx, writer, &meta, pending, &reason)?;
             Ok(None)
         }

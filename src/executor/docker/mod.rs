@@ -22,8 +22,8 @@ use bollard::Docker;
 use futures_util::StreamExt;
 use tokio::runtime::Runtime;
 
-use super::container_spec::{command_binds, job_args, ContainerSpec};
-use super::{Executor, WorkerHandle};
+use super::container_spec::{command_binds, job_args, ContainerSpec, GpuRequest};
+use super::{Executor, Unsupported, WorkerHandle};
 use crate::error::CaseError;
 use crate::protocol::Job;
 use crate::results::TargetMeta;
@@ -233,19 +233,25 @@ impl Executor for DockerExecutor {
             },
             ..Default::default()
         };
-        let check_ms = self
-            .preflight(target, &image)
-            .inspect_err(|_| hold_if_interrupted())?;
         let docker = self.docker()?;
         if let Ok(Ok(v)) = self
             .rt
             .block_on(async { tokio::time::timeout(API_TIMEOUT, docker.version()).await })
         {
+            if let Some(podman) = api::podman_version(&v) {
+                meta.env.insert("docker.engine".into(), format!("podman {podman}"));
+                if GpuRequest::for_target(target)? != GpuRequest::None {
+                    return Err(Unsupported(api::podman_gpu_reason(&podman)).into());
+                }
+            }
             meta.env
                 .insert("docker.engine_version".into(), v.version.unwrap_or_default());
             meta.env
                 .insert("docker.api_version".into(), v.api_version.unwrap_or_default());
         }
+        let check_ms = self
+            .preflight(target, &image)
+            .inspect_err(|_| hold_if_interrupted())?;
         meta.env
             .insert("docker.check_container_ms".into(), format!("{check_ms:.0}"));
         Ok(meta)
