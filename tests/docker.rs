@@ -77,7 +77,11 @@ impl Engine {
         let (dir, _) = PODMAN.get().expect("the podman service runs");
         let conf = std::fs::read_to_string(dir.join("containers.conf")).unwrap();
         let limit = |name: &str| -> String {
-            let from = conf.find(&format!("{name}=")).expect("the limit is in containers.conf") + name.len() + 1;
+            let from = conf
+                .find(&format!("{name}="))
+                .expect("the limit is in containers.conf")
+                + name.len()
+                + 1;
             conf[from..].split(':').next().unwrap().to_string()
         };
         format!(", nofile = {}, nproc = {}", limit("nofile"), limit("nproc"))
@@ -462,7 +466,8 @@ fn two_images_run_with_rows_metadata_and_a_measurable_difference(e: &Engine) {
     eprintln!(
         "gemm 1024 fp32 median latency: quarter CPU {slow:.1} ms, unlimited {fast:.1} ms (load {load})"
     );
-    let out = e.tagbench()
+    let out = e
+        .tagbench()
         .args(["compare", "--along", "image", "--baseline", &img.threads2])
         .arg(run.run_dir().root.clone())
         .output()

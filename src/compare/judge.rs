@@ -502,7 +502,10 @@ mod tests {
         assert_eq!(decide(&base, &base, "lower"), Verdict::Same);
         assert_eq!(decide(&padded, &base, "lower"), Verdict::Improvement);
         let j = judge(&base, &padded, 5, 100, 1).unwrap();
-        assert_eq!((j.ci_low, j.ci_high, j.p), (Some(1700.0 / 1500.0), Some(1700.0 / 1500.0), Some(0.0)));
+        assert_eq!(
+            (j.ci_low, j.ci_high, j.p),
+            (Some(1700.0 / 1500.0), Some(1700.0 / 1500.0), Some(0.0))
+        );
         // One sample a side shows no constancy; any spread is a measurement, tested as one.
         assert!(constant_sides(&[1.0], &[2.0]).is_none());
         assert!(constant_sides(&[1.0, 1.0], &[2.0, 2.1]).is_none());
@@ -515,7 +518,10 @@ mod tests {
                 ..RoundsPlan::default()
             };
             let j = judge_rounds(&rounds(1500.0), &rounds(1700.0), plan, 5, 100, 1).unwrap();
-            assert_eq!(verdict(&j, j.p.unwrap(), 0.01, 0.03, "lower").0, Verdict::Regression);
+            assert_eq!(
+                verdict(&j, j.p.unwrap(), 0.01, 0.03, "lower").0,
+                Verdict::Regression
+            );
             let j = judge_rounds(&rounds(1500.0), &rounds(1500.0), plan, 5, 100, 1).unwrap();
             assert_eq!(verdict(&j, j.p.unwrap(), 0.01, 0.03, "lower").0, Verdict::Same);
         }

@@ -37,11 +37,7 @@ pub fn not_here(engine: &str, p: &StartupParams) -> Result<CaseOutput, CaseError
 
 /// One sample per fresh process: `program args`, `p.samples` times, each timed from its spawn
 /// to its exit (ms). A process that fails ends the case with its status and stderr's last lines.
-pub fn time_processes(
-    program: &OsStr,
-    args: &[&str],
-    p: &StartupParams,
-) -> Result<Vec<f64>, ProcessFailure> {
+pub fn time_processes(program: &OsStr, args: &[&str], p: &StartupParams) -> Result<Vec<f64>, ProcessFailure> {
     let mut values = Vec::with_capacity(p.samples);
     for _ in 0..p.samples {
         let t0 = Instant::now();
@@ -63,7 +59,12 @@ pub fn self_timed_processes(
     for _ in 0..p.samples {
         let out = run(program, args)?;
         out.check()?;
-        let last = out.stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+        let last = out
+            .stdout
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
         let ms = last.trim().parse::<f64>().map_err(|_| ProcessFailure {
             status: None,
             stderr: format!("expected milliseconds on the last stdout line, got `{last}`"),
@@ -123,12 +124,10 @@ fn run(program: &OsStr, args: &[&str]) -> Result<Finished, ProcessFailure> {
     cmd.args(args).stdin(Stdio::null());
     // A worker killed at the case's limit takes its process with it.
     crate::sys::die_with_parent(&mut cmd);
-    let out = cmd
-        .output()
-        .map_err(|e| ProcessFailure {
-            status: None,
-            stderr: format!("failed to start {}: {e}", program.to_string_lossy()),
-        })?;
+    let out = cmd.output().map_err(|e| ProcessFailure {
+        status: None,
+        stderr: format!("failed to start {}: {e}", program.to_string_lossy()),
+    })?;
     Ok(Finished {
         status: out.status,
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -145,7 +144,13 @@ pub fn output(p: &StartupParams, device: &str, values: Vec<f64>) -> CaseOutput {
 
 /// The torch engine's startup case: the image's python importing torch, and on a CUDA target a
 /// fresh python's context and first kernel (timed after its own `import torch`).
-pub fn torch(python: &OsStr, device: Device, cuda_device: &str, p: &StartupParams, case: &Case) -> Result<CaseOutput, CaseError> {
+pub fn torch(
+    python: &OsStr,
+    device: Device,
+    cuda_device: &str,
+    p: &StartupParams,
+    case: &Case,
+) -> Result<CaseOutput, CaseError> {
     let label = case.label();
     match p.metric {
         StartupMetric::PythonImportTorch => {
@@ -159,13 +164,14 @@ pub fn torch(python: &OsStr, device: Device, cuda_device: &str, p: &StartupParam
             Ok(output(p, device.as_str(), values))
         }
         StartupMetric::FirstCudaOp if device == Device::Cuda => {
-            let values = self_timed_processes(python, &["-c", FIRST_CUDA_OP_PY, cuda_device], p).map_err(|e| {
-                if e.stderr.contains(NO_TORCH_CUDA) {
-                    CaseError::skipped(format!("{NO_CUDA_DEVICE}: torch sees none"))
-                } else {
-                    CaseError::Failed(anyhow!("{label}: the first CUDA operation failed: {e}"))
-                }
-            })?;
+            let values =
+                self_timed_processes(python, &["-c", FIRST_CUDA_OP_PY, cuda_device], p).map_err(|e| {
+                    if e.stderr.contains(NO_TORCH_CUDA) {
+                        CaseError::skipped(format!("{NO_CUDA_DEVICE}: torch sees none"))
+                    } else {
+                        CaseError::Failed(anyhow!("{label}: the first CUDA operation failed: {e}"))
+                    }
+                })?;
             Ok(output(p, cuda_device, values))
         }
         _ => not_here("torch", p),

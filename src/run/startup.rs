@@ -82,7 +82,9 @@ pub fn run_on_host(
                 let why = format!("metric {} has no finite samples", p.metric.as_str());
                 (vec![rec.status(w, c, Status::Failed, &why, &started_at)], vec![])
             }
-            Err(CaseError::Skipped(why)) => (vec![rec.status(w, c, Status::Skipped, &why, &started_at)], vec![]),
+            Err(CaseError::Skipped(why)) => {
+                (vec![rec.status(w, c, Status::Skipped, &why, &started_at)], vec![])
+            }
             Err(CaseError::Failed(e)) => {
                 let why = format!("{e:#}");
                 ctx.bar
@@ -97,7 +99,11 @@ pub fn run_on_host(
 
 /// `samples` inspections of the target's image, MiB each (the same every time: a fact, which
 /// `compare` judges exactly).
-fn image_sizes(target: &TargetSpec, prepared: &mut Prepared, p: &StartupParams) -> Result<Vec<f64>, CaseError> {
+fn image_sizes(
+    target: &TargetSpec,
+    prepared: &mut Prepared,
+    p: &StartupParams,
+) -> Result<Vec<f64>, CaseError> {
     (0..p.samples)
         .map(|_| Ok(prepared.exec.image_size(target)? as f64 / MIB))
         .collect()
@@ -199,7 +205,8 @@ mod tests {
             workload: "startup".into(),
             kind: crate::case::WorkloadKind::Startup,
             id: format!("metric={metric}"),
-            params: Params::from_case_id(crate::case::WorkloadKind::Startup, &format!("metric={metric}")).unwrap(),
+            params: Params::from_case_id(crate::case::WorkloadKind::Startup, &format!("metric={metric}"))
+                .unwrap(),
             measure: Default::default(),
         };
         let all: Vec<Case> = crate::workload::startup::default_metrics()

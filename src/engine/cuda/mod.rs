@@ -409,7 +409,8 @@ impl Engine for CudaEngine {
             return crate::engine::startup::not_here(self.name(), p);
         }
         let rt = self.runtime()?;
-        let ordinal = gpus_for_case(&rt.wanted, rt.visible, GpuNeed::Count(1)).map_err(CaseError::Skipped)?[0];
+        let ordinal =
+            gpus_for_case(&rt.wanted, rt.visible, GpuNeed::Count(1)).map_err(CaseError::Skipped)?[0];
         let exe = std::env::current_exe()
             .map_err(|e| CaseError::Failed(anyhow::anyhow!("failed to locate the worker binary: {e}")))?;
         let n = ordinal.to_string();
@@ -418,8 +419,17 @@ impl Engine for CudaEngine {
             &["worker", "--first-cuda-op", &n],
             p,
         )
-        .map_err(|e| CaseError::Failed(anyhow::anyhow!("{}: the first CUDA operation failed: {e}", case.label())))?;
-        Ok(crate::engine::startup::output(p, &format!("cuda:{ordinal}"), values))
+        .map_err(|e| {
+            CaseError::Failed(anyhow::anyhow!(
+                "{}: the first CUDA operation failed: {e}",
+                case.label()
+            ))
+        })?;
+        Ok(crate::engine::startup::output(
+            p,
+            &format!("cuda:{ordinal}"),
+            values,
+        ))
     }
 
     fn precision(&mut self, _p: &PrecisionParams, _case: &Case) -> Result<CaseOutput, CaseError> {

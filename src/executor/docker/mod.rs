@@ -239,7 +239,8 @@ impl Executor for DockerExecutor {
             .block_on(async { tokio::time::timeout(API_TIMEOUT, docker.version()).await })
         {
             if let Some(podman) = api::podman_version(&v) {
-                meta.env.insert("docker.engine".into(), format!("podman {podman}"));
+                meta.env
+                    .insert("docker.engine".into(), format!("podman {podman}"));
                 if GpuRequest::for_target(target)? != GpuRequest::None {
                     return Err(Unsupported(api::podman_gpu_reason(&podman)).into());
                 }
@@ -264,7 +265,10 @@ impl Executor for DockerExecutor {
         let docker = self.docker().map_err(CaseError::Failed)?;
         let inspect = self
             .rt
-            .block_on(call(&format!("inspect image {image}"), docker.inspect_image(&image)))
+            .block_on(call(
+                &format!("inspect image {image}"),
+                docker.inspect_image(&image),
+            ))
             .map_err(CaseError::Failed)?;
         match inspect.size {
             Some(bytes) if bytes > 0 => Ok(bytes as u64),
