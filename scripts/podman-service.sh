@@ -50,8 +50,11 @@ up)
     [ "$nproc" -gt "$(cat /proc/sys/kernel/pid_max)" ] && nproc="$(cat /proc/sys/kernel/pid_max)"
     printf '[containers]\ndefault_ulimits = ["nofile=%s:%s", "nproc=%s:%s"]\n' \
         "$nofile" "$nofile" "$nproc" "$nproc" >"$dir/containers.conf"
-    export CONTAINERS_CONF="$dir/containers.conf"
-    pod system service --time=0 "unix://$sock" >"$dir/service.log" 2>&1 &
+    # Started directly (not through `pod`, a function, whose `&` would fork a subshell): the PID
+    # file holds podman's own PID, which `down` stops.
+    CONTAINERS_CONF="$dir/containers.conf" podman --root "$dir/storage" --runroot "$dir/run" \
+        --cgroup-manager=cgroupfs --events-backend=file --tmpdir "$dir/tmp" \
+        system service --time=0 "unix://$sock" >"$dir/service.log" 2>&1 </dev/null &
     echo $! >"$dir/service.pid"
     for _ in $(seq 1 150); do
         if curl -sf --unix-socket "$sock" http://podman/_ping >/dev/null 2>&1; then

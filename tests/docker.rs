@@ -74,7 +74,11 @@ impl Engine {
         if !self.podman {
             return String::new();
         }
-        let (dir, _) = PODMAN.get().expect("the podman service runs");
+        let dir = PODMAN_DIR
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("the podman service runs");
         let conf = std::fs::read_to_string(dir.join("containers.conf")).unwrap();
         let limit = |name: &str| -> String {
             let from = conf
@@ -103,14 +107,15 @@ fn setup_docker() -> Option<(MutexGuard<'static, ()>, Engine)> {
 
 /// The Podman service this test process started (`scripts/podman-service.sh up`), its
 /// directory and `DOCKER_HOST`; stopped at exit.
-static PODMAN: OnceLock<(PathBuf, String)> = OnceLock::new();
+static PODMAN: OnceLock<Result<(PathBuf, String), String>> = OnceLock::new();
 
 fn podman_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/podman-service.sh")
 }
 
 extern "C" fn stop_podman() {
-    if let Some((dir, _)) = PODMAN.get() {
+    let dir = PODMAN_DIR.lock().map(|d| d.clone()).unwrap_or_default();
+    if let Some(dir) = dir {
         let _ = Command::new("bash")
             .arg(podman_script())
             .arg("down")
@@ -121,24 +126,31 @@ extern "C" fn stop_podman() {
     }
 }
 
-/// Starts Podman's API service and copies the test images into it.
-fn start_podman(images: &Images) -> (PathBuf, String) {
+/// The service's directory, known before it starts so that the exit hook stops a service whose
+/// start or image load failed too.
+static PODMAN_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// Starts Podman's API service and copies the test images into it; `Err` says why not (kept, so
+/// that every Podman test fails with it and none starts a second service).
+fn start_podman(images: &Images) -> Result<(PathBuf, String), String> {
     let dir = std::env::temp_dir().join(format!("tagbench-podman-{}", std::process::id()));
+    *PODMAN_DIR.lock().unwrap() = Some(dir.clone());
+    // SAFETY: registers a plain function, run once at process exit.
+    unsafe {
+        libc::atexit(stop_podman);
+    }
     let out = Command::new("bash")
         .arg(podman_script())
         .arg("up")
         .arg(&dir)
         .output()
-        .expect("bash runs scripts/podman-service.sh");
-    assert!(
-        out.status.success(),
-        "failed to start Podman's API service with scripts/podman-service.sh (set \
-         TAGBENCH_SKIP_PODMAN_TESTS=1 to skip these tests on purpose): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // SAFETY: registers a plain function, run once at process exit.
-    unsafe {
-        libc::atexit(stop_podman);
+        .map_err(|e| format!("bash scripts/podman-service.sh: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "failed to start Podman's API service with scripts/podman-service.sh (set \
+             TAGBENCH_SKIP_PODMAN_TESTS=1 to skip these tests on purpose): {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     let host = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let load = Command::new("bash")
@@ -147,13 +159,14 @@ fn start_podman(images: &Images) -> (PathBuf, String) {
         .arg(&dir)
         .args([&images.threads1, &images.threads2, &images.nolibc])
         .output()
-        .unwrap();
-    assert!(
-        load.status.success(),
-        "docker save | podman load: {}",
-        String::from_utf8_lossy(&load.stderr)
-    );
-    (dir, host)
+        .map_err(|e| format!("bash scripts/podman-service.sh load: {e}"))?;
+    if !load.status.success() {
+        return Err(format!(
+            "docker save | podman load: {}",
+            String::from_utf8_lossy(&load.stderr)
+        ));
+    }
+    Ok((dir, host))
 }
 
 /// Podman's API service, with the serial lock; `None` means: skipped on purpose.
@@ -163,7 +176,10 @@ fn setup_podman() -> Option<(MutexGuard<'static, ()>, Engine)> {
         return None;
     }
     let (guard, images) = setup()?;
-    let (_, host) = PODMAN.get_or_init(|| start_podman(images));
+    let (_, host) = match PODMAN.get_or_init(|| start_podman(images)) {
+        Ok(p) => p,
+        Err(why) => panic!("{why}"),
+    };
     Some((
         guard,
         Engine {

@@ -160,7 +160,7 @@ fn context_of(
                 "device" => &["device", "gpu_name", "gpu"],
                 _ => &[],
             };
-            v.retain(|(k, _)| !drop.contains(k) && !(pinned && *k == "gpu"));
+            v.retain(|(k, _)| !(drop.contains(k) || pinned && *k == "gpu"));
             v
         }
     }
