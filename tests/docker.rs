@@ -10,6 +10,8 @@
 //! the [`Engine`] (its `DOCKER_HOST`) and assert the same things on both; where the engines
 //! differ (GPU requests) the scenario says how. `TAGBENCH_SKIP_PODMAN_TESTS=1` skips Podman's.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -279,18 +281,7 @@ fn build_images() -> Images {
         let name = format!("{prefix}:{tag}");
         let file = ctx.path().join(format!("Dockerfile.{tag}"));
         std::fs::write(&file, dockerfile).unwrap();
-        let out = Command::new("docker")
-            .args(["build", "-q", "-t", &name, "-f"])
-            .arg(&file)
-            .arg(ctx.path())
-            .env("DOCKER_BUILDKIT", "0")
-            .output()
-            .expect("docker build runs");
-        assert!(
-            out.status.success(),
-            "docker build {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::docker_build(&name, &file, ctx.path());
         TAGS.lock().unwrap().push(name.clone());
         name
     };

@@ -8,6 +8,8 @@
 //! These tests fail (they do not skip) when the images cannot be built, unless
 //! `TAGBENCH_SKIP_DOCKER_TESTS=1` or `TAGBENCH_SKIP_TORCH_TESTS=1` says to skip them.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -283,17 +285,7 @@ impl Padded {
         )
         .unwrap();
         let name = format!("tagbench-test/pytorch:padded-{}", std::process::id());
-        let out = Command::new("docker")
-            .args(["build", "-q", "-t", &name])
-            .arg(ctx.path())
-            .env("DOCKER_BUILDKIT", "0")
-            .output()
-            .expect("docker build runs");
-        assert!(
-            out.status.success(),
-            "docker build {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::docker_build(&name, &ctx.path().join("Dockerfile"), ctx.path());
         Padded(name)
     }
 }
