@@ -163,8 +163,12 @@ pub struct PlanArgs {
 #[derive(Debug, Args, Clone)]
 pub struct WorkerArgs {
     /// The job file (JSON) the host wrote.
-    #[arg(long, value_name = "FILE")]
-    pub job: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "first_cuda_op")]
+    pub job: Option<PathBuf>,
+    /// Times this process's CUDA start, context and first device operation on GPU N and prints
+    /// the milliseconds (a `startup` case's fresh process).
+    #[arg(long, value_name = "N", hide = true)]
+    pub first_cuda_op: Option<usize>,
 }
 
 #[derive(Debug, Args, Clone)]

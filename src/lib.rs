@@ -57,10 +57,17 @@ pub fn main_impl() -> i32 {
         Command::Report(args) => report::cmd_report(args),
         Command::History(args) => history::cmd_history(args),
         Command::Clean(args) => executor::clean::cmd_clean(args.run.as_deref(), &args.results_dir),
-        Command::Worker(args) => {
-            let stdout = std::io::stdout().lock();
-            worker::run_job_file(&args.job, stdout).map(|_| Outcome::Complete)
-        }
+        Command::Worker(args) => match (&args.job, args.first_cuda_op) {
+            (_, Some(gpu)) => engine::cuda::first_cuda_op_ms(gpu).and_then(|ms| {
+                outln!("{ms}")?;
+                Ok(Outcome::Complete)
+            }),
+            (Some(job), None) => {
+                let stdout = std::io::stdout().lock();
+                worker::run_job_file(job, stdout).map(|_| Outcome::Complete)
+            }
+            (None, None) => unreachable!("clap requires --job without --first-cuda-op"),
+        },
     };
     match result {
         Ok(outcome) => outcome.code(),

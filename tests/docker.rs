@@ -2,8 +2,17 @@
 //! with images the tests build themselves (FROM scratch plus the glibc files the worker links
 //! against; no registry is needed). They fail when the engine is missing, unless
 //! `TAGBENCH_SKIP_DOCKER_TESTS=1` is set on purpose.
+//!
+//! The executor's key scenarios run twice, once per engine (`docker::` and `podman::` tests): on
+//! the Docker engine, and on Podman's Docker-compatible API service, which
+//! `scripts/podman-service.sh` starts for this test process (its own storage, the test images
+//! copied in with `docker save | podman load`) and stops at its exit. The scenario functions take
+//! the [`Engine`] (its `DOCKER_HOST`) and assert the same things on both; where the engines
+//! differ (GPU requests) the scenario says how. `TAGBENCH_SKIP_PODMAN_TESTS=1` skips Podman's.
 
-use std::path::PathBuf;
+mod common;
+
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -26,14 +35,164 @@ struct Images {
     nolibc: String,
 }
 
-fn docker(args: &[&str]) -> std::process::Output {
-    Command::new("docker")
-        .args(args)
-        .output()
-        .expect("the docker CLI runs")
+/// The engine a scenario runs against: the Docker engine, or Podman's API service.
+struct Engine {
+    podman: bool,
+    /// `DOCKER_HOST` for tagbench and the docker CLI (`None`: Docker's default socket).
+    host: Option<String>,
+    images: &'static Images,
 }
 
-/// Takes the serial lock and checks the engine; `None` means: skipped on purpose.
+impl Engine {
+    /// The docker CLI, talking to this engine.
+    fn docker(&self, args: &[&str]) -> std::process::Output {
+        let mut c = Command::new("docker");
+        c.args(args);
+        if let Some(h) = &self.host {
+            c.env("DOCKER_HOST", h);
+        }
+        c.output().expect("the docker CLI runs")
+    }
+
+    /// The tagbench binary, its containers on this engine.
+    fn tagbench(&self) -> Command {
+        let mut c = Command::cargo_bin("tagbench").unwrap();
+        if let Some(h) = &self.host {
+            c.env("DOCKER_HOST", h);
+        }
+        c
+    }
+
+    fn run(&self, name: &str, suite: &str) -> Run {
+        Run::new(name, suite, self.host.clone())
+    }
+
+    /// What a target's `ulimits` must add on this engine: on Podman, a container's ulimits
+    /// replace its default ones (containers.conf `default_ulimits`, which
+    /// scripts/podman-service.sh sets to this host's hard limits) instead of adding to them, and
+    /// rootful Podman's own defaults (nofile 1048576) cannot be set where root lacks
+    /// CAP_SYS_RESOURCE, as in this VM; so the scenario names nofile and nproc too.
+    fn ulimits_extra(&self) -> String {
+        if !self.podman {
+            return String::new();
+        }
+        let dir = PODMAN_DIR
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("the podman service runs");
+        let conf = std::fs::read_to_string(dir.join("containers.conf")).unwrap();
+        let limit = |name: &str| -> String {
+            let from = conf
+                .find(&format!("{name}="))
+                .expect("the limit is in containers.conf")
+                + name.len()
+                + 1;
+            conf[from..].split(':').next().unwrap().to_string()
+        };
+        format!(", nofile = {}, nproc = {}", limit("nofile"), limit("nproc"))
+    }
+}
+
+/// The Docker engine, with the serial lock; `None` means: skipped on purpose.
+fn setup_docker() -> Option<(MutexGuard<'static, ()>, Engine)> {
+    let (guard, images) = setup()?;
+    Some((
+        guard,
+        Engine {
+            podman: false,
+            host: None,
+            images,
+        },
+    ))
+}
+
+/// The Podman service this test process started (`scripts/podman-service.sh up`), its
+/// directory and `DOCKER_HOST`; stopped at exit.
+static PODMAN: OnceLock<Result<(PathBuf, String), String>> = OnceLock::new();
+
+fn podman_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/podman-service.sh")
+}
+
+extern "C" fn stop_podman() {
+    let dir = PODMAN_DIR.lock().map(|d| d.clone()).unwrap_or_default();
+    if let Some(dir) = dir {
+        let _ = Command::new("bash")
+            .arg(podman_script())
+            .arg("down")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// The service's directory, known before it starts so that the exit hook stops a service whose
+/// start or image load failed too.
+static PODMAN_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// Starts Podman's API service and copies the test images into it; `Err` says why not (kept, so
+/// that every Podman test fails with it and none starts a second service).
+fn start_podman(images: &Images) -> Result<(PathBuf, String), String> {
+    let dir = std::env::temp_dir().join(format!("tagbench-podman-{}", std::process::id()));
+    *PODMAN_DIR.lock().unwrap() = Some(dir.clone());
+    // SAFETY: registers a plain function, run once at process exit.
+    unsafe {
+        libc::atexit(stop_podman);
+    }
+    let out = Command::new("bash")
+        .arg(podman_script())
+        .arg("up")
+        .arg(&dir)
+        .output()
+        .map_err(|e| format!("bash scripts/podman-service.sh: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "failed to start Podman's API service with scripts/podman-service.sh (set \
+             TAGBENCH_SKIP_PODMAN_TESTS=1 to skip these tests on purpose): {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let host = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let load = Command::new("bash")
+        .arg(podman_script())
+        .arg("load")
+        .arg(&dir)
+        .args([&images.threads1, &images.threads2, &images.nolibc])
+        .output()
+        .map_err(|e| format!("bash scripts/podman-service.sh load: {e}"))?;
+    if !load.status.success() {
+        return Err(format!(
+            "docker save | podman load: {}",
+            String::from_utf8_lossy(&load.stderr)
+        ));
+    }
+    Ok((dir, host))
+}
+
+/// Podman's API service, with the serial lock; `None` means: skipped on purpose.
+fn setup_podman() -> Option<(MutexGuard<'static, ()>, Engine)> {
+    if std::env::var("TAGBENCH_SKIP_PODMAN_TESTS").as_deref() == Ok("1") {
+        eprintln!("skipped: TAGBENCH_SKIP_PODMAN_TESTS=1");
+        return None;
+    }
+    let (guard, images) = setup()?;
+    let (_, host) = match PODMAN.get_or_init(|| start_podman(images)) {
+        Ok(p) => p,
+        Err(why) => panic!("{why}"),
+    };
+    Some((
+        guard,
+        Engine {
+            podman: true,
+            host: Some(host.clone()),
+            images,
+        },
+    ))
+}
+
+/// Takes the serial lock and checks the Docker engine; `None` means: skipped on purpose.
 fn setup() -> Option<(MutexGuard<'static, ()>, &'static Images)> {
     let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let ok = Command::new("docker")
@@ -122,18 +281,7 @@ fn build_images() -> Images {
         let name = format!("{prefix}:{tag}");
         let file = ctx.path().join(format!("Dockerfile.{tag}"));
         std::fs::write(&file, dockerfile).unwrap();
-        let out = Command::new("docker")
-            .args(["build", "-q", "-t", &name, "-f"])
-            .arg(&file)
-            .arg(ctx.path())
-            .env("DOCKER_BUILDKIT", "0")
-            .output()
-            .expect("docker build runs");
-        assert!(
-            out.status.success(),
-            "docker build {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::docker_build(&name, &file, ctx.path());
         TAGS.lock().unwrap().push(name.clone());
         name
     };
@@ -150,7 +298,12 @@ fn build_images() -> Images {
             "threads2",
             "FROM scratch\nCOPY rootfs/ /\nENV RAYON_NUM_THREADS=2\n",
         ),
-        nolibc: build("nolibc", "FROM scratch\nENV TAGBENCH_TEST=nolibc\n"),
+        // One file, so that the image has a layer: `docker save` refuses an empty image
+        // ("empty export"), and the Podman tests copy it that way.
+        nolibc: build(
+            "nolibc",
+            "FROM scratch\nCOPY Dockerfile.nolibc /etc/tagbench-test\nENV TAGBENCH_TEST=nolibc\n",
+        ),
     }
 }
 
@@ -158,21 +311,27 @@ fn build_images() -> Images {
 struct Run {
     dir: tempfile::TempDir,
     run_id: String,
+    /// The engine's `DOCKER_HOST` (`None`: Docker's default socket).
+    host: Option<String>,
 }
 
 impl Run {
-    fn new(name: &str, suite: &str) -> Run {
+    fn new(name: &str, suite: &str, host: Option<String>) -> Run {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("suite.toml"), suite).unwrap();
         let nonce: u32 = rand::random();
         Run {
             dir,
             run_id: format!("test-{name}-{nonce:08x}"),
+            host,
         }
     }
 
     fn cmd(&self) -> Command {
         let mut c = Command::cargo_bin("tagbench").unwrap();
+        if let Some(h) = &self.host {
+            c.env("DOCKER_HOST", h);
+        }
         c.arg("run")
             .arg(self.dir.path().join("suite.toml"))
             .arg("--results-dir")
@@ -208,7 +367,14 @@ impl Run {
     /// Containers of this run that still exist.
     fn leftovers(&self) -> String {
         let filter = format!("label=tagbench.run={}", self.run_id);
-        let out = docker(&["ps", "-aq", "--filter", &filter]);
+        let mut cli = Command::new("docker");
+        if let Some(h) = &self.host {
+            cli.env("DOCKER_HOST", h);
+        }
+        let out = cli
+            .args(["ps", "-aq", "--filter", &filter])
+            .output()
+            .expect("the docker CLI runs");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 }
@@ -242,14 +408,13 @@ fn median_latency(rows: &[ResultRow], target: &str) -> f64 {
 /// processes cannot hide it (one thread against two could: ratios 0.99–1.01 at load 5.35);
 /// the assertion is on `compare`'s verdict over 8 paired rounds, not on a raw speed-up. A 1024³
 /// GEMM takes several quota periods (100 ms) per sample, so every sample is throttled.
-#[test]
-fn two_images_run_with_rows_metadata_and_a_measurable_difference() {
-    let Some((_g, img)) = setup() else { return };
+fn two_images_run_with_rows_metadata_and_a_measurable_difference(e: &Engine) {
+    let img = e.images;
     let suite = format!(
         "name = \"two-images\"\n{DEFAULTS}rounds = 8\n\n[[target]]\nimage = \"{}\"\ncpus = 0.25\n\n[[target]]\nimage = \"{}\"\n\n[[workload]]\nkind = \"probe\"\n\n[[workload]]\nkind = \"gemm\"\nsize = 1024\ndtype = \"fp32\"\nmin_samples = 3\nmax_time_s = 1.0\n",
         img.threads1, img.threads2
     );
-    let run = Run::new("two", &suite);
+    let run = e.run("two", &suite);
     let (code, stdout, stderr) = output(run.cmd());
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
     let rows = run.rows();
@@ -308,8 +473,8 @@ fn two_images_run_with_rows_metadata_and_a_measurable_difference() {
     eprintln!(
         "gemm 1024 fp32 median latency: quarter CPU {slow:.1} ms, unlimited {fast:.1} ms (load {load})"
     );
-    let out = Command::cargo_bin("tagbench")
-        .unwrap()
+    let out = e
+        .tagbench()
         .args(["compare", "--along", "image", "--baseline", &img.threads2])
         .arg(run.run_dir().root.clone())
         .output()
@@ -334,12 +499,13 @@ fn two_images_run_with_rows_metadata_and_a_measurable_difference() {
 /// rounds, not on a raw speed-up.
 #[test]
 fn run_of_two_targets_ends_with_the_verdict_and_exits_1_for_a_slower_candidate() {
-    let Some((_g, img)) = setup() else { return };
+    let Some((_g, e)) = setup_docker() else { return };
+    let img = e.images;
     let suite = format!(
         "name = \"gate\"\n{DEFAULTS}rounds = 5\n\n[[target]]\nimage = \"{}\"\n\n[[target]]\nimage = \"{}\"\ncpus = 0.05\n\n[[workload]]\nkind = \"gemm\"\nsize = 512\ndtype = \"fp32\"\nmin_samples = 3\nmax_time_s = 1.0\n",
         img.threads2, img.threads1
     );
-    let run = Run::new("gate", &suite);
+    let run = e.run("gate", &suite);
     let (code, stdout, stderr) = output(run.cmd());
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     assert_eq!(code, 1, "load {load}\nstdout:\n{stdout}\nstderr:\n{stderr}");
@@ -381,18 +547,18 @@ fn run_of_two_targets_ends_with_the_verdict_and_exits_1_for_a_slower_candidate()
     assert_eq!(run.leftovers(), "", "containers left behind");
 }
 
-#[test]
-fn crashing_container_fails_its_case_and_the_run_goes_on() {
-    let Some((_g, img)) = setup() else { return };
+fn crashing_container_fails_its_case_and_the_run_goes_on(e: &Engine) {
+    let img = e.images;
     // The data ulimit (RLIMIT_DATA, 100 MiB) cannot hold the two 64 MiB inputs of a 4096³ GEMM:
     // the allocation fails and the worker dies. The small case after it fits. (A cgroup
     // memory limit would be the natural crash, but cgroup v1 on this host thrashes on the
     // binary's pages instead of OOM-killing.)
     let suite = format!(
-        "name = \"crash\"\n{DEFAULTS}\n[[target]]\nimage = \"{}\"\nulimits = {{ data = 104857600 }}\n\n[[workload]]\nkind = \"gemm\"\nsize = [4096, 64]\ndtype = \"fp32\"\n",
-        img.threads1
+        "name = \"crash\"\n{DEFAULTS}\n[[target]]\nimage = \"{}\"\nulimits = {{ data = 104857600{} }}\n\n[[workload]]\nkind = \"gemm\"\nsize = [4096, 64]\ndtype = \"fp32\"\n",
+        img.threads1,
+        e.ulimits_extra()
     );
-    let run = Run::new("crash", &suite);
+    let run = e.run("crash", &suite);
     let (code, stdout, stderr) = output(run.cmd());
     assert_eq!(
         code, 1,
@@ -430,9 +596,8 @@ fn crashing_container_fails_its_case_and_the_run_goes_on() {
     assert_eq!(run.leftovers(), "");
 }
 
-#[test]
-fn hanging_case_is_killed_at_its_limit_and_the_next_image_runs() {
-    let Some((_g, img)) = setup() else { return };
+fn hanging_case_is_killed_at_its_limit_and_the_next_image_runs(e: &Engine) {
+    let img = e.images;
     // A 2048³ GEMM asked for 1000 samples cannot finish in 3 s: the limit kills its container.
     let suite = format!(
         "name = \"hang\"\n{DEFAULTS}\n[[target]]\nimage = \"{t1}\"\n\n[[target]]\nimage = \"{t2}\"\n\n\
@@ -441,7 +606,7 @@ fn hanging_case_is_killed_at_its_limit_and_the_next_image_runs() {
         t1 = img.threads1,
         t2 = img.threads2
     );
-    let run = Run::new("hang", &suite);
+    let run = e.run("hang", &suite);
     let t0 = Instant::now();
     let (code, stdout, stderr) = output(run.cmd());
     // The case failed in the candidate (in the baseline too): the gate closes on it (exit 1).
@@ -470,15 +635,14 @@ fn hanging_case_is_killed_at_its_limit_and_the_next_image_runs() {
     assert_eq!(run.leftovers(), "");
 }
 
-#[test]
-fn missing_image_and_image_without_libc_fail_with_their_cause() {
-    let Some((_g, img)) = setup() else { return };
+fn missing_image_and_image_without_libc_fail_with_their_cause(e: &Engine) {
+    let img = e.images;
     let missing = format!("tagbench-test-missing-{}:none", std::process::id());
     let suite = format!(
         "name = \"bad-images\"\n{DEFAULTS}\n[[target]]\nimage = \"{missing}\"\n\n[[target]]\nimage = \"{}\"\n\n[[target]]\nimage = \"{}\"\n\n[[workload]]\nkind = \"probe\"\n\n[[workload]]\nkind = \"gemm\"\nsize = 64\ndtype = \"fp32\"\n",
         img.nolibc, img.threads1
     );
-    let run = Run::new("bad-images", &suite);
+    let run = e.run("bad-images", &suite);
     let (code, _stdout, stderr) = output(run.cmd());
     // Compared with the missing image (the first target), the image without libc failed its
     // cases: exit 1.
@@ -512,7 +676,7 @@ fn missing_image_and_image_without_libc_fail_with_their_cause() {
     assert_eq!(run.leftovers(), "");
 
     // Allowed to pull, it tries; no registry answers here, and the row says so.
-    let run = Run::new(
+    let run = e.run(
         "pull",
         &format!("name = \"pull\"\n{DEFAULTS}\n[[workload]]\nkind = \"probe\"\n"),
     );
@@ -534,12 +698,13 @@ fn missing_image_and_image_without_libc_fail_with_their_cause() {
 
 #[test]
 fn unreachable_engine_fails_its_targets_and_local_targets_still_run() {
-    let Some((_g, img)) = setup() else { return };
+    let Some((_g, e)) = setup_docker() else { return };
+    let img = e.images;
     let suite = format!(
         "name = \"no-engine\"\n{DEFAULTS}\n[[target]]\nimage = \"{}\"\n\n[[target]]\nlocal = true\n\n[[workload]]\nkind = \"gemm\"\nsize = 64\ndtype = \"fp32\"\n",
         img.threads1
     );
-    let run = Run::new("no-engine", &suite);
+    let run = e.run("no-engine", &suite);
     let mut cmd = run.cmd();
     cmd.env("DOCKER_HOST", "unix:///nonexistent/tagbench-test.sock");
     let (code, _stdout, stderr) = output(cmd);
@@ -558,41 +723,57 @@ fn unreachable_engine_fails_its_targets_and_local_targets_still_run() {
         .any(|r| r.status == Status::Ok && r.metric == "latency"));
 }
 
-#[test]
-fn gpus_without_the_nvidia_runtime_give_failed_rows() {
-    let Some((_g, img)) = setup() else { return };
-    let has_nvidia = docker(&["info", "--format", "{{json .Runtimes}}"]);
-    if String::from_utf8_lossy(&has_nvidia.stdout).contains("nvidia") {
+/// A GPU request on an engine that cannot honour it: Docker without the NVIDIA runtime refuses
+/// the container (`failed`, the engine's message); Podman's Docker-compatible API would start it
+/// without GPUs (it ignores device requests), so tagbench skips the target and says why.
+fn gpu_requests_without_a_gpu_runtime_say_why(e: &Engine) {
+    let img = e.images;
+    let has_nvidia = e.docker(&["info", "--format", "{{json .Runtimes}}"]);
+    if !e.podman && String::from_utf8_lossy(&has_nvidia.stdout).contains("nvidia") {
         eprintln!("skipped: this engine has the NVIDIA runtime");
         return;
     }
     let suite = format!("name = \"gpus\"\n{DEFAULTS}\n[[workload]]\nkind = \"probe\"\n");
-    let run = Run::new("gpus", &suite);
+    let run = e.run("gpus", &suite);
     let mut cmd = run.cmd();
     cmd.args(["--image", &img.threads1, "--gpus", "all"]);
     let (code, _stdout, stderr) = output(cmd);
-    assert_eq!(code, 2, "stderr:\n{stderr}");
+    // Docker: the only case failed, nothing measured (2); Podman: skipped, nothing failed (0).
+    assert_eq!(code, if e.podman { 0 } else { 2 }, "stderr:\n{stderr}");
     let rows = run.rows();
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].status, Status::Failed);
-    assert!(
-        rows[0]
-            .reason
-            .contains("could not select device driver \"nvidia\""),
-        "{}",
-        rows[0].reason
-    );
+    if e.podman {
+        assert_eq!(rows[0].status, Status::Skipped, "{:?}", rows[0]);
+        assert!(
+            rows[0]
+                .reason
+                .starts_with("GPUs cannot be requested through Podman's Docker-compatible API (podman ")
+                && rows[0].reason.contains("it ignores NVIDIA device requests"),
+            "{}",
+            rows[0].reason
+        );
+    } else {
+        assert_eq!(rows[0].status, Status::Failed);
+        assert!(
+            rows[0]
+                .reason
+                .contains("could not select device driver \"nvidia\""),
+            "{}",
+            rows[0].reason
+        );
+    }
     assert_eq!(run.leftovers(), "");
 }
 
 #[test]
 fn gpus_each_without_gpus_is_a_clear_error() {
-    let Some((_g, img)) = setup() else { return };
+    let Some((_g, e)) = setup_docker() else { return };
+    let img = e.images;
     if Command::new("nvidia-smi").arg("-L").output().is_ok() {
         eprintln!("skipped: this host has nvidia-smi");
         return;
     }
-    let run = Run::new(
+    let run = e.run(
         "each",
         &format!("name = \"each\"\n{DEFAULTS}\n[[workload]]\nkind = \"probe\"\n"),
     );
@@ -608,17 +789,31 @@ fn gpus_each_without_gpus_is_a_clear_error() {
 
 #[test]
 fn interrupt_removes_the_runs_containers() {
-    let Some((_g, img)) = setup() else { return };
+    let Some((_g, e)) = setup_docker() else { return };
+    let img = e.images;
     let suite = format!(
         "name = \"interrupt\"\n{DEFAULTS}\n[[workload]]\nkind = \"gemm\"\nsize = 1024\ndtype = \"fp32\"\nmin_samples = 1000\nmax_samples = 1000\nmax_time_s = 600\ntimeout_s = 600\n"
     );
-    let run = Run::new("interrupt", &suite);
+    let run = e.run("interrupt", &suite);
     let mut cmd = run.cmd();
     cmd.args(["--image", &img.threads1])
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
-    wait_for_worker_container(&run.run_id);
+    // Waits for the worker's container (not the `--version` check's, which ends by itself).
+    let t0 = Instant::now();
+    loop {
+        let filter = format!("label=tagbench.run={}", run.run_id);
+        let out = e.docker(&["ps", "-q", "--filter", &filter, "--filter", "name=-1-"]);
+        if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no worker container appeared"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     std::thread::sleep(Duration::from_millis(500));
     // SAFETY: sends SIGINT to the child this test started.
     unsafe {
@@ -640,12 +835,11 @@ fn interrupt_removes_the_runs_containers() {
     assert_eq!(run.leftovers(), "", "containers left behind");
 }
 
-#[test]
-fn clean_removes_leftover_containers() {
-    let Some((_g, img)) = setup() else { return };
+fn clean_removes_leftover_containers(e: &Engine) {
+    let img = e.images;
     let run_id = format!("test-clean-{:08x}", rand::random::<u32>());
     let label = format!("tagbench.run={run_id}");
-    let created = docker(&[
+    let created = e.docker(&[
         "create",
         "--label",
         &label,
@@ -659,7 +853,7 @@ fn clean_removes_leftover_containers() {
         "{}",
         String::from_utf8_lossy(&created.stderr)
     );
-    let mut cmd = Command::cargo_bin("tagbench").unwrap();
+    let mut cmd = e.tagbench();
     cmd.args(["clean", "--run", &run_id]);
     let (code, stdout, stderr) = output(cmd);
     assert_eq!(code, 0, "{stderr}");
@@ -668,8 +862,16 @@ fn clean_removes_leftover_containers() {
         "{stdout}"
     );
     assert!(stderr.contains("1 containers of run"), "{stderr}");
-    let left = docker(&["ps", "-aq", "--filter", &format!("label={label}")]);
+    let left = e.docker(&["ps", "-aq", "--filter", &format!("label={label}")]);
     assert_eq!(String::from_utf8_lossy(&left.stdout).trim(), "");
+}
+
+/// The docker CLI on Docker's default socket (the Docker-only scenarios).
+fn docker(args: &[&str]) -> std::process::Output {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .expect("the docker CLI runs")
 }
 
 /// Waits until a worker container of `run_id` runs (not the `--version` check's, which ends by
@@ -699,7 +901,7 @@ fn clean_keeps_the_containers_of_a_live_run() {
     let suite = format!(
         "name = \"live\"\n{DEFAULTS}\n[[workload]]\nkind = \"gemm\"\nsize = 1024\ndtype = \"fp32\"\nmin_samples = 100000\nmax_samples = 100000\nmax_time_s = 600\ntimeout_s = 600\n"
     );
-    let run = Run::new("live", &suite);
+    let run = Run::new("live", &suite, None);
     let mut cmd = run.cmd();
     cmd.args(["--image", &img.threads1])
         .stdout(Stdio::null())
@@ -761,7 +963,7 @@ fn resume_refuses_an_image_whose_id_changed() {
         "name = \"moving\"\n{DEFAULTS}\n[[workload]]\nname = \"quick\"\nkind = \"gemm\"\nsize = 64\ndtype = \"fp32\"\n\n\
          [[workload]]\nname = \"slow\"\nkind = \"gemm\"\nsize = 512\ndtype = \"fp32\"\nmin_samples = 100\nmax_samples = 100\nmax_time_s = 600\n"
     );
-    let run = Run::new("moving", &suite);
+    let run = Run::new("moving", &suite, None);
     let mut cmd = run.cmd();
     cmd.args(["--image", &moving])
         .stdout(Stdio::null())
@@ -816,3 +1018,38 @@ fn resume_refuses_an_image_whose_id_changed() {
     assert!(rows.iter().all(|r| r.image_id == first), "{rows:#?}");
     assert_eq!(run.leftovers(), "");
 }
+
+/// Each scenario as a test on each engine: `docker::NAME` and `podman::NAME`.
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod docker {
+            $(
+                #[test]
+                fn $name() {
+                    if let Some((_g, e)) = super::setup_docker() {
+                        super::$name(&e);
+                    }
+                }
+            )*
+        }
+        mod podman {
+            $(
+                #[test]
+                fn $name() {
+                    if let Some((_g, e)) = super::setup_podman() {
+                        super::$name(&e);
+                    }
+                }
+            )*
+        }
+    };
+}
+
+on_both_engines!(
+    two_images_run_with_rows_metadata_and_a_measurable_difference,
+    crashing_container_fails_its_case_and_the_run_goes_on,
+    hanging_case_is_killed_at_its_limit_and_the_next_image_runs,
+    missing_image_and_image_without_libc_fail_with_their_cause,
+    gpu_requests_without_a_gpu_runtime_say_why,
+    clean_removes_leftover_containers,
+);

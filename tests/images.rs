@@ -8,6 +8,8 @@
 //! These tests fail (they do not skip) when the images cannot be built, unless
 //! `TAGBENCH_SKIP_DOCKER_TESTS=1` or `TAGBENCH_SKIP_TORCH_TESTS=1` says to skip them.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -77,8 +79,12 @@ struct Run {
 
 impl Run {
     fn new(name: &str) -> Run {
+        Run::with_suite(name, SUITE)
+    }
+
+    fn with_suite(name: &str, suite: &str) -> Run {
         let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::write(dir.path().join("suite.toml"), SUITE).unwrap();
+        std::fs::write(dir.path().join("suite.toml"), suite).unwrap();
         let nonce: u32 = rand::random();
         Run {
             dir,
@@ -325,6 +331,104 @@ fn two_real_images_run_interleaved_and_compare_along_image() {
         !text.contains("  Python packages:") && !text.contains("  libraries:"),
         "{text}"
     );
+    assert_eq!(run.leftovers(), "", "containers left behind");
+}
+
+/// An image 200 MB bigger than BASE (`FROM BASE` + 200 MB of random bytes, built from a
+/// two-line Dockerfile by the local engine, offline); removed when dropped.
+struct Padded(String);
+
+impl Padded {
+    fn build(base: &str) -> Padded {
+        let ctx = tempfile::tempdir().unwrap();
+        std::fs::write(
+            ctx.path().join("Dockerfile"),
+            format!("FROM {base}\nRUN head -c 200M /dev/urandom > /pad\n"),
+        )
+        .unwrap();
+        let name = format!("tagbench-test/pytorch:padded-{}", std::process::id());
+        common::docker_build(&name, &ctx.path().join("Dockerfile"), ctx.path());
+        Padded(name)
+    }
+}
+
+impl Drop for Padded {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rmi", "-f", &self.0]).output();
+    }
+}
+
+/// The `startup` workload in BASE, SLOW and BASE + 200 MB, the torch engine: rows for
+/// container_start, python_import_torch and image_size in each (first_cuda_op skipped, no CUDA
+/// device), and `compare --along image` flags the bigger image's size as a regression while
+/// SLOW, which only sets an environment variable, is the same size. Each sample is a fresh
+/// container (or python); two rounds of three keep it short (the times are not judged on two
+/// rounds; the size, a fact, is).
+#[test]
+fn startup_rows_for_the_images_and_a_bigger_image_is_a_size_regression() {
+    let Some((_guard, (base, slow))) = setup() else {
+        return;
+    };
+    let padded = Padded::build(base);
+    let suite = "name = \"startup\"\n[defaults]\ntimeout_s = 300\nrounds = 2\n\n[[workload]]\nkind = \"startup\"\nsamples = 3\n";
+    let run = Run::with_suite("startup", suite);
+    let (code, stderr) = run.run(&[
+        "--engine", "torch", "--image", base, "--image", slow, "--image", &padded.0,
+    ]);
+    // The end-of-run comparison finds the size regression.
+    assert_eq!(code, 1, "{stderr}");
+    let rows = run.rows();
+    for image in [base.as_str(), slow.as_str(), padded.0.as_str()] {
+        for metric in ["container_start", "python_import_torch", "image_size"] {
+            let r = rows
+                .iter()
+                .find(|r| r.target == image && r.metric == metric && r.round == Some(0))
+                .unwrap_or_else(|| panic!("no {metric} row for {image}: {rows:#?}"));
+            assert_eq!(r.status, Status::Ok, "{r:?}");
+            assert_eq!((r.n, r.workload.as_str()), (Some(3), "startup"), "{r:?}");
+            assert!(r.median.is_some_and(|m| m > 0.0), "{r:?}");
+        }
+        let cuda = rows
+            .iter()
+            .find(|r| r.target == image && r.case == "metric=first_cuda_op")
+            .expect("a first_cuda_op row");
+        assert_eq!(
+            (cuda.status, cuda.reason.as_str()),
+            (Status::Skipped, "no CUDA device in target")
+        );
+    }
+    let size = |image: &str| {
+        rows.iter()
+            .find(|r| r.target == image && r.metric == "image_size")
+            .and_then(|r| r.median)
+            .unwrap()
+    };
+    let added = size(&padded.0) - size(base);
+    assert!(
+        (190.0..=210.0).contains(&added),
+        "padded image is {added} MiB bigger"
+    );
+    assert_eq!(size(slow), size(base));
+
+    let out = run.compare_along_image(base);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("compare --format json");
+    let verdict = |image: &str| {
+        json["comparisons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["metric"] == "image_size" && c["candidate"]["label"] == image)
+            .unwrap_or_else(|| panic!("no image_size comparison for {image}: {json}"))["verdict"]
+            .clone()
+    };
+    assert_eq!(verdict(&padded.0), "regression", "{json}");
+    assert_eq!(verdict(slow), "same", "{json}");
     assert_eq!(run.leftovers(), "", "containers left behind");
 }
 

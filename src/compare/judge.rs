@@ -129,6 +129,9 @@ pub fn judge(
     resamples: usize,
     seed: u64,
 ) -> Result<Judgement, String> {
+    if let Some(j) = constant_sides(baseline, candidate) {
+        return Ok(j);
+    }
     let (nb, nc) = (baseline.len(), candidate.len());
     if nb < min_samples || nc < min_samples {
         return Err(format!(
@@ -145,6 +148,30 @@ pub fn judge(
         p: Some(mw.p),
         baseline: Some(median_in_place(&mut baseline.to_vec())),
         candidate: Some(median_in_place(&mut candidate.to_vec())),
+        ..Judgement::default()
+    })
+}
+
+/// A fact measured again and again (an image's size): every sample of each side the same value,
+/// at least twice a side. There is no spread to test, and none is needed: the ratio is exact,
+/// its CI that one point, and p is 0 when the values differ and 1 when they are equal, the
+/// limits the t-interval takes at zero variance (`stats::welch::log_t_interval`). A rank test
+/// on tied samples would call a real difference of three samples `noisy` (p = 0.05) and, at
+/// small n, never reach α.
+pub fn constant_sides(baseline: &[f64], candidate: &[f64]) -> Option<Judgement> {
+    let constant = |v: &[f64]| v.len() >= 2 && v[0].is_finite() && v.iter().all(|x| *x == v[0]);
+    if !constant(baseline) || !constant(candidate) || baseline[0] == 0.0 {
+        return None;
+    }
+    let (b, c) = (baseline[0], candidate[0]);
+    let ratio = c / b;
+    Some(Judgement {
+        ratio: Some(ratio),
+        ci_low: Some(ratio),
+        ci_high: Some(ratio),
+        p: Some(if b == c { 1.0 } else { 0.0 }),
+        baseline: Some(b),
+        candidate: Some(c),
         ..Judgement::default()
     })
 }
@@ -465,6 +492,39 @@ mod tests {
             decide(&[1.0, 1.1, 0.9], &[2.0, 2.1, 1.9], "lower"),
             Verdict::Noisy
         );
+    }
+
+    #[test]
+    fn a_constant_fact_is_judged_exactly() {
+        // An image 200 MiB bigger, inspected three times a side: a regression, not `noisy`.
+        let (base, padded) = ([1500.0; 3], [1700.0; 3]);
+        assert_eq!(decide(&base, &padded, "lower"), Verdict::Regression);
+        assert_eq!(decide(&base, &base, "lower"), Verdict::Same);
+        assert_eq!(decide(&padded, &base, "lower"), Verdict::Improvement);
+        let j = judge(&base, &padded, 5, 100, 1).unwrap();
+        assert_eq!(
+            (j.ci_low, j.ci_high, j.p),
+            (Some(1700.0 / 1500.0), Some(1700.0 / 1500.0), Some(0.0))
+        );
+        // One sample a side shows no constancy; any spread is a measurement, tested as one.
+        assert!(constant_sides(&[1.0], &[2.0]).is_none());
+        assert!(constant_sides(&[1.0, 1.0], &[2.0, 2.1]).is_none());
+        // Over rounds (one value a round, paired or not) the zero spread gives the same verdict.
+        let rounds = |v: f64| vec![vec![v; 3]; 3];
+        for paired in [true, false] {
+            let plan = RoundsPlan {
+                paired,
+                needs_rounds: false,
+                ..RoundsPlan::default()
+            };
+            let j = judge_rounds(&rounds(1500.0), &rounds(1700.0), plan, 5, 100, 1).unwrap();
+            assert_eq!(
+                verdict(&j, j.p.unwrap(), 0.01, 0.03, "lower").0,
+                Verdict::Regression
+            );
+            let j = judge_rounds(&rounds(1500.0), &rounds(1500.0), plan, 5, 100, 1).unwrap();
+            assert_eq!(verdict(&j, j.p.unwrap(), 0.01, 0.03, "lower").0, Verdict::Same);
+        }
     }
 
     #[test]

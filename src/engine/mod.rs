@@ -4,6 +4,7 @@
 pub mod command;
 pub mod cpu;
 pub mod cuda;
+pub mod startup;
 pub mod torch;
 
 use std::collections::BTreeMap;
@@ -18,6 +19,7 @@ use crate::workload::gemm::GemmParams;
 use crate::workload::generate::GenerateParams;
 use crate::workload::precision::PrecisionParams;
 use crate::workload::probe::ProbeParams;
+use crate::workload::startup::StartupParams;
 use crate::workload::Params;
 
 /// One metric of a case: its samples and how to read them.
@@ -230,6 +232,12 @@ pub trait Engine {
         crate::components::Components::of_this_process()
     }
 
+    /// The start-up metrics measured inside the target ([`startup`]): without an override,
+    /// `first_cuda_op` has no CUDA device and `python_import_torch` needs the torch engine.
+    fn startup(&mut self, p: &StartupParams, _case: &Case) -> Result<CaseOutput, CaseError> {
+        startup::not_here(self.name(), p)
+    }
+
     /// `Some(rank 1 on n2)` when this worker is a non-zero rank of a multi-rank step whose
     /// rank 0 is another worker (a task of a Slurm step of N tasks): it then reports failures
     /// only, and rank 0 the rows.
@@ -263,6 +271,7 @@ pub fn run_case(engine: &mut dyn Engine, case: &Case) -> Result<CaseOutput, Case
         Params::Precision(p) => engine.precision(p, case),
         Params::Allreduce(p) => engine.allreduce(p, case),
         Params::Command(p) => engine.command(p, case),
+        Params::Startup(p) => engine.startup(p, case),
     }
 }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use super::{Executor, ExitInfo, LineEvent, WorkerHandle};
+use crate::error::CaseError;
 use crate::protocol::Job;
 use crate::results::TargetMeta;
 use crate::suite::TargetSpec;
@@ -32,6 +33,10 @@ impl LocalExecutor {
 impl Executor for LocalExecutor {
     fn name(&self) -> &'static str {
         "local"
+    }
+
+    fn image_size(&mut self, _target: &TargetSpec) -> Result<u64, CaseError> {
+        Err(CaseError::skipped("no image: a local target runs no container"))
     }
 
     fn prepare(&mut self, target: &TargetSpec) -> Result<TargetMeta> {

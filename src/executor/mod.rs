@@ -14,9 +14,17 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::case::Case;
+use crate::error::CaseError;
 use crate::protocol::Job;
 use crate::results::{Placement, TargetMeta};
 use crate::suite::{ExecutorKind, TargetSpec};
+
+/// A target its engine cannot run as asked (GPUs through Podman's Docker-compatible API): its
+/// cases are `skipped` with this reason rather than `failed`, as an engine skips what the
+/// target lacks.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unsupported(pub String);
 
 /// What the worker's stdout gave, or why it gave nothing.
 #[derive(Debug)]
@@ -80,6 +88,14 @@ pub trait Executor {
     /// own, with one task per rank).
     fn job_len(&self, _target: &TargetSpec, pending: &[Case]) -> usize {
         pending.len()
+    }
+    /// The target's image size in bytes as its engine reports it (a `startup` case's
+    /// `image_size`); `Err(Skipped)` where the target has none.
+    fn image_size(&mut self, _target: &TargetSpec) -> Result<u64, CaseError> {
+        Err(CaseError::skipped(format!(
+            "no image size: the {} executor does not report one",
+            self.name()
+        )))
     }
 }
 

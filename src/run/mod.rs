@@ -8,6 +8,7 @@ pub mod context;
 pub mod fit;
 pub mod plan;
 pub mod scheduler;
+pub mod startup;
 pub mod supervise;
 pub mod table;
 pub mod warnings;

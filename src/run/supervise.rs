@@ -35,7 +35,7 @@ const SHOWN_LINE_CHARS: usize = 200;
 
 /// A target whose executor is ready.
 pub struct Prepared {
-    exec: Box<dyn Executor>,
+    pub(super) exec: Box<dyn Executor>,
     pub meta: TargetMeta,
 }
 
@@ -116,6 +116,12 @@ pub fn prepare_target(
                 image: target.image.clone().unwrap_or_default(),
                 ..Default::default()
             };
+            if e.downcast_ref::<executor::Unsupported>().is_some() {
+                for c in pending {
+                    write_status(ctx, writer, &meta, c, Status::Skipped, &reason)?;
+                }
+                return Ok(None);
+            }
             fail_all(ctx, writer, &meta, pending, &reason)?;
             Ok(None)
         }
@@ -131,6 +137,9 @@ pub fn run_target(
     prepared: &mut Prepared,
     pending: Vec<Case>,
 ) -> Result<()> {
+    // Start-up metrics of the host (container start, image size) are measured around workers.
+    let (host, pending) = super::startup::split(pending);
+    super::startup::run_on_host(ctx, writer, target, prepared, host)?;
     let log_name = safe_name(&target.display_name());
     let mut s = Session::new(target.display_name(), pending);
     let mut attempt = 0;

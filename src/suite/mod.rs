@@ -331,6 +331,19 @@ fn compile_workload(
         };
         axes.push((k.clone(), values));
     }
+    // Axes the workload sweeps unless the suite names them (every start-up metric).
+    for (key, values) in crate::workload::default_axes(kind) {
+        if axes.iter().any(|(k, _)| k.get_ref() == key) {
+            continue;
+        }
+        axes.push((
+            Spanned::new(span.clone(), Cow::Borrowed(key)),
+            values
+                .into_iter()
+                .map(|v| Spanned::new(span.clone(), DeValue::String(Cow::Borrowed(v))))
+                .collect(),
+        ));
+    }
     let mut settings = defaults.clone();
     if !measure.is_empty() {
         let ov = MeasureOverrides::deserialize(de(&Spanned::new(span.clone(), DeValue::Table(measure))))

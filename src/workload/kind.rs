@@ -14,10 +14,12 @@ pub enum WorkloadKind {
     Allreduce,
     /// A user's own program (`workload/command.rs`).
     Command,
+    /// Container start, torch import, first CUDA op, image size (`workload/startup.rs`).
+    Startup,
 }
 
 impl WorkloadKind {
-    pub const ALL: [WorkloadKind; 7] = [
+    pub const ALL: [WorkloadKind; 8] = [
         WorkloadKind::Probe,
         WorkloadKind::Gemm,
         WorkloadKind::Attention,
@@ -25,6 +27,7 @@ impl WorkloadKind {
         WorkloadKind::Precision,
         WorkloadKind::Allreduce,
         WorkloadKind::Command,
+        WorkloadKind::Startup,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -36,6 +39,7 @@ impl WorkloadKind {
             WorkloadKind::Precision => "precision",
             WorkloadKind::Allreduce => "allreduce",
             WorkloadKind::Command => "command",
+            WorkloadKind::Startup => "startup",
         }
     }
 

@@ -11,6 +11,7 @@ mod kind;
 pub mod memory;
 pub mod precision;
 pub mod probe;
+pub mod startup;
 
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +30,7 @@ pub enum Params {
     Precision(precision::PrecisionParams),
     Allreduce(allreduce::AllreduceParams),
     Command(command::CommandParams),
+    Startup(startup::StartupParams),
 }
 
 impl Default for Params {
@@ -61,6 +63,7 @@ impl Params {
             Params::Precision(_) => WorkloadKind::Precision,
             Params::Allreduce(_) => WorkloadKind::Allreduce,
             Params::Command(_) => WorkloadKind::Command,
+            Params::Startup(_) => WorkloadKind::Startup,
         }
     }
 
@@ -92,6 +95,7 @@ impl Params {
                 Params::Allreduce(checked(de, |p: &mut allreduce::AllreduceParams| p.check())?)
             }
             WorkloadKind::Command => Params::Command(checked(de, command::CommandParams::check)?),
+            WorkloadKind::Startup => Params::Startup(checked(de, startup::StartupParams::check)?),
         })
     }
 
@@ -128,6 +132,7 @@ impl Params {
             Params::Precision(p) => serde_json::to_value(p),
             Params::Allreduce(p) => serde_json::to_value(p),
             Params::Command(p) => serde_json::to_value(p),
+            Params::Startup(p) => serde_json::to_value(p),
         };
         // Plain structs of numbers, strings and enums always serialise.
         v.unwrap_or_default()
@@ -143,6 +148,7 @@ pub fn example(kind: WorkloadKind) -> Params {
         WorkloadKind::Attention => "heads=1,seq_q=8,head_dim=8",
         WorkloadKind::Generate => "prompt_len=4,new_tokens=2",
         WorkloadKind::Precision => "batch=2,mode=fp32",
+        WorkloadKind::Startup => "metric=container_start",
         WorkloadKind::Command => {
             let mut p: command::CommandParams = toml::from_str(r#"argv = ["true"]"#).expect("valid");
             p.check().expect("valid");
@@ -221,7 +227,17 @@ pub fn list_valued_keys(kind: WorkloadKind) -> &'static [&'static str] {
 pub fn id_silent_keys(kind: WorkloadKind) -> &'static [&'static str] {
     match kind {
         WorkloadKind::Command => &command::SILENT_KEYS,
+        WorkloadKind::Startup => &startup::SILENT_KEYS,
         _ => &[],
+    }
+}
+
+/// Sweep axes a workload gets when its suite entry does not name them: a `startup` workload
+/// without `metric` measures every start-up metric, one case each.
+pub fn default_axes(kind: WorkloadKind) -> Vec<(&'static str, Vec<&'static str>)> {
+    match kind {
+        WorkloadKind::Startup => vec![("metric", startup::default_metrics())],
+        _ => Vec::new(),
     }
 }
 

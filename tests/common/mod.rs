@@ -200,3 +200,20 @@ pub fn compare_along_target(run: &Path, baseline: &str) -> (Option<i32>, serde_j
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
     (out.status.code(), v)
 }
+
+/// `docker build -q -t TAG -f DOCKERFILE CONTEXT` with the classic builder (it works offline
+/// from local images), asserting that it succeeds.
+pub fn docker_build(tag: &str, dockerfile: &Path, context: &Path) {
+    let out = std::process::Command::new("docker")
+        .args(["build", "-q", "-t", tag, "-f"])
+        .arg(dockerfile)
+        .arg(context)
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .expect("docker build runs");
+    assert!(
+        out.status.success(),
+        "docker build {tag}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -30,6 +30,7 @@ use crate::workload::gemm::GemmParams;
 use crate::workload::generate::GenerateParams;
 use crate::workload::precision::PrecisionParams;
 use crate::workload::probe::ProbeParams;
+use crate::workload::startup::{StartupMetric, StartupParams};
 use crate::workload::Params;
 use device::Gpu;
 use loader::{LibSpec, LoadError};
@@ -271,6 +272,21 @@ impl Runtime {
     }
 }
 
+/// What `first_cuda_op` times in a fresh process: the driver's start (dlopen, `cuInit`), a context
+/// and stream on GPU `ordinal`, and a first operation on the device (a 4-byte fill), synchronised;
+/// milliseconds.
+pub fn first_cuda_op_ms(ordinal: usize) -> anyhow::Result<f64> {
+    let t0 = std::time::Instant::now();
+    let driver = loader::open(&loader::LIBCUDA).map_err(|e| anyhow::anyhow!(driver_skip_reason(&e)))?;
+    cudarc::driver::result::init()
+        .map_err(|e| anyhow::anyhow!("the CUDA driver ({}) failed to initialise: {e}", driver.path))?;
+    let gpu = Gpu::open(ordinal)?;
+    let buf = gpu.alloc(4)?;
+    gpu.memset(&buf, 1)?;
+    gpu.synchronize()?;
+    Ok(t0.elapsed().as_secs_f64() * 1e3)
+}
+
 /// `major.minor` from CUDA's integer versions (12080 → 12.8).
 pub fn cuda_version_string(v: i32) -> String {
     format!("{}.{}", v / 1000, (v % 1000) / 10)
@@ -386,6 +402,36 @@ impl Engine for CudaEngine {
         self.on_gpus(case, |rt| generate::run(rt, p, case))
     }
 
+    /// `first_cuda_op`: each sample a fresh worker process (`worker --first-cuda-op N`) that
+    /// times its own driver start, context and first device operation ([`first_cuda_op_ms`]).
+    fn startup(&mut self, p: &StartupParams, case: &Case) -> Result<CaseOutput, CaseError> {
+        if p.metric != StartupMetric::FirstCudaOp {
+            return crate::engine::startup::not_here(self.name(), p);
+        }
+        let rt = self.runtime()?;
+        let ordinal =
+            gpus_for_case(&rt.wanted, rt.visible, GpuNeed::Count(1)).map_err(CaseError::Skipped)?[0];
+        let exe = std::env::current_exe()
+            .map_err(|e| CaseError::Failed(anyhow::anyhow!("failed to locate the worker binary: {e}")))?;
+        let n = ordinal.to_string();
+        let values = crate::engine::startup::self_timed_processes(
+            exe.as_os_str(),
+            &["worker", "--first-cuda-op", &n],
+            p,
+        )
+        .map_err(|e| {
+            CaseError::Failed(anyhow::anyhow!(
+                "{}: the first CUDA operation failed: {e}",
+                case.label()
+            ))
+        })?;
+        Ok(crate::engine::startup::output(
+            p,
+            &format!("cuda:{ordinal}"),
+            values,
+        ))
+    }
+
     fn precision(&mut self, _p: &PrecisionParams, _case: &Case) -> Result<CaseOutput, CaseError> {
         // Without a driver every case gives the driver's reason, this one included.
         self.runtime()?;
@@ -447,7 +493,8 @@ mod tests {
         // A user's program runs whatever the driver: it knows itself what it needs.
         for kind in WorkloadKind::ALL
             .into_iter()
-            .filter(|k| *k != WorkloadKind::Command)
+            // Start-up cases say per metric what this engine cannot measure (engine/startup.rs).
+            .filter(|k| !matches!(k, WorkloadKind::Command | WorkloadKind::Startup))
         {
             let case = Case {
                 workload: kind.as_str().into(),

@@ -28,6 +28,7 @@ use crate::workload::generate::GenerateParams;
 use crate::workload::metric;
 use crate::workload::precision::{Mode, Parallel, PrecisionParams};
 use crate::workload::probe::ProbeParams;
+use crate::workload::startup::StartupParams;
 use crate::workload::Params;
 
 pub use self::python::python_command;
@@ -399,6 +400,13 @@ impl TorchEngine {
 impl Engine for TorchEngine {
     fn name(&self) -> &'static str {
         "torch"
+    }
+
+    /// Fresh pythons, apart from this engine's session: `import torch`, and on CUDA the first
+    /// kernel.
+    fn startup(&mut self, p: &StartupParams, case: &Case) -> Result<CaseOutput, CaseError> {
+        let device = self.device_name();
+        crate::engine::startup::torch(&self.python, self.device, &device, p, case)
     }
 
     fn env(&mut self) -> BTreeMap<String, String> {

@@ -46,6 +46,29 @@ pub(crate) async fn connect() -> Result<Docker> {
     }
 }
 
+/// Podman's version when the engine is Podman's Docker-compatible service (its version
+/// answer lists a `Podman Engine` component), else `None`.
+pub(super) fn podman_version(v: &bollard::models::SystemVersion) -> Option<String> {
+    v.components
+        .iter()
+        .flatten()
+        .find(|c| c.name == "Podman Engine")
+        .map(|c| c.version.clone())
+}
+
+/// Why a GPU target cannot run on Podman's Docker-compatible API: it accepts NVIDIA device
+/// requests and ignores them (the container starts without GPUs, so every CUDA case would
+/// report a missing driver), and a CDI name in `Devices` is taken for a path (podman 4.3:
+/// "stat nvidia.com/gpu=all: no such file or directory") or, with permissions, does not resolve.
+pub(super) fn podman_gpu_reason(version: &str) -> String {
+    format!(
+        "GPUs cannot be requested through Podman's Docker-compatible API (podman {version}): it ignores \
+         NVIDIA device requests, and CDI devices (nvidia.com/gpu=all) are reachable only through \
+         `podman run --device`; run GPU targets on Docker with the NVIDIA Container Toolkit, or give \
+         this target `gpus = \"none\"`"
+    )
+}
+
 /// An engine call with a time limit, its error naming what was attempted.
 pub(super) async fn call<T>(
     what: &str,

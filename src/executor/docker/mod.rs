@@ -22,8 +22,9 @@ use bollard::Docker;
 use futures_util::StreamExt;
 use tokio::runtime::Runtime;
 
-use super::container_spec::{command_binds, job_args, ContainerSpec};
-use super::{Executor, WorkerHandle};
+use super::container_spec::{command_binds, job_args, ContainerSpec, GpuRequest};
+use super::{Executor, Unsupported, WorkerHandle};
+use crate::error::CaseError;
 use crate::protocol::Job;
 use crate::results::TargetMeta;
 use crate::suite::{GpuSelection, PullPolicy, TargetSpec};
@@ -249,22 +250,49 @@ impl Executor for DockerExecutor {
                 .collect(),
             ..Default::default()
         };
-        let check_ms = self
-            .preflight(target, &image)
-            .inspect_err(|_| hold_if_interrupted())?;
         let docker = self.docker()?;
         if let Ok(Ok(v)) = self
             .rt
             .block_on(async { tokio::time::timeout(API_TIMEOUT, docker.version()).await })
         {
+            if let Some(podman) = api::podman_version(&v) {
+                meta.env
+                    .insert("docker.engine".into(), format!("podman {podman}"));
+                if GpuRequest::for_target(target)? != GpuRequest::None {
+                    return Err(Unsupported(api::podman_gpu_reason(&podman)).into());
+                }
+            }
             meta.env
                 .insert("docker.engine_version".into(), v.version.unwrap_or_default());
             meta.env
                 .insert("docker.api_version".into(), v.api_version.unwrap_or_default());
         }
+        let check_ms = self
+            .preflight(target, &image)
+            .inspect_err(|_| hold_if_interrupted())?;
         meta.env
             .insert("docker.check_container_ms".into(), format!("{check_ms:.0}"));
         Ok(meta)
+    }
+
+    /// The image's `Size` from the engine's image inspect (Docker and Podman both report the
+    /// whole image, every layer).
+    fn image_size(&mut self, target: &TargetSpec) -> Result<u64, CaseError> {
+        let image = target.image.clone().unwrap_or_default();
+        let docker = self.docker().map_err(CaseError::Failed)?;
+        let inspect = self
+            .rt
+            .block_on(call(
+                &format!("inspect image {image}"),
+                docker.inspect_image(&image),
+            ))
+            .map_err(CaseError::Failed)?;
+        match inspect.size {
+            Some(bytes) if bytes > 0 => Ok(bytes as u64),
+            other => Err(CaseError::Failed(anyhow!(
+                "the engine reported no size for image {image} ({other:?})"
+            ))),
+        }
     }
 
     fn start(&mut self, target: &TargetSpec, job: &Job, log: &Path) -> Result<Box<dyn WorkerHandle>> {
