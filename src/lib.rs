@@ -18,6 +18,7 @@ pub const VERSION: &str = concat!(
     ")"
 );
 
+pub mod bisect;
 pub mod case;
 pub mod cli;
 pub mod compare;
@@ -56,8 +57,17 @@ pub fn main_impl() -> i32 {
         Command::Compare(args) => compare::cmd_compare(args),
         Command::Report(args) => report::cmd_report(args),
         Command::History(args) => history::cmd_history(args),
+        Command::Bisect(args) => bisect::cmd_bisect(bisect::BisectOptions {
+            run: args.run,
+            baseline: args.baseline,
+            candidate: args.candidate,
+            rounds: args.rounds,
+            work_dir: args.work_dir,
+            format: args.format,
+        }),
         Command::Clean(args) => executor::clean::cmd_clean(args.run.as_deref()),
         Command::Worker(args) => {
+            sys::unset_requested_env();
             let stdout = std::io::stdout().lock();
             worker::run_job_file(&args.job, stdout).map(|_| Outcome::Complete)
         }
