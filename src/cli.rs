@@ -55,7 +55,9 @@ pub enum Command {
     /// BASELINE and verdict, and a one-line answer.
     #[command(after_help = EXIT_CODES_HELP)]
     Bisect(BisectArgs),
-    /// Remove containers that interrupted runs left behind (those labelled `tagbench.run`).
+    /// Remove containers that interrupted runs left behind (those labelled `tagbench.run`),
+    /// except those of a run that a live `tagbench run` still writes (its run directory under
+    /// --results-dir is locked).
     Clean(CleanArgs),
     /// Internal: run a job inside a container or child process and print the JSON-lines protocol.
     #[command(hide = true)]
@@ -104,7 +106,7 @@ pub struct RunArgs {
     pub suite: SuiteArgs,
     /// Run inside this container image (repeatable: one target per image). Replaces the suite's
     /// targets; their container options (env, shm_size, ulimits, ...) are kept.
-    #[arg(long = "image", value_name = "IMAGE")]
+    #[arg(long = "image", value_name = "IMAGE", value_parser = image_name)]
     pub images: Vec<String>,
     /// Engine for every target: `native` (Rust: candle on CPU, cuBLAS/NCCL on CUDA) or `torch`
     /// (the image's own PyTorch).
@@ -139,11 +141,14 @@ pub struct RunArgs {
     /// Directory that holds run directories.
     #[arg(long, default_value = "results", value_name = "DIR")]
     pub results_dir: PathBuf,
-    /// Name of the run directory (default: date, time and suite name).
-    #[arg(long, value_name = "ID")]
+    /// Name of the run directory under --results-dir (default: date, time and suite name, with
+    /// `-2`, `-3`, … when taken). A name, not a path: no `/`, `..` or leading `.`.
+    #[arg(long, value_name = "ID", value_parser = run_id)]
     pub run_id: Option<String>,
-    /// Finish an interrupted run (its id or directory): cases with rows are not measured again.
-    /// The suite and options are the ones the run was started with.
+    /// Finish an interrupted run (its id or directory): cases with rows are not measured again,
+    /// samples of a case cut short before its row are dropped. The suite and options are the
+    /// ones the run was started with. Refused while another tagbench writes the run (its lock
+    /// file names the pid), and when a target's image ID changed since the run began.
     #[arg(long, value_name = "RUN", conflicts_with_all = ["suite", "run_id"])]
     pub resume: Option<PathBuf>,
     /// Do not draw the progress bar.
@@ -194,8 +199,17 @@ pub struct WorkerArgs {
 #[derive(Debug, Args, Clone)]
 pub struct CleanArgs {
     /// Remove only the containers of this run (its id); without it, those of every run.
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", value_parser = run_id)]
     pub run: Option<String>,
+    /// Where the runs are (as `run --results-dir`): the containers of a run whose directory
+    /// there is locked by a live `tagbench run` are kept, and said so.
+    #[arg(long, default_value = "results", value_name = "DIR")]
+    pub results_dir: PathBuf,
+}
+
+/// `--run-id` and `clean --run`: a run id is a directory name, never a path.
+fn run_id(s: &str) -> Result<String, String> {
+    crate::results::check_run_id(s).map(|()| s.to_string())
 }
 
 /// The statistics settings shared by `compare`, `report` and `history`.
@@ -316,4 +330,12 @@ pub struct HistoryArgs {
     /// Write the output to this file instead of stdout.
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,
+}
+
+/// An `--image` value: a name, never empty (an unset shell variable gives `--image ''`).
+fn image_name(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        return Err("--image needs an image name, got an empty string".into());
+    }
+    Ok(s.to_string())
 }

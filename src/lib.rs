@@ -65,7 +65,7 @@ pub fn main_impl() -> i32 {
             work_dir: args.work_dir,
             format: args.format,
         }),
-        Command::Clean(args) => executor::clean::cmd_clean(args.run.as_deref()),
+        Command::Clean(args) => executor::clean::cmd_clean(args.run.as_deref(), &args.results_dir),
         Command::Worker(args) => {
             sys::unset_requested_env();
             let stdout = std::io::stdout().lock();

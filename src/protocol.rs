@@ -1,5 +1,8 @@
 //! The worker protocol: what the host hands the worker (a [`Job`]) and the JSON lines the worker
-//! prints on stdout ([`Message`]). Anything else on stdout is a protocol error.
+//! prints on stdout ([`Message`]), each behind the job's token (a per-job nonce the host drew),
+//! so that text something else in the image prints on the same stdout (a banner, an LD_PRELOAD
+//! library, a sitecustomize) can never pass for a result: [`classify`] tells the three kinds of
+//! line apart.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -9,10 +12,18 @@ use serde::{Deserialize, Serialize};
 use crate::case::{Better, Case, Device, EngineKind};
 use crate::stats::Summary;
 
+/// The protocol's version. The worker's first line (`hello`) says which it speaks; the host
+/// refuses a worker that speaks another, naming both tagbench versions.
+pub const PROTOCOL: u32 = 2;
+
 /// What the worker is asked to do: run these cases on this device with this engine.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Job {
     pub run_id: String,
+    /// The nonce every protocol line of this job starts with ([`new_token`]); empty: lines are
+    /// bare JSON (the worker's own tests).
+    #[serde(default)]
+    pub token: String,
     pub engine: EngineKind,
     pub device: Device,
     /// CUDA device ordinals the worker may use (as the container sees them); empty = all.
@@ -25,6 +36,8 @@ pub struct Job {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Message {
+    /// The worker's first line: its tagbench version and protocol.
+    Hello { version: String, protocol: u32 },
     /// Facts about the worker's environment (the probe's findings, versions, devices).
     Env { info: BTreeMap<String, String> },
     /// A case begins.
@@ -94,20 +107,100 @@ impl Message {
     }
 }
 
-/// Writes protocol lines, one JSON object per line, flushed each time so that the host sees
-/// results as they are made and a crash loses nothing already measured.
+/// A fresh job token: 128 random bits, hex.
+pub fn new_token() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// One protocol line: `<token> <json>` (bare JSON when the token is empty).
+pub fn frame(token: &str, msg: &Message) -> String {
+    let json = serde_json::to_string(msg).unwrap_or_default();
+    if token.is_empty() {
+        json
+    } else {
+        format!("{token} {json}")
+    }
+}
+
+/// What a line of the worker's stdout is.
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per stdout line, used at once, never stored"
+)]
+pub enum Line<'a> {
+    /// A line behind this job's token: the message (or why it does not parse). Text before the
+    /// token (a banner without its newline) is `before`, for the log.
+    Framed {
+        msg: Result<Message, serde_json::Error>,
+        json: &'a str,
+        before: &'a str,
+    },
+    /// It looks like a protocol message (a JSON object with a `type`) but does not carry this
+    /// job's token: a forgery, a banner, or a worker of another tagbench version. Never a result.
+    Unframed,
+    /// Plain text (an image's banner): for the log.
+    Text,
+}
+
+/// Sorts one stdout line of a worker whose job has `token` (never empty).
+pub fn classify<'a>(line: &'a str, token: &str) -> Line<'a> {
+    if !token.is_empty() {
+        if let Some(at) = line.find(token) {
+            if let Some(json) = line[at + token.len()..].strip_prefix(' ') {
+                return Line::Framed {
+                    msg: Message::parse(json),
+                    json,
+                    before: &line[..at],
+                };
+            }
+        }
+    }
+    if looks_like_protocol(line) {
+        Line::Unframed
+    } else {
+        Line::Text
+    }
+}
+
+/// The message of a line behind `token` (any JSON message when the token is empty); `None`
+/// for every other line.
+pub fn parse_framed(line: &str, token: &str) -> Option<Message> {
+    if token.is_empty() {
+        return Message::parse(line).ok();
+    }
+    match classify(line, token) {
+        Line::Framed { msg, .. } => msg.ok(),
+        _ => None,
+    }
+}
+
+/// Whether a JSON object with a `type` key starts somewhere in `line` (after a prefix such as
+/// another job's token).
+fn looks_like_protocol(line: &str) -> bool {
+    line.match_indices('{').any(|(i, _)| {
+        let mut it = serde_json::Deserializer::from_str(&line[i..]).into_iter::<serde_json::Value>();
+        matches!(it.next(), Some(Ok(serde_json::Value::Object(o))) if o.contains_key("type"))
+    })
+}
+
+/// Writes protocol lines, one framed JSON object per line, flushed each time so that the host
+/// sees results as they are made and a crash loses nothing already measured.
 pub struct Emitter<W: Write> {
     out: W,
+    token: String,
 }
 
 impl<W: Write> Emitter<W> {
-    pub fn new(out: W) -> Self {
-        Emitter { out }
+    pub fn new(out: W, token: &str) -> Self {
+        Emitter {
+            out,
+            token: token.to_string(),
+        }
     }
 
     pub fn emit(&mut self, msg: &Message) -> std::io::Result<()> {
-        let line = serde_json::to_string(msg).map_err(std::io::Error::other)?;
-        writeln!(self.out, "{line}")?;
+        writeln!(self.out, "{}", frame(&self.token, msg))?;
         self.out.flush()
     }
 }
@@ -140,6 +233,43 @@ mod tests {
             serde_json::to_string(&Message::Done).unwrap(),
             r#"{"type":"done"}"#
         );
+    }
+
+    #[test]
+    fn only_lines_behind_the_token_are_messages() {
+        let t = new_token();
+        assert_eq!(t.len(), 32);
+        assert_ne!(t, new_token());
+        let line = frame(&t, &Message::Done);
+        assert_eq!(line, format!(r#"{t} {{"type":"done"}}"#));
+        assert!(matches!(
+            classify(&line, &t),
+            Line::Framed {
+                msg: Ok(Message::Done),
+                before: "",
+                ..
+            }
+        ));
+        // A banner without its newline in front of the line: the message still counts.
+        let glued = format!("Welcome!{line}");
+        assert!(matches!(
+            classify(&glued, &t),
+            Line::Framed {
+                msg: Ok(Message::Done),
+                before: "Welcome!",
+                ..
+            }
+        ));
+        let forged = r#"{"type":"summary","case":"a","workload":"gemm","metric":"latency"}"#;
+        assert!(matches!(classify(forged, &t), Line::Unframed));
+        let other = format!("{} {forged}", new_token());
+        assert!(matches!(classify(&other, &t), Line::Unframed));
+        assert!(matches!(classify("== CUDA banner {not json} ==", &t), Line::Text));
+        assert!(matches!(classify(r#"{"ok": 1}"#, &t), Line::Text));
+        assert!(matches!(
+            classify(&format!("{t} nope"), &t),
+            Line::Framed { msg: Err(_), .. }
+        ));
     }
 
     #[test]

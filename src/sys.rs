@@ -6,6 +6,7 @@
 
 pub mod interrupt;
 pub mod limits;
+pub mod log_cap;
 pub mod output;
 
 /// A signal's conventional name (`SIGSEGV` for 11), `signal` for the ones we do not name.

@@ -21,11 +21,15 @@ pub fn run_job_file(path: &Path, out: impl Write) -> Result<()> {
 }
 
 pub fn run_job(job: &Job, out: impl Write) -> Result<()> {
-    let mut em = Emitter::new(out);
+    let mut em = Emitter::new(out, &job.token);
     let mut engine = engine::create(job);
     if let Some(rank) = engine.follower() {
         return follow_job(engine.as_mut(), job, &rank, &mut em);
     }
+    em.emit(&Message::Hello {
+        version: env!("CARGO_PKG_VERSION").into(),
+        protocol: crate::protocol::PROTOCOL,
+    })?;
     // What the container (or host) gave the worker, beside what the engine found.
     let mut info = crate::sys::limits::facts();
     info.extend(engine.env());
@@ -208,13 +212,14 @@ mod tests {
         };
         let job = Job {
             run_id: "r".into(),
+            token: String::new(),
             engine: EngineKind::Torch,
             device: Device::Cpu,
             gpus: Vec::new(),
             cases: vec![case("good"), case("bad")],
         };
         let mut out = Vec::new();
-        let err = follow_job(&mut Rank1, &job, "rank 1 on n2", &mut Emitter::new(&mut out)).unwrap_err();
+        let err = follow_job(&mut Rank1, &job, "rank 1 on n2", &mut Emitter::new(&mut out, "")).unwrap_err();
         assert_eq!(err.to_string(), "rank 1 on n2 could not run allreduce/bad");
         let lines: Vec<Message> = String::from_utf8(out)
             .unwrap()

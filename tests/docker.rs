@@ -618,20 +618,7 @@ fn interrupt_removes_the_runs_containers() {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
-    // Waits for the worker's container (not the `--version` check's, which ends by itself).
-    let t0 = Instant::now();
-    loop {
-        let filter = format!("label=tagbench.run={}", run.run_id);
-        let out = docker(&["ps", "-q", "--filter", &filter, "--filter", "name=-1-"]);
-        if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "no worker container appeared"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_worker_container(&run.run_id);
     std::thread::sleep(Duration::from_millis(500));
     // SAFETY: sends SIGINT to the child this test started.
     unsafe {
@@ -642,6 +629,14 @@ fn interrupt_removes_the_runs_containers() {
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert_eq!(status.code(), Some(130), "stderr: {stderr}");
     assert!(stderr.contains("removed container"), "stderr: {stderr}");
+    let dir = run.run_dir().root.display().to_string();
+    assert!(
+        stderr.contains(&format!(
+            "interrupted: partial run in {dir}; finish it with `tagbench run --resume {dir}`"
+        )),
+        "stderr: {stderr}"
+    );
+    assert_eq!(run.run_dir().read_meta().unwrap().state, "interrupted");
     assert_eq!(run.leftovers(), "", "containers left behind");
 }
 
@@ -675,4 +670,149 @@ fn clean_removes_leftover_containers() {
     assert!(stderr.contains("1 containers of run"), "{stderr}");
     let left = docker(&["ps", "-aq", "--filter", &format!("label={label}")]);
     assert_eq!(String::from_utf8_lossy(&left.stdout).trim(), "");
+}
+
+/// Waits until a worker container of `run_id` runs (not the `--version` check's, which ends by
+/// itself).
+fn wait_for_worker_container(run_id: &str) {
+    let t0 = Instant::now();
+    loop {
+        let filter = format!("label=tagbench.run={run_id}");
+        let out = docker(&["ps", "-q", "--filter", &filter, "--filter", "name=-1-"]);
+        if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no worker container appeared"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `clean` keeps the containers of a run that a live `tagbench run` writes (its run directory
+/// is locked), says so naming the pid, and removes them once the run is gone (SIGKILL leaves
+/// them behind). `--run` keeps other users' containers of this engine out of the test.
+#[test]
+fn clean_keeps_the_containers_of_a_live_run() {
+    let Some((_g, img)) = setup() else { return };
+    let suite = format!(
+        "name = \"live\"\n{DEFAULTS}\n[[workload]]\nkind = \"gemm\"\nsize = 1024\ndtype = \"fp32\"\nmin_samples = 100000\nmax_samples = 100000\nmax_time_s = 600\ntimeout_s = 600\n"
+    );
+    let run = Run::new("live", &suite);
+    let mut cmd = run.cmd();
+    cmd.args(["--image", &img.threads1])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    wait_for_worker_container(&run.run_id);
+    let clean = || {
+        let mut cmd = Command::cargo_bin("tagbench").unwrap();
+        cmd.args(["clean", "--run", &run.run_id, "--results-dir"])
+            .arg(run.dir.path().join("results"));
+        output(cmd)
+    };
+    let (code, stdout, stderr) = clean();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "kept 1 container of live run {} (pid {}); stop that run first to remove it",
+            run.run_id,
+            child.id()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("0 containers of run"), "{stderr}");
+    assert!(!stdout.contains("removed container"), "{stdout}");
+    assert_ne!(run.leftovers(), "", "the live run's container was removed");
+    assert!(child.try_wait().unwrap().is_none(), "the live run died");
+
+    child.kill().unwrap(); // SIGKILL: no clean-up, the container stays
+    child.wait().unwrap();
+    assert_ne!(run.leftovers(), "");
+    let (code, stdout, stderr) = clean();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("removed container"), "{stdout}");
+    assert!(!stderr.contains("kept"), "{stderr}");
+    assert_eq!(run.leftovers(), "");
+}
+
+/// `--resume` measures a target in the image its run began with: after the tag was moved to
+/// another image it is refused (exit 2, both image IDs named) and run.json keeps the old ID;
+/// with the tag back on the image the run measured, it finishes, every row of one image ID.
+#[test]
+fn resume_refuses_an_image_whose_id_changed() {
+    let Some((_g, img)) = setup() else { return };
+    let moving = format!("{}:moving", img.threads1.split(':').next().unwrap());
+    let tag = |to: &str| {
+        let out = docker(&["tag", to, &moving]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    tag(&img.threads1);
+    TAGS.lock().unwrap().push(moving.clone());
+    let id_of = |image: &str| {
+        let out = docker(&["image", "inspect", "--format", "{{.Id}}", image]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let (first, second) = (id_of(&img.threads1), id_of(&img.threads2));
+    assert_ne!(first, second);
+    // A quick case (its row tells the run is under way), then one of about a second or two.
+    let suite = format!(
+        "name = \"moving\"\n{DEFAULTS}\n[[workload]]\nname = \"quick\"\nkind = \"gemm\"\nsize = 64\ndtype = \"fp32\"\n\n\
+         [[workload]]\nname = \"slow\"\nkind = \"gemm\"\nsize = 512\ndtype = \"fp32\"\nmin_samples = 100\nmax_samples = 100\nmax_time_s = 600\n"
+    );
+    let run = Run::new("moving", &suite);
+    let mut cmd = run.cmd();
+    cmd.args(["--image", &moving])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let t0 = Instant::now();
+    while read_results(&run.run_dir()).map(|r| r.len()).unwrap_or(0) < 1 {
+        assert!(t0.elapsed() < Duration::from_secs(120), "no row");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let _ = Command::cargo_bin("tagbench")
+        .unwrap()
+        .args(["clean", "--run", &run.run_id])
+        .output();
+    assert_eq!(run.run_dir().read_meta().unwrap().targets[0].image_id, first);
+
+    tag(&img.threads2);
+    let resume = || {
+        let mut c = Command::cargo_bin("tagbench").unwrap();
+        c.args(["run", "--no-progress", "--no-report", "--results-dir"])
+            .arg(run.dir.path().join("results"))
+            .arg("--resume")
+            .arg(&run.run_id);
+        output(c)
+    };
+    let (code, _, stderr) = resume();
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "error: image {moving} is now {second} but run {} measured {first}: the tag was rebuilt or pushed again since; \
+             one target cannot hold rows of two images, so start a new run (or tag the image the run measured as {moving} again to finish it)",
+            run.run_id
+        )),
+        "{stderr}"
+    );
+    let meta = run.run_dir().read_meta().unwrap();
+    assert_eq!(meta.targets[0].image_id, first);
+    assert_eq!(meta.state, "interrupted");
+    assert!(run.rows().iter().all(|r| r.image_id == first));
+
+    tag(&img.threads1);
+    let (code, _, stderr) = resume();
+    assert_eq!(code, 0, "{stderr}");
+    let rows = run.rows();
+    assert!(
+        rows.iter()
+            .any(|r| r.workload == "slow" && r.status == Status::Ok),
+        "{rows:#?}"
+    );
+    assert!(rows.iter().all(|r| r.image_id == first), "{rows:#?}");
+    assert_eq!(run.leftovers(), "");
 }

@@ -636,3 +636,98 @@ fn bisect_names_omp_num_threads_as_the_cause_of_the_gemm_regression() {
         "containers left behind: {mine:?}"
     );
 }
+
+/// BASE with one more `ENV` line (no layer: builds offline in a moment).
+fn image_with_env(base: &str, tag: &str, env: &str) -> String {
+    let name = format!("tagbench-test/env:{tag}");
+    let mut child = Command::new("docker")
+        .args(["build", "-q", "-t", &name, "-"])
+        .env("DOCKER_BUILDKIT", "0")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("docker build runs");
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("FROM {base}\nENV {env}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    name
+}
+
+/// The bisect machinery end to end at any load: a `command` whose program sleeps five times
+/// longer when an environment variable of its image is set. The bisect swaps BASE's environment
+/// into the slow image (the variable removed), names the variable, and leaves no container.
+#[test]
+fn bisect_names_the_environment_variable_that_slows_a_command() {
+    let Some((_guard, (base, _))) = setup() else {
+        return;
+    };
+    let slow = image_with_env(base, "sleepy", "TAGBENCH_TEST_SLOWDOWN=1");
+    let run = Run::new("bisect-command");
+    std::fs::write(
+        run.dir.path().join("suite.toml"),
+        r#"name = "bisect-command"
+[defaults]
+warmup_s = 0
+min_samples = 4
+max_samples = 4
+timeout_s = 60
+rounds = 4
+
+[[workload]]
+kind = "command"
+name = "sleepy"
+argv = ["python3", "-c", "import os, time; time.sleep(0.2 if os.environ.get('TAGBENCH_TEST_SLOWDOWN') else 0.04)"]
+"#,
+    )
+    .unwrap();
+    let (code, stderr) = run.run(&["--image", base, "--image", &slow]);
+    assert_eq!(code, 1, "{stderr}");
+    let out = Command::cargo_bin("tagbench")
+        .unwrap()
+        .arg("bisect")
+        .arg(run.run_dir().root)
+        .args(["--baseline", base, "--candidate", &slow, "--rounds", "4"])
+        .output()
+        .expect("tagbench bisect runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}\n{stderr}");
+    assert!(
+        text.contains("answer: `TAGBENCH_TEST_SLOWDOWN` 1 → (unset) explains +"),
+        "{text}\n{stderr}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("TAGBENCH_TEST_SLOWDOWN") && l.ends_with("recovers")),
+        "{text}"
+    );
+    // The control (the slow image as it is) stays slower in the bisect's own step.
+    assert!(
+        text.lines()
+            .any(|l| l.contains("(none: B as it is)") && l.contains("regression")),
+        "{text}"
+    );
+    // Markdown and JSON say the same.
+    let work = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("bisect runs in "))
+        .expect("the bisect names its work directory")
+        .to_string();
+    assert!(std::path::Path::new(&work)
+        .join("step1")
+        .join("results.csv")
+        .exists());
+    let leftovers = Command::new("docker")
+        .args(["ps", "-aq", "--filter", "label=tagbench.target=copy from"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&leftovers.stdout).trim(), "");
+    assert_eq!(run.leftovers(), "", "containers left behind");
+}

@@ -36,6 +36,29 @@ use crate::suite::target::TargetMount;
 use crate::suite::TargetSpec;
 use crate::{errln, out};
 
+/// The pid of the step's child `tagbench run` while it runs (0: none): an interrupt of the
+/// bisect stops it, and it removes its own containers and marks its run interrupted.
+static STEP_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// On Ctrl-C or SIGTERM: SIGTERM to the running step, then up to 30 s for it to clean up.
+fn stop_step_on_interrupt() {
+    crate::sys::interrupt::on_interrupt("bisect step", || {
+        let pid = STEP_PID.load(std::sync::atomic::Ordering::SeqCst);
+        if pid <= 0 {
+            return;
+        }
+        // SAFETY: kill(2) with a pid this process started; no memory is touched.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        for _ in 0..300 {
+            // SAFETY: signal 0 only asks whether the process still exists.
+            if unsafe { libc::kill(pid, 0) } != 0 {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    });
+}
+
 /// Where swapped files go inside B's containers.
 const SWAP_ROOT: &str = "/opt/tagbench/swap";
 
@@ -380,12 +403,15 @@ impl Bench<'_> {
         for r in self.regressed {
             cmd.args(["--filter", &format!("{}/{}", r.workload, r.case)]);
         }
-        let status = cmd
+        let mut child = cmd
             .stdout(std::fs::File::create(&log)?)
             .stderr(std::fs::File::create(log.with_extension("err"))?)
             .stdin(Stdio::null())
-            .status()
+            .spawn()
             .context("failed to start `tagbench run` for a bisect step")?;
+        STEP_PID.store(child.id() as i32, std::sync::atomic::Ordering::SeqCst);
+        let status = child.wait()?;
+        STEP_PID.store(0, std::sync::atomic::Ordering::SeqCst);
         let dir = self.work.join(&run_id);
         if !dir.join("results.csv").exists() {
             bail!(
@@ -394,44 +420,49 @@ impl Bench<'_> {
             );
         }
         let run = LoadedRun::load(&dir)?;
-        let report = compare_along(
-            std::slice::from_ref(&run),
-            "target",
-            &a_name,
-            &CompareOptions::default(),
-        )?;
-        let judge = |name: &str, set: &[usize]| -> Trial {
-            let mine: Vec<_> = report
+        let opts = CompareOptions::default();
+        let vs_a = compare_along(std::slice::from_ref(&run), "target", &a_name, &opts)?;
+        let vs_b = compare_along(std::slice::from_ref(&run), "target", &b_name, &opts)?;
+        let regressed = self.regressed;
+        let of = |report: &crate::compare::CompareReport, name: &str| -> Vec<crate::compare::Comparison> {
+            report
                 .comparisons
                 .iter()
                 .filter(|c| {
                     c.candidate.label == name
-                        && self
-                            .regressed
+                        && regressed
                             .iter()
                             .any(|r| r.workload == c.workload && r.case == c.case && r.metric == c.metric)
                 })
-                .collect();
+                .cloned()
+                .collect()
+        };
+        // A swap recovers when B with it is faster than B (an improvement, judged in this
+        // step beside B) and no longer a regression against A, on every regressed metric.
+        let judge = |name: &str, set: &[usize]| -> Trial {
+            let against_a = of(&vs_a, name);
+            let against_b = of(&vs_b, name);
             let failed = run
                 .measurements
                 .iter()
                 .find(|m| m.row.target == name && m.row.status == crate::results::Status::Failed);
-            let first = mine.first();
+            let first = against_a.first();
             let outcome = if let Some(f) = failed {
                 TrialOutcome::CannotRun {
                     reason: f.row.reason.lines().last().unwrap_or_default().to_string(),
                 }
-            } else if mine.len() < self.regressed.len()
-                || mine
+            } else if against_a.len() < regressed.len()
+                || against_a
                     .iter()
                     .any(|c| matches!(c.verdict, Verdict::Missing | Verdict::Failed))
             {
                 TrialOutcome::CannotRun {
                     reason: "no measurement of the regressed cases".into(),
                 }
-            } else if mine
-                .iter()
-                .all(|c| matches!(c.verdict, Verdict::Same | Verdict::Improvement))
+            } else if !set.is_empty()
+                && against_a.iter().all(|c| c.verdict != Verdict::Regression)
+                && against_b.len() == against_a.len()
+                && against_b.iter().all(|c| c.verdict == Verdict::Improvement)
             {
                 TrialOutcome::Recovers
             } else {
@@ -504,17 +535,16 @@ fn answer(report: &BisectReport) -> String {
     } else {
         ""
     };
+    let after = match (trial.verdict.as_str(), trial.ratio) {
+        ("same", _) => format!("`same` as {}", report.baseline),
+        (v, Some(r)) => format!("{r:.3}× {} (`{v}`)", report.baseline),
+        (v, None) => format!("`{v}` against {}", report.baseline),
+    };
     format!(
-        "{}{together} {verb} {change} of {what}; with {} swapped back, {} is `{}` as {}{}",
+        "{}{together} {verb} {change} of {what}; with {} swapped back, {} measures {after}",
         names.join(", "),
         if names.len() > 1 { "them" } else { "it" },
         report.candidate,
-        trial.verdict,
-        report.baseline,
-        trial
-            .ratio
-            .map(|r| format!(" (ratio {r:.3})"))
-            .unwrap_or_default()
     )
 }
 
@@ -679,6 +709,7 @@ pub fn cmd_bisect(opts: BisectOptions) -> Result<Outcome> {
     std::fs::create_dir_all(&work).with_context(|| format!("failed to create {}", work.display()))?;
     let label = format!("bisect-{nonce:08x}");
     crate::executor::docker::remove_containers_on_interrupt(&label);
+    stop_step_on_interrupt();
     let mut bench = Bench {
         opts: &opts,
         suite_text,

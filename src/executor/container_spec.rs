@@ -419,6 +419,7 @@ mod tests {
         };
         let mut job = crate::protocol::Job {
             run_id: "r".into(),
+            token: String::new(),
             engine: Default::default(),
             device: Device::Cpu,
             gpus: vec![],

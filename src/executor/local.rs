@@ -70,14 +70,16 @@ impl Executor for LocalExecutor {
             )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(stderr)
+            .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("failed to start worker {}", self.worker_exe.display()))?;
         let stdout = child.stdout.take().expect("piped stdout");
+        let err = child.stderr.take().expect("piped stderr");
         Ok(Box::new(LocalWorker {
             child,
             lines: spawn_line_reader(stdout),
             log: log.to_owned(),
+            log_done: spawn_log_copier(err, stderr),
         }))
     }
 }
@@ -92,6 +94,19 @@ pub fn spawn_line_reader(r: impl std::io::Read + Send + 'static) -> Receiver<std
                 break;
             }
         }
+    });
+    rx
+}
+
+/// Copies the worker's stderr into its log under the size cap; the receiver hears when the
+/// copy is complete (the stderr closed and the held tail written).
+fn spawn_log_copier(mut from: impl std::io::Read + Send + 'static, to: std::fs::File) -> Receiver<()> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut log = crate::sys::log_cap::CappedLog::new(to);
+        let _ = std::io::copy(&mut from, &mut log);
+        drop(log);
+        let _ = tx.send(());
     });
     rx
 }
@@ -120,6 +135,8 @@ struct LocalWorker {
     child: Child,
     lines: Receiver<std::io::Result<String>>,
     log: PathBuf,
+    /// Hears when the stderr copy into the log is complete.
+    log_done: Receiver<()>,
 }
 
 impl WorkerHandle for LocalWorker {
@@ -152,6 +169,8 @@ impl WorkerHandle for LocalWorker {
                 ));
             }
         }
+        // A process the worker started may still hold its stderr open: wait a little, no more.
+        let _ = self.log_done.recv_timeout(Duration::from_secs(2));
         info.stderr_tail = log_tail(&self.log, 2000);
         Ok(info)
     }

@@ -7,6 +7,12 @@ use serde::{Deserialize, Serialize};
 /// run.json's `state` of a run that measured everything it planned; any other state (`running`,
 /// `interrupted`, `failed`) is a partial run that `compare` and `report` refuse to gate on.
 pub const STATE_COMPLETE: &str = "complete";
+/// run.json's `state` while a process writes the run (and after a SIGKILL, which leaves no
+/// chance to say otherwise).
+pub const STATE_RUNNING: &str = "running";
+/// run.json's `state` of a run stopped by SIGINT/SIGTERM (or an error) before its end;
+/// `tagbench run --resume` finishes it.
+pub const STATE_INTERRUPTED: &str = "interrupted";
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RunMeta {

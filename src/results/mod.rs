@@ -2,6 +2,7 @@
 //! `samples.csv` (every sample), `run.json` (metadata) and `logs/`, under `results/<run-id>/`.
 
 pub mod load;
+pub mod lock;
 pub mod meta;
 pub mod record;
 pub mod row;
@@ -9,10 +10,12 @@ pub mod store;
 pub mod unit;
 
 pub use load::{LoadedRun, Measurement};
-pub use meta::{Placement, RunMeta, TargetMeta, STATE_COMPLETE};
+pub use lock::{check_run_id, Liveness, RunBusy, RunLock};
+pub use meta::{Placement, RunMeta, TargetMeta, STATE_COMPLETE, STATE_INTERRUPTED, STATE_RUNNING};
 pub use record::{set_summary, MetricId, Recorder};
 pub use row::{ResultRow, SampleRow, Status, SCHEMA_VERSION};
 pub use store::{
-    mark_outlier_rounds, outlier_rounds_of, read_results, read_samples, RoundKey, RunDir, RunWriter,
+    drop_orphan_samples, mark_outlier_rounds, outlier_rounds_of, read_results, read_samples, RoundKey,
+    RunDir, RunWriter,
 };
 pub use unit::Quantity;

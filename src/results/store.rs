@@ -10,7 +10,12 @@ use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::meta::{STATE_INTERRUPTED, STATE_RUNNING};
 use super::{ResultRow, RunMeta, SampleRow, Status};
+
+/// Run directories whose run.json an interrupt has written last (see
+/// [`RunDir::mark_interrupted`]); also what makes run.json writes of one process one at a time.
+static SEALED: std::sync::Mutex<BTreeSet<PathBuf>> = std::sync::Mutex::new(BTreeSet::new());
 
 /// The files of one run.
 #[derive(Debug, Clone)]
@@ -58,8 +63,36 @@ impl RunDir {
         serde_json::from_str(&text).with_context(|| format!("failed to parse {}", path.display()))
     }
 
-    /// Writes run.json atomically (write to a temporary file, then rename).
+    /// Writes run.json atomically (write to a temporary file, then rename). After
+    /// [`RunDir::mark_interrupted`] it writes nothing: the state an interrupt recorded stays.
     pub fn write_meta(&self, meta: &RunMeta) -> Result<()> {
+        let sealed = SEALED.lock().unwrap_or_else(|e| e.into_inner());
+        if sealed.contains(&self.root) {
+            return Ok(());
+        }
+        self.write_meta_unsealed(meta)
+    }
+
+    /// Records in run.json that the run was interrupted (state `interrupted`, its end time) if it
+    /// is `running`, and seals run.json: this process writes it no more (the run's own thread
+    /// may still be going while the process exits). Returns whether the state changed.
+    pub fn mark_interrupted(&self) -> Result<bool> {
+        let mut sealed = SEALED.lock().unwrap_or_else(|e| e.into_inner());
+        if sealed.contains(&self.root) {
+            return Ok(false);
+        }
+        let mut meta = self.read_meta()?;
+        sealed.insert(self.root.clone());
+        if meta.state != STATE_RUNNING {
+            return Ok(false);
+        }
+        meta.state = STATE_INTERRUPTED.into();
+        meta.finished_at = Some(chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        self.write_meta_unsealed(&meta)?;
+        Ok(true)
+    }
+
+    fn write_meta_unsealed(&self, meta: &RunMeta) -> Result<()> {
         let path = self.run_json();
         let tmp = self.root.join(".run.json.tmp");
         let text = serde_json::to_string_pretty(meta)?;
@@ -362,6 +395,59 @@ pub fn read_results(dir: &RunDir) -> Result<Vec<ResultRow>> {
     Ok(rows.into_iter().map(|(_, r)| r).collect())
 }
 
+/// Drops the samples of every (target, workload, case, round) that has no row in results.csv:
+/// a case cut short between its samples and its row (a kill, a full disk) is measured again by
+/// `--resume`, and its first samples must not sit beside the new ones. Rewritten through a
+/// temporary file and a rename (a kill leaves either version); returns how many were dropped.
+/// Call it before the run's `RunWriter` opens.
+pub fn drop_orphan_samples(dir: &RunDir) -> Result<usize> {
+    let path = dir.samples_csv();
+    if !path.exists() || std::fs::metadata(&path)?.len() == 0 {
+        return Ok(0);
+    }
+    // A torn last line cut, an older header brought up to date.
+    drop(CsvAppender::open::<SampleRow>(&path)?);
+    let with_rows: BTreeSet<(String, String, String, usize)> = if dir.results_csv().exists() {
+        read_results(dir)?
+            .into_iter()
+            .map(|r| (r.target, r.workload, r.case, r.round.unwrap_or(0)))
+            .collect()
+    } else {
+        BTreeSet::new()
+    };
+    let samples = read_csv::<SampleRow>(&path)?;
+    let total = samples.len();
+    let kept: Vec<SampleRow> = samples
+        .into_iter()
+        .map(|(_, s)| s)
+        .filter(|s| {
+            with_rows.contains(&(
+                s.target.clone(),
+                s.workload.clone(),
+                s.case.clone(),
+                s.round.unwrap_or(0),
+            ))
+        })
+        .collect();
+    let dropped = total - kept.len();
+    if dropped == 0 {
+        return Ok(0);
+    }
+    let tmp = path.with_extension("csv.tmp");
+    let mut w = csv::Writer::from_path(&tmp).with_context(|| format!("failed to write {}", tmp.display()))?;
+    if kept.is_empty() {
+        w.write_record(SampleRow::header())?;
+    }
+    for s in &kept {
+        w.serialize(s)?;
+    }
+    w.flush()?;
+    drop(w);
+    File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("failed to write {}", path.display()))?;
+    Ok(dropped)
+}
+
 pub fn read_samples(dir: &RunDir) -> Result<Vec<SampleRow>> {
     let path = dir.samples_csv();
     if !path.exists() {
@@ -373,7 +459,7 @@ pub fn read_samples(dir: &RunDir) -> Result<Vec<SampleRow>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::results::Status;
+    use crate::results::{Status, STATE_COMPLETE};
 
     fn row(case: &str) -> ResultRow {
         ResultRow {
@@ -466,5 +552,92 @@ mod tests {
         f.write_all(b"garbage\n").unwrap();
         let err = format!("{:#}", read_results(&run).unwrap_err());
         assert!(err.contains("line 3"), "{err}");
+    }
+
+    fn sample(case: &str, round: usize, i: usize) -> SampleRow {
+        SampleRow {
+            run_id: "r".into(),
+            workload: "gemm".into(),
+            case: case.into(),
+            metric: "latency".into(),
+            sample: i,
+            value: 1.0 + i as f64,
+            target: "local".into(),
+            round: Some(round),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn samples_of_a_case_without_its_row_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        let with_row = |case: &str, round: usize| ResultRow {
+            target: "local".into(),
+            round: Some(round),
+            ..row(case)
+        };
+        {
+            let mut w = RunWriter::open(&run).unwrap();
+            w.write_case(&[with_row("a", 0)], &[sample("a", 0, 0), sample("a", 0, 1)])
+                .unwrap();
+            w.write_case(&[with_row("a", 1)], &[sample("a", 1, 0)]).unwrap();
+            // Killed between the samples of b and its row: samples only.
+            w.write_case(&[], &[sample("b", 0, 0), sample("b", 0, 1), sample("b", 0, 2)])
+                .unwrap();
+            // A round of a without its row, and a torn sample line.
+            w.write_case(&[], &[sample("a", 2, 0)]).unwrap();
+        }
+        let mut f = OpenOptions::new().append(true).open(run.samples_csv()).unwrap();
+        f.write_all(b"r,,,,gemm,b,lat").unwrap();
+        drop(f);
+        assert_eq!(drop_orphan_samples(&run).unwrap(), 4);
+        let left = read_samples(&run).unwrap();
+        assert_eq!(
+            left,
+            vec![sample("a", 0, 0), sample("a", 0, 1), sample("a", 1, 0)]
+        );
+        // Nothing more to drop: the file is left alone.
+        assert_eq!(drop_orphan_samples(&run).unwrap(), 0);
+        // A run killed before its first row keeps a header and no sample.
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        std::fs::write(run.samples_csv(), format!("{}\n", SampleRow::header().join(","))).unwrap();
+        {
+            let mut w = CsvAppender::open::<SampleRow>(&run.samples_csv()).unwrap();
+            w.append(&[sample("a", 0, 0)]).unwrap();
+        }
+        assert_eq!(drop_orphan_samples(&run).unwrap(), 1);
+        assert!(read_samples(&run).unwrap().is_empty());
+        let text = std::fs::read_to_string(run.samples_csv()).unwrap();
+        assert_eq!(text, format!("{}\n", SampleRow::header().join(",")));
+    }
+
+    #[test]
+    fn an_interrupt_marks_a_running_run_and_has_the_last_word() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        let mut meta = RunMeta {
+            run_id: "r".into(),
+            state: STATE_RUNNING.into(),
+            ..Default::default()
+        };
+        run.write_meta(&meta).unwrap();
+        assert!(run.mark_interrupted().unwrap());
+        let read = run.read_meta().unwrap();
+        assert_eq!(read.state, "interrupted");
+        assert!(read.finished_at.is_some());
+        // The run's own thread, still going while the process exits, cannot undo it.
+        meta.state = STATE_RUNNING.into();
+        run.write_meta(&meta).unwrap();
+        assert_eq!(run.read_meta().unwrap().state, "interrupted");
+        assert!(!run.mark_interrupted().unwrap());
+        // A complete run stays complete.
+        let dir = tempfile::tempdir().unwrap();
+        let done = RunDir::new(dir.path());
+        meta.state = STATE_COMPLETE.into();
+        done.write_meta(&meta).unwrap();
+        assert!(!done.mark_interrupted().unwrap());
+        assert_eq!(done.read_meta().unwrap().state, "complete");
     }
 }

@@ -20,7 +20,11 @@ use crate::compare::{compare_along, CompareOptions, CompareReport};
 use crate::options::{RunOptions, SuiteOptions};
 use crate::outcome::Outcome;
 use crate::report::verdict;
-use crate::results::{LoadedRun, RunDir, RunMeta, RunWriter, Status, SCHEMA_VERSION, STATE_COMPLETE};
+use crate::results::lock::Liveness;
+use crate::results::{
+    check_run_id, LoadedRun, RunBusy, RunDir, RunLock, RunMeta, RunWriter, Status, SCHEMA_VERSION,
+    STATE_COMPLETE, STATE_RUNNING,
+};
 use crate::{errln, out, outln};
 use context::RunContext;
 use plan::{filtered_cases, new_run_id, Plan};
@@ -91,7 +95,7 @@ fn new_meta(plan: &Plan, opts: &RunOptions, run_id: &str) -> Result<RunMeta> {
         host: crate::engine::cpu::probe::host_info(),
         started_at: now(),
         finished_at: None,
-        state: "running".into(),
+        state: STATE_RUNNING.into(),
         args: Vec::new(),
         options: Some(serde_json::to_value(opts)?),
         targets: Vec::new(),
@@ -99,37 +103,117 @@ fn new_meta(plan: &Plan, opts: &RunOptions, run_id: &str) -> Result<RunMeta> {
     })
 }
 
-/// Creates (or, resuming, reopens) the run directory: run.json, the suite copy, what is done.
-fn open_run(
-    dir: &Path,
-    resuming: bool,
-    plan: &Plan,
-    opts: &RunOptions,
-    run_id: &str,
-) -> Result<(RunDir, RunMeta, Done)> {
-    if !resuming && dir.exists() {
-        bail!(
-            "run directory {} exists already (use --resume to finish it)",
-            dir.display()
-        );
+/// An open run: its directory (locked by this process), run.json, what is done, its id.
+struct OpenRun {
+    run: RunDir,
+    meta: RunMeta,
+    done: Done,
+    run_id: String,
+    lock: RunLock,
+}
+
+/// Creates (or, resuming, reopens) the run directory and takes its lock (a run another process
+/// writes is refused, naming it): run.json, the suite copy, what is done. A new run's directory
+/// is created atomically, so two runs started in the same second cannot share one: a generated
+/// id that is taken gets a suffix (`-2`, `-3`, …); an id given with `--run-id` is refused.
+fn open_run(dir: &Path, resuming: bool, plan: &Plan, opts: &RunOptions, run_id: &str) -> Result<OpenRun> {
+    if resuming {
+        let run = RunDir::new(dir);
+        let lock = run.lock()?;
+        std::fs::create_dir_all(run.logs()).with_context(|| format!("failed to create {}", dir.display()))?;
+        let mut meta = run.read_meta()?;
+        let dropped = crate::results::drop_orphan_samples(&run)?;
+        if dropped > 0 {
+            errln!(
+                "resume: dropped {dropped} sample(s) of cases cut short before their row was written (samples.csv); those cases are measured again"
+            );
+        }
+        let done = Done::read(&run)?;
+        meta.state = STATE_RUNNING.into();
+        meta.finished_at = None;
+        run.write_meta(&meta)?;
+        return Ok(OpenRun {
+            run,
+            meta,
+            done,
+            run_id: run_id.to_string(),
+            lock,
+        });
     }
-    let run = RunDir::new(dir);
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| format!("failed to create {}", parent.display()))?;
+    let (dir, run_id) = create_run_dir(dir, run_id, opts.run_id.is_none())?;
+    let run = RunDir::new(&dir);
+    let lock = run.lock()?;
     std::fs::create_dir_all(run.logs()).with_context(|| format!("failed to create {}", dir.display()))?;
-    let (mut meta, done) = if resuming {
-        (run.read_meta()?, Done::read(&run)?)
-    } else {
-        let suite_copy = dir.join("suite.toml");
-        std::fs::write(&suite_copy, &plan.suite_text)
-            .with_context(|| format!("failed to write {}", suite_copy.display()))?;
-        (new_meta(plan, opts, run_id)?, Done::default())
-    };
-    meta.state = "running".into();
+    let suite_copy = dir.join("suite.toml");
+    std::fs::write(&suite_copy, &plan.suite_text)
+        .with_context(|| format!("failed to write {}", suite_copy.display()))?;
+    let meta = new_meta(plan, opts, &run_id)?;
     run.write_meta(&meta)?;
-    Ok((run, meta, done))
+    Ok(OpenRun {
+        run,
+        meta,
+        done: Done::default(),
+        run_id,
+        lock,
+    })
+}
+
+/// Creates a new run's directory (`create_dir`: one process wins it); with a generated id, the
+/// next free suffix. A taken directory is refused: naming the process that writes it, or
+/// suggesting `--resume` when none does.
+fn create_run_dir(dir: &Path, run_id: &str, generated: bool) -> Result<(PathBuf, String)> {
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    for n in 1..=100 {
+        let id = if n == 1 {
+            run_id.to_string()
+        } else {
+            format!("{run_id}-{n}")
+        };
+        let candidate = parent.join(&id);
+        match std::fs::create_dir(&candidate) {
+            Ok(()) => return Ok((candidate, id)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && generated => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                if let Liveness::Live(holder) = RunDir::new(&candidate).liveness()? {
+                    return Err(RunBusy { run: id, holder }.into());
+                }
+                bail!(
+                    "run directory {} exists already (use --resume to finish it)",
+                    candidate.display()
+                );
+            }
+            Err(e) => return Err(e).with_context(|| format!("failed to create {}", candidate.display())),
+        }
+    }
+    bail!(
+        "failed to create a run directory: {} and its suffixes -2 … -100 are all taken",
+        dir.display()
+    )
+}
+
+/// On SIGINT/SIGTERM, once the workers are gone: run.json says `interrupted`, and where the
+/// partial run is and how to finish it.
+fn say_where_on_interrupt(run: &RunDir) {
+    let run = run.clone();
+    crate::sys::interrupt::on_interrupt_last(&format!("run {}", run.root.display()), move || {
+        match run.mark_interrupted() {
+            Ok(true) => {
+                let dir = run.root.display();
+                eprintln!("interrupted: partial run in {dir}; finish it with `tagbench run --resume {dir}`");
+            }
+            Ok(false) => {}
+            Err(e) => eprintln!("error: failed to record the interrupt in run.json: {e:#}"),
+        }
+    });
 }
 
 /// `tagbench run`.
 pub fn cmd_run(opts: RunOptions) -> Result<Outcome> {
+    if let Some(id) = &opts.run_id {
+        check_run_id(id).map_err(|e| anyhow::anyhow!("bad --run-id: {e}"))?;
+    }
     let resumed = resume(&opts)?;
     let (resume_dir, opts) = match resumed {
         Some((dir, o)) => (Some(dir), o),
@@ -144,7 +228,15 @@ pub fn cmd_run(opts: RunOptions) -> Result<Outcome> {
     let dir = resume_dir
         .clone()
         .unwrap_or_else(|| opts.results_dir.join(&run_id));
-    let (run, mut meta, done) = open_run(&dir, resume_dir.is_some(), &plan, &opts, &run_id)?;
+    let OpenRun {
+        run,
+        mut meta,
+        done,
+        run_id,
+        lock: _lock,
+    } = open_run(&dir, resume_dir.is_some(), &plan, &opts, &run_id)?;
+    let dir = run.root.clone();
+    say_where_on_interrupt(&run);
     let mut writer = RunWriter::open(&run)?;
     let bar = progress_bar(plan.total_steps(), opts.no_progress);
     errln!(
@@ -161,7 +253,15 @@ pub fn cmd_run(opts: RunOptions) -> Result<Outcome> {
         dir.display()
     );
     let mut ctx = RunContext::new(&run_id, &plan.suite.name, &run, bar.clone(), done.not_ok.clone());
-    run_rounds(&mut ctx, &mut writer, &plan, &done, &mut meta)?;
+    if let Err(e) = run_rounds(&mut ctx, &mut writer, &plan, &done, &mut meta) {
+        // Stopped before its end: run.json must not keep saying `running` once nothing writes
+        // the run.
+        bar.finish_and_clear();
+        if let Err(m) = run.mark_interrupted() {
+            errln!("warning: failed to record the stop in run.json: {m:#}");
+        }
+        return Err(e);
+    }
     // Every round is in: mark outlier rounds in results.csv (rewritten whole, so the appender
     // must be closed first).
     drop(writer);

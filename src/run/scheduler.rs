@@ -4,9 +4,9 @@
 //! interleaved round for each outlier round (bounded by [`MAX_EXTRA_ROUNDS`]); with adaptive
 //! rounds, more interleaved rounds while a comparison is undecided (`stats::sequential`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::context::{CaseKey, RunContext};
@@ -26,6 +26,8 @@ pub const MAX_EXTRA_ROUNDS: usize = 2;
 pub struct Done {
     rounds: HashSet<(CaseKey, usize)>,
     pub not_ok: HashSet<CaseKey>,
+    /// Per target, the image ID its rows carry (the first non-empty one).
+    image_ids: HashMap<String, String>,
 }
 
 impl Done {
@@ -36,6 +38,9 @@ impl Done {
             let key = (r.target, r.workload, r.case);
             if r.status != Status::Ok {
                 done.not_ok.insert(key.clone());
+            }
+            if !r.image_id.is_empty() {
+                done.image_ids.entry(key.0.clone()).or_insert(r.image_id);
             }
             done.rounds.insert((key, r.round.unwrap_or(0)));
         }
@@ -109,7 +114,16 @@ pub fn run_rounds(
             }
             let slot = &mut prepared[ti];
             if slot.is_none() {
-                *slot = Some(prepare_target(ctx, writer, target, &todo)?);
+                let p = prepare_target(ctx, writer, target, &todo)?;
+                if let Some(p) = &p {
+                    same_image(ctx, meta, done, &p.meta)?;
+                    if !meta.targets.iter().any(|t| t.name == p.meta.name) {
+                        // Recorded at once: a run killed in its first round keeps its image ID.
+                        meta.targets.push(p.meta.clone());
+                        ctx.run.write_meta(meta)?;
+                    }
+                }
+                *slot = Some(p);
             }
             let Some(Some(p)) = slot.as_mut() else {
                 continue;
@@ -131,6 +145,32 @@ pub fn run_rounds(
     }
     replace_outlier_rounds(ctx, writer, plan, done, meta, &mut prepared)?;
     add_rounds_until_decided(ctx, writer, plan, done, meta, &mut prepared)
+}
+
+/// A resumed run measures each target in the image it began with: an image whose ID changed
+/// since (the tag rebuilt or pushed again) is refused, or one target would hold rows of two
+/// images under the newer one's name.
+fn same_image(ctx: &RunContext, meta: &RunMeta, done: &Done, now: &TargetMeta) -> Result<()> {
+    if now.image_id.is_empty() {
+        return Ok(());
+    }
+    let before = meta
+        .targets
+        .iter()
+        .find(|t| t.name == now.name && !t.image_id.is_empty())
+        .map(|t| t.image_id.as_str())
+        .or_else(|| done.image_ids.get(&now.name).map(String::as_str));
+    match before {
+        Some(before) if before != now.image_id => bail!(
+            "image {} is now {} but run {} measured {before}: the tag was rebuilt or pushed again since; \
+             one target cannot hold rows of two images, so start a new run (or tag the image the run measured as {} again to finish it)",
+            now.image,
+            now.image_id,
+            ctx.run_id,
+            now.image
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// Rounds measured so far of a case (one past its highest round index).

@@ -3,7 +3,9 @@
 //! `results::Recorder`, the only row constructor) and, when the worker dies inside a case, fail
 //! that case and start a new worker for the rest.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -12,7 +14,7 @@ use super::context::RunContext;
 use super::now;
 use crate::case::{Case, MeasureSettings};
 use crate::executor::{self, Executor, LineEvent, WorkerHandle};
-use crate::protocol::{Job, Message};
+use crate::protocol::{classify, Job, Line, Message, PROTOCOL};
 use crate::results::{MetricId, Recorder, ResultRow, RunWriter, SampleRow, Status, TargetMeta};
 use crate::suite::{GpuSelection, TargetSpec};
 use crate::sys::safe_name;
@@ -21,6 +23,9 @@ use crate::sys::safe_name;
 /// container, loading CUDA and importing torch can take tens of seconds before the case
 /// starts, and that is not the case's time.
 const STARTUP_GRACE: Duration = Duration::from_secs(60);
+/// How much longer than a `command` case's `timeout_s` the host waits: the worker kills the
+/// program at the limit itself and reports it (`engine/command.rs`).
+const COMMAND_GRACE: Duration = Duration::from_secs(10);
 
 /// How often a quiet worker's deadline is checked (and Ctrl-C noticed) while waiting for lines.
 const POLL: Duration = Duration::from_millis(250);
@@ -42,6 +47,8 @@ struct CaseBuffer {
     rows: Vec<ResultRow>,
     samples: Vec<SampleRow>,
     sample_index: BTreeMap<String, usize>,
+    /// Metrics whose summary came (a second one is a protocol error).
+    summarized: BTreeSet<String>,
 }
 
 /// The one way rows of a target are built in this run and round.
@@ -125,12 +132,7 @@ pub fn run_target(
     pending: Vec<Case>,
 ) -> Result<()> {
     let log_name = safe_name(&target.display_name());
-    let mut s = Session {
-        tname: target.display_name(),
-        pending,
-        buf: CaseBuffer::default(),
-        deadline: Instant::now(),
-    };
+    let mut s = Session::new(target.display_name(), pending);
     let mut attempt = 0;
     while !s.pending.is_empty() {
         attempt += 1;
@@ -147,6 +149,7 @@ pub fn run_target(
         let cases = s.pending[..take].to_vec();
         let job = Job {
             run_id: ctx.run_id.clone(),
+            token: crate::protocol::new_token(),
             engine: target.engine.unwrap_or_default(),
             device: target.device.unwrap_or_default(),
             gpus: match &target.gpus {
@@ -169,11 +172,33 @@ pub fn run_target(
         if let Some(p) = worker.placement() {
             prepared.meta.learn_placement(p);
         }
+        s.begin_worker(&job.token, &log);
         s.deadline = Instant::now() + secs(s.pending[0].measure.timeout_s) + STARTUP_GRACE;
-        s.buf = CaseBuffer::default();
         let end = s.follow(ctx, writer, &mut prepared.meta, worker.as_mut())?;
         let exit = worker.finish();
+        s.warn_unframed(ctx, &cases);
+        // A worker that never said hello but printed protocol-looking lines without the token
+        // speaks another version of the protocol: its output can never become rows.
+        let end = match end {
+            End::Died(None) if !s.hello && s.unframed > 0 => End::Refused(format!(
+                "the worker answered without this job's token: a worker from another tagbench version? (this is tagbench {}, protocol {PROTOCOL}); use the worker of this build",
+                crate::VERSION
+            )),
+            end => end,
+        };
         match end {
+            End::Refused(reason) => {
+                let left: Vec<Case> = cases
+                    .iter()
+                    .filter(|c| s.pending.iter().any(|p| p.workload == c.workload && p.id == c.id))
+                    .cloned()
+                    .collect();
+                ctx.bar
+                    .suspend(|| eprintln!("error: target {}: {reason}", s.tname));
+                fail_all(ctx, writer, &prepared.meta, &left, &reason)?;
+                s.pending
+                    .retain(|p| !left.iter().any(|c| p.workload == c.workload && p.id == c.id));
+            }
             End::Done => {
                 // A case of the job that the worker finished without reporting (a worker bug):
                 // recorded rather than lost, and not run again.
@@ -187,6 +212,13 @@ pub fn run_target(
                     .retain(|p| !silent.iter().any(|c| p.workload == c.workload && p.id == c.id));
             }
             End::Died(why) => {
+                // Killed by an interrupt (its clean-up, or the Ctrl-C that reached the whole
+                // process group): not a crash of the case, which stays to be measured by
+                // `--resume`. The process exits meanwhile.
+                if exit.as_ref().is_ok_and(killed_by_interrupt) {
+                    crate::sys::interrupt::hold_if_interrupted_within(INTERRUPT_GRACE);
+                }
+                crate::sys::interrupt::hold_if_interrupted();
                 let reason = why.unwrap_or_else(|| match exit {
                     Ok(info) => format!("worker ended during the case: {info}"),
                     Err(e) => format!("worker ended during the case: {e:#}"),
@@ -198,6 +230,19 @@ pub fn run_target(
     Ok(())
 }
 
+/// How long a worker that died of SIGINT or SIGTERM waits for this process's own interrupt
+/// handler before its case is failed (see [`killed_by_interrupt`]).
+const INTERRUPT_GRACE: Duration = Duration::from_secs(2);
+
+/// Whether a worker died of SIGINT or SIGTERM (a Ctrl-C at the terminal reaches it too).
+fn killed_by_interrupt(exit: &executor::ExitInfo) -> bool {
+    exit.detail.as_deref().is_some_and(|d| {
+        [libc::SIGINT, libc::SIGTERM]
+            .iter()
+            .any(|sig| d.starts_with(&format!("killed by signal {sig} ")))
+    })
+}
+
 /// The reason of a case whose worker ended it, or the whole job, without a result.
 const NOTHING_REPORTED: &str = "the worker reported nothing for this case";
 
@@ -207,6 +252,8 @@ enum End {
     Done,
     /// It died (stdout closed) or was killed for time (`Some(reason)`) inside a case.
     Died(Option<String>),
+    /// It speaks another protocol: every case of its job fails with this reason.
+    Refused(String),
 }
 
 /// One worker's pending cases and the case being received.
@@ -215,9 +262,75 @@ struct Session {
     pending: Vec<Case>,
     buf: CaseBuffer,
     deadline: Instant,
+    /// The current worker's job token, log, and stdout line count.
+    token: String,
+    log: PathBuf,
+    line_no: usize,
+    /// The current worker said `hello` in this protocol.
+    hello: bool,
+    /// Lines of the current worker that looked like protocol without the token, and the first.
+    unframed: usize,
+    first_unframed: Option<(usize, Option<(String, String)>)>,
+    /// Cases failed for a protocol error: their further lines are dropped.
+    dead: BTreeSet<(String, String)>,
 }
 
 impl Session {
+    fn new(tname: String, pending: Vec<Case>) -> Session {
+        Session {
+            tname,
+            pending,
+            buf: CaseBuffer::default(),
+            deadline: Instant::now(),
+            token: String::new(),
+            log: PathBuf::new(),
+            line_no: 0,
+            hello: false,
+            unframed: 0,
+            first_unframed: None,
+            dead: BTreeSet::new(),
+        }
+    }
+
+    /// A new worker with `token` and `log` starts.
+    fn begin_worker(&mut self, token: &str, log: &Path) {
+        self.token = token.to_string();
+        self.log = log.to_owned();
+        self.line_no = 0;
+        self.hello = false;
+        self.unframed = 0;
+        self.first_unframed = None;
+        self.buf = CaseBuffer::default();
+    }
+
+    /// A stdout line that is not a protocol message goes to the case log, marked as the host's
+    /// note so that it is never taken for the worker's stderr.
+    fn to_log(&self, what: &str, line: &str) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+        {
+            let shown: String = line.chars().take(SHOWN_LINE_CHARS).collect();
+            let _ = writeln!(
+                f,
+                "[tagbench] worker stdout line {} ({what}): {shown}",
+                self.line_no
+            );
+        }
+    }
+
+    /// Says once how many lines looked like results without the token (gathered per case, so
+    /// that a banner in every round is one warning with a count).
+    fn warn_unframed(&mut self, ctx: &mut RunContext, cases: &[Case]) {
+        let Some((first, case)) = self.first_unframed.take() else {
+            return;
+        };
+        let (w, c) = case.unwrap_or_else(|| (cases[0].workload.clone(), cases[0].id.clone()));
+        ctx.warnings
+            .add(&self.tname, &w, &c, &unframed_warning(self.unframed, first));
+    }
+
     /// Reads the worker's lines until `done`, end of output, or the case's deadline.
     fn follow(
         &mut self,
@@ -226,22 +339,15 @@ impl Session {
         meta: &mut TargetMeta,
         worker: &mut dyn WorkerHandle,
     ) -> Result<End> {
-        let mut line_no = 0usize;
         loop {
             let wait = self.deadline.saturating_duration_since(Instant::now()).min(POLL);
             match worker.next_line(wait) {
                 LineEvent::Line(line) => {
-                    line_no += 1;
-                    match Message::parse(&line) {
-                        Ok(Message::Done) => {
-                            self.flush(ctx, writer, meta)?;
-                            return Ok(End::Done);
+                    if let Some(end) = self.take_line(ctx, writer, meta, &line)? {
+                        if matches!(end, End::Refused(_)) {
+                            let _ = worker.kill();
                         }
-                        Ok(msg) => self.handle(ctx, writer, meta, msg)?,
-                        Err(e) => {
-                            let shown: String = line.chars().take(SHOWN_LINE_CHARS).collect();
-                            ctx.bar.suspend(|| eprintln!("warning: target {}: protocol error on worker stdout line {line_no}: {e}: `{shown}`", self.tname));
-                        }
+                        return Ok(end);
                     }
                 }
                 LineEvent::Eof => return Ok(End::Died(None)),
@@ -259,6 +365,58 @@ impl Session {
         }
     }
 
+    /// One stdout line: a message behind the token is handled; a line that only looks like one
+    /// is counted and logged, never a row; plain text (a banner) goes to the log.
+    fn take_line(
+        &mut self,
+        ctx: &mut RunContext,
+        writer: &mut RunWriter,
+        meta: &mut TargetMeta,
+        line: &str,
+    ) -> Result<Option<End>> {
+        self.line_no += 1;
+        let token = std::mem::take(&mut self.token);
+        let kind = classify(line, &token);
+        self.token = token;
+        match kind {
+            Line::Framed { msg, json, before } => {
+                if !before.trim().is_empty() {
+                    self.to_log("text before a protocol line", before);
+                }
+                match msg {
+                    Ok(Message::Done) => {
+                        self.flush(ctx, writer, meta)?;
+                        return Ok(Some(End::Done));
+                    }
+                    Ok(Message::Hello { version, protocol }) => {
+                        if protocol != PROTOCOL {
+                            return Ok(Some(End::Refused(format!(
+                                "the worker is tagbench {version} (protocol {protocol}) and this is tagbench {} (protocol {PROTOCOL}); use the worker of this build",
+                                crate::VERSION
+                            ))));
+                        }
+                        self.hello = true;
+                    }
+                    Ok(msg) => self.handle(ctx, writer, meta, msg)?,
+                    Err(e) => {
+                        let shown: String = json.chars().take(SHOWN_LINE_CHARS).collect();
+                        let n = self.line_no;
+                        ctx.bar.suspend(|| eprintln!("warning: target {}: protocol error on worker stdout line {n}: {e}: `{shown}`", self.tname));
+                    }
+                }
+            }
+            Line::Unframed => {
+                self.unframed += 1;
+                if self.first_unframed.is_none() {
+                    self.first_unframed = Some((self.line_no, self.buf.case.clone()));
+                }
+                self.to_log("looked like a result without this job's token; ignored", line);
+            }
+            Line::Text => self.to_log("not protocol", line),
+        }
+        Ok(None)
+    }
+
     fn current_case(&self) -> Option<&Case> {
         let (w, c) = self.buf.case.as_ref()?;
         self.pending.iter().find(|p| &p.workload == w && &p.id == c)
@@ -272,7 +430,22 @@ impl Session {
         meta: &mut TargetMeta,
         msg: Message,
     ) -> Result<()> {
+        if let Some((w, c)) = case_of(&msg) {
+            let key = (w.to_string(), c.to_string());
+            if self.dead.contains(&key) {
+                // The rest of a case already failed for a protocol error; a start ends the case
+                // before it, as any start does.
+                if matches!(msg, Message::Start { .. }) {
+                    self.flush(ctx, writer, meta)?;
+                }
+                return Ok(());
+            }
+            if let Some(what) = self.out_of_order(&msg, &key, ctx.round) {
+                return self.protocol_error(ctx, writer, meta, key, &what);
+            }
+        }
         let (status, case, workload, reason) = match msg {
+            Message::Hello { .. } => return Ok(()),
             Message::Env { info } => {
                 meta.learn_env(info);
                 return Ok(());
@@ -315,6 +488,7 @@ impl Session {
                     better: better.as_str(),
                 };
                 let row = recorder(ctx, meta).metric(id, &summary, &self.buf.started_at);
+                self.buf.summarized.insert(metric.clone());
                 self.buf.rows.push(row);
                 return Ok(());
             }
@@ -351,6 +525,70 @@ impl Session {
         Ok(())
     }
 
+    /// What is wrong with `msg` about case `key` coming now: a row of a case that has not
+    /// started (or has ended), or a second summary of one metric.
+    fn out_of_order(&self, msg: &Message, key: &(String, String), round: usize) -> Option<String> {
+        let (kind, metric) = match msg {
+            Message::Start { .. } | Message::Warning { .. } => return None,
+            Message::Sample { .. } => ("sample", None),
+            Message::Summary { metric, .. } => ("summary", Some(metric)),
+            Message::Status { .. } => ("status", None),
+            Message::Skip { .. } => ("skip", None),
+            Message::Error { .. } => ("error", None),
+            _ => return None,
+        };
+        let name = format!("{}/{}", key.0, key.1);
+        if self.buf.case.as_ref() != Some(key) {
+            let started = self.pending.iter().any(|p| p.workload == key.0 && p.id == key.1);
+            return Some(if started {
+                format!("a `{kind}` for {name} before its `start`")
+            } else {
+                format!("a `{kind}` for {name} outside its case")
+            });
+        }
+        match metric {
+            Some(m) if self.buf.summarized.contains(m) => Some(format!(
+                "a second `summary` of metric `{m}` for {name} in round {round}"
+            )),
+            _ => None,
+        }
+    }
+
+    /// A protocol error about case `key`: the case fails with the line named (its rows so far
+    /// are dropped), and its further lines are ignored. A case already written keeps its rows.
+    fn protocol_error(
+        &mut self,
+        ctx: &mut RunContext,
+        writer: &mut RunWriter,
+        meta: &TargetMeta,
+        key: (String, String),
+        what: &str,
+    ) -> Result<()> {
+        let reason = format!(
+            "protocol error on the worker's stdout line {}: {what}",
+            self.line_no
+        );
+        let pending = self
+            .pending
+            .iter()
+            .find(|p| p.workload == key.0 && p.id == key.1)
+            .cloned();
+        if self.buf.case.as_ref() == Some(&key) {
+            self.fail_current(ctx, writer, meta, &reason)?;
+        } else if let Some(case) = pending {
+            ctx.bar
+                .suspend(|| eprintln!("error: {}: {}/{}: {reason}", self.tname, key.0, key.1));
+            write_status(ctx, writer, meta, &case, Status::Failed, &reason)?;
+            self.pending.retain(|p| !(p.workload == key.0 && p.id == key.1));
+        } else {
+            ctx.bar
+                .suspend(|| eprintln!("warning: {}: {}/{}: {reason}; ignored", self.tname, key.0, key.1));
+            return Ok(());
+        }
+        self.dead.insert(key);
+        Ok(())
+    }
+
     /// A case begins: the previous one is written and this one's time limit starts.
     fn start_case(
         &mut self,
@@ -372,13 +610,22 @@ impl Session {
             return Ok(());
         }
         self.flush(ctx, writer, meta)?;
-        // A case the job does not list (a worker bug) gets the default limit.
-        let limit = self
+        // A case the job does not list (a worker bug) gets the default limit. A `command` case
+        // enforces its own `timeout_s` inside the worker (it kills the program and says so), so
+        // the host's deadline is a backstop a little later: a race between the two would
+        // otherwise read "the worker was killed" instead of the program's own limit.
+        let (limit, grace) = self
             .pending
             .iter()
             .find(|c| c.id == case && c.workload == workload)
-            .map_or(MeasureSettings::default().timeout_s, |c| c.measure.timeout_s);
-        self.deadline = Instant::now() + secs(limit);
+            .map_or((MeasureSettings::default().timeout_s, Duration::ZERO), |c| {
+                let grace = match c.kind {
+                    crate::case::WorkloadKind::Command => COMMAND_GRACE,
+                    _ => Duration::ZERO,
+                };
+                (c.measure.timeout_s, grace)
+            });
+        self.deadline = Instant::now() + secs(limit) + grace;
         ctx.bar.set_message(format!("{}: {workload}/{case}", self.tname));
         self.buf.case = Some((workload, case));
         self.buf.started_at = now();
@@ -422,6 +669,7 @@ impl Session {
         let mut rows = std::mem::take(&mut self.buf.rows);
         let samples = std::mem::take(&mut self.buf.samples);
         self.buf.sample_index.clear();
+        self.buf.summarized.clear();
         if rows.is_empty() {
             // A case that ended without any result is a worker bug; record it rather than lose it.
             rows.push(recorder(ctx, meta).status(
@@ -435,6 +683,29 @@ impl Session {
         self.pending.retain(|p| !(p.workload == w && p.id == c));
         ctx.write_case(writer, rows, samples)
     }
+}
+
+/// The (workload, case) a message is about.
+fn case_of(msg: &Message) -> Option<(&str, &str)> {
+    match msg {
+        Message::Start { case, workload }
+        | Message::Sample { case, workload, .. }
+        | Message::Summary { case, workload, .. }
+        | Message::Status { case, workload, .. }
+        | Message::Warning { case, workload, .. }
+        | Message::Skip { case, workload, .. }
+        | Message::Error { case, workload, .. } => Some((workload, case)),
+        Message::Hello { .. } | Message::Env { .. } | Message::Components { .. } | Message::Done => None,
+    }
+}
+
+/// The warning about lines that looked like results without the job's token.
+fn unframed_warning(n: usize, first: usize) -> String {
+    format!(
+        "ignored {n} line{} on the worker's stdout that looked like a result but did not carry this job's token ({}line {first}): an image's banner or sitecustomize?",
+        if n == 1 { "" } else { "s" },
+        if n == 1 { "" } else { "the first on " }
+    )
 }
 
 fn secs(s: f64) -> Duration {
@@ -478,12 +749,7 @@ mod tests {
             params: Default::default(),
             measure: Default::default(),
         };
-        let mut s = Session {
-            tname: "img".into(),
-            pending: vec![case("a"), case("b")],
-            buf: CaseBuffer::default(),
-            deadline: Instant::now(),
-        };
+        let mut s = Session::new("img".into(), vec![case("a"), case("b")]);
         let summary = crate::stats::summarize(&[1.0, 2.0, 3.0]).unwrap();
         let lines = [
             start("gemm", "a"),
@@ -521,5 +787,208 @@ mod tests {
             assert_eq!(r.gpu_name, "NVIDIA H100 80GB HBM3");
         }
         assert!(s.pending.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod order_tests {
+    use std::collections::HashSet;
+
+    use indicatif::ProgressBar;
+
+    use super::*;
+    use crate::protocol::frame;
+    use crate::results::{read_results, read_samples, RunDir};
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        run: RunDir,
+        writer: RunWriter,
+        ctx: RunContext,
+        meta: TargetMeta,
+        s: Session,
+        cases: Vec<Case>,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        let writer = RunWriter::open(&run).unwrap();
+        let ctx = RunContext::new("r", "s", &run, ProgressBar::hidden(), HashSet::new());
+        let case = |id: &str| Case {
+            workload: "gemm".into(),
+            kind: crate::case::WorkloadKind::Gemm,
+            id: id.into(),
+            params: Default::default(),
+            measure: Default::default(),
+        };
+        let cases = vec![case("a"), case("b")];
+        let mut s = Session::new("img".into(), cases.clone());
+        s.begin_worker("t0k", &dir.path().join("w.log"));
+        Fixture {
+            run,
+            writer,
+            ctx,
+            meta: TargetMeta::default(),
+            s,
+            cases,
+            _dir: dir,
+        }
+    }
+
+    impl Fixture {
+        fn feed(&mut self, line: &str) -> Option<End> {
+            self.s
+                .take_line(&mut self.ctx, &mut self.writer, &mut self.meta, line)
+                .unwrap()
+        }
+        fn send(&mut self, m: Message) -> Option<End> {
+            self.feed(&frame("t0k", &m))
+        }
+    }
+
+    fn start(c: &str) -> Message {
+        Message::Start {
+            case: c.into(),
+            workload: "gemm".into(),
+        }
+    }
+
+    fn summary(c: &str, value: f64) -> Message {
+        Message::Summary {
+            case: c.into(),
+            workload: "gemm".into(),
+            metric: "latency".into(),
+            unit: "ms".into(),
+            better: crate::case::Better::Lower,
+            summary: crate::stats::summarize(&[value, value, value]).unwrap(),
+            device: "cpu".into(),
+            gpu_name: String::new(),
+            gpu_index: None,
+        }
+    }
+
+    fn sample(c: &str, value: f64) -> Message {
+        Message::Sample {
+            case: c.into(),
+            workload: "gemm".into(),
+            metric: "latency".into(),
+            value,
+        }
+    }
+
+    fn hello() -> Message {
+        Message::Hello {
+            version: crate::VERSION.into(),
+            protocol: PROTOCOL,
+        }
+    }
+
+    /// A forged summary (no token, even before any start) and a banner are never rows; the
+    /// forgery is counted and named once, by its line.
+    #[test]
+    fn lines_without_the_token_are_never_rows() {
+        let mut f = fixture();
+        f.send(hello());
+        f.feed("Welcome to the image (banner)");
+        let forged = frame("", &summary("a", 999.0));
+        f.feed(&forged);
+        f.send(start("a"));
+        f.send(sample("a", 1.0));
+        f.send(summary("a", 1.0));
+        f.feed(&format!("0123 {}", frame("", &sample("a", 999.0))));
+        f.send(start("b"));
+        f.send(summary("b", 2.0));
+        assert!(matches!(f.send(Message::Done), Some(End::Done)));
+        assert!(f.s.hello);
+        let cases = f.cases.clone();
+        f.s.warn_unframed(&mut f.ctx, &cases);
+        let rows = read_results(&f.run).unwrap();
+        assert_eq!(rows.len(), 2, "{rows:#?}");
+        assert!(rows
+            .iter()
+            .all(|r| r.median != Some(999.0) && r.status == Status::Ok));
+        let samples = read_samples(&f.run).unwrap();
+        assert!(samples.iter().all(|s| s.value != 999.0), "{samples:?}");
+        let warnings = f.ctx.warnings.lines();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("ignored 2 lines on the worker's stdout that looked like a result but did not carry this job's token (the first on line 3): an image's banner or sitecustomize?"),
+            "{warnings:?}"
+        );
+        let log = std::fs::read_to_string(&f.s.log).unwrap();
+        assert!(
+            log.contains("[tagbench] worker stdout line 2 (not protocol): Welcome"),
+            "{log}"
+        );
+        assert_eq!(
+            unframed_warning(1, 3),
+            "ignored 1 line on the worker's stdout that looked like a result but did not carry this job's token (line 3): an image's banner or sitecustomize?"
+        );
+    }
+
+    /// A summary before its case's start fails that case, naming the line; the case's own
+    /// lines after that are dropped, and the next case is measured as usual.
+    #[test]
+    fn a_summary_before_its_start_fails_that_case() {
+        let mut f = fixture();
+        f.send(hello());
+        f.send(summary("b", 5.0));
+        f.send(start("a"));
+        f.send(summary("a", 1.0));
+        f.send(start("b"));
+        f.send(summary("b", 2.0));
+        f.send(Message::Done);
+        let rows = read_results(&f.run).unwrap();
+        assert_eq!(rows.len(), 2, "{rows:#?}");
+        let b = rows.iter().find(|r| r.case == "b").unwrap();
+        assert_eq!(b.status, Status::Failed);
+        assert_eq!(
+            b.reason,
+            "protocol error on the worker's stdout line 2: a `summary` for gemm/b before its `start`"
+        );
+        assert!(rows.iter().any(|r| r.case == "a" && r.status == Status::Ok));
+    }
+
+    /// A second summary of one metric fails the case (none of its rows are kept).
+    #[test]
+    fn a_second_summary_of_a_metric_fails_the_case() {
+        let mut f = fixture();
+        f.send(hello());
+        f.send(start("a"));
+        f.send(summary("a", 1.0));
+        f.send(summary("a", 7.0));
+        f.send(start("b"));
+        f.send(summary("b", 2.0));
+        f.send(Message::Done);
+        let rows = read_results(&f.run).unwrap();
+        let a: Vec<_> = rows.iter().filter(|r| r.case == "a").collect();
+        assert_eq!(a.len(), 1, "{rows:#?}");
+        assert_eq!(a[0].status, Status::Failed);
+        assert_eq!(
+            a[0].reason,
+            "protocol error on the worker's stdout line 4: a second `summary` of metric `latency` for gemm/a in round 0"
+        );
+        assert!(rows.iter().any(|r| r.case == "b" && r.status == Status::Ok));
+    }
+
+    /// A worker of another protocol is refused with both versions named.
+    #[test]
+    fn a_worker_of_another_protocol_is_refused() {
+        let mut f = fixture();
+        let end = f.send(Message::Hello {
+            version: "0.1.0 (build old)".into(),
+            protocol: 1,
+        });
+        let Some(End::Refused(reason)) = end else {
+            panic!("not refused")
+        };
+        assert_eq!(
+            reason,
+            format!(
+                "the worker is tagbench 0.1.0 (build old) (protocol 1) and this is tagbench {} (protocol {PROTOCOL}); use the worker of this build",
+                crate::VERSION
+            )
+        );
     }
 }

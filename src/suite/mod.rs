@@ -174,12 +174,16 @@ fn compile(
         }
         None => (MeasureSettings::default(), None),
     };
-    check_measure(&defaults).map_err(|m| at(get(doc, "defaults").map_or(0..0, |v| v.span()), m))?;
+    check_measure(&defaults).map_err(|m| {
+        let span = get(doc, "defaults").map_or(0..0, |v| key_span(v, &m));
+        at(span, m)
+    })?;
 
     let slurm = match get(doc, "slurm") {
         Some(v) => {
             let s = SlurmSettings::deserialize(de(v)).map_err(|e| terr(e, Some("slurm")))?;
-            s.check().map_err(|m| at(v.span(), format!("[slurm]: {m}")))?;
+            s.check()
+                .map_err(|m| at(key_span(v, &m), format!("[slurm]: {m}")))?;
             s
         }
         None => SlurmSettings::default(),
@@ -189,7 +193,8 @@ fn compile(
     if let Some(v) = get(doc, "target") {
         for t in array_of_tables(v, "target").map_err(|m| at(v.span(), m))? {
             let spec = TargetSpec::deserialize(de(t)).map_err(|e| terr(e, None))?;
-            spec.check().map_err(|m| at(t.span(), format!("target: {m}")))?;
+            spec.check()
+                .map_err(|m| at(key_span(t, &m), format!("target: {m}")))?;
             targets.push(spec);
         }
     }
@@ -330,9 +335,10 @@ fn compile_workload(
     if !measure.is_empty() {
         let ov = MeasureOverrides::deserialize(de(&Spanned::new(span.clone(), DeValue::Table(measure))))
             .map_err(|e| (e.span().unwrap_or(span.clone()), e.message().trim().to_string()))?;
+        let whole = Spanned::new(span.clone(), DeValue::Table(table.clone()));
         ov.apply(&mut settings)
-            .map_err(|m| (span.clone(), format!("workload `{name}`: {m}")))?;
-        check_measure(&settings).map_err(|m| (span.clone(), format!("workload `{name}`: {m}")))?;
+            .map_err(|m| (key_span(&whole, &m), format!("workload `{name}`: {m}")))?;
+        check_measure(&settings).map_err(|m| (key_span(&whole, &m), format!("workload `{name}`: {m}")))?;
     }
 
     let total: usize = axes.iter().map(|(_, v)| v.len()).product();
@@ -361,12 +367,12 @@ fn compile_workload(
                 let sp = e.span().unwrap_or(span.clone());
                 // An error on the whole table (a missing field, a cross-field check) is reported at
                 // the workload; say which one.
-                let msg = if sp == span {
-                    format!("workload `{name}`: {msg}")
+                if sp == span {
+                    let whole = Spanned::new(span.clone(), DeValue::Table(table.clone()));
+                    (key_span(&whole, &msg), format!("workload `{name}`: {msg}"))
                 } else {
-                    msg
-                };
-                (sp, msg)
+                    (sp, msg)
+                }
             })?;
         let params = match params {
             crate::workload::Params::Command(mut p) => {
@@ -501,6 +507,27 @@ fn check_measure(s: &MeasureSettings) -> Result<(), String> {
 
 fn get<'a, 'i>(t: &'a DeTable<'i>, key: &str) -> Option<&'a Spanned<DeValue<'i>>> {
     t.get(key)
+}
+
+/// Where an error about a table is shown: at the key the message names (a word in backticks
+/// first, else a bare word) when the table has it, else at the table itself (its header).
+fn key_span(v: &Spanned<DeValue<'_>>, message: &str) -> Range<usize> {
+    let Some(table) = v.get_ref().as_table() else {
+        return v.span();
+    };
+    let find = |word: &str| {
+        table
+            .iter()
+            .find(|(k, _)| k.get_ref().as_ref() == word)
+            .map(|(k, _)| k.span())
+    };
+    let quoted = message.split('`').skip(1).step_by(2);
+    let bare = message.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+    quoted
+        .chain(bare)
+        .filter(|w| !w.is_empty())
+        .find_map(find)
+        .unwrap_or_else(|| v.span())
 }
 
 fn de<'i>(v: &Spanned<DeValue<'i>>) -> ValueDeserializer<'i> {

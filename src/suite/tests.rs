@@ -114,7 +114,8 @@ fn container_keys_are_checked_at_load() {
     .unwrap();
     assert_eq!(s.targets[0].cpus, Some(1.5));
     let e = parse(&suite("cpus = 0")).unwrap_err();
-    assert_eq!(e.line, 4, "{e}");
+    // The key's own line, not the [[target]] header's (line 4).
+    assert_eq!(e.line, 8, "{e}");
     assert!(e.to_string().contains("suites/t.toml"), "{e}");
     assert!(
         e.message
@@ -122,7 +123,7 @@ fn container_keys_are_checked_at_load() {
         "{e}"
     );
     let e = parse(&suite("ulimits = { openfiles = 4096 }")).unwrap_err();
-    assert_eq!(e.line, 4, "{e}");
+    assert_eq!(e.line, 8, "{e}");
     assert!(e.message.contains("unknown limit `openfiles`"), "{e}");
 }
 
@@ -255,7 +256,7 @@ fn adaptive_rounds_errors_name_the_line() {
     let e =
         parse("name = \"x\"\n[defaults]\nmin_rounds = 8\nmax_rounds = 4\n[[workload]]\nkind = \"probe\"\n")
             .unwrap_err();
-    assert_eq!(e.line, 2, "{e}");
+    assert_eq!(e.line, 4, "{e}");
     assert!(
         e.message
             .contains("`max_rounds` (4) must be between `min_rounds` (8)"),
@@ -271,4 +272,33 @@ fn adaptive_rounds_errors_name_the_line() {
     assert!(e.message.contains("max_run_time"), "{e}");
     let e = parse("[[workload]]\nkind = \"gemm\"\nsize = 8\nmin_rounds = 30\nmax_rounds = 10\n").unwrap_err();
     assert!(e.message.contains("workload `gemm`"), "{e}");
+}
+
+/// A check across keys names the line of the key it is about, not its table's header.
+#[test]
+fn a_checked_key_is_named_at_its_own_line() {
+    let e = parse("name = \"t\"\n\n[[workload]]\nkind = \"gemm\"\nname = \"g\"\n\n# many lines below the header\nsize = 64\nmin_samples = 50\nmax_samples = 10\n")
+        .unwrap_err();
+    assert_eq!(e.line, 9, "{e}");
+    assert!(
+        e.to_string()
+            .contains("line 9: workload `g`: need 1 <= min_samples (50) <= max_samples (10)"),
+        "{e}"
+    );
+    let e = parse(
+        "name = \"t\"\n[[target]]\nimage = \"a:b\"\n\n# c\nipc = \"bogus\"\n[[workload]]\nkind = \"probe\"\n",
+    )
+    .unwrap_err();
+    assert_eq!(e.line, 6, "{e}");
+    let e =
+        parse("name = \"t\"\n[slurm]\npartition = \"a\"\n\n# c\nnodes = 0\n[[workload]]\nkind = \"probe\"\n")
+            .unwrap_err();
+    assert_eq!(e.line, 6, "{e}");
+    let e =
+        parse("name = \"t\"\n[defaults]\nmax_time_s = 1\n\nwarmup_s = -1\n[[workload]]\nkind = \"probe\"\n")
+            .unwrap_err();
+    assert_eq!(e.line, 5, "{e}");
+    let e = parse("name = \"t\"\n[[workload]]\nkind = \"gemm\"\nsize = 64\n\n# c\nfast_accum = true\n")
+        .unwrap_err();
+    assert_eq!(e.line, 7, "{e}");
 }

@@ -1,7 +1,9 @@
 //! Ctrl-C and SIGTERM, process-wide: the clean-ups registered here run once, then the process
 //! exits 130. Whoever starts something that must not outlive the process (a container)
 //! registers how to remove it; threads that see their worker die meanwhile wait in
-//! [`hold_if_interrupted`] instead of taking the death for a crash.
+//! [`hold_if_interrupted`] instead of taking the death for a crash. In order: the clean-ups
+//! ([`on_interrupt`]), then every local worker child (`tagbench worker`) is killed, then the
+//! last words ([`on_interrupt_last`]: a run records its state and says where it is), then exit.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, Once};
@@ -12,6 +14,8 @@ type Cleanup = Box<dyn Fn() + Send>;
 /// Clean-ups by key, so that registering the same thing twice runs it once.
 static CLEANUPS: Mutex<Vec<(String, Cleanup)>> = Mutex::new(Vec::new());
 static HANDLER: Once = Once::new();
+/// What runs after the clean-ups and the workers' end, by key.
+static LAST: Mutex<Vec<(String, Cleanup)>> = Mutex::new(Vec::new());
 /// Set when SIGINT/SIGTERM arrived: the clean-ups are running and the process will exit.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -24,6 +28,34 @@ pub fn on_interrupt(key: &str, cleanup: impl Fn() + Send + 'static) {
         }
     }
     install();
+}
+
+/// Runs `last` (once per `key`) when the process is interrupted, after every [`on_interrupt`]
+/// clean-up and after the local workers are killed, so that nothing the run started still
+/// writes: a run records run.json's state here and says where the partial run is.
+pub fn on_interrupt_last(key: &str, last: impl Fn() + Send + 'static) {
+    if let Ok(mut list) = LAST.lock() {
+        if !list.iter().any(|(k, _)| k == key) {
+            list.push((key.to_string(), Box::new(last)));
+        }
+    }
+    install();
+}
+
+/// Whether SIGINT/SIGTERM arrived (the process is about to exit 130).
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Like [`hold_if_interrupted`], for a worker that died of SIGINT or SIGTERM itself: a Ctrl-C
+/// at the terminal reaches the whole process group, so a local worker may die of it a moment
+/// before this process's handler has said so. Waits up to `grace` for the handler.
+pub fn hold_if_interrupted_within(grace: Duration) {
+    let until = std::time::Instant::now() + grace;
+    while !interrupted() && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    hold_if_interrupted();
 }
 
 /// After an interrupt the workers die because their clean-ups remove them; the caller must not
@@ -51,17 +83,23 @@ fn install() {
         let spawned = std::thread::Builder::new()
             .name("tagbench-interrupt".into())
             .spawn(move || {
-                rt.block_on(async {
+                let by = rt.block_on(async {
                     tokio::select! {
-                        _ = int.recv() => {},
-                        _ = term.recv() => {},
+                        _ = int.recv() => "SIGINT",
+                        _ = term.recv() => "SIGTERM",
                     }
                 });
                 INTERRUPTED.store(true, Ordering::SeqCst);
-                eprintln!("\ninterrupted");
+                eprintln!("\ninterrupted by {by}");
                 if let Ok(list) = CLEANUPS.lock() {
                     for (_, cleanup) in list.iter() {
                         cleanup();
+                    }
+                }
+                kill_local_workers();
+                if let Ok(list) = LAST.lock() {
+                    for (_, last) in list.iter() {
+                        last();
                     }
                 }
                 std::process::exit(crate::outcome::Outcome::Interrupted.code());
@@ -70,4 +108,75 @@ fn install() {
             eprintln!("warning: failed to watch for Ctrl-C ({e}); interrupted runs may leave containers (`tagbench clean` removes them)");
         }
     });
+}
+
+/// Kills (SIGKILL) every child of this process that runs `tagbench worker`: a local worker
+/// would otherwise go on until its case ends, an orphan. Its own children (python, a command's
+/// ranks) die with it (`sys::die_with_parent`). Found through /proc (children whose parent is
+/// this process and whose argv is `… worker --job …`), so it needs no registry that a worker
+/// started a moment ago could miss. Returns the pids killed.
+pub fn kill_local_workers() -> Vec<u32> {
+    let me = std::process::id();
+    let mut killed = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return killed;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if parent_of(pid) != Some(me) || !is_worker(pid) {
+            continue;
+        }
+        // SAFETY: a signal to a child of this process; no memory is passed.
+        if unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) } == 0 {
+            killed.push(pid);
+        }
+    }
+    killed
+}
+
+/// A process's parent, from /proc/PID/stat (the field after the `(comm)`, which may hold
+/// spaces and parentheses, so it is found after the last `)`).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Whether a process's argv is a worker's: `EXE worker --job FILE`.
+fn is_worker(pid: u32) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    args.get(1..3) == Some(&[&b"worker"[..], &b"--job"[..]][..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_and_kills_only_worker_children() {
+        // A child whose argv reads as a worker's: `sh worker --job` runs a script named `worker`.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("worker"), "while :; do sleep 0.1; done\n").unwrap();
+        let mut worker = std::process::Command::new("sh")
+            .args(["worker", "--job"])
+            .current_dir(dir.path())
+            .spawn()
+            .unwrap();
+        let mut other = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        assert_eq!(parent_of(worker.id()), Some(std::process::id()));
+        assert!(!is_worker(other.id()));
+        let killed = kill_local_workers();
+        assert!(killed.contains(&worker.id()), "{killed:?}");
+        assert!(!killed.contains(&other.id()), "{killed:?}");
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(worker.wait().unwrap().signal(), Some(libc::SIGKILL));
+        assert_eq!(other.try_wait().unwrap(), None);
+        other.kill().unwrap();
+        other.wait().unwrap();
+    }
 }

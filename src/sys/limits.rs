@@ -60,6 +60,34 @@ pub fn memory_limit_bytes() -> Option<u64> {
     }
 }
 
+/// Bytes of memory this process can still take: the kernel's `MemAvailable` (`/proc/meminfo`),
+/// lowered to what the cgroup's memory limit leaves above its current usage (`memory.current`
+/// or v1's `memory.usage_in_bytes`); `None` when neither is readable.
+pub fn available_memory_bytes() -> Option<u64> {
+    let meminfo = read("/proc/meminfo").and_then(|t| parse_mem_available(&t));
+    let cgroup = memory_limit_bytes().map(|limit| {
+        let used = read(format!("{CGROUP}/memory.current"))
+            .or_else(|| read(format!("{CGROUP}/memory/memory.usage_in_bytes")))
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        limit.saturating_sub(used)
+    });
+    match (meminfo, cgroup) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// `MemAvailable` from `/proc/meminfo`, bytes.
+pub fn parse_mem_available(meminfo: &str) -> Option<u64> {
+    let kib: u64 = status_field(meminfo, "MemAvailable")?
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
 /// The size of the file system at `/dev/shm` (`--shm-size`), bytes.
 pub fn shm_bytes() -> Option<u64> {
     let path = std::ffi::CString::new("/dev/shm").ok()?;
@@ -116,6 +144,14 @@ mod tests {
         assert_eq!(parse_memory_limit("536870912\n"), Some(512 << 20));
         assert_eq!(parse_memory_limit("max\n"), None);
         assert_eq!(parse_memory_limit("9223372036854771712\n"), None);
+    }
+
+    #[test]
+    fn mem_available() {
+        let m = "MemTotal:       16303460 kB\nMemFree:  1000 kB\nMemAvailable:   12000000 kB\n";
+        assert_eq!(parse_mem_available(m), Some(12_000_000 * 1024));
+        assert_eq!(parse_mem_available("MemTotal: 1 kB\n"), None);
+        assert!(available_memory_bytes().is_some_and(|b| b > 0));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The memory plan of a token-generation case: bytes per rank for weights, KV cache,
 //! activations and workspace at a given tensor-parallel degree, computed before anything runs,
-//! and the smallest degree whose plan fits a GPU.
+//! and the smallest degree whose plan fits a GPU; and the bytes a GEMM case holds, checked
+//! against the memory available before anything is allocated.
 //!
 //! Sharding follows Megatron-LM (Shoeybi et al., 2019, §3): attention heads and the MLP's gate
 //! and up projections are split by columns, o_proj and down_proj by rows, the embedding and the
@@ -10,6 +11,7 @@
 
 use serde::Serialize;
 
+use super::gemm::GemmParams;
 use super::generate::{GenerateParams, ModelShape};
 use super::Dtype;
 
@@ -156,6 +158,28 @@ pub fn does_not_fit(p: &GenerateParams, model: &str, tp: usize, gpu_memory: u64)
     })
 }
 
+/// Bytes a GEMM case holds at once: `sets` rotated copies of A and B (rotated past the cache)
+/// and one C.
+pub fn gemm_bytes(p: &GemmParams, sets: usize) -> u64 {
+    let e = p.dtype.size_bytes() as u64;
+    let ab = p.m.saturating_mul(p.k).saturating_add(p.k.saturating_mul(p.n));
+    let c = p.m.saturating_mul(p.n);
+    ab.saturating_mul(e)
+        .saturating_mul(sets as u64)
+        .saturating_add(c.saturating_mul(e.max(2)))
+}
+
+/// Why a GEMM of `needed` bytes cannot run where `available` bytes are free (`None`: it fits).
+pub fn gemm_does_not_fit(needed: u64, sets: usize, available: u64) -> Option<String> {
+    (needed > available).then(|| {
+        format!(
+            "needs {needed} bytes ({:.1} GiB: A and B ×{sets}, C) but {available} bytes ({:.1} GiB) of memory are available; not allocated",
+            needed as f64 / GIB,
+            available as f64 / GIB
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +264,27 @@ mod tests {
         let p = params("llama-3-70b", "bf16", 2048, 128);
         let totals: Vec<u64> = [1, 2, 4, 8].map(|n| plan_of(&p, n).unwrap().total()).to_vec();
         assert!(totals.windows(2).all(|w| w[1] < w[0]), "{totals:?}");
+    }
+
+    #[test]
+    fn a_gemm_too_large_is_refused_with_both_sizes() {
+        let mut p = crate::workload::gemm::GemmParams {
+            m: 0,
+            n: 0,
+            k: 0,
+            size: Some(1_000_000),
+            dtype: Dtype::Fp32,
+            layout: crate::workload::gemm::Layout::Nn,
+            fast_accum: None,
+        };
+        p.normalize().unwrap();
+        let need = gemm_bytes(&p, 1);
+        assert_eq!(need, 12_000_000_000_000);
+        assert_eq!(
+            gemm_does_not_fit(need, 1, 8 << 30).unwrap(),
+            "needs 12000000000000 bytes (11175.9 GiB: A and B ×1, C) but 8589934592 bytes (8.0 GiB) of memory are available; not allocated"
+        );
+        assert_eq!(gemm_does_not_fit(1 << 20, 1, 8 << 30), None);
     }
 
     #[test]

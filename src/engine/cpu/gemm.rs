@@ -16,6 +16,13 @@ pub fn run(p: &GemmParams, case: &Case) -> Result<CaseOutput, CaseError> {
     let dtype = cpu_dtype(p.dtype)?;
     let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
     let sets = rotation_count(p.bytes() as usize);
+    // Decided before allocating: an allocation that fails aborts the whole worker.
+    let needed = crate::workload::memory::gemm_bytes(p, sets);
+    if let Some(available) = crate::sys::limits::available_memory_bytes() {
+        if let Some(why) = crate::workload::memory::gemm_does_not_fit(needed, sets, available) {
+            return Err(CaseError::skipped(why));
+        }
+    }
     let mut inputs = Vec::with_capacity(sets);
     for _ in 0..sets {
         // Stored shapes follow the layout; the transposes are views, as BLAS's trans flags are.

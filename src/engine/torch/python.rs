@@ -1,5 +1,7 @@
 //! A python3 child process running the embedded torch worker script (`worker.py`), spoken to with
-//! one JSON request and one JSON reply per line.
+//! one JSON request and one JSON reply per line. Each reply starts with a token drawn for the
+//! process ([`TOKEN_VAR`]), so that what a sitecustomize or a library prints on python's stdout
+//! before the script takes it over is never read as a reply.
 
 use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader, Write};
@@ -12,6 +14,9 @@ use crate::error::CaseError;
 
 /// The worker script, compiled into tagbench and written out where python can run it.
 pub const SCRIPT: &str = include_str!("worker.py");
+
+/// The environment variable that hands the reply token to the script.
+pub const TOKEN_VAR: &str = "TAGBENCH_REPLY_TOKEN";
 
 /// Which python runs the script: `TAGBENCH_PYTHON` if set, else `python3` on PATH.
 pub fn python_command() -> OsString {
@@ -74,6 +79,8 @@ pub struct PyProcess {
     stdin: Option<ChildStdin>,
     stdout: Option<BufReader<ChildStdout>>,
     python: OsString,
+    /// Every reply line starts with this and a space.
+    token: String,
 }
 
 impl PyProcess {
@@ -85,8 +92,11 @@ impl PyProcess {
         role: Role<'_>,
         env: &[(String, String)],
     ) -> Result<PyProcess, CaseError> {
+        let token = crate::protocol::new_token();
         let mut cmd = Command::new(python);
-        cmd.args(script.args()).envs(env.iter().map(|(k, v)| (k, v)));
+        cmd.args(script.args())
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env(TOKEN_VAR, &token);
         // Python's own buffering must not hold protocol replies back.
         cmd.env("PYTHONUNBUFFERED", "1").stderr(Stdio::inherit());
         match role {
@@ -125,6 +135,7 @@ impl PyProcess {
             stdin,
             stdout,
             python: python.to_owned(),
+            token,
         })
     }
 
@@ -145,11 +156,11 @@ impl PyProcess {
         {
             let mut reply = String::new();
             while matches!(stdout.read_line(&mut reply), Ok(n) if n > 0) {
-                if reply.trim_start().starts_with('{') {
-                    return parse_reply(&reply);
+                if let Some(r) = reply_of(&reply, &self.token) {
+                    return parse_reply(r);
                 }
                 // Output from before the script took stdout over (a wrapper script, a
-                // sitecustomize that prints): not a reply; kept in the log.
+                // sitecustomize that prints, even JSON): not a reply; kept in the log.
                 eprintln!("torch worker stdout (not a reply): {}", reply.trim_end());
                 reply.clear();
             }
@@ -173,8 +184,8 @@ impl PyProcess {
         let mut last = None;
         let mut line = String::new();
         while matches!(stdout.read_line(&mut line), Ok(n) if n > 0) {
-            if line.trim_start().starts_with('{') {
-                last = Some(parse_reply(&line));
+            if let Some(r) = reply_of(&line, &self.token) {
+                last = Some(parse_reply(r));
             }
             line.clear();
         }
@@ -241,6 +252,11 @@ impl Drop for PyProcess {
     }
 }
 
+/// The reply in a line behind `token`; `None` for any other line.
+fn reply_of<'a>(line: &'a str, token: &str) -> Option<&'a str> {
+    line.strip_prefix(token)?.strip_prefix(' ')
+}
+
 fn parse_reply(line: &str) -> Result<Value, CaseError> {
     let v: Value = serde_json::from_str(line.trim()).map_err(|e| {
         let shown: String = line.chars().take(200).collect();
@@ -293,5 +309,12 @@ mod tests {
         }
         assert!(matches!(parse_reply("hello"), Err(CaseError::Failed(_))));
         assert!(matches!(parse_reply("{}"), Err(CaseError::Failed(_))));
+    }
+
+    #[test]
+    fn only_lines_behind_the_token_are_replies() {
+        assert_eq!(reply_of("t1 {\"ok\":1}\n", "t1"), Some("{\"ok\":1}\n"));
+        assert_eq!(reply_of("{\"ok\":1}\n", "t1"), None);
+        assert_eq!(reply_of("t2 {\"ok\":1}\n", "t1"), None);
     }
 }

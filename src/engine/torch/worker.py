@@ -966,13 +966,11 @@ def serve_rank(device, proto):
         req["device"] = device
         reply = handle_safely(req, state)
         if DIST.rank == 0:
-            proto.write(json.dumps(reply) + "\n")
-            proto.flush()
+            send(proto, reply)
         elif "ok" not in reply:
             # The others are now inside a collective this rank will never join: say why and
             # leave, so that tagbench fails the case naming this rank instead of waiting.
-            proto.write(json.dumps(reply) + "\n")
-            proto.flush()
+            send(proto, reply)
             os._exit(3)
     DIST.stop()
 
@@ -1267,6 +1265,18 @@ def handle_safely(req, state):
         return {"error": "\n".join(("%s: %s" % (type(e).__name__, e)).strip().splitlines()[:3])[:2000]}
 
 
+# Every reply starts with the token tagbench drew for this process, so that what a sitecustomize
+# printed on stdout before main() took it over is never read as a reply.
+REPLY_TOKEN = os.environ.get("TAGBENCH_REPLY_TOKEN", "")
+
+
+def send(proto, reply):
+    """Writes one reply line behind the token and flushes it."""
+    line = json.dumps(reply)
+    proto.write((REPLY_TOKEN + " " + line if REPLY_TOKEN else line) + "\n")
+    proto.flush()
+
+
 def main():
     global torch, TORCH_ERROR
     # The protocol owns the real stdout; everything else written to fd 1 goes to stderr.
@@ -1282,16 +1292,14 @@ def main():
 
     if len(sys.argv) > 2 and sys.argv[1] == "--rank":
         if torch is None:
-            proto.write(json.dumps({"skip": "torch not importable in image: %s" % TORCH_ERROR}) + "\n")
-            proto.flush()
+            send(proto, {"skip": "torch not importable in image: %s" % TORCH_ERROR})
             sys.exit(3)
         try:
             serve_rank(sys.argv[2], proto)
         except Exception as e:  # noqa: BLE001 - a rank that cannot start says why, then leaves
             traceback.print_exc(file=sys.stderr)
             reply = {"skip": str(e)} if isinstance(e, Skip) else {"error": ("%s: %s" % (type(e).__name__, e)).splitlines()[0][:2000]}
-            proto.write(json.dumps(reply) + "\n")
-            proto.flush()
+            send(proto, reply)
             sys.exit(3)
         return
 
@@ -1301,8 +1309,7 @@ def main():
         if not line:
             continue
         reply = handle_safely(json.loads(line), state)
-        proto.write(json.dumps(reply) + "\n")
-        proto.flush()
+        send(proto, reply)
 
 
 if __name__ == "__main__":

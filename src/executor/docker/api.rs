@@ -73,8 +73,25 @@ pub(super) fn is_not_found(e: &DockerError) -> bool {
     matches!(e, DockerError::DockerResponseServerError { status_code: 404, .. })
 }
 
-/// Removes every container labelled `tagbench.run` (or `tagbench.run=<run>`); says which.
-pub(crate) async fn remove_labelled(docker: &Docker, run: Option<&str>) -> Result<Vec<String>> {
+/// A tagbench container, as `docker ps -a` lists it.
+#[derive(Debug, Clone)]
+pub(crate) struct Labelled {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    /// Its `tagbench.run` label: the run id.
+    pub run: String,
+    pub target: String,
+}
+
+impl Labelled {
+    fn short_id(&self) -> &str {
+        &self.id[..self.id.len().min(12)]
+    }
+}
+
+/// Every container labelled `tagbench.run` (or `tagbench.run=<run>`), running or not.
+pub(crate) async fn list_labelled(docker: &Docker, run: Option<&str>) -> Result<Vec<Labelled>> {
     let label = match run {
         Some(r) => format!("{LABEL_RUN}={r}"),
         None => LABEL_RUN.to_string(),
@@ -89,28 +106,46 @@ pub(crate) async fn remove_labelled(docker: &Docker, run: Option<&str>) -> Resul
         docker.list_containers(Some(opts)),
     )
     .await?;
+    Ok(list
+        .into_iter()
+        .filter_map(|c| {
+            let labels = c.labels.unwrap_or_default();
+            Some(Labelled {
+                id: c.id?,
+                name: c
+                    .names
+                    .unwrap_or_default()
+                    .first()
+                    .map(|n| n.trim_start_matches('/').to_string())
+                    .unwrap_or_default(),
+                image: c.image.unwrap_or_default(),
+                run: labels.get(LABEL_RUN).cloned().unwrap_or_else(|| "?".into()),
+                target: labels.get(LABEL_TARGET).cloned().unwrap_or_else(|| "?".into()),
+            })
+        })
+        .collect())
+}
+
+/// Removes the listed containers; says which.
+pub(crate) async fn remove_listed(docker: &Docker, list: &[Labelled]) -> Result<Vec<String>> {
     let mut removed = Vec::new();
     for c in list {
-        let Some(id) = c.id else { continue };
-        let name = c
-            .names
-            .unwrap_or_default()
-            .first()
-            .map(|n| n.trim_start_matches('/').to_string())
-            .unwrap_or_default();
-        let labels = c.labels.unwrap_or_default();
-        let short = &id[..id.len().min(12)];
-        remove_container(docker, &id)
+        let short = c.short_id();
+        remove_container(docker, &c.id)
             .await
-            .with_context(|| format!("failed to remove container {short} ({name})"))?;
+            .with_context(|| format!("failed to remove container {short} ({})", c.name))?;
         removed.push(format!(
-            "removed container {short} {name} (image {}, run {}, target {})",
-            c.image.unwrap_or_default(),
-            labels.get(LABEL_RUN).map_or("?", String::as_str),
-            labels.get(LABEL_TARGET).map_or("?", String::as_str),
+            "removed container {short} {} (image {}, run {}, target {})",
+            c.name, c.image, c.run, c.target
         ));
     }
     Ok(removed)
+}
+
+/// Removes every container labelled `tagbench.run` (or `tagbench.run=<run>`); says which.
+pub(crate) async fn remove_labelled(docker: &Docker, run: Option<&str>) -> Result<Vec<String>> {
+    let list = list_labelled(docker, run).await?;
+    remove_listed(docker, &list).await
 }
 
 /// Force-removes a container (killing it if it runs); one that is gone already is fine.

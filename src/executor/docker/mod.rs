@@ -31,7 +31,7 @@ use crate::suite::{GpuSelection, PullPolicy, TargetSpec};
 use crate::sys::interrupt::hold_if_interrupted;
 pub use api::docker_host;
 use api::{call, create_and_start, engine_message, is_not_found, remove_container, API_TIMEOUT};
-pub(crate) use api::{connect, remove_labelled};
+pub(crate) use api::{connect, list_labelled, remove_labelled, remove_listed, Labelled};
 use worker::{exit_info, pump_output, DockerWorker};
 
 /// How long the `--version` check of a new target may run (it takes well under a second).

@@ -86,7 +86,12 @@ pub(super) fn exit_info(
 
 /// Forwards the container's stdout line by line into `tx` and appends its stderr to `log`.
 pub(super) async fn pump_output(mut output: OutputStream, tx: Sender<std::io::Result<String>>, log: PathBuf) {
-    let mut log_file = OpenOptions::new().create(true).append(true).open(&log).ok();
+    let mut log_file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .ok()
+        .map(crate::sys::log_cap::CappedLog::new);
     let mut partial: Vec<u8> = Vec::new();
     while let Some(item) = output.next().await {
         match item {

@@ -299,7 +299,7 @@ impl Executor for SlurmExecutor {
         Ok(Box::new(SlurmWorker {
             child,
             lines: spawn_line_reader(stdout),
-            ranks: ranks.map(|_| RankLines::new(task_log)),
+            ranks: ranks.map(|_| RankLines::new(task_log, &job.token)),
             reader: Some(reader),
             state,
             placement,
@@ -336,10 +336,11 @@ impl StepState {
 /// and the tasks' abnormal ends from its error lines.
 fn spawn_stderr_reader(
     stderr: impl std::io::Read + Send + 'static,
-    mut log: File,
+    log: File,
     state: Arc<Mutex<StepState>>,
     launched: mpsc::Sender<()>,
 ) -> JoinHandle<()> {
+    let mut log = crate::sys::log_cap::CappedLog::new(log);
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use super::command::parse_labelled_line;
 use crate::executor::local::recv_line;
 use crate::executor::LineEvent;
-use crate::protocol::Message;
+use crate::protocol::{frame, parse_framed, Message};
 
 /// How long rank 0's error waits for another rank's: the rank that died first may be on another
 /// node, whose line srun forwards later.
@@ -22,6 +22,8 @@ pub const GRACE: Duration = Duration::from_secs(2);
 /// The merge of one step's tasks (a multi-rank step runs one case).
 #[derive(Debug, Default)]
 pub struct RankStream {
+    /// The job's token: the lines that count carry it, and the lines made here carry it too.
+    token: String,
     /// Rank 0 said `start`.
     started: bool,
     /// A failed or skipped row of the case has been handed on.
@@ -34,14 +36,14 @@ pub struct RankStream {
     reports: Vec<Message>,
 }
 
-fn line(m: &Message) -> String {
-    serde_json::to_string(m).unwrap_or_default()
+fn line(token: &str, m: &Message) -> String {
+    frame(token, m)
 }
 
 impl RankStream {
     /// Task `rank` wrote `text` at `now`: the lines to hand on now.
     pub fn push(&mut self, rank: usize, text: &str, now: Instant) -> Vec<String> {
-        let msg = Message::parse(text).ok();
+        let msg = parse_framed(text, &self.token);
         if rank != 0 {
             if let Some(m @ (Message::Error { .. } | Message::Skip { .. })) = msg {
                 self.reports.push(m);
@@ -110,31 +112,37 @@ impl RankStream {
                     _ => unreachable!("only failures are reports"),
                 };
                 if !self.started {
-                    out.push(line(&Message::Start {
-                        case: case.clone(),
-                        workload: workload.clone(),
-                    }));
+                    out.push(line(
+                        &self.token,
+                        &Message::Start {
+                            case: case.clone(),
+                            workload: workload.clone(),
+                        },
+                    ));
                 }
                 let all_skips = self.reports.iter().all(|m| matches!(m, Message::Skip { .. }));
                 let reason = self.report_reasons();
-                out.push(line(&if all_skips {
-                    Message::Skip {
-                        case,
-                        workload,
-                        reason,
-                    }
-                } else {
-                    Message::Error {
-                        case,
-                        workload,
-                        reason,
-                    }
-                }));
+                out.push(line(
+                    &self.token,
+                    &if all_skips {
+                        Message::Skip {
+                            case,
+                            workload,
+                            reason,
+                        }
+                    } else {
+                        Message::Error {
+                            case,
+                            workload,
+                            reason,
+                        }
+                    },
+                ));
                 self.failed = true;
             }
         }
         if self.failed && !self.done {
-            out.push(line(&Message::Done));
+            out.push(line(&self.token, &Message::Done));
             self.done = true;
         }
         out
@@ -171,11 +179,14 @@ impl RankStream {
             format!("{}; then {reason}", self.report_reasons())
         };
         self.failed = true;
-        vec![line(&Message::Error {
-            case,
-            workload,
-            reason,
-        })]
+        vec![line(
+            &self.token,
+            &Message::Error {
+                case,
+                workload,
+                reason,
+            },
+        )]
     }
 }
 
@@ -192,9 +203,12 @@ pub struct RankLines {
 
 impl RankLines {
     /// Other ranks' lines go to `log` (the case log).
-    pub fn new(log: Option<File>) -> RankLines {
+    pub fn new(log: Option<File>, token: &str) -> RankLines {
         RankLines {
-            stream: RankStream::default(),
+            stream: RankStream {
+                token: token.to_string(),
+                ..Default::default()
+            },
             queue: VecDeque::new(),
             ended: false,
             log,
@@ -254,11 +268,14 @@ mod tests {
     use super::*;
 
     fn error(reason: &str) -> String {
-        line(&Message::Error {
-            case: "ranks=2".into(),
-            workload: "allreduce".into(),
-            reason: reason.into(),
-        })
+        line(
+            "",
+            &Message::Error {
+                case: "ranks=2".into(),
+                workload: "allreduce".into(),
+                reason: reason.into(),
+            },
+        )
     }
 
     fn reason_of(l: &str) -> String {
@@ -328,11 +345,14 @@ mod tests {
         assert_eq!(out[2], DONE);
         // All ranks skipping is a skip.
         let mut s = RankStream::default();
-        let skip = line(&Message::Skip {
-            case: "c".into(),
-            workload: "w".into(),
-            reason: "rank 1 on n2: no GPU".into(),
-        });
+        let skip = line(
+            "",
+            &Message::Skip {
+                case: "c".into(),
+                workload: "w".into(),
+                reason: "rank 1 on n2: no GPU".into(),
+            },
+        );
         s.push(1, &skip, t);
         s.push(0, START, t);
         let out = s.end();
