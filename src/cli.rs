@@ -48,6 +48,13 @@ pub enum Command {
     /// the newest segment is a regression (exit 1).
     #[command(after_help = EXIT_CODES_HELP)]
     History(HistoryArgs),
+    /// Find which component of image CANDIDATE explains its regression against BASELINE in RUN:
+    /// the image's environment variables, Python distributions and shared libraries that differ
+    /// (run.json) are swapped from BASELINE into CANDIDATE, groups first, then halves, each swap
+    /// measured beside both images in interleaved rounds. Prints the swaps with their ratio vs
+    /// BASELINE and verdict, and a one-line answer.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Bisect(BisectArgs),
     /// Remove containers that interrupted runs left behind (those labelled `tagbench.run`),
     /// except those of a run that a live `tagbench run` still writes (its run directory under
     /// --results-dir is locked).
@@ -55,6 +62,28 @@ pub enum Command {
     /// Internal: run a job inside a container or child process and print the JSON-lines protocol.
     #[command(hide = true)]
     Worker(WorkerArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct BisectArgs {
+    /// A run (docker executor) in which CANDIDATE regressed against BASELINE.
+    #[arg(value_name = "RUN")]
+    pub run: PathBuf,
+    /// The target (image) that is fast: the one whose components are swapped in.
+    #[arg(long, value_name = "TARGET")]
+    pub baseline: String,
+    /// The target (image) that regressed.
+    #[arg(long, value_name = "TARGET")]
+    pub candidate: String,
+    /// Rounds (worker processes per target) of each measurement step; at least 3.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// Where the steps' runs go (default: RUN/bisect-<id>).
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Output format (table, markdown, json).
+    #[arg(long, value_enum, default_value_t = crate::render::Format::Table)]
+    pub format: crate::render::Format,
 }
 
 #[derive(Debug, Args, Clone)]

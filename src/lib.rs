@@ -18,6 +18,7 @@ pub const VERSION: &str = concat!(
     ")"
 );
 
+pub mod bisect;
 pub mod case;
 pub mod cli;
 pub mod compare;
@@ -56,6 +57,14 @@ pub fn main_impl() -> i32 {
         Command::Compare(args) => compare::cmd_compare(args),
         Command::Report(args) => report::cmd_report(args),
         Command::History(args) => history::cmd_history(args),
+        Command::Bisect(args) => bisect::cmd_bisect(bisect::BisectOptions {
+            run: args.run,
+            baseline: args.baseline,
+            candidate: args.candidate,
+            rounds: args.rounds,
+            work_dir: args.work_dir,
+            format: args.format,
+        }),
         Command::Clean(args) => executor::clean::cmd_clean(args.run.as_deref(), &args.results_dir),
         Command::Worker(args) => match (&args.job, args.first_cuda_op) {
             (_, Some(gpu)) => engine::cuda::first_cuda_op_ms(gpu).and_then(|ms| {
@@ -63,6 +72,7 @@ pub fn main_impl() -> i32 {
                 Ok(Outcome::Complete)
             }),
             (Some(job), None) => {
+                sys::unset_requested_env();
                 let stdout = std::io::stdout().lock();
                 worker::run_job_file(job, stdout).map(|_| Outcome::Complete)
             }

@@ -669,3 +669,169 @@ argv = ["python3", "-c", 'import json, os, time; t = time.perf_counter(); sum(ra
     assert!(r.reason.contains("scripts/build-worker.sh"), "{}", r.reason);
     assert_ne!(out.status.code(), Some(0));
 }
+
+/// `tagbench bisect` on BASE against SLOW: the two differ by `OMP_NUM_THREADS=1` in SLOW's image
+/// config (and a label). The bisect swaps BASE's environment into SLOW (the variable removed,
+/// as BASE has none), SLOW gets its speed back, and the answer names the variable. On one core
+/// the variable changes nothing, so the test needs two.
+#[test]
+fn bisect_names_omp_num_threads_as_the_cause_of_the_gemm_regression() {
+    let Some((_guard, (base, slow))) = setup() else {
+        return;
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores < 2 {
+        eprintln!("skipped: one core, where OMP_NUM_THREADS=1 changes nothing");
+        return;
+    }
+    let run = Run::new("bisect");
+    std::fs::write(
+        run.dir.path().join("suite.toml"),
+        "name = \"bisect\"\n[defaults]\nwarmup_s = 0.1\nmin_samples = 5\nmax_samples = 40\nmax_time_s = 0.3\ntimeout_s = 120\nrounds = 5\n\n[[workload]]\nkind = \"gemm\"\nsize = 512\ndtype = \"fp32\"\n",
+    )
+    .unwrap();
+    // One OpenMP thread is slower than two only where two cores are free: on a machine whose
+    // cores other work already fills, the two images measure alike (see the example's test).
+    let load = load_average();
+    if load > cores as f64 - 0.5 {
+        eprintln!("skipped: load average {load} on {cores} cores leaves no core for a second OpenMP thread");
+        return;
+    }
+    let (code, stderr) = run.run(&["--engine", "torch", "--image", base, "--image", slow]);
+    assert_eq!(
+        code, 1,
+        "SLOW is slower than BASE with one OpenMP thread (load {load}): {stderr}"
+    );
+    let out = Command::cargo_bin("tagbench")
+        .unwrap()
+        .arg("bisect")
+        .arg(run.run_dir().root)
+        .args(["--baseline", base, "--candidate", slow, "--format", "json"])
+        .output()
+        .expect("tagbench bisect runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{stderr}", String::from_utf8_lossy(&out.stdout)));
+    let components = json["components"].as_array().unwrap();
+    let found: Vec<&str> = json["found"]["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| components[i.as_u64().unwrap() as usize]["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(found, ["OMP_NUM_THREADS"], "{json:#}");
+    assert_eq!(json["found"]["trial"]["outcome"], "recovers", "{json:#}");
+    let answer = json["answer"].as_str().unwrap();
+    assert!(
+        answer.starts_with("`OMP_NUM_THREADS` 1 → (unset) explains +"),
+        "{answer}"
+    );
+    // B measured again beside the swaps is still the regression.
+    assert_eq!(json["controls"][0]["verdict"], "regression", "{json:#}");
+    let leftovers = Command::new("docker")
+        .args(["ps", "-aq", "--filter", "label=tagbench.run"])
+        .output()
+        .unwrap();
+    let ids = String::from_utf8_lossy(&leftovers.stdout);
+    let mine: Vec<&str> = ids.lines().collect();
+    assert!(
+        mine.is_empty() || !stderr.contains("bisect runs in"),
+        "containers left behind: {mine:?}"
+    );
+}
+
+/// BASE with one more `ENV` line (no layer: builds offline in a moment).
+fn image_with_env(base: &str, tag: &str, env: &str) -> String {
+    let name = format!("tagbench-test/env:{tag}");
+    let mut child = Command::new("docker")
+        .args(["build", "-q", "-t", &name, "-"])
+        .env("DOCKER_BUILDKIT", "0")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("docker build runs");
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("FROM {base}\nENV {env}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    name
+}
+
+/// The bisect machinery end to end at any load: a `command` whose program sleeps five times
+/// longer when an environment variable of its image is set. The bisect swaps BASE's environment
+/// into the slow image (the variable removed), names the variable, and leaves no container.
+#[test]
+fn bisect_names_the_environment_variable_that_slows_a_command() {
+    let Some((_guard, (base, _))) = setup() else {
+        return;
+    };
+    let slow = image_with_env(base, "sleepy", "TAGBENCH_TEST_SLOWDOWN=1");
+    let run = Run::new("bisect-command");
+    std::fs::write(
+        run.dir.path().join("suite.toml"),
+        r#"name = "bisect-command"
+[defaults]
+warmup_s = 0
+min_samples = 4
+max_samples = 4
+timeout_s = 60
+rounds = 4
+
+[[workload]]
+kind = "command"
+name = "sleepy"
+argv = ["python3", "-c", "import os, time; time.sleep(0.2 if os.environ.get('TAGBENCH_TEST_SLOWDOWN') else 0.04)"]
+"#,
+    )
+    .unwrap();
+    let (code, stderr) = run.run(&["--image", base, "--image", &slow]);
+    assert_eq!(code, 1, "{stderr}");
+    let out = Command::cargo_bin("tagbench")
+        .unwrap()
+        .arg("bisect")
+        .arg(run.run_dir().root)
+        .args(["--baseline", base, "--candidate", &slow, "--rounds", "4"])
+        .output()
+        .expect("tagbench bisect runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}\n{stderr}");
+    assert!(
+        text.contains("answer: `TAGBENCH_TEST_SLOWDOWN` 1 → (unset) explains +"),
+        "{text}\n{stderr}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("TAGBENCH_TEST_SLOWDOWN") && l.ends_with("recovers")),
+        "{text}"
+    );
+    // The control (the slow image as it is) stays slower in the bisect's own step.
+    assert!(
+        text.lines()
+            .any(|l| l.contains("(none: B as it is)") && l.contains("regression")),
+        "{text}"
+    );
+    // Markdown and JSON say the same.
+    let work = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("bisect runs in "))
+        .expect("the bisect names its work directory")
+        .to_string();
+    assert!(std::path::Path::new(&work)
+        .join("step1")
+        .join("results.csv")
+        .exists());
+    let leftovers = Command::new("docker")
+        .args(["ps", "-aq", "--filter", "label=tagbench.target=copy from"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&leftovers.stdout).trim(), "");
+    assert_eq!(run.leftovers(), "", "containers left behind");
+}

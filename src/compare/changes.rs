@@ -377,6 +377,7 @@ mod tests {
             name: name.into(),
             version: version.into(),
             imported: true,
+            ..Default::default()
         };
         let mut a = target("a", "sha256:aa", &[]);
         a.image_env = [("PATH", "/usr/bin"), ("LANG", "C.UTF-8")]

@@ -56,6 +56,13 @@ pub struct Distribution {
     /// The run imported one of its modules or loaded one of its shared objects.
     #[serde(default)]
     pub imported: bool,
+    /// The directory its files are relative to (site-packages), as the image has it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub location: String,
+    /// Its top-level entries there (packages, modules, its `.dist-info`), from RECORD: what a
+    /// bisect copies out of the image to swap it into another.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top_level: Vec<String>,
 }
 
 impl Components {

@@ -70,6 +70,10 @@ pub fn command_binds(job: &mut crate::protocol::Job) -> Vec<Bind> {
     binds
 }
 
+/// The worker removes the variables this names (comma-separated) from its own environment
+/// before anything starts: how a target's `unset_env` reaches past an image's `ENV`.
+pub const UNSET_ENV_VAR: &str = "TAGBENCH_UNSET_ENV";
+
 /// A host path bound into the container, always read-only.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Bind {
@@ -161,6 +165,32 @@ impl ContainerSpec {
         };
         let mut mounts = vec![bind(worker_exe, WORKER_PATH)];
         mounts.extend(job_file.map(|j| bind(j, JOB_PATH)));
+        for m in &target.mounts {
+            if !m.source.is_absolute() || !m.target.starts_with('/') {
+                bail!(
+                    "target {}: mount {} -> {}: both paths must be absolute",
+                    target.display_name(),
+                    m.source.display(),
+                    m.target
+                );
+            }
+            if !m.source.exists() {
+                bail!(
+                    "target {}: mount source {} does not exist",
+                    target.display_name(),
+                    m.source.display()
+                );
+            }
+            mounts.push(bind(&m.source, &m.target));
+        }
+        let mut env: Vec<EnvVar> = target
+            .env
+            .iter()
+            .map(|(k, v)| EnvVar::Set(k.clone(), v.clone()))
+            .collect();
+        if !target.unset_env.is_empty() {
+            env.push(EnvVar::Set(UNSET_ENV_VAR.into(), target.unset_env.join(",")));
+        }
         Ok(ContainerSpec {
             image,
             labels: BTreeMap::from([
@@ -168,11 +198,7 @@ impl ContainerSpec {
                 (LABEL_TARGET.to_string(), target.display_name()),
             ]),
             mounts,
-            env: target
-                .env
-                .iter()
-                .map(|(k, v)| EnvVar::Set(k.clone(), v.clone()))
-                .collect(),
+            env,
             args,
             network: target.network.clone().unwrap_or_else(|| DEFAULT_NETWORK.into()),
             ipc: target.ipc.clone(),

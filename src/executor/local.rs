@@ -50,6 +50,12 @@ impl Executor for LocalExecutor {
     }
 
     fn start(&mut self, target: &TargetSpec, job: &Job, log: &Path) -> Result<Box<dyn WorkerHandle>> {
+        if !target.mounts.is_empty() {
+            anyhow::bail!(
+                "target {}: `mounts` bind paths into a container; a local target has none",
+                target.display_name()
+            );
+        }
         let job_path = log.with_extension("job.json");
         std::fs::write(&job_path, serde_json::to_vec(job)?)
             .with_context(|| format!("failed to write {}", job_path.display()))?;
@@ -63,6 +69,10 @@ impl Executor for LocalExecutor {
             .arg("--job")
             .arg(&job_path)
             .envs(&target.env)
+            .env(
+                crate::executor::container_spec::UNSET_ENV_VAR,
+                target.unset_env.join(","),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

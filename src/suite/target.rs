@@ -29,6 +29,10 @@ pub enum GpuNamed {
 }
 
 impl GpuSelection {
+    pub fn is_unset(&self) -> bool {
+        *self == GpuSelection::Unset
+    }
+
     /// Parses the `--gpus` flag: `all`, `none`, `each` or `0,1`.
     pub fn parse(s: &str) -> Result<Self, String> {
         match s {
@@ -183,11 +187,19 @@ pub struct TargetSpec {
     pub device: Option<Device>,
     #[serde(default)]
     pub engine: Option<EngineKind>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "GpuSelection::is_unset")]
     pub gpus: GpuSelection,
     /// Environment variables for the worker.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Variables removed from the worker's environment, an image's own `ENV` included (the
+    /// worker removes them first thing, before any engine or program starts).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unset_env: Vec<String>,
+    /// Host paths bound read-only into the target's container (`{ source = "/data/x", target =
+    /// "/data/x" }`); container targets only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<TargetMount>,
     /// `/dev/shm` size, e.g. `"1g"` (PyTorch data loaders and NCCL need more than Docker's 64 MiB).
     #[serde(default)]
     pub shm_size: Option<ByteSize>,
@@ -218,6 +230,16 @@ pub struct TargetSpec {
     /// run's plan for Slurm targets.
     #[serde(skip)]
     pub slurm: Option<SlurmSettings>,
+}
+
+/// A host path bound read-only into a container.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetMount {
+    /// An absolute path on the host (the Docker daemon's host).
+    pub source: std::path::PathBuf,
+    /// An absolute path inside the container.
+    pub target: String,
 }
 
 impl TargetSpec {

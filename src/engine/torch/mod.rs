@@ -463,6 +463,14 @@ impl Engine for TorchEngine {
                 name: d["name"].as_str().unwrap_or_default().to_string(),
                 version: d["version"].as_str().unwrap_or_default().to_string(),
                 imported: d["imported"].as_bool().unwrap_or(false),
+                location: d["location"].as_str().unwrap_or_default().to_string(),
+                top_level: d["top_level"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect(),
             })
             .filter(|d| !d.name.is_empty())
             .collect();

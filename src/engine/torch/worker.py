@@ -1164,18 +1164,27 @@ def distributions(loaded):
             continue
         seen.add(name.lower())
         used = False
+        tops = set()
         for f in dist.files or []:
             parts = f.parts
             top = parts[0] if parts else ""
-            if top.endswith(".dist-info") or top == "..":
+            if top and top != ".." and top != "__pycache__":
+                tops.add(top)
+            if used or top.endswith(".dist-info") or top == "..":
                 continue
             package = len(parts) == 2 and parts[1] == "__init__.py" and top in imported
             module = len(parts) == 1 and top.endswith(".py") and top[:-3] in imported
             shared = (f.name.endswith(".so") or ".so." in f.name) and os.path.realpath(str(dist.locate_file(f))) in loaded
             used = package or module or shared
-            if used:
-                break
-        out.append({"name": name, "version": dist.version or "", "imported": used})
+        out.append(
+            {
+                "name": name,
+                "version": dist.version or "",
+                "imported": used,
+                "location": str(dist.locate_file("")),
+                "top_level": sorted(tops),
+            }
+        )
     return out
 
 

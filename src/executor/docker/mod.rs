@@ -6,6 +6,7 @@
 //! [`ContainerSpec`]'s rule, shared with Slurm's docker-in-step.
 
 mod api;
+pub mod extract;
 mod glibc;
 mod worker;
 
