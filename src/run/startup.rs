@@ -145,7 +145,7 @@ fn container_starts(
         let first = first_line(worker.as_mut(), &job.token, deadline);
         let ms = t0.elapsed().as_secs_f64() * 1e3;
         let ended = match first {
-            Ok(()) => drain(worker.as_mut(), deadline),
+            Ok(()) => drain(worker.as_mut(), &job.token, deadline),
             Err(e) => Err(e),
         };
         let exit = worker.finish();
@@ -183,10 +183,12 @@ fn first_line(worker: &mut dyn WorkerHandle, token: &str, deadline: Instant) -> 
 }
 
 /// Reads the rest of the worker's lines to its `done`.
-fn drain(worker: &mut dyn WorkerHandle, deadline: Instant) -> Result<(), String> {
+fn drain(worker: &mut dyn WorkerHandle, token: &str, deadline: Instant) -> Result<(), String> {
     loop {
         match worker.next_line(deadline.saturating_duration_since(Instant::now())) {
-            LineEvent::Line(l) if matches!(Message::parse(&l), Ok(Message::Done)) => return Ok(()),
+            LineEvent::Line(l) if matches!(crate::protocol::parse_framed(&l, token), Some(Message::Done)) => {
+                return Ok(())
+            }
             LineEvent::Line(_) => {}
             LineEvent::Eof => return Err("the worker ended before its `done` line:".into()),
             LineEvent::Timeout if Instant::now() >= deadline => {
