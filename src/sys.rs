@@ -76,6 +76,19 @@ pub fn safe_name(s: &str) -> String {
         .collect()
 }
 
+/// Removes the variables a target's `unset_env` names (`TAGBENCH_UNSET_ENV`, comma-separated)
+/// from this process's environment, and that variable itself. Called first thing in the worker,
+/// while it has one thread, so that an image's `ENV` can be taken away from everything it starts.
+pub fn unset_requested_env() {
+    let var = crate::executor::container_spec::UNSET_ENV_VAR;
+    if let Ok(names) = std::env::var(var) {
+        for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            std::env::remove_var(name);
+        }
+        std::env::remove_var(var);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,18 +107,5 @@ mod tests {
         assert_eq!(panic_message(p.as_ref()), "boom 1");
         let p = std::panic::catch_unwind(|| std::panic::panic_any(7u8)).unwrap_err();
         assert_eq!(panic_message(p.as_ref()), "unknown panic");
-    }
-}
-
-/// Removes the variables a target's `unset_env` names (`TAGBENCH_UNSET_ENV`, comma-separated)
-/// from this process's environment, and that variable itself. Called first thing in the worker,
-/// while it has one thread, so that an image's `ENV` can be taken away from everything it starts.
-pub fn unset_requested_env() {
-    let var = crate::executor::container_spec::UNSET_ENV_VAR;
-    if let Ok(names) = std::env::var(var) {
-        for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            std::env::remove_var(name);
-        }
-        std::env::remove_var(var);
     }
 }

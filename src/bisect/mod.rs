@@ -272,7 +272,7 @@ impl Bench<'_> {
         let base = std::env::var_os("XDG_CACHE_HOME")
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-            .unwrap_or_else(|| std::env::temp_dir());
+            .unwrap_or_else(std::env::temp_dir);
         let id = self.a_image_id.trim_start_matches("sha256:");
         base.join("tagbench/bisect").join(&id[..id.len().min(16)])
     }
