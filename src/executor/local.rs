@@ -64,7 +64,22 @@ impl Executor for LocalExecutor {
             .append(true)
             .open(log)
             .with_context(|| format!("failed to open {}", log.display()))?;
-        let mut child = Command::new(&self.worker_exe)
+        let mut cmd = Command::new(&self.worker_exe);
+        // A worker must not outlive its host: a host killed with SIGKILL (no clean-up runs)
+        // takes its local worker with it, as a container's worker goes with its container.
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: prctl(2) with constant arguments, between fork and exec; it allocates
+            // nothing and touches no lock.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd
             .arg("worker")
             .arg("--job")
             .arg(&job_path)
