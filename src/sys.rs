@@ -76,11 +76,15 @@ pub fn safe_name(s: &str) -> String {
         .collect()
 }
 
+/// The worker removes the variables this names (comma-separated) from its own environment
+/// before anything starts: how a target's `unset_env` reaches past an image's `ENV`.
+pub const UNSET_ENV_VAR: &str = "TAGBENCH_UNSET_ENV";
+
 /// Removes the variables a target's `unset_env` names (`TAGBENCH_UNSET_ENV`, comma-separated)
 /// from this process's environment, and that variable itself. Called first thing in the worker,
 /// while it has one thread, so that an image's `ENV` can be taken away from everything it starts.
 pub fn unset_requested_env() {
-    let var = crate::executor::container_spec::UNSET_ENV_VAR;
+    let var = UNSET_ENV_VAR;
     if let Ok(names) = std::env::var(var) {
         for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             std::env::remove_var(name);

@@ -70,9 +70,7 @@ pub fn command_binds(job: &mut crate::protocol::Job) -> Vec<Bind> {
     binds
 }
 
-/// The worker removes the variables this names (comma-separated) from its own environment
-/// before anything starts: how a target's `unset_env` reaches past an image's `ENV`.
-pub const UNSET_ENV_VAR: &str = "TAGBENCH_UNSET_ENV";
+pub use crate::sys::UNSET_ENV_VAR;
 
 /// A host path bound into the container, always read-only.
 #[derive(Debug, Clone, PartialEq)]
