@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::docker::{connect, list_labelled, remove_listed, Labelled};
 use crate::results::{Liveness, RunDir};
@@ -13,11 +13,7 @@ use crate::results::{Liveness, RunDir};
 /// Removes the containers labelled with `run` (every tagbench container without one), except
 /// those of a live run under `results_dir`; says which it removed and which it kept.
 pub fn cmd_clean(run: Option<&str>, results_dir: &Path) -> Result<crate::outcome::Outcome> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("failed to start the async runtime")?;
-    let (removed, kept) = rt.block_on(async {
+    let (removed, kept) = super::docker::block_on(async {
         let docker = connect().await?;
         let list = list_labelled(&docker, run).await?;
         let (live, gone) = split_live(list, results_dir)?;

@@ -69,6 +69,16 @@ pub(super) fn podman_gpu_reason(version: &str) -> String {
     )
 }
 
+/// Runs `fut` to completion on a runtime of its own (one thread): how the synchronous commands
+/// (`clean`, a bisect's copy, an interrupt's clean-up) talk to the engine.
+pub(crate) fn block_on<T>(fut: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?
+        .block_on(fut)
+}
+
 /// An engine call with a time limit, its error naming what was attempted.
 pub(super) async fn call<T>(
     what: &str,

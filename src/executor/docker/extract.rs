@@ -19,11 +19,7 @@ use crate::executor::container_spec::{LABEL_RUN, LABEL_TARGET};
 /// `dest/torch`. The container is labelled with `run`.
 pub fn copy_out(image: &str, paths: &[String], dest: &Path, run: &str) -> Result<()> {
     std::fs::create_dir_all(dest).with_context(|| format!("failed to create {}", dest.display()))?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("failed to start the async runtime")?;
-    rt.block_on(async {
+    super::api::block_on(async {
         let docker = connect().await?;
         let body = ContainerCreateBody {
             image: Some(image.to_string()),

@@ -31,8 +31,8 @@ use crate::results::TargetMeta;
 use crate::suite::{GpuSelection, PullPolicy, TargetSpec};
 use crate::sys::interrupt::hold_if_interrupted;
 pub use api::docker_host;
+pub(crate) use api::{block_on, connect, list_labelled, remove_labelled, remove_listed, Labelled};
 use api::{call, create_and_start, engine_message, is_not_found, remove_container, API_TIMEOUT};
-pub(crate) use api::{connect, list_labelled, remove_labelled, remove_listed, Labelled};
 use worker::{exit_info, pump_output, DockerWorker};
 
 /// How long the `--version` check of a new target may run (it takes well under a second).
@@ -366,11 +366,7 @@ pub(crate) fn remove_containers_on_interrupt(run_id: &str) {
 /// Removes the containers labelled with `run` now (what a killed `docker run` client leaves
 /// behind, e.g. under `scancel`); returns what was removed.
 pub(crate) fn remove_run_containers(run: &str) -> Result<Vec<String>> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("failed to start the async runtime")?;
-    rt.block_on(async {
+    api::block_on(async {
         let docker = connect().await?;
         remove_labelled(&docker, Some(run)).await
     })
