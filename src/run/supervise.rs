@@ -730,6 +730,17 @@ mod tests {
     use super::*;
     use crate::results::{read_results, RunDir};
 
+    /// A gemm case with default parameters and measurement settings.
+    pub(super) fn case(id: &str) -> Case {
+        Case {
+            workload: "gemm".into(),
+            kind: crate::case::WorkloadKind::Gemm,
+            id: id.into(),
+            params: Default::default(),
+            measure: Default::default(),
+        }
+    }
+
     fn start(w: &str, c: &str) -> Message {
         Message::Start {
             case: c.into(),
@@ -750,13 +761,6 @@ mod tests {
             engine: "native".into(),
             device: "cuda".into(),
             ..Default::default()
-        };
-        let case = |id: &str| Case {
-            workload: "gemm".into(),
-            kind: crate::case::WorkloadKind::Gemm,
-            id: id.into(),
-            params: Default::default(),
-            measure: Default::default(),
         };
         let mut s = Session::new("img".into(), vec![case("a"), case("b")]);
         let summary = crate::stats::summarize(&[1.0, 2.0, 3.0]).unwrap();
@@ -805,6 +809,7 @@ mod order_tests {
 
     use indicatif::ProgressBar;
 
+    use super::tests::case;
     use super::*;
     use crate::protocol::frame;
     use crate::results::{read_results, read_samples, RunDir};
@@ -824,13 +829,6 @@ mod order_tests {
         let run = RunDir::new(dir.path());
         let writer = RunWriter::open(&run).unwrap();
         let ctx = RunContext::new("r", "s", &run, ProgressBar::hidden(), HashSet::new());
-        let case = |id: &str| Case {
-            workload: "gemm".into(),
-            kind: crate::case::WorkloadKind::Gemm,
-            id: id.into(),
-            params: Default::default(),
-            measure: Default::default(),
-        };
         let cases = vec![case("a"), case("b")];
         let mut s = Session::new("img".into(), cases.clone());
         s.begin_worker("t0k", &dir.path().join("w.log"));
