@@ -13,8 +13,9 @@ use crate::case::{Better, Case, Device, EngineKind};
 use crate::stats::Summary;
 
 /// The protocol's version. The worker's first line (`hello`) says which it speaks; the host
-/// refuses a worker that speaks another, naming both tagbench versions.
-pub const PROTOCOL: u32 = 2;
+/// refuses a worker that speaks another, naming both tagbench versions. 3: the host may drive a
+/// worker with [`Command`]s on its stdin (`Job::control`), and every case ends with `ended`.
+pub const PROTOCOL: u32 = 3;
 
 /// What the worker is asked to do: run these cases on this device with this engine.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -30,6 +31,39 @@ pub struct Job {
     #[serde(default)]
     pub gpus: Vec<usize>,
     pub cases: Vec<Case>,
+    /// The host drives this worker with [`Command`]s on its stdin: the worker runs the case
+    /// each `case` command names and, in a paired case, measures sample batches on command
+    /// (`measure::control`); the end of its stdin ends the job. Without it the worker runs its
+    /// cases in order to the end.
+    #[serde(default)]
+    pub control: bool,
+}
+
+/// What the host tells a worker under [`Job::control`], one JSON object per stdin line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Command {
+    /// Run this case of the job. `paired`: after its warm-up, say `ready` and take sample
+    /// batches on command until `release`; otherwise sample by the case's own settings.
+    Case {
+        workload: String,
+        case: String,
+        paired: bool,
+    },
+    /// Take `n` samples of the case that is ready, then say `batch`.
+    Batch { n: usize },
+    /// Stop sampling the ready case: the worker finishes it (rows, `ended`).
+    Release,
+    /// The job is over: the worker reports its components and says `done` (as at the end of
+    /// its stdin, which not every engine's attach delivers).
+    End,
+}
+
+impl Command {
+    /// The stdin line of a command (with its newline).
+    pub fn line(&self) -> String {
+        format!("{}\n", serde_json::to_string(self).unwrap_or_default())
+    }
 }
 
 /// One line of worker output.
@@ -95,6 +129,36 @@ pub enum Message {
     Components {
         #[serde(flatten)]
         components: crate::components::Components,
+    },
+    /// A paired case has warmed up (phase: which sampling of the case, from 0) and waits for
+    /// `batch` commands; `per_call_s` is the warm-up's mean time per call, for batch sizes.
+    Ready {
+        case: String,
+        workload: String,
+        phase: usize,
+        per_call_s: f64,
+    },
+    /// One batch of samples taken on command: `index` counts the case's batches from 0 over
+    /// its phases; `start_s` is when it began (seconds since the Unix epoch); `seconds` are its
+    /// samples; `settle_ms` is how long the worker then waited for its own processes to go
+    /// idle (`settled`: they did) before it answered, so that the next target's batch does not
+    /// share its cores with this one's spinning threads.
+    Batch {
+        case: String,
+        workload: String,
+        phase: usize,
+        index: usize,
+        start_s: f64,
+        seconds: Vec<f64>,
+        settle_ms: f64,
+        settled: bool,
+    },
+    /// A case is over (after its rows): `timed_s` is the time inside timed samples (the
+    /// numerator of the run's duty cycle).
+    Ended {
+        case: String,
+        workload: String,
+        timed_s: f64,
     },
     /// Every case of the job has been handled.
     Done,

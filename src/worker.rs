@@ -17,7 +17,17 @@ pub fn run_job_file(path: &Path, out: impl Write) -> Result<()> {
         .with_context(|| format!("failed to read job file {}", path.display()))?;
     let job: Job = serde_json::from_str(&text)
         .with_context(|| format!("failed to parse job file {}", path.display()))?;
-    run_job(&job, out)
+    if job.control {
+        // The host's commands come on stdin; the controller's answers share stdout.
+        crate::measure::control::install(
+            Box::new(std::io::BufReader::new(std::io::stdin())),
+            Box::new(std::io::stdout()),
+            &job.token,
+        );
+    }
+    let result = run_job(&job, out);
+    crate::measure::control::uninstall();
+    result
 }
 
 pub fn run_job(job: &Job, out: impl Write) -> Result<()> {
@@ -34,32 +44,32 @@ pub fn run_job(job: &Job, out: impl Write) -> Result<()> {
     let mut info = crate::sys::limits::facts();
     info.extend(engine.env());
     em.emit(&Message::Env { info })?;
-    for case in &job.cases {
-        let (c, w) = (case.id.clone(), case.workload.clone());
-        em.emit(&Message::Start {
-            case: c.clone(),
-            workload: w.clone(),
-        })?;
-        // A panic inside an engine (a library that asserts) fails the case, not the worker.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            engine::run_case(engine.as_mut(), case)
-        }))
-        .unwrap_or_else(|p| {
-            let msg = crate::sys::panic_message(p.as_ref());
-            Err(CaseError::Failed(anyhow::anyhow!("engine panicked: {msg}")))
-        });
-        match result {
-            Ok(output) => emit_output(&mut em, &c, &w, output)?,
-            Err(CaseError::Skipped(reason)) => em.emit(&Message::Skip {
-                case: c,
-                workload: w,
-                reason,
-            })?,
-            Err(CaseError::Failed(e)) => em.emit(&Message::Error {
-                case: c,
-                workload: w,
-                reason: format!("{e:#}"),
-            })?,
+    if crate::measure::control::installed() {
+        // The host names each case; the end of its commands ends the job.
+        while let Some((w, c, _)) = crate::measure::control::next_case()? {
+            match job.cases.iter().find(|k| k.workload == w && k.id == c) {
+                Some(case) => run_one(engine.as_mut(), case, &mut em)?,
+                None => {
+                    em.emit(&Message::Start {
+                        case: c.clone(),
+                        workload: w.clone(),
+                    })?;
+                    em.emit(&Message::Error {
+                        case: c.clone(),
+                        workload: w.clone(),
+                        reason: "the host asked for a case this job does not list".into(),
+                    })?;
+                    em.emit(&Message::Ended {
+                        case: c,
+                        workload: w,
+                        timed_s: 0.0,
+                    })?;
+                }
+            }
+        }
+    } else {
+        for case in &job.cases {
+            run_one(engine.as_mut(), case, &mut em)?;
         }
     }
     em.emit(&Message::Components {
@@ -67,6 +77,53 @@ pub fn run_job(job: &Job, out: impl Write) -> Result<()> {
     })?;
     em.emit(&Message::Done)?;
     Ok(())
+}
+
+/// Measures one case and reports it, ending with `ended`.
+fn run_one<W: Write>(
+    engine: &mut dyn engine::Engine,
+    case: &crate::case::Case,
+    em: &mut Emitter<W>,
+) -> Result<()> {
+    let (c, w) = (case.id.clone(), case.workload.clone());
+    crate::measure::control::take_timed();
+    em.emit(&Message::Start {
+        case: c.clone(),
+        workload: w.clone(),
+    })?;
+    // A panic inside an engine (a library that asserts) fails the case, not the worker.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine::run_case(engine, case)))
+        .unwrap_or_else(|p| {
+            let msg = crate::sys::panic_message(p.as_ref());
+            Err(CaseError::Failed(anyhow::anyhow!("engine panicked: {msg}")))
+        });
+    match result {
+        Ok(output) => emit_output(em, &c, &w, output)?,
+        Err(e) => em.emit(&not_measured(&c, &w, e))?,
+    }
+    em.emit(&Message::Ended {
+        case: c,
+        workload: w,
+        timed_s: crate::measure::control::take_timed(),
+    })?;
+    Ok(())
+}
+
+/// The `skip` or `error` line of a case that was not measured.
+fn not_measured(case: &str, workload: &str, e: CaseError) -> Message {
+    let (case, workload) = (case.to_string(), workload.to_string());
+    match e {
+        CaseError::Skipped(reason) => Message::Skip {
+            case,
+            workload,
+            reason,
+        },
+        CaseError::Failed(e) => Message::Error {
+            case,
+            workload,
+            reason: format!("{e:#}"),
+        },
+    }
 }
 
 /// A non-zero rank of a multi-rank step: runs its rank of each case and reports only what went
@@ -84,16 +141,7 @@ fn follow_job<W: Write>(
         let (c, w) = (case.id.clone(), case.workload.clone());
         match engine.follow(case) {
             Ok(()) => continue,
-            Err(CaseError::Skipped(reason)) => em.emit(&Message::Skip {
-                case: c.clone(),
-                workload: w.clone(),
-                reason,
-            })?,
-            Err(CaseError::Failed(e)) => em.emit(&Message::Error {
-                case: c.clone(),
-                workload: w.clone(),
-                reason: format!("{e:#}"),
-            })?,
+            Err(e) => em.emit(&not_measured(&c, &w, e))?,
         }
         bad.push(format!("{w}/{c}"));
     }
@@ -217,6 +265,7 @@ mod tests {
             device: Device::Cpu,
             gpus: Vec::new(),
             cases: vec![case("good"), case("bad")],
+            control: false,
         };
         let mut out = Vec::new();
         let err = follow_job(&mut Rank1, &job, "rank 1 on n2", &mut Emitter::new(&mut out, "")).unwrap_err();

@@ -233,6 +233,7 @@ pub fn too_few_rounds(baseline: usize, candidate: usize) -> String {
 pub fn judge_rounds(
     baseline: &[Vec<f64>],
     candidate: &[Vec<f64>],
+    batch_ratios: &[Option<f64>],
     plan: RoundsPlan,
     min_samples: usize,
     resamples: usize,
@@ -263,11 +264,17 @@ pub fn judge_rounds(
         share
     };
     if plan.paired {
+        // A round measured in paired batches has its ratio from them; the candidate's level
+        // is then the baseline's times that ratio.
         let (mb, mc): (Vec<f64>, Vec<f64>) = baseline
             .iter()
             .zip(candidate)
-            .filter(|(x, y)| !x.is_empty() && !y.is_empty())
-            .map(|(x, y)| (median(x), median(y)))
+            .enumerate()
+            .filter(|(_, (x, y))| !x.is_empty() && !y.is_empty())
+            .map(|(i, (x, y))| match batch_ratios.get(i).copied().flatten() {
+                Some(r) => (median(x), median(x) * r),
+                None => (median(x), median(y)),
+            })
             .unzip();
         let first = paired_log_ratio(&mb, &mc, PAIR_TRIM, CI_LEVEL);
         if let Some(first) = first {
@@ -338,6 +345,7 @@ pub fn judge_pooled(
         return judge_rounds(
             &all,
             candidate,
+            &[],
             RoundsPlan {
                 needs_rounds,
                 ..RoundsPlan::default()
@@ -517,12 +525,12 @@ mod tests {
                 needs_rounds: false,
                 ..RoundsPlan::default()
             };
-            let j = judge_rounds(&rounds(1500.0), &rounds(1700.0), plan, 5, 100, 1).unwrap();
+            let j = judge_rounds(&rounds(1500.0), &rounds(1700.0), &[], plan, 5, 100, 1).unwrap();
             assert_eq!(
                 verdict(&j, j.p.unwrap(), 0.01, 0.03, "lower").0,
                 Verdict::Regression
             );
-            let j = judge_rounds(&rounds(1500.0), &rounds(1500.0), plan, 5, 100, 1).unwrap();
+            let j = judge_rounds(&rounds(1500.0), &rounds(1500.0), &[], plan, 5, 100, 1).unwrap();
             assert_eq!(verdict(&j, j.p.unwrap(), 0.01, 0.03, "lower").0, Verdict::Same);
         }
     }
@@ -552,7 +560,7 @@ mod tests {
     }
 
     fn decide_rounds(base: &[Vec<f64>], cand: &[Vec<f64>]) -> Verdict {
-        match judge_rounds(base, cand, RoundsPlan::default(), 5, 2000, 1) {
+        match judge_rounds(base, cand, &[], RoundsPlan::default(), 5, 2000, 1) {
             Ok(j) => verdict(&j, j.p.unwrap_or(1.0), 0.01, 0.03, "lower").0,
             Err(_) => Verdict::Noisy,
         }
@@ -595,7 +603,7 @@ mod tests {
             let c: Vec<Vec<f64>> = (0..5).map(|_| samples(&mut rng, 1.0, CV, N)).collect();
             // One baseline round 75× slow (issue 10's GEMM A/B): still not a change.
             b[4] = samples(&mut rng, 75.0, CV, N);
-            let j = judge_rounds(&b, &c, RoundsPlan::default(), 5, 2000, 1).unwrap();
+            let j = judge_rounds(&b, &c, &[], RoundsPlan::default(), 5, 2000, 1).unwrap();
             assert_eq!(j.outlier_rounds, (1, 0));
             assert!(j.ci_low.unwrap() > 0.95 && j.ci_high.unwrap() < 1.05, "{j:?}");
             let r = j.candidate.unwrap() / j.baseline.unwrap();
@@ -638,7 +646,7 @@ mod tests {
         let b = vec![samples(&mut rng, 1.0, CV, N), samples(&mut rng, 1.0, CV, N)];
         let c = vec![samples(&mut rng, 1.1, CV, N), samples(&mut rng, 1.1, CV, N)];
         // A time: never judged on two rounds a side, whatever the samples say.
-        let why = judge_rounds(&b, &c, RoundsPlan::default(), 5, 2000, 1).unwrap_err();
+        let why = judge_rounds(&b, &c, &[], RoundsPlan::default(), 5, 2000, 1).unwrap_err();
         assert!(
             why.starts_with("2 rounds in the baseline and 2 in the candidate")
                 && why.contains("a timing verdict needs at least 3 rounds"),
@@ -654,7 +662,7 @@ mod tests {
             ..RoundsPlan::default()
         };
         assert_eq!(
-            judge_rounds(&b, &c, amounts, 5, 2000, 1).unwrap(),
+            judge_rounds(&b, &c, &[], amounts, 5, 2000, 1).unwrap(),
             judge(&flat(&b), &flat(&c), 5, 2000, 1).unwrap()
         );
     }

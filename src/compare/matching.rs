@@ -32,19 +32,25 @@ pub fn designs_of<'a>(runs: impl IntoIterator<Item = &'a LoadedRun>) -> Designs 
 type Rounds = Vec<Vec<f64>>;
 
 /// The two sides' rounds as aligned pairs when they come from one run (round r of each was
-/// measured back to back), else `None`.
-fn paired_rounds(b: &Measurement, c: &Measurement) -> Option<(Rounds, Rounds)> {
+/// measured back to back), else `None`; with each pair's ratio from its paired batches where
+/// the host alternated batches of the two (`stats::batch_pair_ratio`).
+fn paired_rounds(b: &Measurement, c: &Measurement) -> Option<(Rounds, Rounds, Vec<Option<f64>>)> {
     if b.row.run_id.is_empty() || b.row.run_id != c.row.run_id {
         return None;
     }
-    let (mut pb, mut pc) = (Vec::new(), Vec::new());
+    let (mut pb, mut pc, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for (i, id) in b.round_ids.iter().enumerate() {
         if let Some(j) = c.round_ids.iter().position(|x| x == id) {
             pb.push(b.rounds[i].clone());
             pc.push(c.rounds[j].clone());
+            ratios.push(
+                b.batched_round(i)
+                    .zip(c.batched_round(j))
+                    .and_then(|(x, y)| crate::stats::paired::batch_pair_ratio(&x, &y)),
+            );
         }
     }
-    Some((pb, pc))
+    Some((pb, pc, ratios))
 }
 
 /// Columns a comparison can run along.
@@ -319,9 +325,10 @@ fn pair_up(
                         design,
                         needs_rounds: Quantity::of_unit(&any.unit).needs_rounds(),
                     };
-                    let (br, cr) = paired.unwrap_or_else(|| (b.rounds.clone(), c.rounds.clone()));
+                    let (br, cr, ratios) =
+                        paired.unwrap_or_else(|| (b.rounds.clone(), c.rounds.clone(), Vec::new()));
                     let judged = if b.run_of_round.is_empty() {
-                        judge_rounds(&br, &cr, plan, opts.min_samples, opts.bootstrap, seed)
+                        judge_rounds(&br, &cr, &ratios, plan, opts.min_samples, opts.bootstrap, seed)
                     } else {
                         judge_pooled(
                             &rounds_by_run(b),
@@ -435,12 +442,14 @@ fn pool_measurements(ms: &[&Measurement]) -> Measurement {
         samples: Vec::new(),
         rounds: Vec::new(),
         round_ids: Vec::new(),
+        batches: Vec::new(),
         run_of_round: Vec::new(),
     };
     for (i, m) in ms.iter().enumerate() {
         out.samples.extend(&m.samples);
         out.rounds.extend(m.rounds.iter().cloned());
         out.round_ids.extend(&m.round_ids);
+        out.batches.extend(m.batches.iter().cloned());
         out.run_of_round.extend(std::iter::repeat_n(i, m.rounds.len()));
     }
     if let Some(s) = crate::stats::summarize(&out.samples) {

@@ -141,6 +141,8 @@ pub struct ContainerSpec {
     pub memory_bytes: Option<i64>,
     pub gpus: GpuRequest,
     pub pull: PullPolicy,
+    /// The worker takes the host's commands on its stdin (`Job::control`).
+    pub stdin: bool,
 }
 
 impl ContainerSpec {
@@ -206,6 +208,7 @@ impl ContainerSpec {
             memory_bytes: target.memory.as_ref().map(ByteSize::bytes),
             gpus: GpuRequest::for_target(target)?,
             pull: target.pull.unwrap_or_default(),
+            stdin: false,
         })
     }
 
@@ -226,7 +229,9 @@ impl ContainerSpec {
             memory_bytes,
             gpus,
             pull: _,
+            stdin,
         } = self;
+        let stdin = *stdin;
         let mounts = mounts
             .iter()
             .map(|b| Mount {
@@ -294,8 +299,10 @@ impl ContainerSpec {
             ),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
-            attach_stdin: Some(false),
-            open_stdin: Some(false),
+            attach_stdin: Some(stdin),
+            open_stdin: Some(stdin),
+            // The host's attach is the only writer: when it goes, stdin ends.
+            stdin_once: Some(stdin),
             tty: Some(false),
             host_config: Some(host_config),
             ..Default::default()
@@ -320,6 +327,7 @@ impl ContainerSpec {
             memory_bytes,
             gpus,
             pull,
+            stdin,
         } = self;
         let mut a: Vec<String> = vec![
             "docker".into(),
@@ -329,6 +337,9 @@ impl ContainerSpec {
             format!("--name={name}"),
             format!("--pull={}", pull.as_str()),
         ];
+        if *stdin {
+            a.push("--interactive".into());
+        }
         a.extend(labels.iter().map(|(k, v)| format!("--label={k}={v}")));
         a.extend(CAP_DROP.iter().map(|c| format!("--cap-drop={c}")));
         a.extend(SECURITY_OPT.iter().map(|o| format!("--security-opt={o}")));
@@ -422,6 +433,7 @@ mod tests {
             device: Device::Cpu,
             gpus: vec![],
             cases: vec![case.clone(), case],
+            control: false,
         };
         let binds = command_binds(&mut job);
         assert_eq!(

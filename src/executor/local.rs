@@ -35,6 +35,10 @@ impl Executor for LocalExecutor {
         "local"
     }
 
+    fn controls(&self) -> bool {
+        true
+    }
+
     fn image_size(&mut self, _target: &TargetSpec) -> Result<u64, CaseError> {
         Err(CaseError::skipped("no image: a local target runs no container"))
     }
@@ -88,7 +92,11 @@ impl Executor for LocalExecutor {
                 crate::executor::container_spec::UNSET_ENV_VAR,
                 target.unset_env.join(","),
             )
-            .stdin(Stdio::null())
+            .stdin(if job.control {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -96,6 +104,7 @@ impl Executor for LocalExecutor {
         let stdout = child.stdout.take().expect("piped stdout");
         let err = child.stderr.take().expect("piped stderr");
         Ok(Box::new(LocalWorker {
+            stdin: child.stdin.take(),
             child,
             lines: spawn_line_reader(stdout),
             log: log.to_owned(),
@@ -153,6 +162,8 @@ pub fn log_tail(path: &Path, max: usize) -> String {
 
 struct LocalWorker {
     child: Child,
+    /// The worker's stdin under `Job::control`.
+    stdin: Option<std::process::ChildStdin>,
     lines: Receiver<std::io::Result<String>>,
     log: PathBuf,
     /// Hears when the stderr copy into the log is complete.
@@ -162,6 +173,19 @@ struct LocalWorker {
 impl WorkerHandle for LocalWorker {
     fn next_line(&mut self, timeout: Duration) -> LineEvent {
         recv_line(&self.lines, timeout)
+    }
+
+    fn send(&mut self, line: &str) -> Result<()> {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().context("the worker's stdin is closed")?;
+        stdin
+            .write_all(line.as_bytes())
+            .and_then(|()| stdin.flush())
+            .context("failed to write to the worker's stdin")
+    }
+
+    fn close_input(&mut self) {
+        self.stdin = None;
     }
 
     fn kill(&mut self) -> Result<()> {

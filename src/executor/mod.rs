@@ -73,6 +73,12 @@ pub trait WorkerHandle {
     fn placement(&self) -> Option<Placement> {
         None
     }
+    /// Writes one command line to the worker's stdin (a job with `control`).
+    fn send(&mut self, _line: &str) -> Result<()> {
+        anyhow::bail!("this worker takes no commands")
+    }
+    /// Closes the worker's stdin: a controlled worker then ends its job.
+    fn close_input(&mut self) {}
 }
 
 /// Somewhere a worker can run.
@@ -88,6 +94,10 @@ pub trait Executor {
     /// own, with one task per rank).
     fn job_len(&self, _target: &TargetSpec, pending: &[Case]) -> usize {
         pending.len()
+    }
+    /// Whether its workers take commands on stdin (`Job::control`: paired batches).
+    fn controls(&self) -> bool {
+        false
     }
     /// The target's image size in bytes as its engine reports it (a `startup` case's
     /// `image_size`); `Err(Skipped)` where the target has none.

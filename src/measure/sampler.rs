@@ -16,6 +16,8 @@ pub enum Stop {
     MaxSamples,
     /// `max_time_s` ran out first.
     MaxTime,
+    /// The host took the samples in batches and released the case (`measure::control`).
+    Host,
 }
 
 /// Runs a timed closure under a case's measurement settings.
@@ -53,6 +55,15 @@ impl Sampler {
                 break;
             }
         }
+        let per_call_s = warm_start.elapsed().as_secs_f64() / warmup_iterations as f64;
+        if let Some(taken) = super::control::with_paired(|ctl| ctl.sample_on_command(per_call_s, &mut f)) {
+            let (values, _) = taken?;
+            return Ok(Samples {
+                values,
+                stop: Stop::Host,
+                warmup_iterations,
+            });
+        }
         let start = Instant::now();
         let mut values = Vec::with_capacity(s.min_samples.max(16));
         let min_samples = s.min_samples.max(1);
@@ -79,6 +90,7 @@ impl Sampler {
                 }
             }
         };
+        super::control::add_timed(&values);
         Ok(Samples {
             values,
             stop,

@@ -20,12 +20,24 @@ pub struct Measurement {
     pub rounds: Vec<Vec<f64>>,
     /// The round index (the CSV's `round`) of each entry of `rounds`.
     pub round_ids: Vec<usize>,
+    /// The batch of each sample of `rounds` (samples.csv's `batch`: paired batches), where the
+    /// host took them in batches; `None` elsewhere.
+    pub batches: Vec<Vec<Option<usize>>>,
     /// For a baseline pooled from several runs: which run (0-based) each entry of `rounds`
     /// came from; empty for one run.
     pub run_of_round: Vec<usize>,
 }
 
 impl Measurement {
+    /// Round `i`'s samples with their batches, where every sample of the round has one.
+    pub fn batched_round(&self, i: usize) -> Option<Vec<(usize, f64)>> {
+        let b = self.batches.get(i)?;
+        let v = self.rounds.get(i)?;
+        (b.len() == v.len() && !b.is_empty())
+            .then(|| b.iter().zip(v).map(|(b, x)| b.map(|b| (b, *x))).collect())
+            .flatten()
+    }
+
     /// A row with a metric and a summary (not a status row).
     pub fn is_metric(&self) -> bool {
         self.row.status == Status::Ok && !self.row.metric.is_empty()
@@ -70,13 +82,14 @@ impl LoadedRun {
                 r.gpu_index,
             )
         };
-        let mut by_key: BTreeMap<(SampleKey, usize), Vec<(usize, f64)>> = BTreeMap::new();
+        type Taken = (usize, f64, Option<usize>);
+        let mut by_key: BTreeMap<(SampleKey, usize), Vec<Taken>> = BTreeMap::new();
         for s in samples {
             let round = s.round.unwrap_or(0);
             by_key
                 .entry(((s.target, s.workload, s.case, s.metric, s.gpu_index), round))
                 .or_default()
-                .push((s.sample, s.value));
+                .push((s.sample, s.value, s.batch));
         }
         // One measurement per key: the rows of its rounds pooled, in the order keys first appear.
         let mut order: Vec<SampleKey> = Vec::new();
@@ -93,13 +106,15 @@ impl LoadedRun {
             .map(|k| {
                 let mut rows = grouped.remove(&k).unwrap_or_default();
                 rows.sort_by_key(|r| r.round.unwrap_or(0));
+                let mut batches = Vec::new();
                 let (rounds, round_ids): (Vec<Vec<f64>>, Vec<usize>) = rows
                     .iter()
                     .filter_map(|r| {
                         let round = r.round.unwrap_or(0);
                         let mut v = by_key.remove(&(k.clone(), round))?;
-                        v.sort_by_key(|&(i, _)| i);
-                        Some((v.into_iter().map(|(_, x)| x).collect(), round))
+                        v.sort_by_key(|&(i, _, _)| i);
+                        batches.push(v.iter().map(|&(_, _, b)| b).collect());
+                        Some((v.into_iter().map(|(_, x, _)| x).collect(), round))
                     })
                     .unzip();
                 let samples: Vec<f64> = rounds.iter().flatten().copied().collect();
@@ -112,6 +127,7 @@ impl LoadedRun {
                     samples,
                     rounds,
                     round_ids,
+                    batches,
                     run_of_round: Vec::new(),
                 }
             })

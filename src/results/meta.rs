@@ -42,6 +42,34 @@ pub struct RunMeta {
     /// (`stats::sequential`). Absent: a fixed number of rounds.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub rounds_design: BTreeMap<String, crate::stats::Design>,
+    /// Per case (`workload/case`), how its targets took turns (`batches`, `case` or `round`,
+    /// `suite::Pairing`); where a case's pairing fell back from the suite's, why follows after
+    /// a colon. Absent in runs of one target and in runs written before pairing existed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pairing: BTreeMap<String, String>,
+    /// Wall time against time inside timed samples (set when the run ends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duty_cycle: Option<DutyCycle>,
+}
+
+/// How much of a run's wall time went into timed samples: the rest is process start-up, CUDA
+/// contexts, model set-up, warm-up, settling between paired batches and the host's own work.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DutyCycle {
+    /// Seconds inside timed samples, as the workers reported them.
+    pub timed_s: f64,
+    /// Seconds this process spent on the run (a resumed run: since the resume).
+    pub wall_s: f64,
+    /// `timed_s / wall_s`.
+    pub share: f64,
+    /// Paired batches: how many, the mean wait for a worker's threads to go idle after one, and
+    /// how many did not go idle within the limit (`measure::settle`).
+    #[serde(default)]
+    pub batches: usize,
+    #[serde(default)]
+    pub settle_ms_mean: f64,
+    #[serde(default)]
+    pub unsettled: usize,
 }
 
 /// Per target: the image and what the probe found inside it.

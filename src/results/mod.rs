@@ -11,7 +11,7 @@ pub mod unit;
 
 pub use load::{LoadedRun, Measurement};
 pub use lock::{check_run_id, Liveness, RunBusy, RunLock};
-pub use meta::{Placement, RunMeta, TargetMeta, STATE_COMPLETE, STATE_INTERRUPTED, STATE_RUNNING};
+pub use meta::{DutyCycle, Placement, RunMeta, TargetMeta, STATE_COMPLETE, STATE_INTERRUPTED, STATE_RUNNING};
 pub use record::{set_summary, MetricId, Recorder};
 pub use row::{ResultRow, SampleRow, Status, SCHEMA_VERSION};
 pub use store::{

@@ -125,6 +125,8 @@ impl Recorder<'_> {
             target: t.name.clone(),
             engine: t.engine.clone(),
             round: Some(self.round),
+            batch: None,
+            batch_start_s: None,
         }
     }
 }

@@ -104,4 +104,12 @@ pub struct SampleRow {
     pub engine: String,
     /// Which worker process (0-based) took the sample.
     pub round: Option<usize>,
+    /// The batch (0-based, per target, case and round) a paired case took this sample in: the
+    /// host alternated batches between targets, and batch i of each target ran next to the
+    /// others' batch i in time (`compare` pairs them). Empty where sampling was not paired.
+    #[serde(default)]
+    pub batch: Option<usize>,
+    /// When that batch began, in seconds since the Unix epoch (to audit the alternation).
+    #[serde(default)]
+    pub batch_start_s: Option<f64>,
 }

@@ -27,6 +27,11 @@ pub struct RunContext {
     pub started: std::time::Instant,
     /// The workers' warnings, said once at the end of the run.
     pub warnings: super::warnings::Warnings,
+    /// Seconds the workers spent inside timed samples (the duty cycle's numerator).
+    pub timed_s: f64,
+    /// Paired batches: the workers' settling after them (total ms, batches, batches whose
+    /// worker did not go idle within the limit).
+    pub settle: (f64, usize, usize),
 }
 
 impl RunContext {
@@ -41,6 +46,8 @@ impl RunContext {
             not_ok,
             started: std::time::Instant::now(),
             warnings: Default::default(),
+            timed_s: 0.0,
+            settle: (0.0, 0, 0),
         }
     }
 
@@ -66,6 +73,20 @@ impl RunContext {
         }
         self.bar.inc(1);
         Ok(())
+    }
+
+    /// The run's duty cycle so far (`results::DutyCycle`).
+    pub fn duty_cycle(&self) -> crate::results::DutyCycle {
+        let wall_s = self.elapsed_s();
+        let (ms, batches, unsettled) = self.settle;
+        crate::results::DutyCycle {
+            timed_s: self.timed_s,
+            wall_s,
+            share: if wall_s > 0.0 { self.timed_s / wall_s } else { 0.0 },
+            batches,
+            settle_ms_mean: if batches > 0 { ms / batches as f64 } else { 0.0 },
+            unsettled,
+        }
     }
 
     pub fn count(&self, s: Status) -> usize {

@@ -39,6 +39,21 @@ pub fn unfit_reason(case: &Case, gpu_memory: u64) -> Option<String> {
     does_not_fit(p, &model_name(p), tp, gpu_memory)
 }
 
+/// Why two warm workers cannot each hold `case` on one GPU of `gpu_memory` bytes: its memory
+/// plan needs more than half of it (`None`: it fits twice, or it is not a generation case).
+/// Such a case is paired case by case, not in batches (`run::paired`).
+pub fn twice_unfit_reason(case: &Case, gpu_memory: u64) -> Option<String> {
+    let (p, tp) = generation(case)?;
+    let need = plan_of(p, tp).ok()?.total();
+    (need.saturating_mul(2) > gpu_memory).then(|| {
+        format!(
+            "the memory plan needs {} per rank, more than half of the GPU's {}: two warm workers cannot hold it at once",
+            gib(need),
+            gib(gpu_memory)
+        )
+    })
+}
+
 fn gib(bytes: u64) -> String {
     format!("{:.2} GiB", bytes as f64 / GIB)
 }

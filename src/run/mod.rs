@@ -6,6 +6,7 @@
 
 pub mod context;
 pub mod fit;
+pub mod paired;
 pub mod plan;
 pub mod scheduler;
 pub mod startup;
@@ -101,6 +102,8 @@ fn new_meta(plan: &Plan, opts: &RunOptions, run_id: &str) -> Result<RunMeta> {
         options: Some(serde_json::to_value(opts)?),
         targets: Vec::new(),
         rounds_design: Default::default(),
+        pairing: Default::default(),
+        duty_cycle: None,
     })
 }
 
@@ -273,10 +276,37 @@ pub fn cmd_run(opts: RunOptions) -> Result<Outcome> {
         );
     }
     bar.finish_and_clear();
+    let duty = ctx.duty_cycle();
+    errln!("{}", duty_line(&duty));
+    meta.duty_cycle = Some(duty);
     meta.finished_at = Some(now());
     meta.state = STATE_COMPLETE.into();
     run.write_meta(&meta)?;
     finish(&ctx, &dir, &plan, &opts)
+}
+
+/// What the end of a run says of its duty cycle.
+fn duty_line(d: &crate::results::DutyCycle) -> String {
+    let mut line = format!(
+        "duty cycle: {:.1} s of {:.1} s in timed samples ({:.0}%)",
+        d.timed_s,
+        d.wall_s,
+        d.share * 100.0
+    );
+    if d.batches > 0 {
+        line.push_str(&format!(
+            "; {} paired batches, {:.1} ms mean settling after each",
+            d.batches, d.settle_ms_mean
+        ));
+        if d.unsettled > 0 {
+            line.push_str(&format!(
+                " ({} did not go idle within {} ms)",
+                d.unsettled,
+                crate::measure::settle::MAX_SETTLE.as_millis()
+            ));
+        }
+    }
+    line
 }
 
 /// The target the others are compared against at the end of a run with two or more targets:

@@ -10,11 +10,12 @@ use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::context::{CaseKey, RunContext};
+use super::paired::{self, Side};
 use super::plan::{design_of, rounds_of, Plan};
 use super::supervise::{prepare_target, run_target, write_status, Prepared};
 use crate::case::{Case, Device};
 use crate::results::{outlier_rounds_of, read_results, RunDir, RunMeta, RunWriter, Status, TargetMeta};
-use crate::suite::TargetSpec;
+use crate::suite::Pairing;
 
 /// Rounds added to a case at most to replace outlier rounds, so that a machine that disturbs
 /// every round cannot keep a run going for ever.
@@ -63,7 +64,7 @@ pub fn progress_bar(total: usize, hidden: bool) -> ProgressBar {
 }
 
 /// Targets in round order: forwards in even rounds, backwards in odd ones.
-fn order(round: usize, n: usize) -> Vec<usize> {
+pub(super) fn order(round: usize, n: usize) -> Vec<usize> {
     if round % 2 == 0 {
         (0..n).collect()
     } else {
@@ -85,6 +86,32 @@ fn pending(ctx: &RunContext, plan: &Plan, done: &Done, tname: &str, round: usize
     (pending, due.len())
 }
 
+/// A target across the rounds of a run.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per target, made once and never moved"
+)]
+enum TargetState {
+    /// Not needed yet: prepared (image inspected, pulled) when its first case is due.
+    Unprepared,
+    /// It cannot run: its cases got `failed` (or `skipped`) rows when it was prepared.
+    Unavailable,
+    Ready(Prepared),
+}
+
+/// The round loop's state: the run being written, its plan and what a resumed run had done,
+/// and each target's state.
+struct Rounds<'a> {
+    ctx: &'a mut RunContext,
+    writer: &'a mut RunWriter,
+    plan: &'a Plan,
+    done: &'a Done,
+    meta: &'a mut RunMeta,
+    targets: Vec<TargetState>,
+    /// GPU memory, once, for the cases of CUDA targets (the memory plan).
+    gpu_memory: Option<u64>,
+}
+
 /// Runs every round; run.json's targets are updated after each target's round.
 pub fn run_rounds(
     ctx: &mut RunContext,
@@ -93,58 +120,245 @@ pub fn run_rounds(
     done: &Done,
     meta: &mut RunMeta,
 ) -> Result<()> {
-    // Each target is prepared once (image inspected, pulled) for all rounds; `Some(None)`: it
-    // cannot run, and its cases have failed rows.
-    let mut prepared: Vec<Option<Option<Prepared>>> = plan.targets.iter().map(|_| None).collect();
-    // GPU memory, once, for the cases of CUDA targets that cannot fit (the memory plan).
     let gpu_memory = plan
         .targets
         .iter()
         .any(|t| t.device == Some(Device::Cuda))
         .then(|| crate::executor::gpus::host_gpu_memory().ok())
         .flatten();
+    let mut r = Rounds {
+        ctx,
+        writer,
+        plan,
+        done,
+        meta,
+        targets: plan.targets.iter().map(|_| TargetState::Unprepared).collect(),
+        gpu_memory,
+    };
     for round in 0..plan.max_rounds() {
-        ctx.round = round;
-        for ti in order(round, plan.targets.len()) {
-            let target = &plan.targets[ti];
-            let (todo, due) = pending(ctx, plan, done, &target.display_name(), round);
-            ctx.bar.inc((due - todo.len()) as u64);
-            if todo.is_empty() {
-                continue;
-            }
-            let slot = &mut prepared[ti];
-            if slot.is_none() {
-                let p = prepare_target(ctx, writer, target, &todo)?;
-                if let Some(p) = &p {
-                    same_image(ctx, meta, done, &p.meta)?;
-                    if !meta.targets.iter().any(|t| t.name == p.meta.name) {
-                        // Recorded at once: a run killed in its first round keeps its image ID.
-                        meta.targets.push(p.meta.clone());
-                        ctx.run.write_meta(meta)?;
-                    }
-                }
-                *slot = Some(p);
-            }
-            let Some(Some(p)) = slot.as_mut() else {
-                continue;
-            };
-            let mut todo = todo;
-            if let (Some(Device::Cuda), Some(mem)) = (target.device, gpu_memory) {
-                todo = skip_unfit(ctx, writer, &p.meta, todo, mem)?;
-            }
-            if todo.is_empty() {
-                continue;
-            }
-            run_and_record(ctx, writer, target, p, todo, meta)?;
-        }
+        let todo: Vec<Vec<Case>> = (0..plan.targets.len())
+            .map(|ti| {
+                let (todo, due) = pending(r.ctx, plan, done, &plan.targets[ti].display_name(), round);
+                r.ctx.bar.inc((due - todo.len()) as u64);
+                todo
+            })
+            .collect();
+        r.measure(round, todo)?;
     }
     // Rounds are interleaved pairs only with two or more targets; a single target's outlier
     // rounds are still marked and counted by `compare`, and its round count stays as planned.
     if plan.targets.len() < 2 {
         return Ok(());
     }
-    replace_outlier_rounds(ctx, writer, plan, done, meta, &mut prepared)?;
-    add_rounds_until_decided(ctx, writer, plan, done, meta, &mut prepared)
+    r.replace_outlier_rounds()?;
+    r.add_rounds_until_decided()
+}
+
+impl Rounds<'_> {
+    /// Prepares target `ti` once for all rounds; `false` when it cannot run (its `todo` has
+    /// rows saying why).
+    fn prepare(&mut self, ti: usize, todo: &[Case]) -> Result<bool> {
+        if let TargetState::Unprepared = self.targets[ti] {
+            let target = &self.plan.targets[ti];
+            self.targets[ti] = match prepare_target(self.ctx, self.writer, target, todo)? {
+                Some(p) => {
+                    same_image(self.ctx, self.meta, self.done, &p.meta)?;
+                    if !self.meta.targets.iter().any(|t| t.name == p.meta.name) {
+                        // Recorded at once: a run killed in its first round keeps its image ID.
+                        self.meta.targets.push(p.meta.clone());
+                        self.ctx.run.write_meta(self.meta)?;
+                    }
+                    TargetState::Ready(p)
+                }
+                None => TargetState::Unavailable,
+            };
+        }
+        Ok(matches!(self.targets[ti], TargetState::Ready(_)))
+    }
+
+    /// Measures round `round`: `todo[ti]` on target `ti`. With two or more targets whose
+    /// executors take commands, side by side (`run::paired`, as the suite's `pairing` says);
+    /// otherwise each target's cases in one worker, target after target.
+    fn measure(&mut self, round: usize, todo: Vec<Vec<Case>>) -> Result<()> {
+        self.ctx.round = round;
+        let mut todo = todo;
+        for ti in order(round, self.plan.targets.len()) {
+            if todo[ti].is_empty() || !self.prepare(ti, &todo[ti])? {
+                todo[ti].clear();
+                continue;
+            }
+            let TargetState::Ready(p) = &self.targets[ti] else {
+                unreachable!("prepared above");
+            };
+            if let (Some(Device::Cuda), Some(mem)) = (self.plan.targets[ti].device, self.gpu_memory) {
+                let cases = std::mem::take(&mut todo[ti]);
+                todo[ti] = skip_unfit(self.ctx, self.writer, &p.meta, cases, mem)?;
+            }
+        }
+        let side_by_side = self.plan.suite.pairing != Pairing::Round
+            && todo.iter().filter(|t| !t.is_empty()).count() >= 2
+            && self.targets.iter().zip(&todo).all(|(t, c)| match t {
+                TargetState::Ready(p) => c.is_empty() || p.exec.controls(),
+                _ => true,
+            });
+        if side_by_side {
+            return self.measure_side_by_side(todo);
+        }
+        for ti in order(round, self.plan.targets.len()) {
+            let cases = std::mem::take(&mut todo[ti]);
+            if cases.is_empty() {
+                continue;
+            }
+            let TargetState::Ready(p) = &mut self.targets[ti] else {
+                continue;
+            };
+            run_target(self.ctx, self.writer, &self.plan.targets[ti], p, cases)?;
+            self.record(ti)?;
+        }
+        Ok(())
+    }
+
+    /// One round of every target's `todo` side by side (`run::paired`).
+    fn measure_side_by_side(&mut self, todo: Vec<Vec<Case>>) -> Result<()> {
+        let plan = self.plan;
+        // Start-up metrics measured by the host (container start, image size) go first, target
+        // by target, as in any round.
+        let mut rest: Vec<Vec<Case>> = Vec::new();
+        for (ti, cases) in todo.into_iter().enumerate() {
+            let (host, workers) = super::startup::split(cases);
+            if let TargetState::Ready(p) = &mut self.targets[ti] {
+                super::startup::run_on_host(self.ctx, self.writer, &plan.targets[ti], p, host)?;
+            }
+            rest.push(workers);
+        }
+        let cases: Vec<Case> = plan
+            .cases
+            .iter()
+            .filter(|c| {
+                rest.iter()
+                    .flatten()
+                    .any(|k| k.workload == c.workload && k.id == c.id)
+            })
+            .cloned()
+            .collect();
+        let gpu_memory = self.gpu_memory;
+        let cuda = plan.targets.iter().any(|t| t.device == Some(Device::Cuda));
+        let suite_pairing = plan.suite.pairing;
+        let pairing = |c: &Case| -> (Pairing, Option<String>) {
+            if suite_pairing == Pairing::Batches && cuda {
+                if let Some(why) = gpu_memory.and_then(|m| super::fit::twice_unfit_reason(c, m)) {
+                    return (Pairing::Case, Some(why));
+                }
+            }
+            (suite_pairing, None)
+        };
+        let mut sides: Vec<Side<'_>> = Vec::new();
+        let mut index = Vec::new();
+        for ((ti, state), cases) in self.targets.iter_mut().enumerate().zip(rest) {
+            if let TargetState::Ready(p) = state {
+                index.push(ti);
+                sides.push(Side::new(&plan.targets[ti], p, cases));
+            }
+        }
+        let mut chosen = std::mem::take(&mut self.meta.pairing);
+        let result = paired::run_round(self.ctx, self.writer, &mut sides, &cases, pairing, &mut chosen);
+        drop(sides);
+        self.meta.pairing = chosen;
+        result?;
+        for ti in index {
+            self.record(ti)?;
+        }
+        Ok(())
+    }
+
+    /// Records what the workers learned of target `ti` in run.json (after each of its rounds,
+    /// so that a killed run keeps it).
+    fn record(&mut self, ti: usize) -> Result<()> {
+        let TargetState::Ready(p) = &self.targets[ti] else {
+            return Ok(());
+        };
+        self.meta.targets.retain(|t| t.name != p.meta.name);
+        self.meta.targets.push(p.meta.clone());
+        self.ctx.run.write_meta(self.meta)
+    }
+
+    /// After the planned rounds: while a case has an outlier round not yet replaced, one more
+    /// round of it on every target, interleaved in the same alternating order.
+    fn replace_outlier_rounds(&mut self) -> Result<()> {
+        for _ in 0..MAX_EXTRA_ROUNDS {
+            let cases = cases_needing_a_round(self.ctx, self.plan)?;
+            if cases.is_empty() {
+                break;
+            }
+            self.extra_round(cases, "in place of an outlier round")?;
+        }
+        Ok(())
+    }
+
+    /// Adaptive rounds: while a case is undecided (see [`undecided_cases`]) and the suite's
+    /// `max_run_time` has not passed, one more interleaved round pair of it. The α of the final
+    /// verdicts is spent across the design's looks (`stats::sequential`), recorded in run.json.
+    fn add_rounds_until_decided(&mut self) -> Result<()> {
+        for c in self.plan.cases.iter().filter(|c| {
+            let d = design_of(c);
+            d.max_rounds > d.min_rounds
+        }) {
+            self.meta.rounds_design.insert(c.label(), design_of(c));
+        }
+        if self.meta.rounds_design.is_empty() {
+            return Ok(());
+        }
+        self.ctx.run.write_meta(self.meta)?;
+        loop {
+            if let Some(budget) = self.plan.suite.max_run_time_s {
+                if self.ctx.elapsed_s() > budget {
+                    self.ctx.bar.suspend(|| crate::errln!("max_run_time ({budget} s) reached: no more rounds are added; undecided comparisons stay `noisy`"));
+                    return Ok(());
+                }
+            }
+            let cases = undecided_cases(self.ctx, self.plan)?;
+            if cases.is_empty() {
+                return Ok(());
+            }
+            self.extra_round(cases, "undecided")?;
+        }
+    }
+
+    /// One more round of `cases` on every target, each case at its own next round index.
+    fn extra_round(&mut self, cases: Vec<Case>, why: &str) -> Result<()> {
+        let mut by_round: std::collections::BTreeMap<usize, Vec<Case>> = Default::default();
+        let rows = read_results(&self.ctx.run)?;
+        for c in cases {
+            by_round.entry(measured_rounds(&rows, &c)).or_default().push(c);
+        }
+        for (round, cases) in by_round {
+            self.ctx
+                .bar
+                .suspend(|| crate::errln!("round {round}: measuring {} case(s) again, {why}", cases.len()));
+            let todo = self
+                .plan
+                .targets
+                .iter()
+                .zip(&self.targets)
+                .map(|(target, state)| {
+                    if !matches!(state, TargetState::Ready(_)) {
+                        return Vec::new();
+                    }
+                    let tname = target.display_name();
+                    cases
+                        .iter()
+                        .filter(|c| {
+                            let key = (tname.clone(), c.workload.clone(), c.id.clone());
+                            !self.ctx.not_ok.contains(&key) && !self.done.rounds.contains(&(key, round))
+                        })
+                        .cloned()
+                        .collect()
+                })
+                .collect();
+            self.measure(round, todo)?;
+        }
+        Ok(())
+    }
 }
 
 /// A resumed run measures each target in the image it began with: an image whose ID changed
@@ -228,42 +442,6 @@ fn undecided_cases(ctx: &RunContext, plan: &Plan) -> Result<Vec<Case>> {
         .collect())
 }
 
-/// Adaptive rounds: while a case is undecided (see [`undecided_cases`]) and the suite's
-/// `max_run_time` has not passed, one more interleaved round pair of it. The α of the final
-/// verdicts is spent across the design's looks (`stats::sequential`), recorded in run.json.
-fn add_rounds_until_decided(
-    ctx: &mut RunContext,
-    writer: &mut RunWriter,
-    plan: &Plan,
-    done: &Done,
-    meta: &mut RunMeta,
-    prepared: &mut [Option<Option<Prepared>>],
-) -> Result<()> {
-    for c in plan.cases.iter().filter(|c| {
-        let d = design_of(c);
-        d.max_rounds > d.min_rounds
-    }) {
-        meta.rounds_design.insert(c.label(), design_of(c));
-    }
-    if meta.rounds_design.is_empty() {
-        return Ok(());
-    }
-    ctx.run.write_meta(meta)?;
-    loop {
-        if let Some(budget) = plan.suite.max_run_time_s {
-            if ctx.elapsed_s() > budget {
-                ctx.bar.suspend(|| crate::errln!("max_run_time ({budget} s) reached: no more rounds are added; undecided comparisons stay `noisy`"));
-                return Ok(());
-            }
-        }
-        let cases = undecided_cases(ctx, plan)?;
-        if cases.is_empty() {
-            return Ok(());
-        }
-        run_extra_round(ctx, writer, plan, done, meta, prepared, cases, "undecided")?;
-    }
-}
-
 /// Cases (by workload and id) with more outlier rounds, on any target and metric, than rounds
 /// already added beyond the plan: each outlier round earns one more interleaved round.
 fn cases_needing_a_round(ctx: &RunContext, plan: &Plan) -> Result<Vec<Case>> {
@@ -296,96 +474,6 @@ fn cases_needing_a_round(ctx: &RunContext, plan: &Plan) -> Result<Vec<Case>> {
         })
         .cloned()
         .collect())
-}
-
-/// After the planned rounds: while a case has an outlier round not yet replaced, one more round
-/// of it on every target, interleaved in the same alternating order.
-fn replace_outlier_rounds(
-    ctx: &mut RunContext,
-    writer: &mut RunWriter,
-    plan: &Plan,
-    done: &Done,
-    meta: &mut RunMeta,
-    prepared: &mut [Option<Option<Prepared>>],
-) -> Result<()> {
-    for _ in 0..MAX_EXTRA_ROUNDS {
-        let cases = cases_needing_a_round(ctx, plan)?;
-        if cases.is_empty() {
-            break;
-        }
-        run_extra_round(
-            ctx,
-            writer,
-            plan,
-            done,
-            meta,
-            prepared,
-            cases,
-            "in place of an outlier round",
-        )?;
-    }
-    Ok(())
-}
-
-/// One more interleaved round of `cases` on every target, each case at its own next round
-/// index, in the alternating order.
-#[allow(clippy::too_many_arguments)]
-fn run_extra_round(
-    ctx: &mut RunContext,
-    writer: &mut RunWriter,
-    plan: &Plan,
-    done: &Done,
-    meta: &mut RunMeta,
-    prepared: &mut [Option<Option<Prepared>>],
-    cases: Vec<Case>,
-    why: &str,
-) -> Result<()> {
-    let mut by_round: std::collections::BTreeMap<usize, Vec<Case>> = Default::default();
-    let rows = read_results(&ctx.run)?;
-    for c in cases {
-        by_round.entry(measured_rounds(&rows, &c)).or_default().push(c);
-    }
-    for (round, cases) in by_round {
-        ctx.round = round;
-        ctx.bar
-            .suspend(|| crate::errln!("round {round}: measuring {} case(s) again, {why}", cases.len()));
-        for ti in order(round, plan.targets.len()) {
-            let target = &plan.targets[ti];
-            let tname = target.display_name();
-            let todo: Vec<Case> = cases
-                .iter()
-                .filter(|c| {
-                    let key = (tname.clone(), c.workload.clone(), c.id.clone());
-                    !ctx.not_ok.contains(&key) && !done.rounds.contains(&(key, round))
-                })
-                .cloned()
-                .collect();
-            let Some(Some(p)) = prepared[ti].as_mut() else {
-                continue;
-            };
-            if todo.is_empty() {
-                continue;
-            }
-            run_and_record(ctx, writer, target, p, todo, meta)?;
-        }
-    }
-    Ok(())
-}
-
-/// Runs `todo` on a prepared target, then records what the worker learned of the target in
-/// run.json (written after each target's round, so a killed run keeps it).
-fn run_and_record(
-    ctx: &mut RunContext,
-    writer: &mut RunWriter,
-    target: &TargetSpec,
-    p: &mut Prepared,
-    todo: Vec<Case>,
-    meta: &mut RunMeta,
-) -> Result<()> {
-    run_target(ctx, writer, target, p, todo)?;
-    meta.targets.retain(|t| t.name != p.meta.name);
-    meta.targets.push(p.meta.clone());
-    ctx.run.write_meta(meta)
 }
 
 /// Writes a `skipped` row, naming what would fit, for each case whose memory plan exceeds the

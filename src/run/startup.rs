@@ -128,6 +128,7 @@ fn container_starts(
             _ => Vec::new(),
         },
         cases: Vec::new(),
+        control: false,
         token: crate::protocol::new_token(),
     };
     let log = ctx.run.logs().join(format!(

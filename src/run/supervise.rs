@@ -22,13 +22,13 @@ use crate::sys::safe_name;
 /// Added to the first case's limit of every worker: pulling nothing but still creating a
 /// container, loading CUDA and importing torch can take tens of seconds before the case
 /// starts, and that is not the case's time.
-const STARTUP_GRACE: Duration = Duration::from_secs(60);
+pub(super) const STARTUP_GRACE: Duration = Duration::from_secs(60);
 /// How much longer than a `command` case's `timeout_s` the host waits: the worker kills the
 /// program at the limit itself and reports it (`engine/command.rs`).
 const COMMAND_GRACE: Duration = Duration::from_secs(10);
 
 /// How often a quiet worker's deadline is checked (and Ctrl-C noticed) while waiting for lines.
-const POLL: Duration = Duration::from_millis(250);
+pub(super) const POLL: Duration = Duration::from_millis(250);
 
 /// Protocol lines longer than this are cut in warnings (a binary dump would flood stderr).
 const SHOWN_LINE_CHARS: usize = 200;
@@ -49,6 +49,33 @@ struct CaseBuffer {
     sample_index: BTreeMap<String, usize>,
     /// Metrics whose summary came (a second one is a protocol error).
     summarized: BTreeSet<String>,
+    /// The sample batches taken on the host's command (paired batches), in order.
+    batches: Vec<BatchMark>,
+}
+
+/// One batch of a paired case, to label its samples in samples.csv.
+#[derive(Debug, Clone)]
+struct BatchMark {
+    phase: usize,
+    index: usize,
+    n: usize,
+    start_s: f64,
+}
+
+/// What a controlled worker last said about the state of its case (`run::paired` waits for
+/// these).
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Event {
+    /// Warmed up; waits for batches.
+    Ready { phase: usize, per_call_s: f64 },
+    /// A batch is done: its samples (seconds) and how long the worker settled after it.
+    Batch {
+        seconds: Vec<f64>,
+        settle_ms: f64,
+        settled: bool,
+    },
+    /// The case is over (its rows are written).
+    Ended,
 }
 
 /// The one way rows of a target are built in this run and round.
@@ -140,15 +167,8 @@ pub fn run_target(
     // Start-up metrics of the host (container start, image size) are measured around workers.
     let (host, pending) = super::startup::split(pending);
     super::startup::run_on_host(ctx, writer, target, prepared, host)?;
-    let log_name = safe_name(&target.display_name());
     let mut s = Session::new(target.display_name(), pending);
-    let mut attempt = 0;
     while !s.pending.is_empty() {
-        attempt += 1;
-        let log = ctx
-            .run
-            .logs()
-            .join(format!("{log_name}-r{}-{attempt}.log", ctx.round));
         // The executor may give a worker only the first cases (a multi-rank case under Slurm
         // is a step of its own); the rest go to the next worker.
         let take = prepared
@@ -156,84 +176,125 @@ pub fn run_target(
             .job_len(target, &s.pending)
             .clamp(1, s.pending.len());
         let cases = s.pending[..take].to_vec();
-        let job = Job {
-            run_id: ctx.run_id.clone(),
-            token: crate::protocol::new_token(),
-            engine: target.engine.unwrap_or_default(),
-            device: target.device.unwrap_or_default(),
-            gpus: match &target.gpus {
-                GpuSelection::List(l) => l.clone(),
-                _ => Vec::new(),
-            },
-            cases: cases.clone(),
+        let Some(mut worker) = start_worker(ctx, writer, target, prepared, &mut s, &cases, false)? else {
+            continue;
         };
-        let mut worker = match prepared.exec.start(target, &job, &log) {
-            Ok(w) => w,
-            Err(e) => {
-                let reason = format!("could not start the worker: {e:#}");
-                ctx.bar
-                    .suspend(|| eprintln!("error: target {}: {reason}", s.tname));
-                fail_all(ctx, writer, &prepared.meta, &cases, &reason)?;
-                s.pending.drain(..take);
-                continue;
-            }
-        };
-        if let Some(p) = worker.placement() {
-            prepared.meta.learn_placement(p);
-        }
-        s.begin_worker(&job.token, &log);
-        s.deadline = Instant::now() + secs(s.pending[0].measure.timeout_s) + STARTUP_GRACE;
         let end = s.follow(ctx, writer, &mut prepared.meta, worker.as_mut())?;
-        let exit = worker.finish();
-        s.warn_unframed(ctx, &cases);
-        // A worker that never said hello but printed protocol-looking lines without the token
-        // speaks another version of the protocol: its output can never become rows.
-        let end = match end {
-            End::Died(None) if !s.hello && s.unframed > 0 => End::Refused(format!(
-                "the worker answered without this job's token: a worker from another tagbench version? (this is tagbench {}, protocol {PROTOCOL}); use the worker of this build",
-                crate::VERSION
-            )),
-            end => end,
-        };
-        match end {
-            End::Refused(reason) => {
-                let left: Vec<Case> = cases
-                    .iter()
-                    .filter(|c| s.pending.iter().any(|p| p.workload == c.workload && p.id == c.id))
-                    .cloned()
-                    .collect();
-                ctx.bar
-                    .suspend(|| eprintln!("error: target {}: {reason}", s.tname));
-                fail_all(ctx, writer, &prepared.meta, &left, &reason)?;
-                s.pending
-                    .retain(|p| !left.iter().any(|c| p.workload == c.workload && p.id == c.id));
+        end_worker(ctx, writer, prepared, &mut s, worker, end, &cases)?;
+    }
+    Ok(())
+}
+
+/// Starts a worker on `cases` (a job with `control` when asked: `run::paired`); `None` when it
+/// could not start, after failing those cases.
+pub(super) fn start_worker(
+    ctx: &mut RunContext,
+    writer: &mut RunWriter,
+    target: &TargetSpec,
+    prepared: &mut Prepared,
+    s: &mut Session,
+    cases: &[Case],
+    control: bool,
+) -> Result<Option<Box<dyn WorkerHandle>>> {
+    s.attempt += 1;
+    let log = ctx.run.logs().join(format!(
+        "{}-r{}-{}.log",
+        safe_name(&target.display_name()),
+        ctx.round,
+        s.attempt
+    ));
+    let job = Job {
+        run_id: ctx.run_id.clone(),
+        token: crate::protocol::new_token(),
+        engine: target.engine.unwrap_or_default(),
+        device: target.device.unwrap_or_default(),
+        gpus: match &target.gpus {
+            GpuSelection::List(l) => l.clone(),
+            _ => Vec::new(),
+        },
+        cases: cases.to_vec(),
+        control,
+    };
+    let worker = match prepared.exec.start(target, &job, &log) {
+        Ok(w) => w,
+        Err(e) => {
+            let reason = format!("could not start the worker: {e:#}");
+            ctx.bar
+                .suspend(|| eprintln!("error: target {}: {reason}", s.tname));
+            fail_all(ctx, writer, &prepared.meta, cases, &reason)?;
+            s.pending
+                .retain(|p| !cases.iter().any(|c| p.workload == c.workload && p.id == c.id));
+            return Ok(None);
+        }
+    };
+    if let Some(p) = worker.placement() {
+        prepared.meta.learn_placement(p);
+    }
+    s.begin_worker(&job.token, &log);
+    s.deadline = Instant::now() + secs(cases[0].measure.timeout_s) + STARTUP_GRACE;
+    Ok(Some(worker))
+}
+
+/// After a worker's output ended (`end`): waits for it, and records what became of the cases
+/// of its job (`cases`) that have no rows yet.
+pub(super) fn end_worker(
+    ctx: &mut RunContext,
+    writer: &mut RunWriter,
+    prepared: &mut Prepared,
+    s: &mut Session,
+    mut worker: Box<dyn WorkerHandle>,
+    end: End,
+    cases: &[Case],
+) -> Result<()> {
+    let exit = worker.finish();
+    s.warn_unframed(ctx, cases);
+    // A worker that never said hello but printed protocol-looking lines without the token
+    // speaks another version of the protocol: its output can never become rows.
+    let end = match end {
+        End::Died(None) if !s.hello && s.unframed > 0 => End::Refused(format!(
+            "the worker answered without this job's token: a worker from another tagbench version? (this is tagbench {}, protocol {PROTOCOL}); use the worker of this build",
+            crate::VERSION
+        )),
+        end => end,
+    };
+    let left = |s: &Session| -> Vec<Case> {
+        cases
+            .iter()
+            .filter(|c| s.pending.iter().any(|p| p.workload == c.workload && p.id == c.id))
+            .cloned()
+            .collect()
+    };
+    match end {
+        End::Refused(reason) => {
+            let left = left(s);
+            ctx.bar
+                .suspend(|| eprintln!("error: target {}: {reason}", s.tname));
+            fail_all(ctx, writer, &prepared.meta, &left, &reason)?;
+            s.pending
+                .retain(|p| !left.iter().any(|c| p.workload == c.workload && p.id == c.id));
+        }
+        End::Done => {
+            // A case of the job that the worker finished without reporting (a worker bug):
+            // recorded rather than lost, and not run again. Under control, the host asks for
+            // every case it wants before it ends the job, so none is left.
+            let silent = left(s);
+            fail_all(ctx, writer, &prepared.meta, &silent, NOTHING_REPORTED)?;
+            s.pending
+                .retain(|p| !silent.iter().any(|c| p.workload == c.workload && p.id == c.id));
+        }
+        End::Died(why) => {
+            // Killed by an interrupt (its clean-up, or the Ctrl-C that reached the whole
+            // process group): not a crash of the case, which stays to be measured by
+            // `--resume`. The process exits meanwhile.
+            if exit.as_ref().is_ok_and(killed_by_interrupt) {
+                crate::sys::interrupt::hold_if_interrupted_within(INTERRUPT_GRACE);
             }
-            End::Done => {
-                // A case of the job that the worker finished without reporting (a worker bug):
-                // recorded rather than lost, and not run again.
-                let silent: Vec<Case> = cases
-                    .iter()
-                    .filter(|c| s.pending.iter().any(|p| p.workload == c.workload && p.id == c.id))
-                    .cloned()
-                    .collect();
-                fail_all(ctx, writer, &prepared.meta, &silent, NOTHING_REPORTED)?;
-                s.pending
-                    .retain(|p| !silent.iter().any(|c| p.workload == c.workload && p.id == c.id));
-            }
-            End::Died(why) => {
-                // Killed by an interrupt (its clean-up, or the Ctrl-C that reached the whole
-                // process group): not a crash of the case, which stays to be measured by
-                // `--resume`. The process exits meanwhile.
-                if exit.as_ref().is_ok_and(killed_by_interrupt) {
-                    crate::sys::interrupt::hold_if_interrupted_within(INTERRUPT_GRACE);
-                }
-                crate::sys::interrupt::hold_if_interrupted();
-                let reason = why.unwrap_or_else(|| match exit {
-                    Ok(info) => format!("worker ended during the case: {info}"),
-                    Err(e) => format!("worker ended during the case: {e:#}"),
-                });
-                s.fail_current(ctx, writer, &prepared.meta, &reason)?;
-            }
+            crate::sys::interrupt::hold_if_interrupted();
+            let reason = why.unwrap_or_else(|| match exit {
+                Ok(info) => format!("worker ended during the case: {info}"),
+                Err(e) => format!("worker ended during the case: {e:#}"),
+            });
+            s.fail_current(ctx, writer, &prepared.meta, &reason)?;
         }
     }
     Ok(())
@@ -256,7 +317,7 @@ fn killed_by_interrupt(exit: &executor::ExitInfo) -> bool {
 const NOTHING_REPORTED: &str = "the worker reported nothing for this case";
 
 /// How a worker's output ended.
-enum End {
+pub(super) enum End {
     /// The worker said `done`.
     Done,
     /// It died (stdout closed) or was killed for time (`Some(reason)`) inside a case.
@@ -266,26 +327,30 @@ enum End {
 }
 
 /// One worker's pending cases and the case being received.
-struct Session {
-    tname: String,
-    pending: Vec<Case>,
+pub(super) struct Session {
+    pub(super) tname: String,
+    pub(super) pending: Vec<Case>,
     buf: CaseBuffer,
-    deadline: Instant,
+    pub(super) deadline: Instant,
     /// The current worker's job token, log, and stdout line count.
     token: String,
     log: PathBuf,
     line_no: usize,
     /// The current worker said `hello` in this protocol.
     hello: bool,
+    /// Workers started for this target in this round (the log's number).
+    attempt: usize,
     /// Lines of the current worker that looked like protocol without the token, and the first.
     unframed: usize,
     first_unframed: Option<(usize, Option<(String, String)>)>,
     /// Cases failed for a protocol error: their further lines are dropped.
     dead: BTreeSet<(String, String)>,
+    /// The last state change of a controlled worker's case, taken by `run::paired`.
+    pub(super) event: Option<Event>,
 }
 
 impl Session {
-    fn new(tname: String, pending: Vec<Case>) -> Session {
+    pub(super) fn new(tname: String, pending: Vec<Case>) -> Session {
         Session {
             tname,
             pending,
@@ -298,6 +363,8 @@ impl Session {
             unframed: 0,
             first_unframed: None,
             dead: BTreeSet::new(),
+            event: None,
+            attempt: 0,
         }
     }
 
@@ -341,7 +408,7 @@ impl Session {
     }
 
     /// Reads the worker's lines until `done`, end of output, or the case's deadline.
-    fn follow(
+    pub(super) fn follow(
         &mut self,
         ctx: &mut RunContext,
         writer: &mut RunWriter,
@@ -376,7 +443,7 @@ impl Session {
 
     /// One stdout line: a message behind the token is handled; a line that only looks like one
     /// is counted and logged, never a row; plain text (a banner) goes to the log.
-    fn take_line(
+    pub(super) fn take_line(
         &mut self,
         ctx: &mut RunContext,
         writer: &mut RunWriter,
@@ -426,6 +493,11 @@ impl Session {
         Ok(None)
     }
 
+    /// Whether a case of the current worker has started and not ended.
+    pub(super) fn has_current(&self) -> bool {
+        self.buf.case.is_some()
+    }
+
     fn current_case(&self) -> Option<&Case> {
         let (w, c) = self.buf.case.as_ref()?;
         self.pending.iter().find(|p| &p.workload == w && &p.id == c)
@@ -439,6 +511,11 @@ impl Session {
         meta: &mut TargetMeta,
         msg: Message,
     ) -> Result<()> {
+        // The end of a case is a state change for the host whatever became of its rows.
+        if let Message::Ended { timed_s, .. } = &msg {
+            ctx.timed_s += timed_s.max(0.0);
+            self.event = Some(Event::Ended);
+        }
         if let Some((w, c)) = case_of(&msg) {
             let key = (w.to_string(), c.to_string());
             if self.dead.contains(&key) {
@@ -465,6 +542,40 @@ impl Session {
             }
             Message::Start { case, workload } => return self.start_case(ctx, writer, meta, workload, case),
             Message::Done => return self.flush(ctx, writer, meta),
+            Message::Ready {
+                phase, per_call_s, ..
+            } => {
+                self.event = Some(Event::Ready { phase, per_call_s });
+                return Ok(());
+            }
+            Message::Batch {
+                phase,
+                index,
+                start_s,
+                seconds,
+                settle_ms,
+                settled,
+                ..
+            } => {
+                self.buf.batches.push(BatchMark {
+                    phase,
+                    index,
+                    n: seconds.len(),
+                    start_s,
+                });
+                ctx.settle.0 += settle_ms;
+                ctx.settle.1 += 1;
+                ctx.settle.2 += usize::from(!settled);
+                self.event = Some(Event::Batch {
+                    seconds,
+                    settle_ms,
+                    settled,
+                });
+                return Ok(());
+            }
+            // The case's rows are complete: written now, not when the next case starts (a
+            // controlled worker starts it only when told).
+            Message::Ended { .. } => return self.flush(ctx, writer, meta),
             Message::Sample {
                 case,
                 workload,
@@ -544,6 +655,9 @@ impl Session {
             Message::Status { .. } => ("status", None),
             Message::Skip { .. } => ("skip", None),
             Message::Error { .. } => ("error", None),
+            Message::Ready { .. } => ("ready", None),
+            Message::Batch { .. } => ("batch", None),
+            Message::Ended { .. } => ("ended", None),
             _ => return None,
         };
         let name = format!("{}/{}", key.0, key.1);
@@ -642,7 +756,7 @@ impl Session {
     }
 
     /// The worker died or hung inside a case: that case fails (the rest run in a new worker).
-    fn fail_current(
+    pub(super) fn fail_current(
         &mut self,
         ctx: &mut RunContext,
         writer: &mut RunWriter,
@@ -676,7 +790,8 @@ impl Session {
             return Ok(());
         };
         let mut rows = std::mem::take(&mut self.buf.rows);
-        let samples = std::mem::take(&mut self.buf.samples);
+        let mut samples = std::mem::take(&mut self.buf.samples);
+        label_batches(&mut samples, &std::mem::take(&mut self.buf.batches));
         self.buf.sample_index.clear();
         self.buf.summarized.clear();
         if rows.is_empty() {
@@ -694,6 +809,40 @@ impl Session {
     }
 }
 
+/// Labels each sample of a paired case with its batch: a metric whose samples number as many
+/// as one phase's batches took (the engine derives each such metric sample by sample, in
+/// order: latency and its throughput) gets that phase's batches, the last phase first; other
+/// metrics (a single speed-up) stay unlabelled.
+fn label_batches(samples: &mut [SampleRow], batches: &[BatchMark]) {
+    if batches.is_empty() {
+        return;
+    }
+    let phases: BTreeSet<usize> = batches.iter().map(|b| b.phase).collect();
+    let mut by_metric: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, s) in samples.iter().enumerate() {
+        by_metric.entry(s.metric.clone()).or_default().push(i);
+    }
+    for idx in by_metric.values() {
+        let Some(phase) = phases.iter().rev().find(|p| {
+            batches
+                .iter()
+                .filter(|b| b.phase == **p)
+                .map(|b| b.n)
+                .sum::<usize>()
+                == idx.len()
+        }) else {
+            continue;
+        };
+        let mut at = idx.iter();
+        for b in batches.iter().filter(|b| b.phase == *phase) {
+            for &i in at.by_ref().take(b.n) {
+                samples[i].batch = Some(b.index);
+                samples[i].batch_start_s = Some(b.start_s);
+            }
+        }
+    }
+}
+
 /// The (workload, case) a message is about.
 fn case_of(msg: &Message) -> Option<(&str, &str)> {
     match msg {
@@ -703,7 +852,10 @@ fn case_of(msg: &Message) -> Option<(&str, &str)> {
         | Message::Status { case, workload, .. }
         | Message::Warning { case, workload, .. }
         | Message::Skip { case, workload, .. }
-        | Message::Error { case, workload, .. } => Some((workload, case)),
+        | Message::Error { case, workload, .. }
+        | Message::Ready { case, workload, .. }
+        | Message::Batch { case, workload, .. }
+        | Message::Ended { case, workload, .. } => Some((workload, case)),
         Message::Hello { .. } | Message::Env { .. } | Message::Components { .. } | Message::Done => None,
     }
 }

@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::de::{DeArray, DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
@@ -37,6 +37,46 @@ pub struct Suite {
     /// `max_run_time` of `[defaults]`: past it, no more adaptive rounds are added (the
     /// `min_rounds` of every case still run).
     pub max_run_time_s: Option<f64>,
+    /// `pairing` of `[defaults]`: how the targets of a round take turns.
+    pub pairing: Pairing,
+}
+
+/// How two or more targets of one round are measured side by side (`pairing` in
+/// `[defaults]`; docs/design.md, "Paired batches").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pairing {
+    /// One warm worker per target; the host alternates short sample batches of each case
+    /// between them (A B B A …), and `compare` pairs batch i of each target.
+    #[default]
+    Batches,
+    /// One case at a time: A's case, then B's, then the next case (for cases two warm workers
+    /// cannot hold at once; also chosen per case by the memory plan).
+    Case,
+    /// Each target runs all its cases of the round in one go, then the next target (tagbench
+    /// before 0.x; for comparison with older runs).
+    Round,
+}
+
+impl Pairing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pairing::Batches => "batches",
+            Pairing::Case => "case",
+            Pairing::Round => "round",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Pairing, String> {
+        match s {
+            "batches" => Ok(Pairing::Batches),
+            "case" => Ok(Pairing::Case),
+            "round" => Ok(Pairing::Round),
+            other => Err(format!(
+                "key `pairing`: `{other}` is not one of \"batches\", \"case\", \"round\""
+            )),
+        }
+    }
 }
 
 /// One `[[workload]]` entry and the cases its sweep axes expand into.
@@ -153,7 +193,7 @@ fn compile(
         Some(v) => String::deserialize(de(v)).map_err(|e| terr(e, Some("description")))?,
         None => String::new(),
     };
-    let (defaults, max_run_time_s) = match get(doc, "defaults") {
+    let (defaults, max_run_time_s, pairing) = match get(doc, "defaults") {
         Some(v) => {
             let mut table = match v.get_ref() {
                 DeValue::Table(t) => t.clone(),
@@ -165,14 +205,21 @@ fn compile(
                 }
                 None => None,
             };
+            let pairing = match table.remove("pairing") {
+                Some(p) => match p.get_ref() {
+                    DeValue::String(text) => Pairing::parse(text).map_err(|m| at(p.span(), m))?,
+                    _ => return Err(at(p.span(), "key `pairing` must be a string".into())),
+                },
+                None => Pairing::default(),
+            };
             let ov = MeasureOverrides::deserialize(de(&Spanned::new(v.span(), DeValue::Table(table))))
                 .map_err(|e| terr(e, Some("defaults")))?;
             let mut settings = MeasureSettings::default();
             ov.apply(&mut settings)
                 .map_err(|m| at(v.span(), format!("[defaults]: {m}")))?;
-            (settings, budget)
+            (settings, budget, pairing)
         }
-        None => (MeasureSettings::default(), None),
+        None => (MeasureSettings::default(), None, Pairing::default()),
     };
     check_measure(&defaults).map_err(|m| {
         let span = get(doc, "defaults").map_or(0..0, |v| key_span(v, &m));
@@ -223,6 +270,7 @@ fn compile(
         path: path.to_owned(),
         defaults,
         max_run_time_s,
+        pairing,
         targets,
         workloads,
         slurm,

@@ -23,6 +23,8 @@ use crate::executor::container_spec::{LABEL_RUN, LABEL_TARGET};
 pub(super) const API_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub(super) type OutputStream = Pin<Box<dyn Stream<Item = Result<LogOutput, DockerError>> + Send>>;
+/// A container's attached stdin.
+pub(super) type Input = Pin<Box<dyn tokio::io::AsyncWrite + Send>>;
 
 /// The engine address, as `DOCKER_HOST` gives it or bollard's default socket (the same value).
 pub fn docker_host() -> String {
@@ -204,6 +206,8 @@ pub(super) async fn remove_container(docker: &Docker, id: &str) -> Result<()> {
 pub(super) struct Started {
     pub id: String,
     pub output: OutputStream,
+    /// The container's stdin, where the body asked for one.
+    pub input: Option<Input>,
     pub create_ms: f64,
     pub start_ms: f64,
 }
@@ -215,6 +219,7 @@ pub(super) async fn create_and_start(
     body: ContainerCreateBody,
 ) -> Result<Started> {
     let image = body.image.clone().unwrap_or_default();
+    let stdin = body.open_stdin == Some(true);
     let t0 = Instant::now();
     let opts = CreateContainerOptionsBuilder::default().name(name).build();
     let created = call(
@@ -230,6 +235,7 @@ pub(super) async fn create_and_start(
         // first lines twice when the worker writes them during the attach (seen as a duplicate
         // `start` line, so the case's first half "reported nothing").
         let attach = AttachContainerOptionsBuilder::default()
+            .stdin(stdin)
             .stdout(true)
             .stderr(true)
             .stream(true)
@@ -246,13 +252,14 @@ pub(super) async fn create_and_start(
         )
         .await
         .map_err(add_start_hint)?;
-        Ok::<_, anyhow::Error>(attached.output)
+        Ok::<_, anyhow::Error>((attached.output, attached.input))
     }
     .await;
     match started {
-        Ok(output) => Ok(Started {
+        Ok((output, input)) => Ok(Started {
             id,
             output,
+            input: stdin.then_some(input),
             create_ms,
             start_ms: t0.elapsed().as_secs_f64() * 1e3 - create_ms,
         }),

@@ -209,6 +209,10 @@ impl Executor for DockerExecutor {
         "docker"
     }
 
+    fn controls(&self) -> bool {
+        true
+    }
+
     fn prepare(&mut self, target: &TargetSpec) -> Result<TargetMeta> {
         let image = target
             .image
@@ -317,6 +321,7 @@ impl Executor for DockerExecutor {
             job_args(),
         )?;
         spec.mounts.extend(files);
+        spec.stdin = job.control;
         let body = spec.create_body();
         let stem = log.file_stem().and_then(|s| s.to_str()).unwrap_or("worker");
         let name = container_name(&self.run_id, stem);
@@ -332,6 +337,7 @@ impl Executor for DockerExecutor {
             image,
             memory: target.memory.clone(),
             lines: rx,
+            input: started.input,
             pump: Some(pump),
             log: log.to_owned(),
             created_at,

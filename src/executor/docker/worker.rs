@@ -132,6 +132,8 @@ pub(super) struct DockerWorker {
     pub(super) image: String,
     pub(super) memory: Option<ByteSize>,
     pub(super) lines: Receiver<std::io::Result<String>>,
+    /// The container's stdin under `Job::control`.
+    pub(super) input: Option<super::api::Input>,
     pub(super) pump: Option<tokio::task::JoinHandle<()>>,
     pub(super) log: PathBuf,
     pub(super) created_at: Instant,
@@ -180,6 +182,35 @@ impl WorkerHandle for DockerWorker {
             self.note_first_line();
         }
         ev
+    }
+
+    fn send(&mut self, line: &str) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let input = self.input.as_mut().context("the container's stdin is closed")?;
+        self.rt
+            .block_on(async {
+                tokio::time::timeout(API_TIMEOUT, async {
+                    input.write_all(line.as_bytes()).await?;
+                    input.flush().await
+                })
+                .await
+            })
+            .map_err(|_| {
+                anyhow!(
+                    "the engine did not take the command within {} s",
+                    API_TIMEOUT.as_secs()
+                )
+            })?
+            .with_context(|| format!("failed to write to container {}'s stdin", self.name))
+    }
+
+    fn close_input(&mut self) {
+        use tokio::io::AsyncWriteExt;
+        if let Some(mut input) = self.input.take() {
+            let _ = self
+                .rt
+                .block_on(async { tokio::time::timeout(Duration::from_secs(5), input.shutdown()).await });
+        }
     }
 
     fn kill(&mut self) -> Result<()> {

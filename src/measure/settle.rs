@@ -1,0 +1,190 @@
+//! Waiting for a worker's own processes to go idle after a batch of samples.
+//!
+//! When the host alternates sample batches between two warm workers on one machine, the worker
+//! that just finished a batch must not steal the cores of the one that measures next. Thread
+//! pools keep running after their work is done: OpenMP's threads spin before they sleep
+//! (`GOMP_SPINCOUNT`, `OMP_WAIT_POLICY`; torch's intra-op pool), rayon's threads spin a little
+//! before they park. Setting those variables would change the image's environment, which is
+//! part of what is measured, so the worker measures instead: after a batch it reads the CPU time
+//! of its process tree (every thread of this process and of its descendants, such as the torch
+//! engine's python) from `/proc/<pid>/task/<tid>/schedstat` (nanoseconds on a CPU) and answers
+//! the host only once that time stops growing: less than [`IDLE_SHARE`] of one core over a
+//! [`WINDOW`], twice in a row, or after [`MAX_SETTLE`]. How long that took is reported with the
+//! batch (`settle_ms`), so the cost is measured, not assumed.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+/// One observation window.
+pub const WINDOW: Duration = Duration::from_millis(1);
+/// CPU use below this share of one core counts as idle.
+pub const IDLE_SHARE: f64 = 0.1;
+/// The longest a worker waits for its threads to go idle.
+pub const MAX_SETTLE: Duration = Duration::from_millis(100);
+
+/// How long settling took and whether the tree went idle within [`MAX_SETTLE`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Settled {
+    pub waited: Duration,
+    pub idle: bool,
+}
+
+/// Waits until this process tree is idle (see the module's comment). Where `/proc` has no
+/// schedstat (not Linux), returns at once, not idle.
+pub fn settle() -> Settled {
+    settle_tree(std::process::id(), current_tid())
+}
+
+/// [`settle`] for the tree of `root`, leaving out thread `skip`.
+fn settle_tree(root: u32, skip: u32) -> Settled {
+    let start = Instant::now();
+    let pids = tree_of(root);
+    let own_tid = skip;
+    let Some(mut last) = cpu_ns(&pids, own_tid) else {
+        return Settled {
+            waited: start.elapsed(),
+            idle: false,
+        };
+    };
+    let mut quiet = 0;
+    while start.elapsed() < MAX_SETTLE {
+        let t0 = Instant::now();
+        std::thread::sleep(WINDOW);
+        let Some(now) = cpu_ns(&pids, own_tid) else {
+            break;
+        };
+        let busy = now.saturating_sub(last) as f64 / t0.elapsed().as_nanos().max(1) as f64;
+        last = now;
+        if busy < IDLE_SHARE {
+            quiet += 1;
+            if quiet >= 2 {
+                return Settled {
+                    waited: start.elapsed(),
+                    idle: true,
+                };
+            }
+        } else {
+            quiet = 0;
+        }
+    }
+    Settled {
+        waited: start.elapsed(),
+        idle: false,
+    }
+}
+
+/// `pid` and its descendants (from the parent pid in `/proc/<pid>/stat`).
+fn tree_of(pid: u32) -> Vec<u32> {
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Some(pp) = parent_of(p) {
+                children.entry(pp).or_default().push(p);
+            }
+        }
+    }
+    let mut out = vec![pid];
+    let mut seen: HashSet<u32> = HashSet::from([pid]);
+    let mut i = 0;
+    while i < out.len() {
+        for &c in children.get(&out[i]).into_iter().flatten() {
+            if seen.insert(c) {
+                out.push(c);
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// The parent pid of `pid` (field 4 of `/proc/<pid>/stat`, after the parenthesised name).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn current_tid() -> u32 {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid(2) takes no arguments and cannot fail.
+        (unsafe { libc::gettid() }) as u32
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        0
+    }
+}
+
+/// Nanoseconds on a CPU of every thread of `pids` but `skip` (the thread that watches).
+fn cpu_ns(pids: &[u32], skip: u32) -> Option<u64> {
+    let mut total = 0u64;
+    let mut any = false;
+    for pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let name = t.file_name();
+            if name.to_str().and_then(|s| s.parse::<u32>().ok()) == Some(skip) {
+                continue;
+            }
+            let Ok(text) = std::fs::read_to_string(t.path().join("schedstat")) else {
+                continue;
+            };
+            if let Some(ns) = text.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()) {
+                total += ns;
+                any = true;
+            }
+        }
+    }
+    any.then_some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A child process tree: `sh -c SCRIPT`.
+    fn child(script: &str) -> std::process::Child {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .spawn()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_sleeping_tree_settles_and_a_spinning_one_does_not() {
+        if cpu_ns(&[std::process::id()], 0).is_none() {
+            return; // no schedstat here
+        }
+        let mut spin = child("while :; do :; done");
+        std::thread::sleep(Duration::from_millis(50));
+        let busy = settle_tree(spin.id(), 0);
+        let _ = spin.kill();
+        let _ = spin.wait();
+        assert!(!busy.idle, "{busy:?}");
+        assert!(busy.waited >= MAX_SETTLE);
+        let mut sleeping = child("sleep 5");
+        std::thread::sleep(Duration::from_millis(50));
+        let quiet = settle_tree(sleeping.id(), 0);
+        let _ = sleeping.kill();
+        let _ = sleeping.wait();
+        assert!(quiet.idle, "{quiet:?}");
+        assert!(quiet.waited < MAX_SETTLE);
+    }
+
+    #[test]
+    fn the_tree_holds_children() {
+        let mut sleeper = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let tree = tree_of(std::process::id());
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
+        assert_eq!(tree[0], std::process::id());
+        assert!(tree.contains(&sleeper.id()), "{tree:?}");
+    }
+}

@@ -1,0 +1,423 @@
+//! One round of two or more targets measured side by side (docs/design.md, "Paired batches").
+//!
+//! Each target keeps one warm worker for the round, a job with `control`: it runs the case the
+//! host names, and in a paired case it warms up, says `ready` and takes sample batches only on
+//! command. The host alternates short batches of the same case between the targets (A B, B A,
+//! A B, …; forwards in even batch rounds, backwards in odd ones), each batch sized from the
+//! warm-up's time per call to about [`batch_seconds`], so that batch i of every target ran next
+//! to the others' batch i in time: what the machine did at that moment is shared by the pair
+//! and cancels in their ratio (`compare` pairs them; samples.csv records each sample's batch).
+//! A case the suite or the memory plan keeps from two warm workers runs case by case: A's case,
+//! then B's, then the next case, never a whole target's case list in a row.
+//!
+//! The round (a fresh worker process per target) stays the unit of replication for what a
+//! process changes: memory layout, thread placement. A worker that dies fails its case on its
+//! target; the next case gets a new worker, and the other targets go on.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use super::context::RunContext;
+use super::supervise::{end_worker, start_worker, End, Event, Prepared, Session, POLL, STARTUP_GRACE};
+use crate::case::{Case, MeasureSettings};
+use crate::executor::{LineEvent, WorkerHandle};
+use crate::protocol::Command;
+use crate::results::RunWriter;
+use crate::stats::summarize;
+use crate::suite::{Pairing, TargetSpec};
+
+/// How long a worker may take to report its components and say `done` once its job is over.
+const WRAP_UP: Duration = Duration::from_secs(120);
+
+/// Batches a side takes at least before a paired case may stop (unless `max_samples` stops it).
+const MIN_BATCHES: usize = 3;
+
+/// The wall time one batch aims at: an eighth of the case's `max_time_s`, within 20–100 ms. Long
+/// enough that a batch holds several calls of a fast kernel and the worker's settling after it
+/// is a small share; short enough that the two targets' batches see the same machine.
+pub fn batch_seconds(m: &MeasureSettings) -> f64 {
+    (m.max_time_s / 8.0).clamp(0.02, 0.1)
+}
+
+/// Calls per batch for a call that took `per_call_s` in the warm-up.
+pub fn batch_len(m: &MeasureSettings, per_call_s: f64) -> usize {
+    if !(per_call_s.is_finite() && per_call_s > 0.0) {
+        return 1;
+    }
+    ((batch_seconds(m) / per_call_s).ceil() as usize).clamp(1, m.max_samples.max(1))
+}
+
+/// One target of the round.
+pub struct Side<'a> {
+    pub target: &'a TargetSpec,
+    pub prepared: &'a mut Prepared,
+    session: Session,
+    /// The live worker and the cases of its job.
+    worker: Option<(Box<dyn WorkerHandle>, Vec<Case>)>,
+    /// The worker has not run a case yet (its start-up counts against the first case's limit).
+    fresh: bool,
+}
+
+impl<'a> Side<'a> {
+    pub fn new(target: &'a TargetSpec, prepared: &'a mut Prepared, todo: Vec<Case>) -> Side<'a> {
+        Side {
+            session: Session::new(target.display_name(), todo),
+            target,
+            prepared,
+            worker: None,
+            fresh: true,
+        }
+    }
+
+    fn has(&self, c: &Case) -> bool {
+        self.session
+            .pending
+            .iter()
+            .any(|p| p.workload == c.workload && p.id == c.id)
+    }
+}
+
+/// What waiting on a side's worker gave.
+enum Pumped {
+    Event(Event),
+    /// The worker is gone (its case failed, or it was refused); the side has no worker now.
+    Gone,
+}
+
+/// Measures `cases` (in this order; each on the sides whose todo lists it) for one round.
+/// `pairing` says how a case's targets take turns; what each case used is recorded in
+/// `chosen` (`workload/case` → `batches`, `case`, with the reason of a fallback).
+pub fn run_round(
+    ctx: &mut RunContext,
+    writer: &mut RunWriter,
+    sides: &mut [Side<'_>],
+    cases: &[Case],
+    pairing: impl Fn(&Case) -> (Pairing, Option<String>),
+    chosen: &mut BTreeMap<String, String>,
+) -> Result<()> {
+    let result = (|| {
+        for case in cases {
+            let who: Vec<usize> = super::scheduler::order(ctx.round, sides.len())
+                .into_iter()
+                .filter(|&i| sides[i].has(case))
+                .collect();
+            if who.is_empty() {
+                continue;
+            }
+            let (mode, why) = pairing(case);
+            if who.len() >= 2 {
+                let said = match why {
+                    Some(why) => format!("{}: {why}", mode.as_str()),
+                    None => mode.as_str().to_string(),
+                };
+                chosen.insert(case.label(), said);
+            }
+            if mode == Pairing::Batches && who.len() >= 2 {
+                paired_case(ctx, writer, sides, &who, case)?;
+            } else {
+                for &i in &who {
+                    solo_case(ctx, writer, &mut sides[i], case)?;
+                }
+            }
+        }
+        Ok(())
+    })();
+    // Every worker is told the job is over and waited for, also after an error.
+    for side in sides.iter_mut() {
+        let ended = end_job(ctx, writer, side);
+        if result.is_ok() {
+            ended?;
+        }
+    }
+    result
+}
+
+/// Sends `cmd` to the side's worker, starting one (a job of the side's pending cases) when it
+/// has none. `Ok(false)`: the case cannot be asked for (the worker could not start, or died:
+/// the case has its row).
+fn command(ctx: &mut RunContext, writer: &mut RunWriter, side: &mut Side<'_>, cmd: &Command) -> Result<bool> {
+    if side.worker.is_none() {
+        let job = side.session.pending.clone();
+        if job.is_empty() {
+            return Ok(false);
+        }
+        match start_worker(
+            ctx,
+            writer,
+            side.target,
+            side.prepared,
+            &mut side.session,
+            &job,
+            true,
+        )? {
+            Some(w) => {
+                side.worker = Some((w, job));
+                side.fresh = true;
+            }
+            None => return Ok(false),
+        }
+    }
+    let (worker, _) = side.worker.as_mut().expect("a worker");
+    if let Err(e) = worker.send(&cmd.line()) {
+        // The worker is gone: its output says how (reading it to the end fails the case).
+        let _ = e;
+        let _ = pump(ctx, writer, side, |_| false)?;
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// Asks for `case` on one side, as `paired` or not, with the case's time limit from now (plus
+/// the start-up grace for a fresh worker).
+fn ask_case(
+    ctx: &mut RunContext,
+    writer: &mut RunWriter,
+    side: &mut Side<'_>,
+    case: &Case,
+    paired: bool,
+) -> Result<bool> {
+    let cmd = Command::Case {
+        workload: case.workload.clone(),
+        case: case.id.clone(),
+        paired,
+    };
+    if !command(ctx, writer, side, &cmd)? {
+        return Ok(false);
+    }
+    let grace = if side.fresh { STARTUP_GRACE } else { Duration::ZERO };
+    side.fresh = false;
+    side.session.deadline = Instant::now() + secs(case.measure.timeout_s) + grace;
+    Ok(true)
+}
+
+/// Reads the side's worker until an event `want` accepts, or the worker is gone.
+fn pump(
+    ctx: &mut RunContext,
+    writer: &mut RunWriter,
+    side: &mut Side<'_>,
+    want: impl Fn(&Event) -> bool,
+) -> Result<Pumped> {
+    let Some((worker, _)) = side.worker.as_mut() else {
+        return Ok(Pumped::Gone);
+    };
+    let end = loop {
+        let s = &mut side.session;
+        let wait = s.deadline.saturating_duration_since(Instant::now()).min(POLL);
+        match worker.next_line(wait) {
+            LineEvent::Line(line) => {
+                if let Some(end) = s.take_line(ctx, writer, &mut side.prepared.meta, &line)? {
+                    if matches!(end, End::Refused(_)) {
+                        let _ = worker.kill();
+                    }
+                    break end;
+                }
+                if let Some(ev) = s.event.take() {
+                    if want(&ev) {
+                        return Ok(Pumped::Event(ev));
+                    }
+                }
+            }
+            LineEvent::Eof => break End::Died(None),
+            LineEvent::Timeout if Instant::now() >= s.deadline => {
+                let _ = worker.kill();
+                let limit = s
+                    .pending
+                    .first()
+                    .map_or(MeasureSettings::default().timeout_s, |c| c.measure.timeout_s);
+                break End::Died(Some(format!(
+                    "timed out after {limit} s (timeout_s); the worker was killed"
+                )));
+            }
+            LineEvent::Timeout => {}
+        }
+    };
+    let (worker, job) = side.worker.take().expect("a worker");
+    if matches!(end, End::Died(_)) && !side.session.has_current() {
+        // Died between cases (before its first `start`): nothing of it to fail; the worker's
+        // exit is in its log, and the next case gets a new one.
+        let mut worker = worker;
+        let _ = worker.finish();
+        return Ok(Pumped::Gone);
+    }
+    end_worker(ctx, writer, side.prepared, &mut side.session, worker, end, &job)?;
+    Ok(Pumped::Gone)
+}
+
+/// One side runs `case` by its own sampling settings, alone.
+fn solo_case(ctx: &mut RunContext, writer: &mut RunWriter, side: &mut Side<'_>, case: &Case) -> Result<()> {
+    if !ask_case(ctx, writer, side, case, false)? {
+        return Ok(());
+    }
+    // A sampler of an unpaired case never says `ready`; its end is `ended`.
+    let _ = pump(ctx, writer, side, |e| matches!(e, Event::Ended))?;
+    Ok(())
+}
+
+/// A side's batches of the current sampling: calls per batch, samples so far, batches.
+struct Taking {
+    side: usize,
+    n: usize,
+    values: Vec<f64>,
+    batches: usize,
+}
+
+impl Taking {
+    /// Whether this side has enough of the case, by its measurement settings (as the worker's
+    /// own sampler decides, on the sum of the sample times).
+    fn enough(&self, m: &MeasureSettings) -> bool {
+        let n = self.values.len();
+        if n >= m.max_samples.max(1) {
+            return true;
+        }
+        if n < m.min_samples.max(1) || self.batches < MIN_BATCHES {
+            return false;
+        }
+        let timed: f64 = self.values.iter().sum();
+        if timed >= m.max_time_s {
+            return true;
+        }
+        timed >= m.min_time_s
+            && summarize(&self.values).is_some_and(|s| s.rel_ci_half_width() <= m.target_rel_ci)
+    }
+}
+
+/// `case` on the sides `who` in alternating batches, sampling by sampling (a case may sample
+/// more than once: a precision case's fp32 reference, then its mode).
+fn paired_case(
+    ctx: &mut RunContext,
+    writer: &mut RunWriter,
+    sides: &mut [Side<'_>],
+    who: &[usize],
+    case: &Case,
+) -> Result<()> {
+    let mut active: Vec<usize> = Vec::new();
+    for &i in who {
+        if ask_case(ctx, writer, &mut sides[i], case, true)? {
+            active.push(i);
+        }
+    }
+    let m = &case.measure;
+    loop {
+        // Every side to its next sampling (`ready`) or to the end of the case.
+        let mut taking = Vec::new();
+        for &i in &active {
+            let ready = |e: &Event| matches!(e, Event::Ready { .. } | Event::Ended);
+            if let Pumped::Event(Event::Ready { per_call_s, .. }) = pump(ctx, writer, &mut sides[i], ready)? {
+                taking.push(Taking {
+                    side: i,
+                    n: batch_len(m, per_call_s),
+                    values: Vec::new(),
+                    batches: 0,
+                });
+            }
+        }
+        if taking.is_empty() {
+            return Ok(());
+        }
+        active = taking.iter().map(|t| t.side).collect();
+        let mut pair = 0;
+        while !taking.is_empty() && !taking.iter().all(|t| t.enough(m)) {
+            for k in super::scheduler::order(pair, taking.len()) {
+                let t = &mut taking[k];
+                let side = &mut sides[t.side];
+                if !command(ctx, writer, side, &Command::Batch { n: t.n })? {
+                    t.values.clear();
+                    t.batches = usize::MAX;
+                    continue;
+                }
+                match pump(ctx, writer, side, |e| {
+                    matches!(e, Event::Batch { .. } | Event::Ended)
+                })? {
+                    Pumped::Event(Event::Batch { seconds, .. }) => {
+                        t.values.extend(seconds);
+                        t.batches += 1;
+                    }
+                    // The case failed on this side (an error in a batch), or the worker died.
+                    _ => t.batches = usize::MAX,
+                }
+            }
+            // A side whose case ended goes no further; the others go on (alone, if one is left).
+            taking.retain(|t| t.batches != usize::MAX);
+            active.retain(|i| taking.iter().any(|t| t.side == *i));
+            pair += 1;
+        }
+        for t in &taking {
+            command(ctx, writer, &mut sides[t.side], &Command::Release)?;
+        }
+    }
+}
+
+/// Ends a side's worker: the job is over (`end`), its components and `done` are read, and it
+/// is waited for.
+fn end_job(ctx: &mut RunContext, writer: &mut RunWriter, side: &mut Side<'_>) -> Result<()> {
+    let Some((mut worker, job)) = side.worker.take() else {
+        return Ok(());
+    };
+    let _ = worker.send(&Command::End.line());
+    worker.close_input();
+    side.session.deadline = Instant::now() + WRAP_UP;
+    let end = side
+        .session
+        .follow(ctx, writer, &mut side.prepared.meta, worker.as_mut())?;
+    end_worker(ctx, writer, side.prepared, &mut side.session, worker, end, &job)
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.clamp(0.0, 1e7))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_aim_at_an_eighth_of_max_time_within_bounds() {
+        let m = MeasureSettings {
+            max_time_s: 0.3,
+            max_samples: 1000,
+            ..Default::default()
+        };
+        assert!((batch_seconds(&m) - 0.0375).abs() < 1e-12);
+        // A 2 ms call: 19 calls; a 50 ms call: one; never more than max_samples.
+        assert_eq!(batch_len(&m, 0.002), 19);
+        assert_eq!(batch_len(&m, 0.05), 1);
+        assert_eq!(batch_len(&m, 1e-9), 1000);
+        assert_eq!(batch_len(&m, 0.0), 1);
+        let long = MeasureSettings {
+            max_time_s: 10.0,
+            ..m.clone()
+        };
+        assert_eq!(batch_seconds(&long), 0.1);
+    }
+
+    #[test]
+    fn a_side_has_enough_by_its_settings() {
+        let m = MeasureSettings {
+            min_samples: 4,
+            max_samples: 100,
+            min_time_s: 0.0,
+            max_time_s: 1.0,
+            target_rel_ci: 0.0,
+            ..Default::default()
+        };
+        let t = |values: Vec<f64>, batches| Taking {
+            side: 0,
+            n: 1,
+            values,
+            batches,
+        };
+        let spread = |sum: f64| vec![0.2 * sum, 0.3 * sum, 0.25 * sum, 0.25 * sum];
+        assert!(!t(spread(0.3)[..3].to_vec(), 3).enough(&m), "min_samples");
+        assert!(!t(spread(0.5), 3).enough(&m), "max_time not reached");
+        assert!(t(spread(1.0), 3).enough(&m), "max_time reached");
+        assert!(!t(spread(1.0), 2).enough(&m), "fewer than MIN_BATCHES batches");
+        let converged = MeasureSettings {
+            target_rel_ci: 0.01,
+            ..m.clone()
+        };
+        assert!(t(vec![0.1; 4], 3).enough(&converged), "the CI converged");
+        assert!(t(vec![0.001; 100], 1).enough(&m), "max_samples");
+    }
+}
