@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use super::{Executor, ExitInfo, LineEvent, WorkerHandle};
+use crate::case::Case;
 use crate::error::CaseError;
 use crate::protocol::Job;
 use crate::results::TargetMeta;
@@ -35,7 +36,7 @@ impl Executor for LocalExecutor {
         "local"
     }
 
-    fn controls(&self) -> bool {
+    fn controls(&self, _target: &TargetSpec, _pending: &[Case]) -> bool {
         true
     }
 

@@ -95,8 +95,10 @@ pub trait Executor {
     fn job_len(&self, _target: &TargetSpec, pending: &[Case]) -> usize {
         pending.len()
     }
-    /// Whether its workers take commands on stdin (`Job::control`: paired batches).
-    fn controls(&self) -> bool {
+    /// Whether one worker can take all of `pending` under the host's commands on its stdin
+    /// (`Job::control`: paired batches): not where a case needs a launch of its own.
+    fn controls(&self, target: &TargetSpec, pending: &[Case]) -> bool {
+        let _ = (target, pending);
         false
     }
     /// The target's image size in bytes as its engine reports it (a `startup` case's

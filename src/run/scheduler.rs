@@ -197,10 +197,18 @@ impl Rounds<'_> {
         }
         let side_by_side = self.plan.suite.pairing != Pairing::Round
             && todo.iter().filter(|t| !t.is_empty()).count() >= 2
-            && self.targets.iter().zip(&todo).all(|(t, c)| match t {
-                TargetState::Ready(p) => c.is_empty() || p.exec.controls(),
-                _ => true,
-            });
+            && self
+                .targets
+                .iter()
+                .zip(&self.plan.targets)
+                .zip(&todo)
+                .all(|((state, target), cases)| match state {
+                    TargetState::Ready(p) => {
+                        let (_, workers) = super::startup::split(cases.clone());
+                        workers.is_empty() || p.exec.controls(target, &workers)
+                    }
+                    _ => true,
+                });
         if side_by_side {
             return self.measure_side_by_side(todo);
         }

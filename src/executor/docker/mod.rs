@@ -25,6 +25,7 @@ use tokio::runtime::Runtime;
 
 use super::container_spec::{command_binds, job_args, ContainerSpec, GpuRequest};
 use super::{Executor, Unsupported, WorkerHandle};
+use crate::case::Case;
 use crate::error::CaseError;
 use crate::protocol::Job;
 use crate::results::TargetMeta;
@@ -209,7 +210,7 @@ impl Executor for DockerExecutor {
         "docker"
     }
 
-    fn controls(&self) -> bool {
+    fn controls(&self, _target: &TargetSpec, _pending: &[Case]) -> bool {
         true
     }
 
