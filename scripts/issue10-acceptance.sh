@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Issue 10's acceptance experiments on this host (CPU, native engine), figures on stdout:
+# Issues 10's and 19's acceptance experiments on this host (CPU, native engine), figures on stdout:
 #   1. in-run A/A: two identical local targets (gemm 1024 fp32, attention b1 h8 s256 d64, tiny
 #      generate), RUNS runs; verdicts of `compare --along target` per run, and wall time;
-#   2. the same runs with the candidate's time samples scaled by 1.10 (samples.csv rewritten in
-#      a copy): how often gemm latency and attention latency are `regression`;
+#   2. the same runs with the candidate's time samples scaled by 1.10 and by 1.05 (samples.csv
+#      rewritten in a copy): how often gemm latency and attention latency are `regression`;
 #   3. `compare` JSON: ratio against candidate/baseline as shown.
 #   4. wall time per run, and the rounds each case ended with.
 # Usage: scripts/issue10-acceptance.sh [RUNS=10] [MIN_ROUNDS=5] [MAX_ROUNDS=MIN_ROUNDS];
 # MAX_ROUNDS above MIN_ROUNDS runs adaptive rounds (min_rounds/max_rounds), else a fixed number.
+# PAIRING=batches (default) | case | round: how the two targets take turns (suite `pairing`).
 # TAGBENCH=path/to/tagbench. The ×1.10 copies keep the rounds the A/A run stopped at (a real
 # 10% slowdown would be judged undecided at a look more often and get more rounds).
 set -euo pipefail
@@ -21,6 +22,7 @@ else
   ROUNDS_KEYS="rounds = $ROUNDS"
 fi
 BIN=${TAGBENCH:-target/release/tagbench}
+PAIRING=${PAIRING:-batches}
 # KEEP=DIR keeps the runs (and their ×1.10 copies) in DIR for a closer look.
 if [ -n "${KEEP:-}" ]; then
   WORK=$KEEP; mkdir -p "$WORK"
@@ -37,6 +39,7 @@ max_samples = 200
 max_time_s = 0.3
 target_rel_ci = 0.01
 timeout_s = 120
+pairing = "$PAIRING"
 $ROUNDS_KEYS
 [[target]]
 name = "a"
@@ -116,6 +119,11 @@ for i in $(seq 1 "$RUNS"); do
   verdicts "$WORK/s-$i" > "$WORK/sv-$i.txt"
   g=$(awk '$1=="gemm" && $2=="latency" && $3=="regression"' "$WORK/sv-$i.txt" | wc -l)
   a=$(awk '$1=="attention" && $2=="latency" && $3=="regression"' "$WORK/sv-$i.txt" | wc -l)
+  scale_candidate "$WORK/r/aa-$i" "$WORK/f-$i" 1.05
+  verdicts "$WORK/f-$i" > "$WORK/fv-$i.txt"
+  g5=$(awk '$1=="gemm" && $2=="latency" && $3=="regression"' "$WORK/fv-$i.txt" | wc -l)
+  a5=$(awk '$1=="attention" && $2=="latency" && $3=="regression"' "$WORK/fv-$i.txt" | wc -l)
+  duty=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])).get("duty_cycle") or {}; print(f"{100*d.get(\"share\",0):.0f}% ({d.get(\"batches\",0)} batches, settle {d.get(\"settle_ms_mean\",0):.1f} ms)")' "$WORK/r/aa-$i/run.json")
   rounds=$(python3 -c '
 import csv, sys, collections
 m = collections.defaultdict(set)
@@ -123,10 +131,11 @@ for r in csv.DictReader(open(sys.argv[1])):
     if r["round"] and r["workload"] != "probe":
         m[r["workload"]].add(int(r["round"]))
 print(",".join(f"{w} {len(v)}" for w, v in sorted(m.items())))' "$WORK/r/aa-$i/results.csv")
-  echo "run $i: wall ${wall}s, rounds [$rounds], extra round batches $extra; A/A: $judged judged, $noisy noisy, $changes regression/improvement; ×1.10: gemm latency $(sed -n 's/^gemm latency \([a-z]*\).*/\1/p' "$WORK/sv-$i.txt"), attention latency $(sed -n 's/^attention latency \([a-z]*\).*/\1/p' "$WORK/sv-$i.txt"); max |ratio − shown| $err"
+  echo "run $i: wall ${wall}s, rounds [$rounds], extra round batches $extra; A/A: $judged judged, $noisy noisy, $changes regression/improvement; ×1.10: gemm latency $(sed -n 's/^gemm latency \([a-z]*\).*/\1/p' "$WORK/sv-$i.txt"), attention latency $(sed -n 's/^attention latency \([a-z]*\).*/\1/p' "$WORK/sv-$i.txt"); ×1.05: gemm $(sed -n 's/^gemm latency \([a-z]*\).*/\1/p' "$WORK/fv-$i.txt"), attention $(sed -n 's/^attention latency \([a-z]*\).*/\1/p' "$WORK/fv-$i.txt"); duty cycle $duty; max |ratio − shown| $err"
   total_wall=$(python3 -c "print(f'{${total_wall:-0} + $wall:.1f}')")
   total_judged=$((total_judged + judged)); total_noisy=$((total_noisy + noisy)); total_changes=$((total_changes + changes))
   hits_gemm=$((hits_gemm + g)); hits_att=$((hits_att + a))
+  hits_gemm5=$((${hits_gemm5:-0} + g5)); hits_att5=$((${hits_att5:-0} + a5))
 done
 # The spread that decides what can be told apart: per metric, the SD of log round medians of
 # one side, and of the log ratios of the round pairs (what the paired test sees), over all runs.
@@ -146,9 +155,28 @@ for i in range(1, runs + 1):
         la = [math.log(v) for (w2, m2, t, _), v in med.items() if (w2, m2, t) == (w, m, "a")]
         if len(la) > 2:
             side[(w, m)].append(st.stdev(la))
+# Paired batches: each round's ratio from its batch pairs (20%-trimmed mean of the pairs' log
+# ratios of batch medians, as stats::batch_pair_ratio), and its spread over rounds.
+batch = collections.defaultdict(list)
+for i in range(1, runs + 1):
+    g = collections.defaultdict(list)
+    for r in csv.DictReader(open(f"{work}/r/aa-{i}/samples.csv")):
+        if r.get("batch"):
+            g[(r["workload"], r["metric"], int(r["round"]), r["target"], int(r["batch"]))].append(float(r["value"]))
+    rounds = {(w, m, rd) for (w, m, rd, _, _) in g}
+    for (w, m, rd) in rounds:
+        logs = sorted(math.log(st.median(g[(w, m, rd, "b", bi)]) / st.median(v))
+                      for (w2, m2, rd2, t, bi), v in g.items()
+                      if (w2, m2, rd2, t) == (w, m, rd, "a") and (w, m, rd, "b", bi) in g)
+        if len(logs) >= 2:
+            cut = int(0.2 * len(logs))
+            kept = logs[cut:len(logs) - cut]
+            batch[(w, m)].append(sum(kept) / len(kept))
 for k in sorted(pair):
-    print(f"spread {k[0]} {k[1]}: one side's round medians {100 * st.mean(side[k]):.1f}% (mean SD per run), round-pair log ratios {100 * st.stdev(pair[k]):.1f}% (SD)")
+    extra = f", batch-pair round ratios {100 * st.stdev(batch[k]):.1f}% (SD)" if len(batch[k]) > 2 else ""
+    print(f"spread {k[0]} {k[1]}: one side's round medians {100 * st.mean(side[k]):.1f}% (mean SD per run), round-pair log ratios {100 * st.stdev(pair[k]):.1f}% (SD){extra}")
 PY
 echo "wall time: ${total_wall}s over $RUNS runs (rounds $ROUNDS..$MAX_ROUNDS)"
 echo "A/A over $RUNS runs: $total_changes regressions/improvements; $total_noisy of $total_judged judged metrics noisy"
 echo "×1.10 candidate: gemm latency regression in $hits_gemm of $RUNS, attention latency in $hits_att of $RUNS"
+echo "×1.05 candidate: gemm latency regression in $hits_gemm5 of $RUNS, attention latency in $hits_att5 of $RUNS"

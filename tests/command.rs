@@ -242,6 +242,78 @@ echo "{\"metric\": \"who\", \"value\": $RANK}" >> "$TAGBENCH_METRICS"
     assert!(r.reason.ends_with("rank 1 lost its GPU"), "{}", r.reason);
 }
 
+/// Paired batches (two local targets) with a worker that dies in a case: the case fails on
+/// that target with the cause, the other target measures it alone, and the next case gets a new
+/// worker and is paired again.
+#[test]
+fn a_worker_that_dies_in_a_paired_case_fails_only_its_side() {
+    let s = Suite::new(
+        r#"
+[defaults]
+warmup_s = 0
+min_samples = 3
+max_samples = 6
+rounds = 3
+
+[[target]]
+name = "a"
+local = true
+
+[[target]]
+name = "b"
+local = true
+env = { DIE = "1" }
+
+[[workload]]
+kind = "command"
+name = "die"
+argv = ["/bin/sh", "-c", 'if [ -n "$DIE" ]; then kill -9 $PPID; sleep 5; fi; echo "{\"metric\":\"t\",\"value\":1,\"unit\":\"ms\"}" >> "$TAGBENCH_METRICS"']
+
+[[workload]]
+kind = "command"
+name = "after"
+argv = ["/bin/sh", "-c", 'echo "{\"metric\":\"t\",\"value\":2,\"unit\":\"ms\"}" >> "$TAGBENCH_METRICS"']
+"#,
+    );
+    let (code, stderr) = s.run(&[]);
+    assert_eq!(code, 1, "a failed case closes the gate\n{stderr}");
+    let rows = s.rows();
+    let of = |t: &str, w: &str| -> Vec<&ResultRow> {
+        rows.iter().filter(|r| r.target == t && r.workload == w).collect()
+    };
+    let died = of("b", "die");
+    assert_eq!(died.len(), 1, "not run again after it failed: {died:#?}");
+    assert_eq!(died[0].status, Status::Failed);
+    assert!(
+        died[0].reason.contains("worker ended during the case: killed by signal 9"),
+        "{}",
+        died[0].reason
+    );
+    assert!(
+        of("a", "die").iter().filter(|r| r.status == Status::Ok && r.metric == "t").count() == 3,
+        "the other side measured it in every round: {:#?}",
+        of("a", "die")
+    );
+    for t in ["a", "b"] {
+        let after: Vec<_> = of(t, "after").into_iter().filter(|r| r.metric == "t").collect();
+        assert_eq!(after.len(), 3, "{t}: a row per round: {after:#?}");
+        assert!(after.iter().all(|r| r.status == Status::Ok));
+    }
+    let run = RunDir::new(&s.runs()[0]);
+    let samples = tagbench::results::read_samples(&run).unwrap();
+    assert!(
+        samples
+            .iter()
+            .filter(|x| x.workload == "after")
+            .all(|x| x.batch.is_some()),
+        "the case after the death was paired again"
+    );
+    assert_eq!(
+        run.read_meta().unwrap().pairing.get("after/default").map(String::as_str),
+        Some("batches")
+    );
+}
+
 #[test]
 fn command_rows_compare_like_built_in_metrics() {
     let s = Suite::new(

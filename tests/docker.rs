@@ -548,28 +548,34 @@ fn run_of_two_targets_ends_with_the_verdict_and_exits_1_for_a_slower_candidate()
 }
 
 /// Issue 19: a real slowdown, not a scaled one. Two targets of one image, the candidate's
-/// container held to a CPU quota 10% below the baseline's (`cpus`), GEMM 1024 fp32 on two
-/// threads: with paired batches (warm workers, alternating sample batches) the run finds the
-/// regression, and samples.csv and run.json say how the rounds were paired.
+/// container held to a CPU quota 10% below the baseline's (`cpus` 0.45 against 0.5), GEMM
+/// fp32 on two threads: with paired batches (warm workers, alternating sample batches) the run
+/// finds the regression, and samples.csv and run.json say how the rounds were paired. A CFS
+/// quota is a rate over 100 ms periods: it slows a call by its ratio only where the call runs
+/// through several periods, each needing more CPU than the quota gives. So one call (GEMM 1536,
+/// about 150 ms of CPU) takes three periods under either quota, and the quotas are under what
+/// this 2-core machine gives a process while other work runs. (A quota near two cores binds
+/// only on an idle machine; one near a core not at all for short batches that alternate, as
+/// each container then idles half of each period.)
 #[test]
 fn a_cpu_quota_ten_percent_lower_is_a_regression_with_paired_batches() {
     let Some((_g, e)) = setup_docker() else { return };
     let img = &e.images.threads2;
     let suite = format!(
-        "name = \"quota\"\n{DEFAULTS}min_rounds = 5\nmax_rounds = 20\n\n[[target]]\nname = \"full\"\nimage = \"{img}\"\ncpus = 2.0\n\n[[target]]\nname = \"quota\"\nimage = \"{img}\"\ncpus = 1.8\n\n[[workload]]\nkind = \"gemm\"\nsize = 1024\ndtype = \"fp32\"\n"
+        "name = \"quota\"\n{DEFAULTS}min_rounds = 5\nmax_rounds = 20\n\n[[target]]\nname = \"full\"\nimage = \"{img}\"\ncpus = 0.5\n\n[[target]]\nname = \"quota\"\nimage = \"{img}\"\ncpus = 0.45\n\n[[workload]]\nkind = \"gemm\"\nsize = 1536\ndtype = \"fp32\"\n"
     );
     let run = e.run("quota", &suite);
     let (code, stdout, stderr) = output(run.cmd());
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     assert_eq!(code, 1, "load {load}\nstdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(
-        stdout.contains("worse: gemm/size=1024,dtype=fp32 latency (quota): regression +"),
+        stdout.contains("worse: gemm/size=1536,dtype=fp32 latency (quota): regression +"),
         "load {load}\n{stdout}"
     );
     assert!(stderr.contains("paired batches"), "{stderr}");
     let meta = run.run_dir().read_meta().unwrap();
     assert_eq!(
-        meta.pairing.get("gemm/size=1024,dtype=fp32").map(String::as_str),
+        meta.pairing.get("gemm/size=1536,dtype=fp32").map(String::as_str),
         Some("batches")
     );
     let duty = meta.duty_cycle.expect("run.json has the duty cycle");
@@ -583,58 +589,6 @@ fn a_cpu_quota_ten_percent_lower_is_a_regression_with_paired_batches() {
             .iter()
             .all(|s| s.batch.is_some() && s.batch_start_s.is_some()),
         "every GEMM sample has its batch"
-    );
-    assert_eq!(run.leftovers(), "", "containers left behind");
-}
-
-/// Paired batches with a worker that dies in a case: its case fails on its target (with the
-/// cause), the other target measures that case alone, and the next case gets a new worker and
-/// is paired again.
-#[test]
-fn a_worker_that_dies_in_a_paired_case_fails_only_its_side() {
-    let Some((_g, e)) = setup_docker() else { return };
-    let img = &e.images.threads1;
-    // As in the crash scenario below: the data ulimit cannot hold a 4096³ GEMM's inputs.
-    let suite = format!(
-        "name = \"pairdeath\"\n{DEFAULTS}rounds = 3\n\n[[target]]\nname = \"a\"\nimage = \"{img}\"\n\n[[target]]\nname = \"b\"\nimage = \"{img}\"\nulimits = {{ data = 104857600 }}\n\n[[workload]]\nkind = \"gemm\"\nsize = [4096, 64]\ndtype = \"fp32\"\nmax_time_s = 0.05\nmin_samples = 3\n"
-    );
-    let run = e.run("pairdeath", &suite);
-    let (code, stdout, stderr) = output(run.cmd());
-    assert_eq!(code, 1, "a failed case closes the gate\n{stdout}\n{stderr}");
-    let rows = run.rows();
-    let big = |t: &str| {
-        rows.iter()
-            .find(|r| r.target == t && r.case.contains("4096"))
-            .unwrap_or_else(|| panic!("no row of {t} for the big case"))
-    };
-    assert_eq!(big("b").status, Status::Failed);
-    assert!(
-        big("b")
-            .reason
-            .contains("worker ended during the case: killed by signal"),
-        "{}",
-        big("b").reason
-    );
-    assert_eq!(
-        big("a").status,
-        Status::Ok,
-        "the other side measured it: {}",
-        big("a").reason
-    );
-    for t in ["a", "b"] {
-        let small: Vec<_> = rows
-            .iter()
-            .filter(|r| r.target == t && r.case.contains("size=64,") && r.metric == "latency")
-            .collect();
-        assert_eq!(small.len(), 3, "{t}: a latency row per round:\n{stdout}");
-    }
-    let samples = tagbench::results::read_samples(&run.run_dir()).unwrap();
-    assert!(
-        samples
-            .iter()
-            .filter(|s| s.case.contains("size=64,"))
-            .all(|s| s.batch.is_some()),
-        "the case after the death was paired again"
     );
     assert_eq!(run.leftovers(), "", "containers left behind");
 }
