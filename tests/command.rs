@@ -285,12 +285,18 @@ argv = ["/bin/sh", "-c", 'echo "{\"metric\":\"t\",\"value\":2,\"unit\":\"ms\"}" 
     assert_eq!(died.len(), 1, "not run again after it failed: {died:#?}");
     assert_eq!(died[0].status, Status::Failed);
     assert!(
-        died[0].reason.contains("worker ended during the case: killed by signal 9"),
+        died[0]
+            .reason
+            .contains("worker ended during the case: killed by signal 9"),
         "{}",
         died[0].reason
     );
     assert!(
-        of("a", "die").iter().filter(|r| r.status == Status::Ok && r.metric == "t").count() == 3,
+        of("a", "die")
+            .iter()
+            .filter(|r| r.status == Status::Ok && r.metric == "t")
+            .count()
+            == 3,
         "the other side measured it in every round: {:#?}",
         of("a", "die")
     );
@@ -309,7 +315,11 @@ argv = ["/bin/sh", "-c", 'echo "{\"metric\":\"t\",\"value\":2,\"unit\":\"ms\"}" 
         "the case after the death was paired again"
     );
     assert_eq!(
-        run.read_meta().unwrap().pairing.get("after/default").map(String::as_str),
+        run.read_meta()
+            .unwrap()
+            .pairing
+            .get("after/default")
+            .map(String::as_str),
         Some("batches")
     );
 }

@@ -76,6 +76,10 @@ pub struct Judgement {
     /// back); absent when the sides were judged as independent groups.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pairs: Option<usize>,
+    /// Of those pairs, the rounds whose ratio came from their alternating sample batches
+    /// (paired batches, `stats::batch_pair_ratio`); the others' from their round medians.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_rounds: Option<usize>,
     /// Rounds judged (pairs kept, or the smaller side's rounds kept): what the look counts.
     #[serde(skip)]
     pub judged_rounds: usize,
@@ -104,6 +108,7 @@ impl Default for Judgement {
             p: None,
             alpha_share: 1.0,
             pairs: None,
+            batch_rounds: None,
             judged_rounds: 0,
             pooled_runs: None,
             baseline: None,
@@ -266,6 +271,14 @@ pub fn judge_rounds(
     if plan.paired {
         // A round measured in paired batches has its ratio from them; the candidate's level
         // is then the baseline's times that ratio.
+        let batched = baseline
+            .iter()
+            .zip(candidate)
+            .enumerate()
+            .filter(|(i, (x, y))| {
+                !x.is_empty() && !y.is_empty() && batch_ratios.get(*i).copied().flatten().is_some()
+            })
+            .count();
         let (mb, mc): (Vec<f64>, Vec<f64>) = baseline
             .iter()
             .zip(candidate)
@@ -287,6 +300,7 @@ pub fn judge_rounds(
                 ci_high: Some(y.high),
                 p: Some((y.p / share).min(1.0)),
                 pairs: Some(y.pairs),
+                batch_rounds: (batched > 0).then_some(batched),
                 baseline: Some(y.baseline),
                 candidate: Some(y.candidate),
                 ..j

@@ -470,7 +470,14 @@ fn outlier_note(c: &Comparison) -> String {
         ));
     }
     if let Some(pairs) = c.judgement.pairs {
-        parts.push(format!("paired over {pairs} rounds"));
+        parts.push(match c.judgement.batch_rounds {
+            Some(b) if b == pairs => format!("paired over {pairs} rounds, each from its alternating sample batches"),
+            Some(b) => format!(
+                "paired over {pairs} rounds, {b} from their alternating sample batches and {} from their round medians",
+                pairs - b
+            ),
+            None => format!("paired over {pairs} rounds (round medians: its targets took turns case by case or round by round)"),
+        });
     }
     if c.judgement.alpha_share < 1.0 {
         parts.push(format!(

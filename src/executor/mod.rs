@@ -96,7 +96,8 @@ pub trait Executor {
         pending.len()
     }
     /// Whether one worker can take all of `pending` under the host's commands on its stdin
-    /// (`Job::control`: paired batches): not where a case needs a launch of its own.
+    /// (`Job::control`: paired batches), with the other targets' workers running at the same
+    /// time. Not under Slurm: its steps wait for each other's resources.
     fn controls(&self, target: &TargetSpec, pending: &[Case]) -> bool {
         let _ = (target, pending);
         false

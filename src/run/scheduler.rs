@@ -195,22 +195,39 @@ impl Rounds<'_> {
                 todo[ti] = skip_unfit(self.ctx, self.writer, &p.meta, cases, mem)?;
             }
         }
-        let side_by_side = self.plan.suite.pairing != Pairing::Round
-            && todo.iter().filter(|t| !t.is_empty()).count() >= 2
-            && self
-                .targets
+        // Side by side needs two targets with cases and executors that pass the host's commands
+        // to one worker for all of them (not Slurm: the steps of one allocation cannot be
+        // assumed to run at once, as a step waits for the GPUs and CPUs another holds).
+        let with_cases = todo.iter().filter(|t| !t.is_empty()).count();
+        let not_controlled =
+            self.targets
                 .iter()
                 .zip(&self.plan.targets)
                 .zip(&todo)
-                .all(|((state, target), cases)| match state {
+                .find_map(|((state, target), cases)| match state {
                     TargetState::Ready(p) => {
                         let (_, workers) = super::startup::split(cases.clone());
-                        workers.is_empty() || p.exec.controls(target, &workers)
+                        (!workers.is_empty() && !p.exec.controls(target, &workers))
+                            .then(|| format!("the {} executor runs one worker at a time", p.exec.name()))
                     }
-                    _ => true,
+                    _ => None,
                 });
-        if side_by_side {
+        let round_why = match (self.plan.suite.pairing, not_controlled) {
+            (Pairing::Round, _) => Some(None),
+            (_, Some(why)) => Some(Some(why)),
+            _ => None,
+        };
+        if with_cases >= 2 && round_why.is_none() {
             return self.measure_side_by_side(todo);
+        }
+        if with_cases >= 2 {
+            let said = match round_why.flatten() {
+                Some(why) => format!("round: {why}"),
+                None => "round".to_string(),
+            };
+            for c in todo.iter().flatten() {
+                self.meta.pairing.insert(c.label(), said.clone());
+            }
         }
         for ti in order(round, self.plan.targets.len()) {
             let cases = std::mem::take(&mut todo[ti]);

@@ -152,9 +152,6 @@ pub struct WorkerCommand<'a> {
     pub container_name: &'a str,
     /// One task of a multi-rank step: the ranks talk over the nodes' network.
     pub multi_rank: bool,
-    /// The worker takes the host's commands on its stdin (`Job::control`): srun forwards its
-    /// stdin to the task, and `docker run` must keep the container's open.
-    pub stdin: bool,
 }
 
 /// Container-platform layer: the options the platform adds to `srun`, and the step's command.
@@ -271,7 +268,6 @@ pub fn container_launch(platform: ContainerPlatform, w: &WorkerCommand<'_>) -> R
 fn docker_in_step(w: &WorkerCommand<'_>) -> Result<Vec<String>, String> {
     let mut spec = ContainerSpec::for_target(w.target, w.run_id, w.exe, Some(w.job), job_args())
         .map_err(|e| format!("{e:#}"))?;
-    spec.stdin = w.stdin;
     let pinned = w.env.get("CUDA_VISIBLE_DEVICES");
     spec.env = w
         .env
@@ -417,7 +413,6 @@ mod tests {
             run_id: "r1",
             container_name: "tagbench-r1-img_a-r0-1",
             multi_rank: false,
-            stdin: false,
         }
     }
 

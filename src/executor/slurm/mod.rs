@@ -194,11 +194,6 @@ impl Executor for SlurmExecutor {
         }
     }
 
-    fn controls(&self, target: &TargetSpec, pending: &[Case]) -> bool {
-        // A multi-rank case is a step of its own (`job_len`).
-        self.job_len(target, pending) >= pending.len()
-    }
-
     fn start(&mut self, target: &TargetSpec, job: &Job, log: &Path) -> Result<Box<dyn WorkerHandle>> {
         let Some(alloc) = self.alloc.clone() else {
             bail!("the slurm target was not prepared");
@@ -257,7 +252,6 @@ impl Executor for SlurmExecutor {
                 run_id: &self.run_id,
                 container_name: &container_name,
                 multi_rank: ranks.is_some(),
-                stdin: job.control,
             },
         )
         .map_err(|e| anyhow::anyhow!("target {target_name}: {e}"))?;
@@ -278,11 +272,7 @@ impl Executor for SlurmExecutor {
         let _ = writeln!(logf, "[tagbench] {}", argv.join(" "));
         let mut child = Command::new(&argv[0])
             .args(&argv[1..])
-            .stdin(if job.control {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -307,7 +297,6 @@ impl Executor for SlurmExecutor {
             }
         }
         Ok(Box::new(SlurmWorker {
-            stdin: child.stdin.take(),
             child,
             lines: spawn_line_reader(stdout),
             ranks: ranks.map(|_| RankLines::new(task_log, &job.token)),
@@ -378,8 +367,6 @@ fn spawn_stderr_reader(
 
 struct SlurmWorker {
     child: Child,
-    /// srun's stdin, forwarded to the task (`Job::control`).
-    stdin: Option<std::process::ChildStdin>,
     lines: Receiver<std::io::Result<String>>,
     /// Set for a multi-rank step.
     ranks: Option<RankLines>,
@@ -418,18 +405,6 @@ impl WorkerHandle for SlurmWorker {
             Some(r) => r.next_line(&self.lines, timeout),
             None => recv_line(&self.lines, timeout),
         }
-    }
-
-    fn send(&mut self, line: &str) -> Result<()> {
-        let stdin = self.stdin.as_mut().context("srun's stdin is closed")?;
-        stdin
-            .write_all(line.as_bytes())
-            .and_then(|()| stdin.flush())
-            .context("failed to write to srun's stdin")
-    }
-
-    fn close_input(&mut self) {
-        self.stdin = None;
     }
 
     fn kill(&mut self) -> Result<()> {
