@@ -548,34 +548,30 @@ fn run_of_two_targets_ends_with_the_verdict_and_exits_1_for_a_slower_candidate()
 }
 
 /// Issue 19: a real slowdown, not a scaled one. Two targets of one image, the candidate's
-/// container held to a CPU quota 10% below the baseline's (`cpus` 0.45 against 0.5), GEMM
-/// fp32 on two threads: with paired batches (warm workers, alternating sample batches) the run
-/// finds the regression, and samples.csv and run.json say how the rounds were paired. A CFS
-/// quota is a rate over 100 ms periods: it slows a call by its ratio only where the call runs
-/// through several periods, each needing more CPU than the quota gives. So one call (GEMM 1536,
-/// about 150 ms of CPU) takes three periods under either quota, and the quotas are under what
-/// this 2-core machine gives a process while other work runs. (A quota near two cores binds
-/// only on an idle machine; one near a core not at all for short batches that alternate, as
-/// each container then idles half of each period.)
+/// container held to a CPU quota 10% below the baseline's (`cpus` 0.45 against 0.5), GEMM 1024
+/// fp32 on two threads: with paired batches (warm workers, alternating sample batches of three
+/// CFS periods, as for any target with a quota) the run finds the regression, and samples.csv
+/// and run.json say how the rounds were paired. The quotas are under what this 2-core machine
+/// gives a process while other work runs: a quota near two cores binds only on an idle machine.
 #[test]
 fn a_cpu_quota_ten_percent_lower_is_a_regression_with_paired_batches() {
     let Some((_g, e)) = setup_docker() else { return };
     let img = &e.images.threads2;
     let suite = format!(
-        "name = \"quota\"\n{DEFAULTS}min_rounds = 5\nmax_rounds = 20\n\n[[target]]\nname = \"full\"\nimage = \"{img}\"\ncpus = 0.5\n\n[[target]]\nname = \"quota\"\nimage = \"{img}\"\ncpus = 0.45\n\n[[workload]]\nkind = \"gemm\"\nsize = 1536\ndtype = \"fp32\"\n"
+        "name = \"quota\"\n{DEFAULTS}min_rounds = 5\nmax_rounds = 20\n\n[[target]]\nname = \"full\"\nimage = \"{img}\"\ncpus = 0.5\n\n[[target]]\nname = \"quota\"\nimage = \"{img}\"\ncpus = 0.45\n\n[[workload]]\nkind = \"gemm\"\nsize = 1024\ndtype = \"fp32\"\n"
     );
     let run = e.run("quota", &suite);
     let (code, stdout, stderr) = output(run.cmd());
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     assert_eq!(code, 1, "load {load}\nstdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(
-        stdout.contains("worse: gemm/size=1536,dtype=fp32 latency (quota): regression +"),
+        stdout.contains("worse: gemm/size=1024,dtype=fp32 latency (quota): regression +"),
         "load {load}\n{stdout}"
     );
     assert!(stderr.contains("paired batches"), "{stderr}");
     let meta = run.run_dir().read_meta().unwrap();
     assert_eq!(
-        meta.pairing.get("gemm/size=1536,dtype=fp32").map(String::as_str),
+        meta.pairing.get("gemm/size=1024,dtype=fp32").map(String::as_str),
         Some("batches")
     );
     let duty = meta.duty_cycle.expect("run.json has the duty cycle");

@@ -43,10 +43,11 @@ fn paired_rounds(b: &Measurement, c: &Measurement) -> Option<(Rounds, Rounds, Ve
         if let Some(j) = c.round_ids.iter().position(|x| x == id) {
             pb.push(b.rounds[i].clone());
             pc.push(c.rounds[j].clone());
+            let higher = b.row.better == "higher";
             ratios.push(
                 b.batched_round(i)
                     .zip(c.batched_round(j))
-                    .and_then(|(x, y)| crate::stats::paired::batch_pair_ratio(&x, &y)),
+                    .and_then(|(x, y)| crate::stats::paired::batch_pair_ratio(&x, &y, higher)),
             );
         }
     }

@@ -5,20 +5,20 @@
 //! pools keep running after their work is done: OpenMP's threads spin before they sleep
 //! (`GOMP_SPINCOUNT`, `OMP_WAIT_POLICY`; torch's intra-op pool), rayon's threads spin a little
 //! before they park. Setting those variables would change the image's environment, which is
-//! part of what is measured, so the worker measures instead: after a batch it reads the CPU time
-//! of its process tree (every thread of this process and of its descendants, such as the torch
-//! engine's python) from `/proc/<pid>/task/<tid>/schedstat` (nanoseconds on a CPU) and answers
-//! the host only once that time stops growing: less than [`IDLE_SHARE`] of one core over a
-//! [`WINDOW`], twice in a row, or after [`MAX_SETTLE`]. How long that took is reported with the
-//! batch (`settle_ms`), so the cost is measured, not assumed.
+//! part of what is measured, so the worker measures instead: after a batch it reads the state of
+//! every thread of its process tree (this process and its descendants, such as the torch
+//! engine's python) from `/proc/<pid>/task/<tid>/stat` and answers the host only once none is
+//! runnable (`R`: on a CPU, or waiting for one, as a spinning thread is) in two looks
+//! [`WINDOW`] apart, or after [`MAX_SETTLE`]. The state, not the CPU time used, decides: on a
+//! loaded machine a spinning thread can wait several milliseconds for a CPU and use none in a
+//! window, yet it takes a core as soon as it gets one. How long settling took is reported with
+//! the batch (`settle_ms`), so the cost is measured, not assumed.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-/// One observation window.
+/// The time between two looks.
 pub const WINDOW: Duration = Duration::from_millis(1);
-/// CPU use below this share of one core counts as idle.
-pub const IDLE_SHARE: f64 = 0.1;
 /// The longest a worker waits for its threads to go idle.
 pub const MAX_SETTLE: Duration = Duration::from_millis(100);
 
@@ -30,7 +30,7 @@ pub struct Settled {
 }
 
 /// Waits until this process tree is idle (see the module's comment). Where `/proc` has no
-/// schedstat (not Linux), returns at once, not idle.
+/// task states (not Linux), returns at once, not idle.
 pub fn settle() -> Settled {
     settle_tree(std::process::id(), current_tid())
 }
@@ -39,37 +39,31 @@ pub fn settle() -> Settled {
 fn settle_tree(root: u32, skip: u32) -> Settled {
     let start = Instant::now();
     let pids = tree_of(root);
-    let own_tid = skip;
-    let Some(mut last) = cpu_ns(&pids, own_tid) else {
-        return Settled {
-            waited: start.elapsed(),
-            idle: false,
-        };
-    };
     let mut quiet = 0;
-    while start.elapsed() < MAX_SETTLE {
-        let t0 = Instant::now();
-        std::thread::sleep(WINDOW);
-        let Some(now) = cpu_ns(&pids, own_tid) else {
-            break;
-        };
-        let busy = now.saturating_sub(last) as f64 / t0.elapsed().as_nanos().max(1) as f64;
-        last = now;
-        if busy < IDLE_SHARE {
-            quiet += 1;
-            if quiet >= 2 {
+    loop {
+        match runnable(&pids, skip) {
+            None => {
                 return Settled {
                     waited: start.elapsed(),
-                    idle: true,
-                };
+                    idle: false,
+                }
             }
-        } else {
-            quiet = 0;
+            Some(0) => quiet += 1,
+            Some(_) => quiet = 0,
         }
-    }
-    Settled {
-        waited: start.elapsed(),
-        idle: false,
+        if quiet >= 2 {
+            return Settled {
+                waited: start.elapsed(),
+                idle: true,
+            };
+        }
+        if start.elapsed() >= MAX_SETTLE {
+            return Settled {
+                waited: start.elapsed(),
+                idle: false,
+            };
+        }
+        std::thread::sleep(WINDOW);
     }
 }
 
@@ -119,29 +113,34 @@ fn current_tid() -> u32 {
     }
 }
 
-/// Nanoseconds on a CPU of every thread of `pids` but `skip` (the thread that watches).
-fn cpu_ns(pids: &[u32], skip: u32) -> Option<u64> {
-    let mut total = 0u64;
-    let mut any = false;
+/// How many threads of `pids` but `skip` (the thread that watches) are runnable; `None` where
+/// `/proc` has no task states (not Linux).
+fn runnable(pids: &[u32], skip: u32) -> Option<usize> {
+    let mut seen = false;
+    let mut n = 0;
     for pid in pids {
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
             continue;
         };
         for t in tasks.flatten() {
-            let name = t.file_name();
-            if name.to_str().and_then(|s| s.parse::<u32>().ok()) == Some(skip) {
+            if t.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) == Some(skip) {
                 continue;
             }
-            let Ok(text) = std::fs::read_to_string(t.path().join("schedstat")) else {
+            let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
                 continue;
             };
-            if let Some(ns) = text.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()) {
-                total += ns;
-                any = true;
-            }
+            // The state follows the parenthesised name.
+            let Some(state) = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().next())
+            else {
+                continue;
+            };
+            seen = true;
+            n += usize::from(state == "R");
         }
     }
-    any.then_some(total)
+    seen.then_some(n)
 }
 
 #[cfg(test)]
@@ -159,8 +158,8 @@ mod tests {
 
     #[test]
     fn a_sleeping_tree_settles_and_a_spinning_one_does_not() {
-        if cpu_ns(&[std::process::id()], 0).is_none() {
-            return; // no schedstat here
+        if runnable(&[std::process::id()], 0).is_none() {
+            return; // no task states here
         }
         let mut spin = child("while :; do :; done");
         std::thread::sleep(Duration::from_millis(50));

@@ -160,4 +160,17 @@ mod tests {
         let c = case(serde_json::json!({"model": "tiny", "prompt_len": 16, "new_tokens": 8}));
         assert_eq!(unfit_reason(&c, 1 << 30), None);
     }
+
+    #[test]
+    fn a_case_over_half_the_gpu_is_paired_case_by_case() {
+        let c = case(serde_json::json!({
+            "model": "llama-3-8b", "dtype": "bf16", "prompt_len": 512, "new_tokens": 64
+        }));
+        // About 16 GiB of weights: twice that fits 80 GiB, not 24 GiB.
+        assert_eq!(twice_unfit_reason(&c, 80 << 30), None);
+        let why = twice_unfit_reason(&c, 24 << 30).unwrap();
+        assert!(why.contains("more than half of the GPU's 24.00 GiB"), "{why}");
+        let tiny = case(serde_json::json!({"model": "tiny", "prompt_len": 16, "new_tokens": 8}));
+        assert_eq!(twice_unfit_reason(&tiny, 1 << 30), None);
+    }
 }

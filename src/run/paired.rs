@@ -41,12 +41,21 @@ pub fn batch_seconds(m: &MeasureSettings) -> f64 {
     (m.max_time_s / 8.0).clamp(0.02, 0.1)
 }
 
-/// Calls per batch for a call that took `per_call_s` in the warm-up.
-pub fn batch_len(m: &MeasureSettings, per_call_s: f64) -> usize {
+/// The batch length when a target of the case has a CPU quota (`cpus`): three CFS periods
+/// (Docker's period is 100 ms). A quota is a rate enforced per period, and a container that
+/// idles while the other target measures starts every period with its full quota: in a batch
+/// shorter than a period it is not throttled at all, and a `cpus = 0.25` image measured
+/// unthrottled in 37 ms batches read `noisy` where it is 2× slower under sustained work. Over
+/// three periods a batch runs as sustained work does, throttled in each period.
+pub const QUOTA_BATCH_S: f64 = 0.3;
+
+/// Calls per batch for a call that took `per_call_s` in the warm-up, for batches of
+/// `batch_s` seconds.
+pub fn batch_len(m: &MeasureSettings, per_call_s: f64, batch_s: f64) -> usize {
     if !(per_call_s.is_finite() && per_call_s > 0.0) {
         return 1;
     }
-    ((batch_seconds(m) / per_call_s).ceil() as usize).clamp(1, m.max_samples.max(1))
+    ((batch_s / per_call_s).ceil() as usize).clamp(1, m.max_samples.max(1))
 }
 
 /// One target of the round.
@@ -299,6 +308,12 @@ fn paired_case(
         }
     }
     let m = &case.measure;
+    // One batch length for every side, so that the batches of a pair last alike.
+    let batch_s = if who.iter().any(|&i| sides[i].target.cpus.is_some()) {
+        QUOTA_BATCH_S
+    } else {
+        batch_seconds(m)
+    };
     loop {
         // Every side to its next sampling (`ready`) or to the end of the case.
         let mut taking = Vec::new();
@@ -307,7 +322,7 @@ fn paired_case(
             if let Pumped::Event(Event::Ready { per_call_s, .. }) = pump(ctx, writer, &mut sides[i], ready)? {
                 taking.push(Taking {
                     side: i,
-                    n: batch_len(m, per_call_s),
+                    n: batch_len(m, per_call_s, batch_s),
                     values: Vec::new(),
                     batches: 0,
                 });
@@ -379,12 +394,14 @@ mod tests {
             max_samples: 1000,
             ..Default::default()
         };
-        assert!((batch_seconds(&m) - 0.0375).abs() < 1e-12);
+        let b = batch_seconds(&m);
+        assert!((b - 0.0375).abs() < 1e-12);
         // A 2 ms call: 19 calls; a 50 ms call: one; never more than max_samples.
-        assert_eq!(batch_len(&m, 0.002), 19);
-        assert_eq!(batch_len(&m, 0.05), 1);
-        assert_eq!(batch_len(&m, 1e-9), 1000);
-        assert_eq!(batch_len(&m, 0.0), 1);
+        assert_eq!(batch_len(&m, 0.002, b), 19);
+        assert_eq!(batch_len(&m, 0.05, b), 1);
+        assert_eq!(batch_len(&m, 1e-9, b), 1000);
+        assert_eq!(batch_len(&m, 0.0, b), 1);
+        assert_eq!(batch_len(&m, 0.002, QUOTA_BATCH_S), 150);
         let long = MeasureSettings {
             max_time_s: 10.0,
             ..m.clone()

@@ -64,13 +64,21 @@ pub const MIN_BATCH_PAIRS: usize = 2;
 /// The candidate/baseline ratio of one round from its paired batches (issue 19): the host
 /// alternated short sample batches of the two sides (A B, B A, …), so batch i of each ran next
 /// to the other's batch i in time and saw the same machine. The round's estimate is exp(20%
-/// trimmed mean over the batch pairs of ln(median of the candidate's batch / median of the
+/// trimmed mean over the batch pairs of ln(level of the candidate's batch / level of the
 /// baseline's)): what the machine did within the round cancels pair by pair, and one disturbed
-/// pair per end is trimmed from five pairs on. `baseline` and `candidate` are (batch index,
-/// value) samples; `None` with fewer than [`MIN_BATCH_PAIRS`] batches on both sides or a value
-/// that is not positive. The rounds' estimates are then judged with the paired test over rounds
-/// ([`paired_log_ratio`]), so a round (worker process) stays the unit of replication.
-pub fn batch_pair_ratio(baseline: &[(usize, f64)], candidate: &[(usize, f64)]) -> Option<f64> {
+/// pair per end is trimmed from five pairs on. A batch's level is the mean of its samples (for a
+/// time: the batch's time per call), or their harmonic mean where higher is better (a rate: the
+/// batch's work over its time), so that a time and the rate derived from it give one ratio, and
+/// a stall inside a batch (a CPU quota's throttling, a GPU's clock dropping) counts as the work
+/// felt it, not as a median would, which looks past it. `baseline` and `candidate` are (batch
+/// index, value) samples; `None` with fewer than [`MIN_BATCH_PAIRS`] batches on both sides or a
+/// value that is not positive. The rounds' estimates are then judged with the paired test over
+/// rounds ([`paired_log_ratio`]), so a round (worker process) stays the unit of replication.
+pub fn batch_pair_ratio(
+    baseline: &[(usize, f64)],
+    candidate: &[(usize, f64)],
+    higher_is_better: bool,
+) -> Option<f64> {
     use std::collections::BTreeMap;
     let group = |v: &[(usize, f64)]| {
         let mut m: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
@@ -85,7 +93,10 @@ pub fn batch_pair_ratio(baseline: &[(usize, f64)], candidate: &[(usize, f64)]) -
         let Some(xc) = gc.get(b) else {
             continue;
         };
-        let (mb, mc) = (median_of(xb), median_of(xc));
+        let (mb, mc) = (
+            batch_level(xb, higher_is_better),
+            batch_level(xc, higher_is_better),
+        );
         if !(mb.is_finite() && mc.is_finite() && mb > 0.0 && mc > 0.0) {
             return None;
         }
@@ -98,8 +109,14 @@ pub fn batch_pair_ratio(baseline: &[(usize, f64)], candidate: &[(usize, f64)]) -
     Some(trimmed_stats(&logs, g).0.exp())
 }
 
-fn median_of(v: &[f64]) -> f64 {
-    crate::stats::bootstrap::median_in_place(&mut v.to_vec())
+/// A batch's level: the mean of its samples, or their harmonic mean for a rate.
+fn batch_level(v: &[f64], higher_is_better: bool) -> f64 {
+    let n = v.len() as f64;
+    if higher_is_better {
+        n / v.iter().map(|x| 1.0 / x).sum::<f64>()
+    } else {
+        v.iter().sum::<f64>() / n
+    }
 }
 
 /// Pairs with fewer kept than this are not judged paired (the trimmed t needs h ≥ 2).
@@ -249,9 +266,10 @@ mod tests {
         let (mut base, mut cand) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
             let (a, b) = batched_round(rng, 8, 4, shift);
-            let level = median_of(&a.iter().map(|x| x.1).collect::<Vec<f64>>());
+            let mut values: Vec<f64> = a.iter().map(|x| x.1).collect();
+            let level = crate::stats::bootstrap::median_in_place(&mut values);
             base.push(level);
-            cand.push(level * batch_pair_ratio(&a, &b).unwrap());
+            cand.push(level * batch_pair_ratio(&a, &b, false).unwrap());
         }
         paired_log_ratio(&base, &cand, PAIR_TRIM, 0.95).unwrap().p
     }
@@ -285,13 +303,26 @@ mod tests {
     fn batch_pairs_need_two_pairs_and_positive_values() {
         let a = [(0, 1.0), (0, 1.2), (1, 2.0)];
         let b = [(0, 1.1), (0, 1.3), (1, 2.2)];
-        let r = batch_pair_ratio(&a, &b).unwrap();
-        // Pair 0: medians 1.1 and 1.2; pair 1: 2.0 and 2.2.
+        let r = batch_pair_ratio(&a, &b, false).unwrap();
+        // Pair 0: means 1.1 and 1.2; pair 1: 2.0 and 2.2.
         let want = ((1.2f64 / 1.1).ln() / 2.0 + (1.1f64).ln() / 2.0).exp();
         assert!((r - want).abs() < 1e-12, "{r} vs {want}");
-        assert_eq!(batch_pair_ratio(&a[..2], &b[..2]), None, "one pair");
-        assert_eq!(batch_pair_ratio(&a, &[(0, 1.0), (1, 0.0)]), None, "zero");
+        // The rates of the same calls (1 / time) give the inverse ratio: harmonic means.
+        let inv = |v: &[(usize, f64)]| v.iter().map(|&(i, x)| (i, 1.0 / x)).collect::<Vec<_>>();
+        let rate = batch_pair_ratio(&inv(&a), &inv(&b), true).unwrap();
+        assert!((rate * r - 1.0).abs() < 1e-12, "{rate} · {r}");
+        // A stall in a batch counts: one call of three 10× slower makes a 4× slower batch, and
+        // with an equal second pair the round's ratio is 2.
+        let stalled = batch_pair_ratio(
+            &[(0, 1.0), (0, 1.0), (0, 1.0), (1, 1.0)],
+            &[(0, 1.0), (0, 1.0), (0, 10.0), (1, 1.0)],
+            false,
+        )
+        .unwrap();
+        assert!((stalled - 2.0).abs() < 1e-12, "{stalled}");
+        assert_eq!(batch_pair_ratio(&a[..2], &b[..2], false), None, "one pair");
+        assert_eq!(batch_pair_ratio(&a, &[(0, 1.0), (1, 0.0)], false), None, "zero");
         // Batches of one side only are not pairs.
-        assert_eq!(batch_pair_ratio(&a, &[(0, 1.0), (5, 1.0)]), None);
+        assert_eq!(batch_pair_ratio(&a, &[(0, 1.0), (5, 1.0)], false), None);
     }
 }

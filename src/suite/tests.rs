@@ -302,3 +302,30 @@ fn a_checked_key_is_named_at_its_own_line() {
         .unwrap_err();
     assert_eq!(e.line, 7, "{e}");
 }
+
+#[test]
+fn pairing_key() {
+    let workload = "[[workload]]\nkind = \"probe\"\n";
+    assert_eq!(parse(workload).unwrap().pairing, Pairing::Batches);
+    for (text, want) in [
+        ("case", Pairing::Case),
+        ("round", Pairing::Round),
+        ("batches", Pairing::Batches),
+    ] {
+        let s = parse(&format!("[defaults]\npairing = \"{text}\"\n{workload}")).unwrap();
+        assert_eq!(s.pairing, want);
+        assert_eq!(want.as_str(), text);
+    }
+    let e = parse(&format!(
+        "name = \"x\"\n[defaults]\nwarmup_s = 0.1\npairing = \"pairs\"\n{workload}"
+    ))
+    .unwrap_err();
+    assert_eq!(e.line, 4, "{e}");
+    assert!(
+        e.message
+            .contains("`pairs` is not one of \"batches\", \"case\", \"round\""),
+        "{e}"
+    );
+    let e = parse(&format!("[defaults]\npairing = 1\n{workload}")).unwrap_err();
+    assert!(e.message.contains("key `pairing` must be a string"), "{e}");
+}
