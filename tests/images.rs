@@ -467,7 +467,7 @@ files = ["bench/"]
 "#,
     );
     std::fs::write(&suite, text).unwrap();
-    let load_before = load_average();
+    let load_before = common::load_average();
     eprintln!("load average before the run: {load_before}");
     let (_code, stderr) = run.run(&[
         "--image",
@@ -533,14 +533,6 @@ files = ["bench/"]
         );
     }
     assert_eq!(run.leftovers(), "", "containers left behind");
-}
-
-/// The 1-minute load average (0 where /proc/loadavg cannot be read).
-fn load_average() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|t| t.split_whitespace().next().and_then(|v| v.parse().ok()))
-        .unwrap_or(0.0)
 }
 
 /// The Debian bullseye image (glibc 2.31) that scripts/build-bullseye-image.sh builds.
@@ -698,7 +690,7 @@ fn bisect_names_omp_num_threads_as_the_cause_of_the_gemm_regression() {
     .unwrap();
     // One OpenMP thread is slower than two only where two cores are free: on a machine whose
     // cores other work already fills, the two images measure alike (see the example's test).
-    let load = load_average();
+    let load = common::load_average();
     if load > cores as f64 - 0.5 {
         eprintln!("skipped: load average {load} on {cores} cores leaves no core for a second OpenMP thread");
         return;

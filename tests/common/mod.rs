@@ -217,3 +217,11 @@ pub fn docker_build(tag: &str, dockerfile: &Path, context: &Path) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The 1-minute load average (0 where /proc/loadavg cannot be read).
+pub fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0)
+}
