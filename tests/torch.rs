@@ -432,7 +432,7 @@ fn a_crashing_or_hung_rank_fails_its_case_and_the_run_goes_on() {
     let (rows, text, _d) = run(
         &python,
         &["--engine", "torch", suite.to_str().unwrap()],
-        &[("TAGBENCH_TEST_CRASH_RANK", "1")],
+        &[("TAGBENCH_TEST_HOOK", "crash-rank=1")],
     );
     for workload in ["allreduce", "generate"] {
         let r = rows
@@ -458,7 +458,7 @@ fn a_crashing_or_hung_rank_fails_its_case_and_the_run_goes_on() {
             "gemm",
             suite.to_str().unwrap(),
         ],
-        &[("TAGBENCH_TEST_HANG_RANK", "1")],
+        &[("TAGBENCH_TEST_HOOK", "hang-rank=1")],
     );
     let r = rows
         .iter()

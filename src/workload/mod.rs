@@ -207,7 +207,7 @@ mod tests {
         assert_eq!(json["kind"], "gemm");
         assert_eq!(json["m"], 8);
         assert_eq!(serde_json::from_value::<Params>(json).unwrap(), p);
-        // The torch worker script gets the parameters alone.
+        // The torch worker package gets the parameters alone.
         assert!(p.to_json().get("kind").is_none());
         assert_eq!(p.to_json()["layout"], "nn");
     }

@@ -2,6 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Training steps from the seeded start before the loss is compared across modes (every
+/// engine: the torch worker gets it with the case).
+pub const NUMERICS_STEPS: usize = 10;
+
 /// The model trained for one step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

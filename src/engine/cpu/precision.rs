@@ -16,10 +16,7 @@ use crate::engine::CaseOutput;
 use crate::error::CaseError;
 use crate::measure::Sampler;
 use crate::workload::metric;
-use crate::workload::precision::{Mode, PrecisionModel, PrecisionParams};
-
-/// Steps from the seeded start before the loss is compared across modes.
-const NUMERICS_STEPS: usize = 10;
+use crate::workload::precision::{Mode, PrecisionModel, PrecisionParams, NUMERICS_STEPS};
 
 pub use crate::engine::PrecisionReference as Reference;
 

@@ -1,8 +1,9 @@
-//! The torch engine: the image's own python3 and PyTorch, driven by an embedded worker script.
+//! The torch engine: the image's own python3 and PyTorch, driven by an embedded worker package.
 //!
-//! The script (`worker.py`) sets a case up and times one sample per request; this side runs the
-//! shared [`Sampler`] over those samples and turns them into the same metrics as the native
-//! engine, so that both engines share one statistics implementation and one set of metric names.
+//! The worker package (`worker/tagbench_worker/`, Python) sets a case up and times one sample per
+//! request; this side runs the shared [`Sampler`] over those samples and turns them into the same
+//! metrics as the native engine, so that both engines share one statistics implementation and one
+//! set of metric names. The constants the worker times with come from here ([`timing_constants`]).
 
 mod allreduce;
 pub mod launcher;
@@ -34,6 +35,26 @@ use crate::workload::Params;
 pub use self::python::python_command;
 
 use crate::engine::PrecisionReference as Reference;
+
+/// GPU (or CPU) time one torch sample should span: a small operation is repeated until then, so
+/// that timer resolution and launch overhead do not dominate it.
+const SAMPLE_TARGET_S: Seconds = 1e-3;
+/// The most calls one torch sample repeats.
+const MAX_CALLS_PER_SAMPLE: usize = 1000;
+
+/// The constants the worker times with, sent with every setup (`timing.py`): the sample target
+/// above, and the queued sample's lead and retakes of the native CUDA engine (one home:
+/// `engine/cuda/device.rs`).
+fn timing_constants() -> Value {
+    use crate::engine::cuda::device;
+    json!({
+        "min_sample_s": SAMPLE_TARGET_S,
+        "max_calls": MAX_CALLS_PER_SAMPLE,
+        "min_lead_s": device::MIN_LEAD_S,
+        "max_lead_s": device::MAX_LEAD_S,
+        "max_retakes": device::MAX_RETAKES,
+    })
+}
 
 pub struct TorchEngine {
     python: std::ffi::OsString,
@@ -128,6 +149,7 @@ impl TorchEngine {
             "kind": case.params.kind().as_str(),
             "device": self.device_name(),
             "params": case.params.to_json(),
+            "timing": timing_constants(),
         });
         if let (Value::Object(r), Value::Object(e)) = (&mut req, extra) {
             r.extend(e);
@@ -388,7 +410,8 @@ impl TorchEngine {
     ) -> Result<(f64, f64, Vec<Seconds>, Option<f64>), CaseError> {
         let mut c = case.clone();
         c.params = Params::Precision(params.clone());
-        let facts = self.setup(&c, json!({}), out)?;
+        let steps = json!({"numerics_steps": crate::workload::precision::NUMERICS_STEPS});
+        let facts = self.setup(&c, steps, out)?;
         let loss = facts["loss"].as_f64().unwrap_or(f64::NAN);
         let (seconds, _) = self.sample(&c)?;
         let peak = self.finish()?["peak_memory_mib"].as_f64();
