@@ -468,3 +468,105 @@ fn a_crashing_or_hung_rank_fails_its_case_and_the_run_goes_on() {
     assert!(r["reason"].contains("timed out after 15 s"), "{r:?}");
     assert_eq!(ok_metric(&rows, "gemm", "latency").len(), 1, "{rows:#?}\n{text}");
 }
+
+#[test]
+fn hf_generate_gives_the_loop_tokens() {
+    let Some(python) = torch_python() else { return };
+    // fp32 greedy decoding of one seeded model: the tiny shape, and Llama-2-7b's shape (32 heads,
+    // vocabulary 32000) cut to 2 layers of width 512, by both implementations; transformers'
+    // static cache too.
+    let (suite, _s) = suite_file(&format!(
+        "name = \"hf-test\"\n{MULTI_RANK_DEFAULTS}\n\
+         [[workload]]\nname = \"tiny\"\nkind = \"generate\"\nmodel = \"tiny\"\nprompt_len = 16\nnew_tokens = 8\nimpl = [\"loop\", \"hf\"]\n\
+         [[workload]]\nname = \"tiny-static\"\nkind = \"generate\"\nmodel = \"tiny\"\nprompt_len = 16\nnew_tokens = 8\nimpl = \"hf\"\ncache = \"static\"\n\
+         [[workload]]\nname = \"llama2\"\nkind = \"generate\"\nmodel = \"llama-2-7b\"\nlayers = 2\nhidden = 512\nintermediate = 1376\n\
+         prompt_len = 16\nnew_tokens = 8\nimpl = [\"loop\", \"hf\"]\n"
+    ));
+    let (rows, text, _d) = run(&python, &["--engine", "torch", suite.to_str().unwrap()], &[]);
+    let failed: Vec<&Row> = rows.iter().filter(|r| r["status"] != "ok").collect();
+    assert!(failed.is_empty(), "{failed:#?}\n{text}");
+    // The greedy tokens' hash of a workload's case run by `imp`.
+    let tokens = |workload: &str, imp: &str| -> String {
+        rows.iter()
+            .filter(|r| r["workload"] == workload && r["case"].contains(&format!("impl={imp}")))
+            .find(|r| r["reason"].starts_with("tokens "))
+            .map(|r| r["reason"].split_whitespace().nth(1).unwrap_or("").to_string())
+            .unwrap_or_else(|| panic!("{workload} {imp}: {rows:#?}"))
+    };
+    for workload in ["tiny", "llama2"] {
+        let (lp, hf) = (tokens(workload, "loop"), tokens(workload, "hf"));
+        assert!(!lp.is_empty());
+        assert_eq!(
+            lp, hf,
+            "{workload}: the loop and transformers generate different tokens"
+        );
+    }
+    assert_eq!(
+        tokens("tiny-static", "hf"),
+        tokens("tiny", "loop"),
+        "static cache"
+    );
+    // transformers' rows say which transformers ran; TTFT (the first streamed token) comes before
+    // the end of the generation.
+    let hf_cases: std::collections::BTreeSet<(&str, &str)> = rows
+        .iter()
+        .filter(|r| r["reason"].contains("impl hf (transformers "))
+        .map(|r| (r["workload"].as_str(), r["case"].as_str()))
+        .collect();
+    assert_eq!(hf_cases.len(), 3, "{rows:#?}");
+    for workload in ["tiny", "tiny-static", "llama2"] {
+        let m = |metric: &str| {
+            rows.iter()
+                .filter(|r| r["workload"] == workload && r["metric"] == metric)
+                .find(|r| !r["case"].contains("impl=loop"))
+                .map(median)
+                .unwrap_or_else(|| panic!("{workload} {metric}: {rows:#?}"))
+        };
+        assert!(
+            m("ttft") > 0.0 && m("ttft") < m("latency"),
+            "{workload}: ttft {} latency {}",
+            m("ttft"),
+            m("latency")
+        );
+        assert!(m("tpot") > 0.0, "{workload}");
+    }
+}
+
+#[test]
+fn hf_generate_without_transformers_is_skipped() {
+    let Some(python) = torch_python() else { return };
+    // A transformers that cannot be imported, first on PYTHONPATH, as an image without it.
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("site/transformers");
+    std::fs::create_dir_all(&fake).unwrap();
+    std::fs::write(
+        fake.join("__init__.py"),
+        "raise ImportError(\"no transformers in this test's image\")\n",
+    )
+    .unwrap();
+    let wrapper = dir.path().join("python-without-transformers");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nPYTHONPATH='{}' exec '{}' \"$@\"\n",
+            dir.path().join("site").display(),
+            python.display()
+        ),
+    )
+    .unwrap();
+    make_executable(&wrapper);
+    let (suite, _s) = suite_file(&format!(
+        "name = \"no-hf\"\n{MULTI_RANK_DEFAULTS}\n[[workload]]\nkind = \"generate\"\nmodel = \"tiny\"\nlayers = 1\n\
+         prompt_len = 8\nnew_tokens = 2\nimpl = [\"hf\", \"loop\"]\n"
+    ));
+    let (rows, text, _d) = run(&wrapper, &["--engine", "torch", suite.to_str().unwrap()], &[]);
+    let hf: Vec<&Row> = rows.iter().filter(|r| r["case"].contains("impl=hf")).collect();
+    assert_eq!(hf.len(), 1, "{rows:#?}\n{text}");
+    assert_eq!(hf[0]["status"], "skipped", "{:?}", hf[0]);
+    assert_eq!(
+        hf[0]["reason"],
+        "transformers not importable in image (ImportError: no transformers in this test's image)"
+    );
+    // The loop does not need transformers.
+    assert_eq!(ok_metric(&rows, "generate", "tpot").len(), 1, "{rows:#?}");
+}

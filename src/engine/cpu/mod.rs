@@ -67,7 +67,7 @@ impl Engine for CpuEngine {
     }
 
     fn generate(&mut self, p: &GenerateParams, case: &Case) -> Result<CaseOutput, CaseError> {
-        p.single_device_only("native CPU").map_err(CaseError::Skipped)?;
+        p.native_can_run("native CPU").map_err(CaseError::Skipped)?;
         generate::run(p, case)
     }
 

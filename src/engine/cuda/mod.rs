@@ -398,7 +398,7 @@ impl Engine for CudaEngine {
     }
 
     fn generate(&mut self, p: &GenerateParams, case: &Case) -> Result<CaseOutput, CaseError> {
-        p.single_device_only("native CUDA").map_err(CaseError::Skipped)?;
+        p.native_can_run("native CUDA").map_err(CaseError::Skipped)?;
         self.on_gpus(case, |rt| generate::run(rt, p, case))
     }
 

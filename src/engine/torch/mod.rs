@@ -287,12 +287,19 @@ impl TorchEngine {
         let mut shape_json = serde_json::to_value(shape).map_err(|e| CaseError::Failed(e.into()))?;
         shape_json["parameters"] = json!(shape.parameters());
         let mut out = self.new_output();
-        self.setup(case, json!({"shape": shape_json}), &mut out)?;
-        let (_, runs) = self.sample(case)?;
+        let facts = self.setup(case, json!({"shape": shape_json}), &mut out)?;
+        let (seconds, runs) = self.sample(case)?;
         let done = self.finish()?;
         let ttft: Vec<f64> = runs.iter().filter_map(|v| v["ttft_s"].as_f64()).collect();
         let tpot: Vec<f64> = runs.iter().filter_map(|v| v["tpot_s"].as_f64()).collect();
         out.generation_metrics(p.batch, p.prompt_len, &ttft, &tpot);
+        // The whole generation, prompt to last token: what a client of generate() waits.
+        out.metric(
+            metric::LATENCY,
+            "ms",
+            Better::Lower,
+            seconds.iter().map(|s| s * 1e3).collect(),
+        );
         let share: Vec<f64> = runs
             .iter()
             .filter_map(|v| v["allreduce_share_pct"].as_f64())
@@ -307,10 +314,15 @@ impl TorchEngine {
         // What was generated, hashed: greedy decoding from one seed must give the same tokens at
         // every tensor_parallel, which a reader of the rows can check.
         if let Some(hash) = done["tokens_hash"].as_str().filter(|h| !h.is_empty()) {
-            out.status = Some(format!(
+            let mut status = format!(
                 "tokens {hash} (greedy, seed 0) at tensor_parallel {}",
                 p.tensor_parallel
-            ));
+            );
+            if let Some(v) = facts["transformers_version"].as_str() {
+                let attn = facts["attn_implementation"].as_str().unwrap_or("?");
+                status.push_str(&format!(", impl hf (transformers {v}, attention {attn})"));
+            }
+            out.status = Some(status);
         }
         Ok(out)
     }

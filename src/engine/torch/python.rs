@@ -12,67 +12,34 @@ use serde_json::Value;
 
 use crate::error::CaseError;
 
+/// Each file of the worker package with its text, compiled in: `package!["a.py"]` is
+/// `&[("a.py", include_str!("worker/a.py"))]`.
+macro_rules! package {
+    ($($path:literal),* $(,)?) => {
+        &[$(($path, include_str!(concat!("worker/", $path)))),*]
+    };
+}
+
 /// The worker package (`worker/`), compiled into tagbench: each file's path under the package
 /// root and its text. `python3 -u ROOT` runs `__main__.py` with ROOT first on `sys.path`.
 /// A test checks that this list is every `.py` file of the folder.
-pub const FILES: &[(&str, &str)] = &[
-    ("__main__.py", include_str!("worker/__main__.py")),
-    (
-        "tagbench_worker/__init__.py",
-        include_str!("worker/tagbench_worker/__init__.py"),
-    ),
-    (
-        "tagbench_worker/allreduce.py",
-        include_str!("worker/tagbench_worker/allreduce.py"),
-    ),
-    (
-        "tagbench_worker/attention.py",
-        include_str!("worker/tagbench_worker/attention.py"),
-    ),
-    (
-        "tagbench_worker/components.py",
-        include_str!("worker/tagbench_worker/components.py"),
-    ),
-    (
-        "tagbench_worker/device.py",
-        include_str!("worker/tagbench_worker/device.py"),
-    ),
-    (
-        "tagbench_worker/gemm.py",
-        include_str!("worker/tagbench_worker/gemm.py"),
-    ),
-    (
-        "tagbench_worker/generate.py",
-        include_str!("worker/tagbench_worker/generate.py"),
-    ),
-    (
-        "tagbench_worker/llama.py",
-        include_str!("worker/tagbench_worker/llama.py"),
-    ),
-    (
-        "tagbench_worker/precision.py",
-        include_str!("worker/tagbench_worker/precision.py"),
-    ),
-    (
-        "tagbench_worker/probe.py",
-        include_str!("worker/tagbench_worker/probe.py"),
-    ),
-    (
-        "tagbench_worker/protocol.py",
-        include_str!("worker/tagbench_worker/protocol.py"),
-    ),
-    (
-        "tagbench_worker/ranks.py",
-        include_str!("worker/tagbench_worker/ranks.py"),
-    ),
-    (
-        "tagbench_worker/testhooks.py",
-        include_str!("worker/tagbench_worker/testhooks.py"),
-    ),
-    (
-        "tagbench_worker/timing.py",
-        include_str!("worker/tagbench_worker/timing.py"),
-    ),
+pub const FILES: &[(&str, &str)] = package![
+    "__main__.py",
+    "tagbench_worker/__init__.py",
+    "tagbench_worker/allreduce.py",
+    "tagbench_worker/attention.py",
+    "tagbench_worker/components.py",
+    "tagbench_worker/device.py",
+    "tagbench_worker/gemm.py",
+    "tagbench_worker/generate.py",
+    "tagbench_worker/hf.py",
+    "tagbench_worker/llama.py",
+    "tagbench_worker/precision.py",
+    "tagbench_worker/probe.py",
+    "tagbench_worker/protocol.py",
+    "tagbench_worker/ranks.py",
+    "tagbench_worker/testhooks.py",
+    "tagbench_worker/timing.py",
 ];
 
 /// Runs the package from sources given as arguments, where no file can be written.

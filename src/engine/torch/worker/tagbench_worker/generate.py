@@ -36,6 +36,45 @@ def tokens_hash(tokens):
     return hashlib.sha256(str(tokens.cpu().tolist()).encode()).hexdigest()[:16]
 
 
+class GenerationStats:
+    """What every implementation reports: per sample TTFT, TPOT (and the all-reduce share of a
+    tensor-parallel decode), at the end the peak memory (the worst rank's) and the tokens' hash."""
+
+    def __init__(self, tracked):
+        self.tracked = tracked
+        self.tokens_hash = ""
+
+    def sample(self, tokens, ttft, steps, comm=None):
+        """The run reply of one generation; its tokens' hash is kept."""
+        self.tokens_hash = tokens_hash(tokens)
+        values = {"ttft_s": ttft}
+        if steps:
+            values["tpot_s"] = sum(steps) / len(steps)
+            if comm is not None:
+                values["allreduce_share_pct"] = 100.0 * comm / sum(steps)
+        return {"seconds": ttft + sum(steps), "values": values}
+
+    def finish(self, dev):
+        """The finish reply."""
+        peak = ranks.dist_max(mem_peak_mib(dev) if self.tracked else None)
+        out = {"tokens_hash": self.tokens_hash}
+        if peak is not None:
+            out["peak_memory_mib"] = peak
+        return out
+
+
+def create(req, dev):
+    """The generation of the case's `impl`: the hand-written loop, or transformers' generate."""
+    impl = req["params"].get("impl") or "loop"
+    if impl == "hf":
+        from .hf import HfGenerate
+
+        return HfGenerate(req, dev)
+    if (req["params"].get("cache") or "dynamic") != "dynamic":
+        raise Skip('cache applies to impl = "hf": the loop preallocates its KV cache')
+    return Generate(req, dev)
+
+
 class Generate:
     """The hand-written decode loop (`impl = "loop"`), on one rank or as a tensor-parallel shard."""
 
@@ -57,8 +96,7 @@ class Generate:
             self.model = Llama(shape, dt, dev, self.batch, self.prompt_len + self.new_tokens, rank, world)
             self.prompt = prompt_tokens(shape, self.batch, self.prompt_len, dev)
         # After the build: the whole-tensor temporaries each rank slices from are not its memory.
-        self.tracked = mem_reset(dev)
-        self.tokens_hash = ""
+        self.stats = GenerationStats(mem_reset(dev))
         self.facts = {"sdpa_gqa": self.model.gqa, "tensor_parallel": world}
 
     def step(self, tokens, start):
@@ -88,19 +126,9 @@ class Generate:
         """One sample: a whole generation, with TTFT, TPOT and the all-reduce share."""
         tokens, ttft, steps = self.generate()
         comm = self.model.comm_seconds()
-        # The generated tokens, hashed: tensor_parallel = N must give those of N = 1.
-        self.tokens_hash = tokens_hash(tokens)
-        values = {"ttft_s": ttft}
-        if steps:
-            values["tpot_s"] = sum(steps) / len(steps)
-            if self.model.world > 1:
-                values["allreduce_share_pct"] = 100.0 * comm / sum(steps)
-        return {"seconds": ttft + sum(steps), "values": values}
+        # The generated tokens are hashed: tensor_parallel = N must give those of N = 1.
+        return self.stats.sample(tokens, ttft, steps, comm if self.model.world > 1 else None)
 
     def finish(self):
         """The peak memory (the worst rank's) and the tokens' hash."""
-        peak = ranks.dist_max(mem_peak_mib(self.dev) if self.tracked else None)
-        out = {"tokens_hash": self.tokens_hash}
-        if peak is not None:
-            out["peak_memory_mib"] = peak
-        return out
+        return self.stats.finish(self.dev)

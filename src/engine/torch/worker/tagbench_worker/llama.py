@@ -18,6 +18,29 @@ def seeded_weight(seed, out_f, in_f, dt, dev):
     return torch.randn(out_f, in_f, generator=g).mul_(0.02).to(dt)
 
 
+def full_weights(shape, dt, dev):
+    """The model's matrices, whole, each drawn from its own seed in one fixed order: the
+    embedding, then per layer wqkv (q, k, v rows), wo, wgu (gate, up rows), wd, then the LM head.
+    Yields (name, layer index or None, tensor), one at a time: what the loop shards and what
+    `hf.py` loads into transformers' model, so that both decode the same model."""
+    h, inter, vocab = shape["hidden"], shape["intermediate"], shape["vocab"]
+    kv = shape["kv_heads"] * (h // shape["heads"])
+    seed = 0
+
+    def draw(out_f, in_f):
+        nonlocal seed
+        seed += 1
+        return seeded_weight(seed, out_f, in_f, dt, dev)
+
+    yield "embed", None, draw(vocab, h)
+    for i in range(shape["layers"]):
+        yield "wqkv", i, draw(h + 2 * kv, h)
+        yield "wo", i, draw(h, h)
+        yield "wgu", i, draw(2 * inter, h)
+        yield "wd", i, draw(h, inter)
+    yield "head", None, draw(vocab, h)
+
+
 def rows(t, start, n):
     """Rows start..start+n of `t` (a rank's slice)."""
     return t[start : start + n]
@@ -30,8 +53,9 @@ class Llama:
     With `world` > 1 it is this rank's shard, Megatron-LM's tensor parallelism (Shoeybi et al.,
     2019): attention heads and the MLP's gate/up split by columns, o_proj and down_proj by rows
     with one all-reduce after each, embedding and LM head split by vocabulary. Every weight is
-    drawn whole from its own seed and then sliced, so that all ranks together hold exactly the
-    one-rank model and tensor_parallel = N generates the tokens tensor_parallel = 1 does."""
+    drawn whole from its own seed and then sliced (full_weights), so that all ranks together hold
+    exactly the one-rank model and tensor_parallel = N generates the tokens tensor_parallel = 1
+    does."""
 
     def __init__(self, shape, dt, dev, batch, max_len, rank=0, world=1):
         h, inter = shape["hidden"], shape["intermediate"]
@@ -46,48 +70,39 @@ class Llama:
         self.vstart = rank * self.vocab
         self.rank, self.world = rank, world
         self.dev, self.dt = dev, dt
-        self.seed = 0
         self.comm = []
-        q, kv = self.heads * self.hd, self.kv_heads * self.hd
-        self.q, self.kv = q, kv
-        kv_full = kv_heads * self.hd
-        self.embed = rows(self._full(vocab, h), self.vstart, self.vocab).clone()
-        self.layers = []
-        for _ in range(shape["layers"]):
-            wqkv = self._full(h + 2 * kv_full, h)
-            wqkv = torch.cat(
-                (rows(wqkv, rank * q, q), rows(wqkv, h + rank * kv, kv), rows(wqkv, h + kv_full + rank * kv, kv))
-            )
-            wo = self._full(h, h)[:, rank * q : (rank + 1) * q].contiguous()
-            wgu = self._full(2 * inter, h)
-            wgu = torch.cat(
-                (rows(wgu, rank * self.inter, self.inter), rows(wgu, inter + rank * self.inter, self.inter))
-            )
-            wd = self._full(h, inter)[:, rank * self.inter : (rank + 1) * self.inter].contiguous()
-            self.layers.append(
-                {
-                    "ln1": torch.ones(h, dtype=dt, device=dev),
-                    "wqkv": wqkv,
-                    "wo": wo,
-                    "ln2": torch.ones(h, dtype=dt, device=dev),
-                    "wgu": wgu,
-                    "wd": wd,
-                    "k": torch.zeros(batch, self.kv_heads, max_len, self.hd, dtype=dt, device=dev),
-                    "v": torch.zeros(batch, self.kv_heads, max_len, self.hd, dtype=dt, device=dev),
-                }
-            )
+        self.q, self.kv = self.heads * self.hd, self.kv_heads * self.hd
+        self.layers = [
+            {
+                "ln1": torch.ones(h, dtype=dt, device=dev),
+                "ln2": torch.ones(h, dtype=dt, device=dev),
+                "k": torch.zeros(batch, self.kv_heads, max_len, self.hd, dtype=dt, device=dev),
+                "v": torch.zeros(batch, self.kv_heads, max_len, self.hd, dtype=dt, device=dev),
+            }
+            for _ in range(shape["layers"])
+        ]
+        for name, layer, w in full_weights(shape, dt, dev):
+            if layer is None:
+                setattr(self, name, rows(w, self.vstart, self.vocab).clone())
+            else:
+                self.layers[layer][name] = self._shard(name, w, h, kv_heads * self.hd, inter)
         self.norm = torch.ones(h, dtype=dt, device=dev)
-        self.head = rows(self._full(vocab, h), self.vstart, self.vocab).clone()
         inv = 1.0 / (float(shape["rope_theta"]) ** (torch.arange(0, self.hd, 2, dtype=torch.float32) / self.hd))
         freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), inv)
         self.cos = freqs.cos().to(dev)
         self.sin = freqs.sin().to(dev)
         self.gqa = supports_gqa()
 
-    def _full(self, out_f, in_f):
-        """The next weight, whole (before this rank's slice is taken)."""
-        self.seed += 1
-        return seeded_weight(self.seed, out_f, in_f, self.dt, self.dev)
+    def _shard(self, name, w, h, kv_full, inter):
+        """This rank's part of a layer's whole matrix `name`."""
+        r, q, kv, i = self.rank, self.q, self.kv, self.inter
+        if name == "wqkv":
+            return torch.cat((rows(w, r * q, q), rows(w, h + r * kv, kv), rows(w, h + kv_full + r * kv, kv)))
+        if name == "wo":
+            return w[:, r * q : (r + 1) * q].contiguous()
+        if name == "wgu":
+            return torch.cat((rows(w, r * i, i), rows(w, inter + r * i, i)))
+        return w[:, r * i : (r + 1) * i].contiguous()
 
     @staticmethod
     def rms(x, w):

@@ -4,6 +4,7 @@ import sys
 
 import torch
 
+from .hf import version as hf_version
 from .ranks import nccl_version
 
 
@@ -19,7 +20,7 @@ def versions():
 
 
 def _library_versions():
-    """torch's build: CUDA, cuDNN, NCCL, arch list, TF32 defaults, and optional packages."""
+    """torch's build (CUDA, cuDNN, NCCL, arch list, TF32 defaults) and the transformers version."""
     info = {
         "python_version": sys.version.split()[0],
         "torch_version": torch.__version__,
@@ -35,6 +36,7 @@ def _library_versions():
     info["torch_arch_list"] = " ".join(torch.cuda.get_arch_list()) if torch.version.cuda else ""
     info["torch_tf32_matmul_default"] = str(torch.backends.cuda.matmul.allow_tf32)
     info["torch_tf32_cudnn_default"] = str(torch.backends.cudnn.allow_tf32)
+    info["transformers_version"] = hf_version()
     return info
 
 

@@ -30,11 +30,11 @@ import traceback
 from . import Skip, testhooks
 from .components import components
 
-# Each setup kind's workload class: module and class name, imported when first asked for.
+# Each setup kind's workload: module and class (or factory) name, imported when first asked for.
 WORKLOADS = {
     "gemm": ("gemm", "Gemm"),
     "attention": ("attention", "Attention"),
-    "generate": ("generate", "Generate"),
+    "generate": ("generate", "create"),
     "precision": ("precision", "Precision"),
     "allreduce": ("allreduce", "Allreduce"),
 }
@@ -63,7 +63,7 @@ def no_torch():
 
 
 def workload(kind):
-    """The workload class of a setup kind, or None."""
+    """What builds the workload of a setup kind from (request, device), or None."""
     entry = WORKLOADS.get(kind)
     if entry is None:
         return None
