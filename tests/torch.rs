@@ -336,6 +336,19 @@ fn suite_file(text: &str) -> (PathBuf, tempfile::TempDir) {
     (path, dir)
 }
 
+/// The greedy tokens' hash of each generate case (`tokens <hash> (greedy, ...)` in its reason).
+fn token_hashes(rows: &[Row]) -> BTreeMap<&str, &str> {
+    rows.iter()
+        .filter(|r| r["workload"] == "generate" && r["reason"].starts_with("tokens "))
+        .map(|r| {
+            (
+                r["case"].as_str(),
+                r["reason"].split_whitespace().nth(1).unwrap_or(""),
+            )
+        })
+        .collect()
+}
+
 const MULTI_RANK_DEFAULTS: &str = r#"
 [defaults]
 rounds = 1
@@ -366,16 +379,7 @@ fn tensor_parallel_generation_gives_the_one_rank_tokens() {
     assert!((0.0..=100.0).contains(&median(share[0])), "{:?}", share[0]);
     assert_eq!(ok_metric(&rows, "generate", "peak_memory").len(), 2);
     // Greedy tokens from one seed: the shards together are the one-rank model.
-    let tokens: BTreeMap<&str, &str> = rows
-        .iter()
-        .filter(|r| r["workload"] == "generate" && r["reason"].starts_with("tokens "))
-        .map(|r| {
-            (
-                r["case"].as_str(),
-                r["reason"].split_whitespace().nth(1).unwrap_or(""),
-            )
-        })
-        .collect();
+    let tokens = token_hashes(&rows);
     assert_eq!(tokens.len(), 2, "{rows:#?}");
     let hashes: Vec<&str> = tokens.values().copied().collect();
     assert!(!hashes[0].is_empty());
@@ -569,4 +573,112 @@ fn hf_generate_without_transformers_is_skipped() {
     );
     // The loop does not need transformers.
     assert_eq!(ok_metric(&rows, "generate", "tpot").len(), 1, "{rows:#?}");
+}
+
+#[test]
+fn compiled_cases_report_compile_time_and_match_eager() {
+    let Some(python) = torch_python() else { return };
+    let (suite, _s) = suite_file(&format!(
+        "name = \"compile-test\"\n{MULTI_RANK_DEFAULTS}\n\
+         [[workload]]\nkind = \"precision\"\nmodel = \"mlp\"\nbatch = 8\nhidden = 32\nmode = \"fp32\"\ncompile = [\"none\", \"default\"]\n\
+         [[workload]]\nkind = \"generate\"\nmodel = \"tiny\"\nlayers = 1\nprompt_len = 8\nnew_tokens = 4\ncompile = [\"none\", \"default\"]\n"
+    ));
+    let (rows, text, _d) = run(&python, &["--engine", "torch", suite.to_str().unwrap()], &[]);
+    let failed: Vec<&Row> = rows.iter().filter(|r| r["status"] != "ok").collect();
+    assert!(failed.is_empty(), "{failed:#?}\n{text}");
+    for (workload, steady) in [("precision", "step_time"), ("generate", "tpot")] {
+        let compiled = |metric: &str| -> Vec<&Row> {
+            ok_metric(&rows, workload, metric)
+                .into_iter()
+                .filter(|r| r["case"].ends_with("compile=default"))
+                .collect()
+        };
+        let time = compiled("compile_time");
+        assert_eq!(time.len(), 1, "{workload}: {rows:#?}");
+        assert!(median(time[0]) > 0.0 && time[0]["unit"] == "ms", "{:?}", time[0]);
+        let breaks = compiled("graph_breaks");
+        assert_eq!(breaks.len(), 1, "{workload}: {rows:#?}");
+        assert!(median(breaks[0]) >= 0.0);
+        assert!(
+            compiled(steady).iter().all(|r| median(r) > 0.0),
+            "{workload} {steady}: {rows:#?}"
+        );
+        // Eager cases have no compile metrics.
+        assert!(rows
+            .iter()
+            .filter(|r| r["case"].ends_with("compile=none"))
+            .all(|r| r["metric"] != "compile_time"));
+    }
+    // Compiled against eager: the same greedy tokens; the loss after the seeded steps within
+    // fp32's rounding of eager fp32's (the reference is eager).
+    let tokens = token_hashes(&rows);
+    assert_eq!(tokens.len(), 2, "{rows:#?}");
+    let hashes: Vec<&str> = tokens.values().copied().collect();
+    assert_eq!(
+        hashes[0], hashes[1],
+        "compiled and eager tokens differ: {tokens:?}"
+    );
+    let diff = ok_metric(&rows, "precision", "loss_diff_vs_fp32");
+    assert_eq!(diff.len(), 1, "{rows:#?}");
+    assert!(
+        diff[0]["case"].ends_with("compile=default") && median(diff[0]) < 1e-4,
+        "{:?}",
+        diff[0]
+    );
+}
+
+#[test]
+fn a_compile_failure_fails_its_case_and_no_compiler_skips() {
+    let Some(python) = torch_python() else { return };
+    let (suite, _s) = suite_file(&format!(
+        "name = \"compile-fail\"\n{MULTI_RANK_DEFAULTS}\n\
+         [[workload]]\nkind = \"precision\"\nmodel = \"mlp\"\nbatch = 8\nhidden = 32\nmode = \"fp32\"\ncompile = \"default\"\n\
+         [[workload]]\nkind = \"gemm\"\nsize = 64\ndtype = \"fp32\"\n"
+    ));
+    // A C++ compiler that answers --version (Inductor's check) but fails every compilation.
+    let dir = tempfile::tempdir().unwrap();
+    let cxx = dir.path().join("failing-c++");
+    std::fs::write(
+        &cxx,
+        "#!/bin/sh\ncase \"$*\" in *--version*) exec g++ --version ;; esac\necho 'failing-c++: no' >&2\nexit 1\n",
+    )
+    .unwrap();
+    make_executable(&cxx);
+    let (rows, text, _d) = run(
+        &python,
+        &["--engine", "torch", suite.to_str().unwrap()],
+        &[("CXX", cxx.to_str().unwrap())],
+    );
+    let r = rows
+        .iter()
+        .find(|r| r["workload"] == "precision")
+        .unwrap_or_else(|| panic!("{rows:#?}\n{text}"));
+    assert_eq!(r["status"], "failed", "{r:?}");
+    assert!(
+        r["reason"].contains("torch.compile (mode default) failed: InductorError: CppCompileError"),
+        "{r:?}"
+    );
+    assert!(!r["reason"].contains('\n'), "one line: {r:?}");
+    // The next case still runs.
+    assert_eq!(ok_metric(&rows, "gemm", "latency").len(), 1, "{rows:#?}\n{text}");
+
+    // No C++ compiler at all: skipped, saying so.
+    let (rows, text, _d2) = run(
+        &python,
+        &[
+            "--engine",
+            "torch",
+            "--filter",
+            "precision",
+            suite.to_str().unwrap(),
+        ],
+        &[("CXX", "/nonexistent/tagbench-test/g++")],
+    );
+    assert_eq!(rows.len(), 1, "{rows:#?}\n{text}");
+    assert_eq!(rows[0]["status"], "skipped", "{:?}", rows[0]);
+    assert!(
+        rows[0]["reason"].starts_with("torch.compile on the CPU needs a C++ compiler: InvalidCxxCompiler"),
+        "{:?}",
+        rows[0]
+    );
 }

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::compile::Compile;
 use super::Dtype;
 
 /// The dimensions of a Llama-architecture decoder.
@@ -160,6 +161,12 @@ pub struct GenerateParams {
     /// transformers' KV cache (`impl = "hf"`; the loop skips anything but `dynamic`).
     #[serde(default)]
     pub cache: Cache,
+    /// torch.compile's mode for the model's forward (torch engine, one rank; a sweep axis).
+    #[serde(default)]
+    pub compile: Compile,
+    /// Keep the image's compilation cache across workers instead of a fresh one per worker.
+    #[serde(default)]
+    pub warm_cache: bool,
 }
 
 fn default_model() -> Model {
@@ -242,7 +249,7 @@ impl GenerateParams {
         if self.cache != Cache::Dynamic {
             return Err("cache applies to impl = \"hf\": the loop preallocates its KV cache".into());
         }
-        Ok(())
+        self.compile.native_can_run(engine)
     }
 
     pub fn check(&self) -> Result<(), String> {

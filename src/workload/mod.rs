@@ -4,6 +4,7 @@
 pub mod allreduce;
 pub mod attention;
 pub mod command;
+pub mod compile;
 mod dtype;
 pub mod gemm;
 pub mod generate;
@@ -263,4 +264,8 @@ pub mod metric {
     pub const ALLREDUCE_SHARE: &str = "allreduce_share";
     /// One-rank step time over (ranks × the multi-rank step time), % (DDP/FSDP).
     pub const SCALING_EFFICIENCY: &str = "scaling_efficiency";
+    /// The first call of a compiled workload, compilation included (ms).
+    pub const COMPILE_TIME: &str = "compile_time";
+    /// Dynamo's graph breaks while compiling (count).
+    pub const GRAPH_BREAKS: &str = "graph_breaks";
 }

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::compile::Compile;
+
 /// Training steps from the seeded start before the loss is compared across modes (every
 /// engine: the torch worker gets it with the case).
 pub const NUMERICS_STEPS: usize = 10;
@@ -86,6 +88,13 @@ pub struct PrecisionParams {
     pub parallel: Parallel,
     #[serde(default = "default_ranks")]
     pub ranks: usize,
+    /// torch.compile's mode for the model (torch engine; a sweep axis). The fp32 reference is
+    /// eager, so `speedup_vs_fp32` of a compiled fp32 case is what compiling gains.
+    #[serde(default)]
+    pub compile: Compile,
+    /// Keep the image's compilation cache across workers instead of a fresh one per worker.
+    #[serde(default)]
+    pub warm_cache: bool,
 }
 
 fn default_parallel() -> Parallel {
@@ -146,23 +155,31 @@ impl PrecisionParams {
         }
     }
 
-    /// The same case in fp32 on one rank: the reference this case's loss is compared with.
+    /// The same case in eager fp32 on one rank: the reference this case's loss is compared with.
     pub fn reference(&self) -> PrecisionParams {
         PrecisionParams {
             mode: Mode::Fp32,
+            compile: Compile::None,
+            warm_cache: false,
             ..self.single_rank()
         }
     }
 
-    /// The `skipped` reason of an engine that trains on one process only.
-    pub fn single_process_only(&self, engine: &str) -> Result<(), String> {
+    /// Whether this case is its own reference (eager fp32 on one rank).
+    pub fn is_reference(&self) -> bool {
+        *self == self.reference()
+    }
+
+    /// The `skipped` reason of a native engine (eager, one process) for a case that needs the
+    /// torch engine.
+    pub fn native_can_run(&self, engine: &str) -> Result<(), String> {
         if self.parallel != Parallel::None {
             return Err(format!(
                 "parallel = {} needs the torch engine (--engine torch): the {engine} engine trains in one process",
                 self.parallel.as_str()
             ));
         }
-        Ok(())
+        self.compile.native_can_run(engine)
     }
 }
 
@@ -178,7 +195,7 @@ mod tests {
     fn parallel_defaults_to_one_process() {
         let p = params(r#"{"batch":8,"mode":"fp32"}"#);
         assert_eq!((p.parallel, p.ranks), (Parallel::None, 1));
-        assert!(p.check().is_ok() && p.single_process_only("native CPU").is_ok());
+        assert!(p.check().is_ok() && p.native_can_run("native CPU").is_ok());
     }
 
     #[test]
@@ -194,7 +211,7 @@ mod tests {
         let fsdp = params(r#"{"batch":8,"mode":"amp-bf16","parallel":"fsdp","ranks":2}"#);
         assert!(fsdp.check().is_ok());
         assert!(fsdp
-            .single_process_only("native CPU")
+            .native_can_run("native CPU")
             .unwrap_err()
             .contains("torch engine"));
         // The loss reference is one rank in fp32; the timing reference one rank in the same mode.

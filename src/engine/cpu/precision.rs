@@ -329,6 +329,8 @@ mod tests {
             mode,
             parallel: crate::workload::precision::Parallel::None,
             ranks: 1,
+            compile: Default::default(),
+            warm_cache: false,
         }
     }
 

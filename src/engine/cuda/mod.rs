@@ -394,6 +394,9 @@ impl Engine for CudaEngine {
     }
 
     fn attention(&mut self, p: &AttentionParams, case: &Case) -> Result<CaseOutput, CaseError> {
+        p.compile
+            .native_can_run("native CUDA")
+            .map_err(CaseError::Skipped)?;
         self.on_gpus(case, |rt| attention::run(rt, p, case))
     }
 

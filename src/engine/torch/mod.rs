@@ -27,7 +27,7 @@ use crate::workload::command::CommandParams;
 use crate::workload::gemm::GemmParams;
 use crate::workload::generate::GenerateParams;
 use crate::workload::metric;
-use crate::workload::precision::{Mode, Parallel, PrecisionParams};
+use crate::workload::precision::{Parallel, PrecisionParams};
 use crate::workload::probe::ProbeParams;
 use crate::workload::startup::StartupParams;
 use crate::workload::Params;
@@ -288,6 +288,7 @@ impl TorchEngine {
         shape_json["parameters"] = json!(shape.parameters());
         let mut out = self.new_output();
         let facts = self.setup(case, json!({"shape": shape_json}), &mut out)?;
+        compile_metrics(&facts, &mut out);
         let (seconds, runs) = self.sample(case)?;
         let done = self.finish()?;
         let ttft: Vec<f64> = runs.iter().filter_map(|v| v["ttft_s"].as_f64()).collect();
@@ -361,7 +362,7 @@ impl TorchEngine {
         let (_, loss, steps, peak) = self.with_ranks(p.ranks, |e| e.precision_mode(case, p, &mut out))?;
         let mut scratch = self.new_output();
         let (one_rank, one_loss, _, _) = self.precision_mode(case, &p.single_rank(), &mut scratch)?;
-        let reference = if p.mode == Mode::Fp32 {
+        let reference = if p.single_rank().is_reference() {
             self.remember_reference(p, one_rank, one_loss)?;
             Reference {
                 step_median_s: one_rank,
@@ -424,11 +425,23 @@ impl TorchEngine {
         c.params = Params::Precision(params.clone());
         let steps = json!({"numerics_steps": crate::workload::precision::NUMERICS_STEPS});
         let facts = self.setup(&c, steps, out)?;
+        compile_metrics(&facts, out);
         let loss = facts["loss"].as_f64().unwrap_or(f64::NAN);
         let (seconds, _) = self.sample(&c)?;
         let peak = self.finish()?["peak_memory_mib"].as_f64();
         let median = crate::stats::summarize(&seconds).map_or(f64::NAN, |s| s.median);
         Ok((median, loss, seconds, peak))
+    }
+}
+
+/// `compile_time` and `graph_breaks` of a compiled case, from its setup facts (one value a round:
+/// the first call, compilation included, happens once per worker).
+fn compile_metrics(facts: &Value, out: &mut CaseOutput) {
+    if let Some(s) = facts["compile_time_s"].as_f64() {
+        out.metric(metric::COMPILE_TIME, "ms", Better::Lower, vec![s * 1e3]);
+    }
+    if let Some(n) = facts["graph_breaks"].as_f64() {
+        out.metric(metric::GRAPH_BREAKS, "count", Better::Lower, vec![n]);
     }
 }
 
@@ -548,6 +561,7 @@ impl Engine for TorchEngine {
     fn attention(&mut self, p: &AttentionParams, case: &Case) -> Result<CaseOutput, CaseError> {
         let mut out = self.new_output();
         let facts = self.setup(case, json!({}), &mut out)?;
+        compile_metrics(&facts, &mut out);
         let (seconds, _) = self.sample(case)?;
         self.finish()?;
         let (unit, scale) = self.rate_unit();
@@ -577,7 +591,7 @@ impl Engine for TorchEngine {
         if let Some(mib) = peak {
             out.metric(metric::PEAK_MEMORY, "MiB", Better::Lower, vec![mib]);
         }
-        if p.mode == Mode::Fp32 {
+        if p.is_reference() {
             self.remember_reference(p, median, loss)?;
             return Ok(out);
         }

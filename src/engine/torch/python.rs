@@ -28,6 +28,7 @@ pub const FILES: &[(&str, &str)] = package![
     "tagbench_worker/__init__.py",
     "tagbench_worker/allreduce.py",
     "tagbench_worker/attention.py",
+    "tagbench_worker/compile.py",
     "tagbench_worker/components.py",
     "tagbench_worker/device.py",
     "tagbench_worker/gemm.py",
@@ -47,6 +48,9 @@ const BOOTSTRAP: &str = include_str!("worker/bootstrap.py");
 
 /// The environment variable that hands the reply token to the script.
 pub const TOKEN_VAR: &str = "TAGBENCH_REPLY_TOKEN";
+
+/// The environment variable that names the worker's fresh torch.compile cache folder.
+const COMPILE_CACHE_VAR: &str = "TAGBENCH_COMPILE_CACHE_DIR";
 
 /// Which python runs the script: `TAGBENCH_PYTHON` if set, else `python3` on PATH.
 pub fn python_command() -> OsString {
@@ -92,6 +96,12 @@ impl ScriptFile {
     #[cfg(test)]
     fn inline() -> ScriptFile {
         ScriptFile { root: None }
+    }
+
+    /// A fresh folder for torch.compile's caches (Inductor, triton), this engine's alone and
+    /// removed with the package: compilations never outlive the worker (`compile.py`).
+    fn compile_cache(&self) -> Option<PathBuf> {
+        self.root.as_ref().map(|r| r.join("compile-cache"))
     }
 
     /// Arguments that make python run the package; the worker's own arguments follow them.
@@ -155,6 +165,9 @@ impl PyProcess {
         cmd.args(script.args())
             .envs(env.iter().map(|(k, v)| (k, v)))
             .env(TOKEN_VAR, &token);
+        if let Some(dir) = script.compile_cache() {
+            cmd.env(COMPILE_CACHE_VAR, dir);
+        }
         // Python's own buffering must not hold protocol replies back.
         cmd.env("PYTHONUNBUFFERED", "1").stderr(Stdio::inherit());
         match role {

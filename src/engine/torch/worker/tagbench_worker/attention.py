@@ -1,4 +1,5 @@
-"""Attention: torch's scaled_dot_product_attention, with the backend SDPA chose or the one forced."""
+"""Attention: torch's scaled_dot_product_attention, with the backend SDPA chose or the one forced,
+eager or compiled."""
 
 import contextlib
 import math
@@ -6,6 +7,7 @@ import math
 import torch
 
 from . import Skip
+from .compile import Compile, agree
 from .device import set_tf32, torch_dtype
 from .timing import calibrate, time_queued
 
@@ -65,6 +67,7 @@ class Attention:
         self.dev = dev
         self.warnings = []
         dt = torch_dtype(p["dtype"], "attention")
+        self.compile = Compile(p, dev)
         b, h, kvh = p["batch"], p["heads"], p.get("kv_heads") or p["heads"]
         sq, d = p["seq_q"], p["head_dim"]
         skv = p.get("seq_kv") or sq
@@ -101,8 +104,12 @@ class Attention:
                 raise Skip(f"SDPA backend {want} cannot run this case: {str(e).splitlines()[0]}") from e
             raise
         self._check(out)
-        self.iters = 1 if dev.type == "cpu" else calibrate(dev, op)
-        self.facts = {"sdpa_backend": self.backend, "iters_per_sample": self.iters}
+        if self.compile.on:
+            compiled = self.compile.wrap(op)
+            agree(self.compile.first(compiled), out, p["dtype"], "attention")
+            self.op = compiled
+        self.iters = 1 if dev.type == "cpu" else calibrate(dev, self.op)
+        self.facts = {"sdpa_backend": self.backend, "iters_per_sample": self.iters, **self.compile.facts()}
 
     def _choose(self, want):
         """The backend that runs: the one forced, or torch's own dispatcher decision."""

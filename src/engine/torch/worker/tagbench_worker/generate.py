@@ -7,6 +7,7 @@ import time
 import torch
 
 from . import Skip, ranks
+from .compile import Compile, agree
 from .device import element_size, mem_available_bytes, mem_peak_mib, mem_reset, set_tf32, torch_dtype
 from .llama import Llama
 
@@ -63,6 +64,18 @@ class GenerationStats:
         return out
 
 
+def compile_forward(compiler, model, prefill, generate, p):
+    """Compiles `model.forward` with `compiler` (a Compile): the first generation (compilation
+    included) is timed, and the prompt's last logits (`prefill()`) must then agree with eager's."""
+    with torch.inference_mode():
+        want = prefill()
+    model.forward = compiler.wrap(model.forward)
+    compiler.first(generate)
+    with torch.inference_mode():
+        got = prefill()
+    agree(got, want, p["dtype"], "logits")
+
+
 def create(req, dev):
     """The generation of the case's `impl`: the hand-written loop, or transformers' generate."""
     impl = req["params"].get("impl") or "loop"
@@ -89,15 +102,20 @@ class Generate:
             raise RuntimeError(f"tensor_parallel = {tp} but the case runs on {world} rank(s)")
         dt = torch_dtype(p["dtype"], "generate")
         check_memory(shape, dt, dev, world)
+        if world > 1 and (p.get("compile") or "none") != "none":
+            raise Skip("compile with tensor_parallel > 1 is not measured: the loop times each all-reduce")
+        self.compile = Compile(p, dev)
         if dev.type == "cuda":
             set_tf32(False)
         self.batch, self.prompt_len, self.new_tokens = p["batch"], p["prompt_len"], p["new_tokens"]
         with torch.inference_mode():
             self.model = Llama(shape, dt, dev, self.batch, self.prompt_len + self.new_tokens, rank, world)
             self.prompt = prompt_tokens(shape, self.batch, self.prompt_len, dev)
+        if self.compile.on:
+            compile_forward(self.compile, self.model, lambda: self.model.forward(self.prompt, 0), self.generate, p)
         # After the build: the whole-tensor temporaries each rank slices from are not its memory.
         self.stats = GenerationStats(mem_reset(dev))
-        self.facts = {"sdpa_gqa": self.model.gqa, "tensor_parallel": world}
+        self.facts = {"sdpa_gqa": self.model.gqa, "tensor_parallel": world, **self.compile.facts()}
 
     def step(self, tokens, start):
         """The next greedy token after `tokens` at `start`, read back to the host (as a server

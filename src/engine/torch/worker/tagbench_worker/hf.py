@@ -11,8 +11,9 @@ import time
 import torch
 
 from . import Skip, ranks
+from .compile import Compile
 from .device import mem_reset, set_tf32, torch_dtype
-from .generate import GenerationStats, check_memory, prompt_tokens
+from .generate import GenerationStats, check_memory, compile_forward, prompt_tokens
 from .llama import full_weights
 
 
@@ -133,6 +134,7 @@ class HfGenerate:
             raise Skip('impl = "hf" generates on one device: tensor_parallel > 1 needs impl = "loop"')
         transformers = import_transformers()
         dt = torch_dtype(p["dtype"], "generate")
+        self.compile = Compile(p, dev)
         check_memory(shape, dt, dev, 1)
         if dev.type == "cuda":
             set_tf32(False)
@@ -152,6 +154,9 @@ class HfGenerate:
             "num_beams": 1,
             "eos_token_id": None,
             "pad_token_id": 0,
+            # transformers compiles the forward of a static cache by itself (4.50+): the case's
+            # `compile` decides instead.
+            "disable_compile": True,
         }
         if cache != "dynamic":
             options["cache_implementation"] = cache
@@ -159,9 +164,19 @@ class HfGenerate:
         self.prompt = prompt_tokens(shape, p["batch"], self.prompt_len, dev)
         self.mask = torch.ones_like(self.prompt)
         self.times = TokenTimes()
+        if self.compile.on:
+            compile_forward(self.compile, self.model, self._prefill, self.generate, p)
         self.stats = GenerationStats(mem_reset(dev))
         attn = getattr(self.model.config, "_attn_implementation", "") or ""
-        self.facts = {"transformers_version": transformers.__version__, "attn_implementation": attn}
+        self.facts = {
+            "transformers_version": transformers.__version__,
+            "attn_implementation": attn,
+            **self.compile.facts(),
+        }
+
+    def _prefill(self):
+        """The logits of the prompt's last position."""
+        return self.model(self.prompt, attention_mask=self.mask).logits[:, -1]
 
     def generate(self):
         """One generation: (tokens [b, new_tokens], TTFT s, seconds of each decode step)."""

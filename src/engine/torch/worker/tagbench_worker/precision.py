@@ -1,10 +1,12 @@
-"""Training steps in fp32, TF32 and AMP (fp16 with loss scaling, bf16), on one rank or as DDP/FSDP."""
+"""Training steps in fp32, TF32 and AMP (fp16 with loss scaling, bf16), on one rank or as DDP/FSDP,
+eager or compiled."""
 
 import time
 
 import torch
 
 from . import Skip, ranks
+from .compile import Compile, agree
 from .device import mem_peak_mib, mem_reset, set_tf32, skip_tf32_on_cpu, sync
 
 
@@ -72,6 +74,10 @@ class Block(torch.nn.Module):
         return x + self.down(F.gelu(self.up(self.ln2(x))))
 
 
+# The dtype whose tolerance a compiled model's output is held to, per mode.
+MODE_DTYPES = {"fp32": "fp32", "tf32": "tf32", "amp-fp16": "fp16", "amp-bf16": "bf16"}
+
+
 def build_model(p):
     """The model a case trains and the shape of one input batch."""
     h = p["hidden"]
@@ -94,6 +100,8 @@ class Precision:
         mode = p["mode"]
         self.autocast = None
         self.scaler = None
+        self.last_output = None
+        self.compile = Compile(p, dev)
         if dev.type == "cuda":
             set_tf32(mode == "tf32")
         else:
@@ -121,14 +129,38 @@ class Precision:
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3)
         if self.autocast == torch.float16:
             self.scaler = make_grad_scaler(dev)
-        loss = float("nan")
-        for _ in range(int(req["numerics_steps"])):
+        steps = int(req["numerics_steps"])
+        loss = self._compile(MODE_DTYPES.get(mode, "fp32")) if self.compile.on else float("nan")
+        for _ in range(steps - 1 if self.compile.on else steps):
             loss = self.step()
         if ranks.current() is not None:
             # The mean of the ranks' slice losses is the loss over the whole batch.
             loss = ranks.current().mean_cpu(loss)
         self.tracked = mem_reset(dev)
-        self.facts = {"loss": loss, "grad_scaler": self.scaler is not None, "parallel": parallel, "world_size": world}
+        self.facts = {
+            "loss": loss,
+            "grad_scaler": self.scaler is not None,
+            "parallel": parallel,
+            "world_size": world,
+            **self.compile.facts(),
+        }
+
+    def _forward(self):
+        """The model's output on the batch, under the case's autocast."""
+        if self.autocast is not None:
+            with torch.autocast(device_type=self.dev.type, dtype=self.autocast):
+                return self.model(self.x)
+        return self.model(self.x)
+
+    def _compile(self, dtype):
+        """Compiles the model: its first step (forward, backward and optimizer, compilation
+        included) is timed and its output checked against eager's; returns that step's loss."""
+        with torch.no_grad():
+            want = self._forward()
+        self.model = self.compile.wrap(self.model)
+        loss = self.compile.first(self.step)
+        agree(self.last_output, want, dtype, "model output")
+        return loss
 
     def _parallelize(self, parallel, dev):
         """Wraps the model in DDP, or shards it with FSDP2."""
@@ -148,11 +180,8 @@ class Precision:
         """One training step; returns its loss (reading it back synchronises the device)."""
         F = torch.nn.functional
         self.opt.zero_grad(set_to_none=True)
-        if self.autocast is not None:
-            with torch.autocast(device_type=self.dev.type, dtype=self.autocast):
-                y = self.model(self.x)
-        else:
-            y = self.model(self.x)
+        y = self._forward()
+        self.last_output = y.detach()
         loss = F.mse_loss(y.float(), self.target)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
