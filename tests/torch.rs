@@ -682,3 +682,53 @@ fn a_compile_failure_fails_its_case_and_no_compiler_skips() {
         rows[0]
     );
 }
+
+#[test]
+fn conv_rows_in_both_layouts_checked_and_a_resnet_training_step() {
+    let Some(python) = torch_python() else { return };
+    // ResNet-50's last stage at 64 channels: small enough for a CPU, every part of the case.
+    let (suite, _s) = suite_file(&format!(
+        "name = \"conv-test\"\n{MULTI_RANK_DEFAULTS}\n\
+         [[workload]]\nkind = \"conv\"\nlayer = \"res5\"\nin_channels = 64\nout_channels = 64\nbatch = 2\n\
+         layout = [\"nchw\", \"channels_last\"]\ndtype = [\"fp32\", \"bf16\"]\n\
+         [[workload]]\nname = \"benchmark\"\nkind = \"conv\"\nlayer = \"res5\"\nin_channels = 64\nout_channels = 64\nbatch = 2\ncudnn_benchmark = true\n\
+         [[workload]]\nkind = \"precision\"\nmodel = \"resnet\"\nbatch = 4\nhidden = 32\nimage_size = 8\nmode = [\"fp32\", \"amp-bf16\"]\n"
+    ));
+    let (rows, text, _d) = run(&python, &["--engine", "torch", suite.to_str().unwrap()], &[]);
+    // Each layout and dtype measured after the float64 check on the CPU passed (a wrong result
+    // would fail the case), reporting what computed it.
+    let conv = ok_metric(&rows, "conv", "throughput");
+    assert_eq!(conv.len(), 4, "{rows:#?}\n{text}");
+    for layout in ["layout=nchw", "layout=channels_last"] {
+        assert_eq!(
+            conv.iter().filter(|r| r["case"].contains(layout)).count(),
+            2,
+            "{conv:#?}"
+        );
+    }
+    assert!(
+        conv.iter().all(|r| r["unit"] == "GFLOP/s" && median(r) > 0.0),
+        "{conv:#?}"
+    );
+    let backends = rows
+        .iter()
+        .filter(|r| r["workload"] == "conv")
+        .filter(|r| r["reason"].starts_with("onednn") || r["reason"].starts_with("aten"))
+        .count();
+    assert_eq!(backends, 4, "{rows:#?}");
+    let bench = rows
+        .iter()
+        .find(|r| r["workload"] == "benchmark")
+        .unwrap_or_else(|| panic!("{rows:#?}"));
+    assert_eq!(bench["status"], "skipped", "{bench:?}");
+    assert!(bench["reason"].contains("the CPU has no cuDNN"), "{bench:?}");
+    // The resnet model trains in fp32 and bf16 autocast, the loss staying close.
+    assert_eq!(
+        ok_metric(&rows, "precision", "step_time").len(),
+        2,
+        "{rows:#?}\n{text}"
+    );
+    let diff = ok_metric(&rows, "precision", "loss_diff_vs_fp32");
+    assert_eq!(diff.len(), 1, "{rows:#?}");
+    assert!(median(diff[0]) < 0.05, "{:?}", diff[0]);
+}

@@ -5,6 +5,7 @@ pub mod allreduce;
 pub mod attention;
 pub mod command;
 pub mod compile;
+pub mod conv;
 mod dtype;
 pub mod gemm;
 pub mod generate;
@@ -30,6 +31,7 @@ pub enum Params {
     Generate(generate::GenerateParams),
     Precision(precision::PrecisionParams),
     Allreduce(allreduce::AllreduceParams),
+    Conv(conv::ConvParams),
     Command(command::CommandParams),
     Startup(startup::StartupParams),
 }
@@ -63,6 +65,7 @@ impl Params {
             Params::Generate(_) => WorkloadKind::Generate,
             Params::Precision(_) => WorkloadKind::Precision,
             Params::Allreduce(_) => WorkloadKind::Allreduce,
+            Params::Conv(_) => WorkloadKind::Conv,
             Params::Command(_) => WorkloadKind::Command,
             Params::Startup(_) => WorkloadKind::Startup,
         }
@@ -95,6 +98,7 @@ impl Params {
             WorkloadKind::Allreduce => {
                 Params::Allreduce(checked(de, |p: &mut allreduce::AllreduceParams| p.check())?)
             }
+            WorkloadKind::Conv => Params::Conv(checked(de, |p: &mut conv::ConvParams| p.check())?),
             WorkloadKind::Command => Params::Command(checked(de, command::CommandParams::check)?),
             WorkloadKind::Startup => Params::Startup(checked(de, startup::StartupParams::check)?),
         })
@@ -132,6 +136,7 @@ impl Params {
             Params::Generate(p) => serde_json::to_value(p),
             Params::Precision(p) => serde_json::to_value(p),
             Params::Allreduce(p) => serde_json::to_value(p),
+            Params::Conv(p) => serde_json::to_value(p),
             Params::Command(p) => serde_json::to_value(p),
             Params::Startup(p) => serde_json::to_value(p),
         };
@@ -149,6 +154,7 @@ pub fn example(kind: WorkloadKind) -> Params {
         WorkloadKind::Attention => "heads=1,seq_q=8,head_dim=8",
         WorkloadKind::Generate => "prompt_len=4,new_tokens=2",
         WorkloadKind::Precision => "batch=2,mode=fp32",
+        WorkloadKind::Conv => "layer=res5,batch=1",
         WorkloadKind::Startup => "metric=container_start",
         WorkloadKind::Command => {
             let mut p: command::CommandParams = toml::from_str(r#"argv = ["true"]"#).expect("valid");

@@ -16,6 +16,9 @@ pub enum PrecisionModel {
     Mlp,
     /// One pre-norm transformer block (attention + MLP) over a sequence.
     TransformerBlock,
+    /// Two ResNet bottleneck blocks (1×1, 3×3, 1×1 convolutions with batch norm, a residual)
+    /// over `hidden` channels of `image_size`² images, channels_last (torch engine).
+    Resnet,
 }
 
 /// How the step computes.
@@ -80,6 +83,9 @@ pub struct PrecisionParams {
     /// Attention heads (transformer block only).
     #[serde(default = "default_heads")]
     pub heads: usize,
+    /// Image height and width (resnet only).
+    #[serde(default = "default_image_size")]
+    pub image_size: usize,
     /// The mode of this case; fp32 is also measured (once per worker) as the reference.
     pub mode: Mode,
     /// DDP or FSDP over `ranks` processes (torch engine only; a sweep axis). `batch` is then
@@ -113,14 +119,23 @@ fn default_hidden() -> usize {
 fn default_seq() -> usize {
     64
 }
+fn default_image_size() -> usize {
+    56
+}
 fn default_heads() -> usize {
     8
 }
 
 impl PrecisionParams {
     pub fn check(&self) -> Result<(), String> {
-        if self.batch == 0 || self.hidden == 0 || self.seq == 0 || self.heads == 0 {
-            return Err("batch, hidden, seq and heads must be positive".into());
+        if self.batch == 0 || self.hidden == 0 || self.seq == 0 || self.heads == 0 || self.image_size == 0 {
+            return Err("batch, hidden, seq, heads and image_size must be positive".into());
+        }
+        if self.model == PrecisionModel::Resnet && self.hidden % 4 != 0 {
+            return Err(format!(
+                "hidden ({}) must be a multiple of 4: a bottleneck narrows the channels fourfold",
+                self.hidden
+            ));
         }
         if self.model == PrecisionModel::TransformerBlock && self.hidden % self.heads != 0 {
             return Err(format!(
@@ -173,6 +188,11 @@ impl PrecisionParams {
     /// The `skipped` reason of a native engine (eager, one process) for a case that needs the
     /// torch engine.
     pub fn native_can_run(&self, engine: &str) -> Result<(), String> {
+        if self.model == PrecisionModel::Resnet {
+            return Err(format!(
+                "model = resnet needs the torch engine (--engine torch): the {engine} engine has no convolutions"
+            ));
+        }
         if self.parallel != Parallel::None {
             return Err(format!(
                 "parallel = {} needs the torch engine (--engine torch): the {engine} engine trains in one process",
@@ -189,6 +209,23 @@ mod tests {
 
     fn params(json: &str) -> PrecisionParams {
         serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn resnet_needs_channels_in_fours_and_the_torch_engine() {
+        let p = params(r#"{"model":"resnet","batch":2,"hidden":64,"mode":"amp-bf16"}"#);
+        assert!(p.check().is_ok());
+        assert_eq!(p.image_size, 56);
+        assert!(p
+            .native_can_run("native CPU")
+            .unwrap_err()
+            .contains("model = resnet"));
+        assert!(
+            params(r#"{"model":"resnet","batch":2,"hidden":30,"mode":"fp32"}"#)
+                .check()
+                .unwrap_err()
+                .contains("multiple of 4")
+        );
     }
 
     #[test]

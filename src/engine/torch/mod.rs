@@ -24,6 +24,7 @@ use crate::measure::Sampler;
 use crate::workload::allreduce::AllreduceParams;
 use crate::workload::attention::AttentionParams;
 use crate::workload::command::CommandParams;
+use crate::workload::conv::ConvParams;
 use crate::workload::gemm::GemmParams;
 use crate::workload::generate::GenerateParams;
 use crate::workload::metric;
@@ -602,6 +603,25 @@ impl Engine for TorchEngine {
 
     fn allreduce(&mut self, p: &AllreduceParams, case: &Case) -> Result<CaseOutput, CaseError> {
         self.run_allreduce(p, case)
+    }
+
+    /// One convolution's forward, data gradient and weight gradient per call (cuDNN on CUDA,
+    /// oneDNN or ATen on the CPU), checked against a float64 convolution on the CPU first.
+    fn conv(&mut self, p: &ConvParams, case: &Case) -> Result<CaseOutput, CaseError> {
+        let shape = p.shape().map_err(|e| CaseError::Failed(anyhow::anyhow!(e)))?;
+        let mut out = self.new_output();
+        let facts = self.setup(
+            case,
+            json!({"shape": shape, "out_size": shape.out_size()}),
+            &mut out,
+        )?;
+        let (seconds, _) = self.sample(case)?;
+        self.finish()?;
+        let (unit, scale) = self.rate_unit();
+        out.latency_and_rate(&seconds, p.flops(), metric::THROUGHPUT, unit, scale);
+        // Which library ran it is part of the result: a new image may change its version.
+        out.status = facts["backend"].as_str().map(str::to_string);
+        Ok(out)
     }
 
     fn command(&mut self, p: &CommandParams, case: &Case) -> Result<CaseOutput, CaseError> {

@@ -29,6 +29,7 @@ pub const FILES: &[(&str, &str)] = package![
     "tagbench_worker/allreduce.py",
     "tagbench_worker/attention.py",
     "tagbench_worker/compile.py",
+    "tagbench_worker/conv.py",
     "tagbench_worker/components.py",
     "tagbench_worker/device.py",
     "tagbench_worker/gemm.py",

@@ -78,14 +78,42 @@ class Block(torch.nn.Module):
 MODE_DTYPES = {"fp32": "fp32", "tf32": "tf32", "amp-fp16": "fp16", "amp-bf16": "bf16"}
 
 
-def build_model(p):
-    """The model a case trains and the shape of one input batch."""
-    h = p["hidden"]
-    if p["model"] == "mlp":
+class Bottleneck(torch.nn.Module):
+    """A ResNet bottleneck block (He et al., 2016): 1x1 down to a quarter of the channels, 3x3,
+    1x1 back up, each with batch norm, ReLU between, the input added before the last ReLU."""
+
+    def __init__(self, channels):
+        super().__init__()
         nn = torch.nn
+        mid = channels // 4
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, mid, 1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(),
+            nn.Conv2d(mid, mid, 3, padding=1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(),
+            nn.Conv2d(mid, channels, 1, bias=False),
+            nn.BatchNorm2d(channels),
+        )
+
+    def forward(self, x):
+        """The block on x: [batch, channels, height, width]."""
+        return torch.relu(self.body(x) + x)
+
+
+def build_model(p):
+    """The model a case trains, the shape of one input batch and its memory format."""
+    h = p["hidden"]
+    nn = torch.nn
+    if p["model"] == "mlp":
         model = nn.Sequential(nn.Linear(h, 4 * h), nn.GELU(), nn.Linear(4 * h, h), nn.GELU(), nn.Linear(h, h))
-        return model, (p["batch"], h)
-    return Block(h, p["heads"]), (p["batch"], p["seq"], h)
+        return model, (p["batch"], h), torch.contiguous_format
+    if p["model"] == "resnet":
+        # channels_last: the layout tensor-core convolutions (and AMP's speed-up) want.
+        size = p["image_size"]
+        return nn.Sequential(Bottleneck(h), Bottleneck(h)), (p["batch"], h, size, size), torch.channels_last
+    return Block(h, p["heads"]), (p["batch"], p["seq"], h), torch.contiguous_format
 
 
 class Precision:
@@ -115,16 +143,16 @@ class Precision:
         if parallel != "none" and world != int(p.get("ranks") or 1):
             raise RuntimeError(f"parallel = {parallel} over {p.get('ranks')} ranks, but the case runs on {world}")
         torch.manual_seed(0)
-        self.model, shape = build_model(p)
-        self.model.to(dev)
+        self.model, shape, fmt = build_model(p)
+        self.model.to(device=dev, memory_format=fmt)
         # `batch` is the global batch: each rank takes its slice of the same seeded data, so the
         # ranks together see what one rank sees, and the losses can be compared.
         g = torch.Generator(device="cpu").manual_seed(1)
         x = torch.randn(*shape, generator=g)
         target = torch.randn(*shape, generator=g)
         per = p["batch"] // world
-        self.x = x[rank * per : (rank + 1) * per].to(dev)
-        self.target = target[rank * per : (rank + 1) * per].to(dev)
+        self.x = x[rank * per : (rank + 1) * per].to(dev).contiguous(memory_format=fmt)
+        self.target = target[rank * per : (rank + 1) * per].to(dev).contiguous(memory_format=fmt)
         self._parallelize(parallel, dev)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3)
         if self.autocast == torch.float16:

@@ -37,6 +37,7 @@ WORKLOADS = {
     "generate": ("generate", "create"),
     "precision": ("precision", "Precision"),
     "allreduce": ("allreduce", "Allreduce"),
+    "conv": ("conv", "Conv"),
 }
 
 REPLY_TOKEN = os.environ.get("TAGBENCH_REPLY_TOKEN", "")
