@@ -3,7 +3,7 @@
 # on a machine with no GPU and no registry (docs/test-images.md), and the way the tests get them:
 #
 #   BASE  = Debian bookworm (debootstrap minbase + python3, from Debian's package archive)
-#           + the PyTorch that scripts/install-torch-cpu.sh installs from PyPI
+#           + the PyTorch and transformers that scripts/install-torch-cpu.sh installs from PyPI
 #   SLOW  = BASE with OMP_NUM_THREADS=1 baked into the image (a real setting an image can ship,
 #           which halves torch's CPU threads on a 2-core machine)
 #

@@ -145,6 +145,85 @@ fn ok_metric<'a>(rows: &'a [ResultRow], target: &str, metric: &str) -> &'a Resul
         .unwrap_or_else(|| panic!("no ok gemm {metric} row for {target}: {rows:#?}"))
 }
 
+/// The BASE image has the test venv's transformers and no C++ compiler (debootstrap minbase):
+/// `impl = "hf"` generates the loop's tokens inside it, the probe records transformers'
+/// version, and a compiled case is skipped saying what Inductor lacks.
+#[test]
+fn hf_generate_runs_and_compile_without_a_compiler_skips_in_the_image() {
+    let Some((_guard, (base, _))) = setup() else {
+        return;
+    };
+    let run = Run::with_suite(
+        "hf",
+        r#"
+name = "hf-in-image"
+[defaults]
+warmup_s = 0.0
+min_samples = 3
+max_samples = 5
+max_time_s = 0.2
+timeout_s = 300
+rounds = 1
+
+[[workload]]
+kind = "probe"
+
+[[workload]]
+kind = "generate"
+model = "tiny"
+layers = 1
+prompt_len = 8
+new_tokens = 4
+impl = ["loop", "hf"]
+
+[[workload]]
+kind = "precision"
+model = "mlp"
+batch = 8
+hidden = 32
+mode = "fp32"
+compile = "default"
+"#,
+    );
+    let (code, stderr) = run.run(&["--engine", "torch", "--image", base]);
+    assert_eq!(code, 0, "{stderr}");
+    let rows = run.rows();
+    let tokens: std::collections::BTreeMap<&str, &str> = rows
+        .iter()
+        .filter(|r| r.workload == "generate" && r.reason.starts_with("tokens "))
+        .map(|r| (r.case.as_str(), r.reason.split_whitespace().nth(1).unwrap_or("")))
+        .collect();
+    assert_eq!(tokens.len(), 2, "{rows:#?}");
+    let hashes: Vec<&str> = tokens.values().copied().collect();
+    assert_eq!(hashes[0], hashes[1], "loop and transformers tokens: {tokens:?}");
+    assert!(
+        rows.iter().any(|r| r.reason.contains("impl hf (transformers ")),
+        "{rows:#?}"
+    );
+    let compiled = rows
+        .iter()
+        .find(|r| r.workload == "precision")
+        .expect("a precision row");
+    assert_eq!(compiled.status, Status::Skipped, "{compiled:?}");
+    assert!(
+        compiled
+            .reason
+            .starts_with("torch.compile on the CPU needs a C++ compiler: InvalidCxxCompiler"),
+        "{compiled:?}"
+    );
+    let meta = run.run_dir().read_meta().expect("run.json reads");
+    let version = meta.targets[0]
+        .env
+        .get("transformers_version")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        version.starts_with(char::is_numeric),
+        "transformers_version {version:?}"
+    );
+    assert_eq!(run.leftovers(), "", "containers left behind");
+}
+
 #[test]
 fn torch_and_native_engines_measure_inside_a_real_pytorch_image() {
     let Some((_guard, (base, _))) = setup() else {

@@ -499,10 +499,10 @@ fn allreduce_spans_both_nodes_as_one_step(c: &Cluster, dir: &Path, results: &Pat
     let run = |id: &str, crash: Option<&str>| {
         let mut cmd = c.run(Some(&suite), id, results, &["--engine", "torch", "--nodes", "2"]);
         cmd.env("TAGBENCH_PYTHON", python);
-        // srun passes the environment on to every task; the worker script reads this one.
+        // srun passes the environment on to every task; the worker's test switch reads this one.
         match crash {
-            Some(rank) => cmd.env("TAGBENCH_TEST_CRASH_RANK", rank),
-            None => cmd.env_remove("TAGBENCH_TEST_CRASH_RANK"),
+            Some(rank) => cmd.env("TAGBENCH_TEST_HOOK", format!("crash-rank={rank}")),
+            None => cmd.env_remove("TAGBENCH_TEST_HOOK"),
         };
         cmd.output().unwrap()
     };

@@ -336,6 +336,19 @@ fn suite_file(text: &str) -> (PathBuf, tempfile::TempDir) {
     (path, dir)
 }
 
+/// The greedy tokens' hash of each generate case (`tokens <hash> (greedy, ...)` in its reason).
+fn token_hashes(rows: &[Row]) -> BTreeMap<&str, &str> {
+    rows.iter()
+        .filter(|r| r["workload"] == "generate" && r["reason"].starts_with("tokens "))
+        .map(|r| {
+            (
+                r["case"].as_str(),
+                r["reason"].split_whitespace().nth(1).unwrap_or(""),
+            )
+        })
+        .collect()
+}
+
 const MULTI_RANK_DEFAULTS: &str = r#"
 [defaults]
 rounds = 1
@@ -366,16 +379,7 @@ fn tensor_parallel_generation_gives_the_one_rank_tokens() {
     assert!((0.0..=100.0).contains(&median(share[0])), "{:?}", share[0]);
     assert_eq!(ok_metric(&rows, "generate", "peak_memory").len(), 2);
     // Greedy tokens from one seed: the shards together are the one-rank model.
-    let tokens: BTreeMap<&str, &str> = rows
-        .iter()
-        .filter(|r| r["workload"] == "generate" && r["reason"].starts_with("tokens "))
-        .map(|r| {
-            (
-                r["case"].as_str(),
-                r["reason"].split_whitespace().nth(1).unwrap_or(""),
-            )
-        })
-        .collect();
+    let tokens = token_hashes(&rows);
     assert_eq!(tokens.len(), 2, "{rows:#?}");
     let hashes: Vec<&str> = tokens.values().copied().collect();
     assert!(!hashes[0].is_empty());
@@ -432,7 +436,7 @@ fn a_crashing_or_hung_rank_fails_its_case_and_the_run_goes_on() {
     let (rows, text, _d) = run(
         &python,
         &["--engine", "torch", suite.to_str().unwrap()],
-        &[("TAGBENCH_TEST_CRASH_RANK", "1")],
+        &[("TAGBENCH_TEST_HOOK", "crash-rank=1")],
     );
     for workload in ["allreduce", "generate"] {
         let r = rows
@@ -458,7 +462,7 @@ fn a_crashing_or_hung_rank_fails_its_case_and_the_run_goes_on() {
             "gemm",
             suite.to_str().unwrap(),
         ],
-        &[("TAGBENCH_TEST_HANG_RANK", "1")],
+        &[("TAGBENCH_TEST_HOOK", "hang-rank=1")],
     );
     let r = rows
         .iter()
@@ -467,4 +471,264 @@ fn a_crashing_or_hung_rank_fails_its_case_and_the_run_goes_on() {
     assert_eq!(r["status"], "failed", "{r:?}");
     assert!(r["reason"].contains("timed out after 15 s"), "{r:?}");
     assert_eq!(ok_metric(&rows, "gemm", "latency").len(), 1, "{rows:#?}\n{text}");
+}
+
+#[test]
+fn hf_generate_gives_the_loop_tokens() {
+    let Some(python) = torch_python() else { return };
+    // fp32 greedy decoding of one seeded model: the tiny shape, and Llama-2-7b's shape (32 heads,
+    // vocabulary 32000) cut to 2 layers of width 512, by both implementations; transformers'
+    // static cache too.
+    let (suite, _s) = suite_file(&format!(
+        "name = \"hf-test\"\n{MULTI_RANK_DEFAULTS}\n\
+         [[workload]]\nname = \"tiny\"\nkind = \"generate\"\nmodel = \"tiny\"\nprompt_len = 16\nnew_tokens = 8\nimpl = [\"loop\", \"hf\"]\n\
+         [[workload]]\nname = \"tiny-static\"\nkind = \"generate\"\nmodel = \"tiny\"\nprompt_len = 16\nnew_tokens = 8\nimpl = \"hf\"\ncache = \"static\"\n\
+         [[workload]]\nname = \"llama2\"\nkind = \"generate\"\nmodel = \"llama-2-7b\"\nlayers = 2\nhidden = 512\nintermediate = 1376\n\
+         prompt_len = 16\nnew_tokens = 8\nimpl = [\"loop\", \"hf\"]\n"
+    ));
+    let (rows, text, _d) = run(&python, &["--engine", "torch", suite.to_str().unwrap()], &[]);
+    let failed: Vec<&Row> = rows.iter().filter(|r| r["status"] != "ok").collect();
+    assert!(failed.is_empty(), "{failed:#?}\n{text}");
+    // The greedy tokens' hash of a workload's case run by `imp`.
+    let tokens = |workload: &str, imp: &str| -> String {
+        rows.iter()
+            .filter(|r| r["workload"] == workload && r["case"].contains(&format!("impl={imp}")))
+            .find(|r| r["reason"].starts_with("tokens "))
+            .map(|r| r["reason"].split_whitespace().nth(1).unwrap_or("").to_string())
+            .unwrap_or_else(|| panic!("{workload} {imp}: {rows:#?}"))
+    };
+    for workload in ["tiny", "llama2"] {
+        let (lp, hf) = (tokens(workload, "loop"), tokens(workload, "hf"));
+        assert!(!lp.is_empty());
+        assert_eq!(
+            lp, hf,
+            "{workload}: the loop and transformers generate different tokens"
+        );
+    }
+    assert_eq!(
+        tokens("tiny-static", "hf"),
+        tokens("tiny", "loop"),
+        "static cache"
+    );
+    // transformers' rows say which transformers ran; TTFT (the first streamed token) comes before
+    // the end of the generation.
+    let hf_cases: std::collections::BTreeSet<(&str, &str)> = rows
+        .iter()
+        .filter(|r| r["reason"].contains("impl hf (transformers "))
+        .map(|r| (r["workload"].as_str(), r["case"].as_str()))
+        .collect();
+    assert_eq!(hf_cases.len(), 3, "{rows:#?}");
+    for workload in ["tiny", "tiny-static", "llama2"] {
+        let m = |metric: &str| {
+            rows.iter()
+                .filter(|r| r["workload"] == workload && r["metric"] == metric)
+                .find(|r| !r["case"].contains("impl=loop"))
+                .map(median)
+                .unwrap_or_else(|| panic!("{workload} {metric}: {rows:#?}"))
+        };
+        assert!(
+            m("ttft") > 0.0 && m("ttft") < m("latency"),
+            "{workload}: ttft {} latency {}",
+            m("ttft"),
+            m("latency")
+        );
+        assert!(m("tpot") > 0.0, "{workload}");
+    }
+}
+
+#[test]
+fn hf_generate_without_transformers_is_skipped() {
+    let Some(python) = torch_python() else { return };
+    // A transformers that cannot be imported, first on PYTHONPATH, as an image without it.
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("site/transformers");
+    std::fs::create_dir_all(&fake).unwrap();
+    std::fs::write(
+        fake.join("__init__.py"),
+        "raise ImportError(\"no transformers in this test's image\")\n",
+    )
+    .unwrap();
+    let wrapper = dir.path().join("python-without-transformers");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nPYTHONPATH='{}' exec '{}' \"$@\"\n",
+            dir.path().join("site").display(),
+            python.display()
+        ),
+    )
+    .unwrap();
+    make_executable(&wrapper);
+    let (suite, _s) = suite_file(&format!(
+        "name = \"no-hf\"\n{MULTI_RANK_DEFAULTS}\n[[workload]]\nkind = \"generate\"\nmodel = \"tiny\"\nlayers = 1\n\
+         prompt_len = 8\nnew_tokens = 2\nimpl = [\"hf\", \"loop\"]\n"
+    ));
+    let (rows, text, _d) = run(&wrapper, &["--engine", "torch", suite.to_str().unwrap()], &[]);
+    let hf: Vec<&Row> = rows.iter().filter(|r| r["case"].contains("impl=hf")).collect();
+    assert_eq!(hf.len(), 1, "{rows:#?}\n{text}");
+    assert_eq!(hf[0]["status"], "skipped", "{:?}", hf[0]);
+    assert_eq!(
+        hf[0]["reason"],
+        "transformers not importable in image (ImportError: no transformers in this test's image)"
+    );
+    // The loop does not need transformers.
+    assert_eq!(ok_metric(&rows, "generate", "tpot").len(), 1, "{rows:#?}");
+}
+
+#[test]
+fn compiled_cases_report_compile_time_and_match_eager() {
+    let Some(python) = torch_python() else { return };
+    let (suite, _s) = suite_file(&format!(
+        "name = \"compile-test\"\n{MULTI_RANK_DEFAULTS}\n\
+         [[workload]]\nkind = \"precision\"\nmodel = \"mlp\"\nbatch = 8\nhidden = 32\nmode = \"fp32\"\ncompile = [\"none\", \"default\"]\n\
+         [[workload]]\nkind = \"generate\"\nmodel = \"tiny\"\nlayers = 1\nprompt_len = 8\nnew_tokens = 4\ncompile = [\"none\", \"default\"]\n"
+    ));
+    let (rows, text, _d) = run(&python, &["--engine", "torch", suite.to_str().unwrap()], &[]);
+    let failed: Vec<&Row> = rows.iter().filter(|r| r["status"] != "ok").collect();
+    assert!(failed.is_empty(), "{failed:#?}\n{text}");
+    for (workload, steady) in [("precision", "step_time"), ("generate", "tpot")] {
+        let compiled = |metric: &str| -> Vec<&Row> {
+            ok_metric(&rows, workload, metric)
+                .into_iter()
+                .filter(|r| r["case"].ends_with("compile=default"))
+                .collect()
+        };
+        let time = compiled("compile_time");
+        assert_eq!(time.len(), 1, "{workload}: {rows:#?}");
+        assert!(median(time[0]) > 0.0 && time[0]["unit"] == "ms", "{:?}", time[0]);
+        let breaks = compiled("graph_breaks");
+        assert_eq!(breaks.len(), 1, "{workload}: {rows:#?}");
+        assert!(median(breaks[0]) >= 0.0);
+        assert!(
+            compiled(steady).iter().all(|r| median(r) > 0.0),
+            "{workload} {steady}: {rows:#?}"
+        );
+        // Eager cases have no compile metrics.
+        assert!(rows
+            .iter()
+            .filter(|r| r["case"].ends_with("compile=none"))
+            .all(|r| r["metric"] != "compile_time"));
+    }
+    // Compiled against eager: the same greedy tokens; the loss after the seeded steps within
+    // fp32's rounding of eager fp32's (the reference is eager).
+    let tokens = token_hashes(&rows);
+    assert_eq!(tokens.len(), 2, "{rows:#?}");
+    let hashes: Vec<&str> = tokens.values().copied().collect();
+    assert_eq!(
+        hashes[0], hashes[1],
+        "compiled and eager tokens differ: {tokens:?}"
+    );
+    let diff = ok_metric(&rows, "precision", "loss_diff_vs_fp32");
+    assert_eq!(diff.len(), 1, "{rows:#?}");
+    assert!(
+        diff[0]["case"].ends_with("compile=default") && median(diff[0]) < 1e-4,
+        "{:?}",
+        diff[0]
+    );
+}
+
+#[test]
+fn a_compile_failure_fails_its_case_and_no_compiler_skips() {
+    let Some(python) = torch_python() else { return };
+    let (suite, _s) = suite_file(&format!(
+        "name = \"compile-fail\"\n{MULTI_RANK_DEFAULTS}\n\
+         [[workload]]\nkind = \"precision\"\nmodel = \"mlp\"\nbatch = 8\nhidden = 32\nmode = \"fp32\"\ncompile = \"default\"\n\
+         [[workload]]\nkind = \"gemm\"\nsize = 64\ndtype = \"fp32\"\n"
+    ));
+    // A C++ compiler that answers --version (Inductor's check) but fails every compilation.
+    let dir = tempfile::tempdir().unwrap();
+    let cxx = dir.path().join("failing-c++");
+    std::fs::write(
+        &cxx,
+        "#!/bin/sh\ncase \"$*\" in *--version*) exec g++ --version ;; esac\necho 'failing-c++: no' >&2\nexit 1\n",
+    )
+    .unwrap();
+    make_executable(&cxx);
+    let (rows, text, _d) = run(
+        &python,
+        &["--engine", "torch", suite.to_str().unwrap()],
+        &[("CXX", cxx.to_str().unwrap())],
+    );
+    let r = rows
+        .iter()
+        .find(|r| r["workload"] == "precision")
+        .unwrap_or_else(|| panic!("{rows:#?}\n{text}"));
+    assert_eq!(r["status"], "failed", "{r:?}");
+    assert!(
+        r["reason"].contains("torch.compile (mode default) failed: InductorError: CppCompileError"),
+        "{r:?}"
+    );
+    assert!(!r["reason"].contains('\n'), "one line: {r:?}");
+    // The next case still runs.
+    assert_eq!(ok_metric(&rows, "gemm", "latency").len(), 1, "{rows:#?}\n{text}");
+
+    // No C++ compiler at all: skipped, saying so.
+    let (rows, text, _d2) = run(
+        &python,
+        &[
+            "--engine",
+            "torch",
+            "--filter",
+            "precision",
+            suite.to_str().unwrap(),
+        ],
+        &[("CXX", "/nonexistent/tagbench-test/g++")],
+    );
+    assert_eq!(rows.len(), 1, "{rows:#?}\n{text}");
+    assert_eq!(rows[0]["status"], "skipped", "{:?}", rows[0]);
+    assert!(
+        rows[0]["reason"].starts_with("torch.compile on the CPU needs a C++ compiler: InvalidCxxCompiler"),
+        "{:?}",
+        rows[0]
+    );
+}
+
+#[test]
+fn conv_rows_in_both_layouts_checked_and_a_resnet_training_step() {
+    let Some(python) = torch_python() else { return };
+    // ResNet-50's last stage at 64 channels: small enough for a CPU, every part of the case.
+    let (suite, _s) = suite_file(&format!(
+        "name = \"conv-test\"\n{MULTI_RANK_DEFAULTS}\n\
+         [[workload]]\nkind = \"conv\"\nlayer = \"res5\"\nin_channels = 64\nout_channels = 64\nbatch = 2\n\
+         layout = [\"nchw\", \"channels_last\"]\ndtype = [\"fp32\", \"bf16\"]\n\
+         [[workload]]\nname = \"benchmark\"\nkind = \"conv\"\nlayer = \"res5\"\nin_channels = 64\nout_channels = 64\nbatch = 2\ncudnn_benchmark = true\n\
+         [[workload]]\nkind = \"precision\"\nmodel = \"resnet\"\nbatch = 4\nhidden = 32\nimage_size = 8\nmode = [\"fp32\", \"amp-bf16\"]\n"
+    ));
+    let (rows, text, _d) = run(&python, &["--engine", "torch", suite.to_str().unwrap()], &[]);
+    // Each layout and dtype measured after the float64 check on the CPU passed (a wrong result
+    // would fail the case), reporting what computed it.
+    let conv = ok_metric(&rows, "conv", "throughput");
+    assert_eq!(conv.len(), 4, "{rows:#?}\n{text}");
+    for layout in ["layout=nchw", "layout=channels_last"] {
+        assert_eq!(
+            conv.iter().filter(|r| r["case"].contains(layout)).count(),
+            2,
+            "{conv:#?}"
+        );
+    }
+    assert!(
+        conv.iter().all(|r| r["unit"] == "GFLOP/s" && median(r) > 0.0),
+        "{conv:#?}"
+    );
+    let backends = rows
+        .iter()
+        .filter(|r| r["workload"] == "conv")
+        .filter(|r| r["reason"].starts_with("onednn") || r["reason"].starts_with("aten"))
+        .count();
+    assert_eq!(backends, 4, "{rows:#?}");
+    let bench = rows
+        .iter()
+        .find(|r| r["workload"] == "benchmark")
+        .unwrap_or_else(|| panic!("{rows:#?}"));
+    assert_eq!(bench["status"], "skipped", "{bench:?}");
+    assert!(bench["reason"].contains("the CPU has no cuDNN"), "{bench:?}");
+    // The resnet model trains in fp32 and bf16 autocast, the loss staying close.
+    assert_eq!(
+        ok_metric(&rows, "precision", "step_time").len(),
+        2,
+        "{rows:#?}\n{text}"
+    );
+    let diff = ok_metric(&rows, "precision", "loss_diff_vs_fp32");
+    assert_eq!(diff.len(), 1, "{rows:#?}");
+    assert!(median(diff[0]) < 0.05, "{:?}", diff[0]);
 }

@@ -15,6 +15,7 @@ use crate::protocol::Job;
 use crate::workload::allreduce::AllreduceParams;
 use crate::workload::attention::AttentionParams;
 use crate::workload::command::CommandParams;
+use crate::workload::conv::ConvParams;
 use crate::workload::gemm::GemmParams;
 use crate::workload::generate::GenerateParams;
 use crate::workload::precision::PrecisionParams;
@@ -220,6 +221,9 @@ pub trait Engine {
     fn allreduce(&mut self, _p: &AllreduceParams, case: &Case) -> Result<CaseOutput, CaseError> {
         Err(not_implemented(self.name(), case))
     }
+    fn conv(&mut self, _p: &ConvParams, case: &Case) -> Result<CaseOutput, CaseError> {
+        Err(not_implemented(self.name(), case))
+    }
     /// A user's program: the same for every engine ([`command::run`]); an engine says which
     /// device its rows are on.
     fn command(&mut self, p: &CommandParams, case: &Case) -> Result<CaseOutput, CaseError> {
@@ -270,6 +274,7 @@ pub fn run_case(engine: &mut dyn Engine, case: &Case) -> Result<CaseOutput, Case
         Params::Generate(p) => engine.generate(p, case),
         Params::Precision(p) => engine.precision(p, case),
         Params::Allreduce(p) => engine.allreduce(p, case),
+        Params::Conv(p) => engine.conv(p, case),
         Params::Command(p) => engine.command(p, case),
         Params::Startup(p) => engine.startup(p, case),
     }

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::compile::Compile;
 use super::Dtype;
 
 /// Which implementation the engine should use. `auto` lets it choose (torch SDPA picks a
@@ -36,6 +37,12 @@ pub struct AttentionParams {
     pub dtype: Dtype,
     #[serde(default = "default_backend")]
     pub backend: Backend,
+    /// torch.compile's mode (torch engine; a sweep axis).
+    #[serde(default)]
+    pub compile: Compile,
+    /// Keep the image's compilation cache across workers instead of a fresh one per worker.
+    #[serde(default)]
+    pub warm_cache: bool,
 }
 
 fn one() -> u64 {
@@ -108,6 +115,8 @@ mod tests {
             causal,
             dtype: Dtype::Fp32,
             backend: Backend::Auto,
+            compile: Compile::None,
+            warm_cache: false,
         }
     }
 

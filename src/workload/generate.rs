@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::compile::Compile;
 use super::Dtype;
 
 /// The dimensions of a Llama-architecture decoder.
@@ -95,6 +96,37 @@ pub enum Model {
     Custom,
 }
 
+/// Who generates: the hand-written decode loop, or the image's Hugging Face transformers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Impl {
+    /// A Llama-architecture decoder in plain torch (every engine).
+    #[default]
+    Loop,
+    /// `LlamaForCausalLM.from_config` + `model.generate` (torch engine: the image's transformers).
+    Hf,
+}
+
+impl Impl {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Impl::Loop => "loop",
+            Impl::Hf => "hf",
+        }
+    }
+}
+
+/// transformers' KV-cache implementation (`cache_implementation`; `impl = "hf"` only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Cache {
+    /// Grows with the sequence (transformers' default).
+    #[default]
+    Dynamic,
+    /// Preallocated to the generation's length (what torch.compile wants).
+    Static,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateParams {
@@ -123,6 +155,18 @@ pub struct GenerateParams {
     /// Ranks the decoder is split over, Megatron-style (torch engine only; a sweep axis).
     #[serde(default = "one")]
     pub tensor_parallel: usize,
+    /// The implementation (`impl` in a suite): the loop, or transformers' generate.
+    #[serde(rename = "impl", default)]
+    pub implementation: Impl,
+    /// transformers' KV cache (`impl = "hf"`; the loop skips anything but `dynamic`).
+    #[serde(default)]
+    pub cache: Cache,
+    /// torch.compile's mode for the model's forward (torch engine, one rank; a sweep axis).
+    #[serde(default)]
+    pub compile: Compile,
+    /// Keep the image's compilation cache across workers instead of a fresh one per worker.
+    #[serde(default)]
+    pub warm_cache: bool,
 }
 
 fn default_model() -> Model {
@@ -188,15 +232,24 @@ impl GenerateParams {
         Ok(s)
     }
 
-    /// The `skipped` reason of an engine that runs generate on one device only.
-    pub fn single_device_only(&self, engine: &str) -> Result<(), String> {
+    /// The `skipped` reason of a native engine (its own loop, on one device), for a case that
+    /// needs the torch engine.
+    pub fn native_can_run(&self, engine: &str) -> Result<(), String> {
         if self.tensor_parallel > 1 {
             return Err(format!(
                 "tensor_parallel = {} needs the torch engine (--engine torch): the {engine} engine generates on one device",
                 self.tensor_parallel
             ));
         }
-        Ok(())
+        if self.implementation == Impl::Hf {
+            return Err(format!(
+                "impl = \"hf\" needs the torch engine (--engine torch) and the image's transformers: the {engine} engine runs its own loop"
+            ));
+        }
+        if self.cache != Cache::Dynamic {
+            return Err("cache applies to impl = \"hf\": the loop preallocates its KV cache".into());
+        }
+        self.compile.native_can_run(engine)
     }
 
     pub fn check(&self) -> Result<(), String> {
@@ -243,12 +296,12 @@ mod tests {
     fn tensor_parallel_defaults_to_one_and_native_engines_skip_more() {
         let p: GenerateParams = serde_json::from_str(r#"{"prompt_len":4,"new_tokens":4}"#).unwrap();
         assert_eq!(p.tensor_parallel, 1);
-        assert!(p.single_device_only("native CPU").is_ok());
+        assert!(p.native_can_run("native CPU").is_ok());
         let tp2 = GenerateParams {
             tensor_parallel: 2,
             ..p.clone()
         };
-        let why = tp2.single_device_only("native CUDA").unwrap_err();
+        let why = tp2.native_can_run("native CUDA").unwrap_err();
         assert!(
             why.contains("tensor_parallel = 2") && why.contains("--engine torch"),
             "{why}"
@@ -258,6 +311,29 @@ mod tests {
             ..p
         };
         assert!(tp0.check().unwrap_err().contains("tensor_parallel"));
+    }
+
+    #[test]
+    fn impl_and_cache_default_to_the_loop_and_native_engines_skip_hf() {
+        let p: GenerateParams = serde_json::from_str(r#"{"prompt_len":4,"new_tokens":4}"#).unwrap();
+        assert_eq!((p.implementation, p.cache), (Impl::Loop, Cache::Dynamic));
+        let hf: GenerateParams =
+            serde_json::from_str(r#"{"prompt_len":4,"new_tokens":4,"impl":"hf","cache":"static"}"#).unwrap();
+        assert_eq!((hf.implementation, hf.cache), (Impl::Hf, Cache::Static));
+        assert!(hf
+            .native_can_run("native CPU")
+            .unwrap_err()
+            .contains("impl = \"hf\""));
+        let loop_static = GenerateParams {
+            implementation: Impl::Loop,
+            ..hf
+        };
+        assert!(loop_static
+            .native_can_run("native CPU")
+            .unwrap_err()
+            .contains("cache"));
+        // The job JSON and the torch worker see `impl`, as a suite writes it.
+        assert_eq!(serde_json::to_value(&p).unwrap()["impl"], "loop");
     }
 
     #[test]

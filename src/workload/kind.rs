@@ -12,6 +12,8 @@ pub enum WorkloadKind {
     Generate,
     Precision,
     Allreduce,
+    /// A 2-D convolution's forward and backward (`workload/conv.rs`).
+    Conv,
     /// A user's own program (`workload/command.rs`).
     Command,
     /// Container start, torch import, first CUDA op, image size (`workload/startup.rs`).
@@ -19,13 +21,14 @@ pub enum WorkloadKind {
 }
 
 impl WorkloadKind {
-    pub const ALL: [WorkloadKind; 8] = [
+    pub const ALL: [WorkloadKind; 9] = [
         WorkloadKind::Probe,
         WorkloadKind::Gemm,
         WorkloadKind::Attention,
         WorkloadKind::Generate,
         WorkloadKind::Precision,
         WorkloadKind::Allreduce,
+        WorkloadKind::Conv,
         WorkloadKind::Command,
         WorkloadKind::Startup,
     ];
@@ -38,6 +41,7 @@ impl WorkloadKind {
             WorkloadKind::Generate => "generate",
             WorkloadKind::Precision => "precision",
             WorkloadKind::Allreduce => "allreduce",
+            WorkloadKind::Conv => "conv",
             WorkloadKind::Command => "command",
             WorkloadKind::Startup => "startup",
         }

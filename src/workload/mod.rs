@@ -4,6 +4,8 @@
 pub mod allreduce;
 pub mod attention;
 pub mod command;
+pub mod compile;
+pub mod conv;
 mod dtype;
 pub mod gemm;
 pub mod generate;
@@ -29,6 +31,7 @@ pub enum Params {
     Generate(generate::GenerateParams),
     Precision(precision::PrecisionParams),
     Allreduce(allreduce::AllreduceParams),
+    Conv(conv::ConvParams),
     Command(command::CommandParams),
     Startup(startup::StartupParams),
 }
@@ -62,6 +65,7 @@ impl Params {
             Params::Generate(_) => WorkloadKind::Generate,
             Params::Precision(_) => WorkloadKind::Precision,
             Params::Allreduce(_) => WorkloadKind::Allreduce,
+            Params::Conv(_) => WorkloadKind::Conv,
             Params::Command(_) => WorkloadKind::Command,
             Params::Startup(_) => WorkloadKind::Startup,
         }
@@ -94,6 +98,7 @@ impl Params {
             WorkloadKind::Allreduce => {
                 Params::Allreduce(checked(de, |p: &mut allreduce::AllreduceParams| p.check())?)
             }
+            WorkloadKind::Conv => Params::Conv(checked(de, |p: &mut conv::ConvParams| p.check())?),
             WorkloadKind::Command => Params::Command(checked(de, command::CommandParams::check)?),
             WorkloadKind::Startup => Params::Startup(checked(de, startup::StartupParams::check)?),
         })
@@ -131,6 +136,7 @@ impl Params {
             Params::Generate(p) => serde_json::to_value(p),
             Params::Precision(p) => serde_json::to_value(p),
             Params::Allreduce(p) => serde_json::to_value(p),
+            Params::Conv(p) => serde_json::to_value(p),
             Params::Command(p) => serde_json::to_value(p),
             Params::Startup(p) => serde_json::to_value(p),
         };
@@ -148,6 +154,7 @@ pub fn example(kind: WorkloadKind) -> Params {
         WorkloadKind::Attention => "heads=1,seq_q=8,head_dim=8",
         WorkloadKind::Generate => "prompt_len=4,new_tokens=2",
         WorkloadKind::Precision => "batch=2,mode=fp32",
+        WorkloadKind::Conv => "layer=res5,batch=1",
         WorkloadKind::Startup => "metric=container_start",
         WorkloadKind::Command => {
             let mut p: command::CommandParams = toml::from_str(r#"argv = ["true"]"#).expect("valid");
@@ -207,7 +214,7 @@ mod tests {
         assert_eq!(json["kind"], "gemm");
         assert_eq!(json["m"], 8);
         assert_eq!(serde_json::from_value::<Params>(json).unwrap(), p);
-        // The torch worker script gets the parameters alone.
+        // The torch worker package gets the parameters alone.
         assert!(p.to_json().get("kind").is_none());
         assert_eq!(p.to_json()["layout"], "nn");
     }
@@ -263,4 +270,8 @@ pub mod metric {
     pub const ALLREDUCE_SHARE: &str = "allreduce_share";
     /// One-rank step time over (ranks × the multi-rank step time), % (DDP/FSDP).
     pub const SCALING_EFFICIENCY: &str = "scaling_efficiency";
+    /// The first call of a compiled workload, compilation included (ms).
+    pub const COMPILE_TIME: &str = "compile_time";
+    /// Dynamo's graph breaks while compiling (count).
+    pub const GRAPH_BREAKS: &str = "graph_breaks";
 }

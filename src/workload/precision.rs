@@ -2,6 +2,12 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::compile::Compile;
+
+/// Training steps from the seeded start before the loss is compared across modes (every
+/// engine: the torch worker gets it with the case).
+pub const NUMERICS_STEPS: usize = 10;
+
 /// The model trained for one step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -10,6 +16,9 @@ pub enum PrecisionModel {
     Mlp,
     /// One pre-norm transformer block (attention + MLP) over a sequence.
     TransformerBlock,
+    /// Two ResNet bottleneck blocks (1×1, 3×3, 1×1 convolutions with batch norm, a residual)
+    /// over `hidden` channels of `image_size`² images, channels_last (torch engine).
+    Resnet,
 }
 
 /// How the step computes.
@@ -74,6 +83,9 @@ pub struct PrecisionParams {
     /// Attention heads (transformer block only).
     #[serde(default = "default_heads")]
     pub heads: usize,
+    /// Image height and width (resnet only).
+    #[serde(default = "default_image_size")]
+    pub image_size: usize,
     /// The mode of this case; fp32 is also measured (once per worker) as the reference.
     pub mode: Mode,
     /// DDP or FSDP over `ranks` processes (torch engine only; a sweep axis). `batch` is then
@@ -82,6 +94,13 @@ pub struct PrecisionParams {
     pub parallel: Parallel,
     #[serde(default = "default_ranks")]
     pub ranks: usize,
+    /// torch.compile's mode for the model (torch engine; a sweep axis). The fp32 reference is
+    /// eager, so `speedup_vs_fp32` of a compiled fp32 case is what compiling gains.
+    #[serde(default)]
+    pub compile: Compile,
+    /// Keep the image's compilation cache across workers instead of a fresh one per worker.
+    #[serde(default)]
+    pub warm_cache: bool,
 }
 
 fn default_parallel() -> Parallel {
@@ -100,14 +119,23 @@ fn default_hidden() -> usize {
 fn default_seq() -> usize {
     64
 }
+fn default_image_size() -> usize {
+    56
+}
 fn default_heads() -> usize {
     8
 }
 
 impl PrecisionParams {
     pub fn check(&self) -> Result<(), String> {
-        if self.batch == 0 || self.hidden == 0 || self.seq == 0 || self.heads == 0 {
-            return Err("batch, hidden, seq and heads must be positive".into());
+        if self.batch == 0 || self.hidden == 0 || self.seq == 0 || self.heads == 0 || self.image_size == 0 {
+            return Err("batch, hidden, seq, heads and image_size must be positive".into());
+        }
+        if self.model == PrecisionModel::Resnet && self.hidden % 4 != 0 {
+            return Err(format!(
+                "hidden ({}) must be a multiple of 4: a bottleneck narrows the channels fourfold",
+                self.hidden
+            ));
         }
         if self.model == PrecisionModel::TransformerBlock && self.hidden % self.heads != 0 {
             return Err(format!(
@@ -142,23 +170,36 @@ impl PrecisionParams {
         }
     }
 
-    /// The same case in fp32 on one rank: the reference this case's loss is compared with.
+    /// The same case in eager fp32 on one rank: the reference this case's loss is compared with.
     pub fn reference(&self) -> PrecisionParams {
         PrecisionParams {
             mode: Mode::Fp32,
+            compile: Compile::None,
+            warm_cache: false,
             ..self.single_rank()
         }
     }
 
-    /// The `skipped` reason of an engine that trains on one process only.
-    pub fn single_process_only(&self, engine: &str) -> Result<(), String> {
+    /// Whether this case is its own reference (eager fp32 on one rank).
+    pub fn is_reference(&self) -> bool {
+        *self == self.reference()
+    }
+
+    /// The `skipped` reason of a native engine (eager, one process) for a case that needs the
+    /// torch engine.
+    pub fn native_can_run(&self, engine: &str) -> Result<(), String> {
+        if self.model == PrecisionModel::Resnet {
+            return Err(format!(
+                "model = resnet needs the torch engine (--engine torch): the {engine} engine has no convolutions"
+            ));
+        }
         if self.parallel != Parallel::None {
             return Err(format!(
                 "parallel = {} needs the torch engine (--engine torch): the {engine} engine trains in one process",
                 self.parallel.as_str()
             ));
         }
-        Ok(())
+        self.compile.native_can_run(engine)
     }
 }
 
@@ -171,10 +212,27 @@ mod tests {
     }
 
     #[test]
+    fn resnet_needs_channels_in_fours_and_the_torch_engine() {
+        let p = params(r#"{"model":"resnet","batch":2,"hidden":64,"mode":"amp-bf16"}"#);
+        assert!(p.check().is_ok());
+        assert_eq!(p.image_size, 56);
+        assert!(p
+            .native_can_run("native CPU")
+            .unwrap_err()
+            .contains("model = resnet"));
+        assert!(
+            params(r#"{"model":"resnet","batch":2,"hidden":30,"mode":"fp32"}"#)
+                .check()
+                .unwrap_err()
+                .contains("multiple of 4")
+        );
+    }
+
+    #[test]
     fn parallel_defaults_to_one_process() {
         let p = params(r#"{"batch":8,"mode":"fp32"}"#);
         assert_eq!((p.parallel, p.ranks), (Parallel::None, 1));
-        assert!(p.check().is_ok() && p.single_process_only("native CPU").is_ok());
+        assert!(p.check().is_ok() && p.native_can_run("native CPU").is_ok());
     }
 
     #[test]
@@ -190,7 +248,7 @@ mod tests {
         let fsdp = params(r#"{"batch":8,"mode":"amp-bf16","parallel":"fsdp","ranks":2}"#);
         assert!(fsdp.check().is_ok());
         assert!(fsdp
-            .single_process_only("native CPU")
+            .native_can_run("native CPU")
             .unwrap_err()
             .contains("torch engine"));
         // The loss reference is one rank in fp32; the timing reference one rank in the same mode.

@@ -63,16 +63,19 @@ impl Engine for CpuEngine {
     }
 
     fn attention(&mut self, p: &AttentionParams, case: &Case) -> Result<CaseOutput, CaseError> {
+        p.compile
+            .native_can_run("native CPU")
+            .map_err(CaseError::Skipped)?;
         attention::run(p, case)
     }
 
     fn generate(&mut self, p: &GenerateParams, case: &Case) -> Result<CaseOutput, CaseError> {
-        p.single_device_only("native CPU").map_err(CaseError::Skipped)?;
+        p.native_can_run("native CPU").map_err(CaseError::Skipped)?;
         generate::run(p, case)
     }
 
     fn precision(&mut self, p: &PrecisionParams, case: &Case) -> Result<CaseOutput, CaseError> {
-        p.single_process_only("native CPU").map_err(CaseError::Skipped)?;
+        p.native_can_run("native CPU").map_err(CaseError::Skipped)?;
         precision::run(self, p, case)
     }
 

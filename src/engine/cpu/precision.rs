@@ -16,10 +16,7 @@ use crate::engine::CaseOutput;
 use crate::error::CaseError;
 use crate::measure::Sampler;
 use crate::workload::metric;
-use crate::workload::precision::{Mode, PrecisionModel, PrecisionParams};
-
-/// Steps from the seeded start before the loss is compared across modes.
-const NUMERICS_STEPS: usize = 10;
+use crate::workload::precision::{Mode, PrecisionModel, PrecisionParams, NUMERICS_STEPS};
 
 pub use crate::engine::PrecisionReference as Reference;
 
@@ -143,6 +140,11 @@ fn seeded(shape: &[usize], std: f64, seed: u64) -> candle_core::Result<Tensor> {
     Tensor::from_vec(v, shape, &CDevice::Cpu)
 }
 
+/// The resnet model is the torch engine's (`PrecisionParams::native_can_run` skips it first).
+fn no_resnet() -> candle_core::Error {
+    candle_core::Error::Msg("the native CPU engine has no resnet model".into())
+}
+
 impl Trainer {
     fn new(p: &PrecisionParams, compute: DType) -> candle_core::Result<Self> {
         let h = p.hidden;
@@ -158,6 +160,7 @@ impl Trainer {
                     specs.push((name, vec![n], 0.02));
                 }
             }
+            PrecisionModel::Resnet => return Err(no_resnet()),
             PrecisionModel::TransformerBlock => {
                 for (name, (shape, std)) in [
                     ("wq", w(h, h)),
@@ -193,6 +196,7 @@ impl Trainer {
         }
         let (x, target) = match p.model {
             PrecisionModel::Mlp => (seeded(&[p.batch, h], 1.0, 1)?, seeded(&[p.batch, h], 1.0, 2)?),
+            PrecisionModel::Resnet => return Err(no_resnet()),
             PrecisionModel::TransformerBlock => (
                 seeded(&[p.batch, p.seq, h], 1.0, 1)?,
                 seeded(&[p.batch, p.seq, h], 1.0, 2)?,
@@ -242,6 +246,7 @@ impl Trainer {
     fn forward(&self) -> candle_core::Result<Tensor> {
         let x = self.x.to_dtype(self.compute)?;
         match self.model {
+            PrecisionModel::Resnet => Err(no_resnet()),
             PrecisionModel::Mlp => {
                 let h = self.linear(&x, "w1", Some("b1"))?.gelu()?;
                 let h = self.linear(&h, "w2", Some("b2"))?.gelu()?;
@@ -332,6 +337,9 @@ mod tests {
             mode,
             parallel: crate::workload::precision::Parallel::None,
             ranks: 1,
+            image_size: 8,
+            compile: Default::default(),
+            warm_cache: false,
         }
     }
 

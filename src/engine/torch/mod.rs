@@ -1,8 +1,9 @@
-//! The torch engine: the image's own python3 and PyTorch, driven by an embedded worker script.
+//! The torch engine: the image's own python3 and PyTorch, driven by an embedded worker package.
 //!
-//! The script (`worker.py`) sets a case up and times one sample per request; this side runs the
-//! shared [`Sampler`] over those samples and turns them into the same metrics as the native
-//! engine, so that both engines share one statistics implementation and one set of metric names.
+//! The worker package (`worker/tagbench_worker/`, Python) sets a case up and times one sample per
+//! request; this side runs the shared [`Sampler`] over those samples and turns them into the same
+//! metrics as the native engine, so that both engines share one statistics implementation and one
+//! set of metric names. The constants the worker times with come from here ([`timing_constants`]).
 
 mod allreduce;
 pub mod launcher;
@@ -23,10 +24,11 @@ use crate::measure::Sampler;
 use crate::workload::allreduce::AllreduceParams;
 use crate::workload::attention::AttentionParams;
 use crate::workload::command::CommandParams;
+use crate::workload::conv::ConvParams;
 use crate::workload::gemm::GemmParams;
 use crate::workload::generate::GenerateParams;
 use crate::workload::metric;
-use crate::workload::precision::{Mode, Parallel, PrecisionParams};
+use crate::workload::precision::{Parallel, PrecisionParams};
 use crate::workload::probe::ProbeParams;
 use crate::workload::startup::StartupParams;
 use crate::workload::Params;
@@ -34,6 +36,26 @@ use crate::workload::Params;
 pub use self::python::python_command;
 
 use crate::engine::PrecisionReference as Reference;
+
+/// GPU (or CPU) time one torch sample should span: a small operation is repeated until then, so
+/// that timer resolution and launch overhead do not dominate it.
+const SAMPLE_TARGET_S: Seconds = 1e-3;
+/// The most calls one torch sample repeats.
+const MAX_CALLS_PER_SAMPLE: usize = 1000;
+
+/// The constants the worker times with, sent with every setup (`timing.py`): the sample target
+/// above, and the queued sample's lead and retakes of the native CUDA engine (one home:
+/// `engine/cuda/device.rs`).
+fn timing_constants() -> Value {
+    use crate::engine::cuda::device;
+    json!({
+        "min_sample_s": SAMPLE_TARGET_S,
+        "max_calls": MAX_CALLS_PER_SAMPLE,
+        "min_lead_s": device::MIN_LEAD_S,
+        "max_lead_s": device::MAX_LEAD_S,
+        "max_retakes": device::MAX_RETAKES,
+    })
+}
 
 pub struct TorchEngine {
     python: std::ffi::OsString,
@@ -128,6 +150,7 @@ impl TorchEngine {
             "kind": case.params.kind().as_str(),
             "device": self.device_name(),
             "params": case.params.to_json(),
+            "timing": timing_constants(),
         });
         if let (Value::Object(r), Value::Object(e)) = (&mut req, extra) {
             r.extend(e);
@@ -265,12 +288,20 @@ impl TorchEngine {
         let mut shape_json = serde_json::to_value(shape).map_err(|e| CaseError::Failed(e.into()))?;
         shape_json["parameters"] = json!(shape.parameters());
         let mut out = self.new_output();
-        self.setup(case, json!({"shape": shape_json}), &mut out)?;
-        let (_, runs) = self.sample(case)?;
+        let facts = self.setup(case, json!({"shape": shape_json}), &mut out)?;
+        compile_metrics(&facts, &mut out);
+        let (seconds, runs) = self.sample(case)?;
         let done = self.finish()?;
         let ttft: Vec<f64> = runs.iter().filter_map(|v| v["ttft_s"].as_f64()).collect();
         let tpot: Vec<f64> = runs.iter().filter_map(|v| v["tpot_s"].as_f64()).collect();
         out.generation_metrics(p.batch, p.prompt_len, &ttft, &tpot);
+        // The whole generation, prompt to last token: what a client of generate() waits.
+        out.metric(
+            metric::LATENCY,
+            "ms",
+            Better::Lower,
+            seconds.iter().map(|s| s * 1e3).collect(),
+        );
         let share: Vec<f64> = runs
             .iter()
             .filter_map(|v| v["allreduce_share_pct"].as_f64())
@@ -285,10 +316,15 @@ impl TorchEngine {
         // What was generated, hashed: greedy decoding from one seed must give the same tokens at
         // every tensor_parallel, which a reader of the rows can check.
         if let Some(hash) = done["tokens_hash"].as_str().filter(|h| !h.is_empty()) {
-            out.status = Some(format!(
+            let mut status = format!(
                 "tokens {hash} (greedy, seed 0) at tensor_parallel {}",
                 p.tensor_parallel
-            ));
+            );
+            if let Some(v) = facts["transformers_version"].as_str() {
+                let attn = facts["attn_implementation"].as_str().unwrap_or("?");
+                status.push_str(&format!(", impl hf (transformers {v}, attention {attn})"));
+            }
+            out.status = Some(status);
         }
         Ok(out)
     }
@@ -327,7 +363,7 @@ impl TorchEngine {
         let (_, loss, steps, peak) = self.with_ranks(p.ranks, |e| e.precision_mode(case, p, &mut out))?;
         let mut scratch = self.new_output();
         let (one_rank, one_loss, _, _) = self.precision_mode(case, &p.single_rank(), &mut scratch)?;
-        let reference = if p.mode == Mode::Fp32 {
+        let reference = if p.single_rank().is_reference() {
             self.remember_reference(p, one_rank, one_loss)?;
             Reference {
                 step_median_s: one_rank,
@@ -388,12 +424,25 @@ impl TorchEngine {
     ) -> Result<(f64, f64, Vec<Seconds>, Option<f64>), CaseError> {
         let mut c = case.clone();
         c.params = Params::Precision(params.clone());
-        let facts = self.setup(&c, json!({}), out)?;
+        let steps = json!({"numerics_steps": crate::workload::precision::NUMERICS_STEPS});
+        let facts = self.setup(&c, steps, out)?;
+        compile_metrics(&facts, out);
         let loss = facts["loss"].as_f64().unwrap_or(f64::NAN);
         let (seconds, _) = self.sample(&c)?;
         let peak = self.finish()?["peak_memory_mib"].as_f64();
         let median = crate::stats::summarize(&seconds).map_or(f64::NAN, |s| s.median);
         Ok((median, loss, seconds, peak))
+    }
+}
+
+/// `compile_time` and `graph_breaks` of a compiled case, from its setup facts (one value a round:
+/// the first call, compilation included, happens once per worker).
+fn compile_metrics(facts: &Value, out: &mut CaseOutput) {
+    if let Some(s) = facts["compile_time_s"].as_f64() {
+        out.metric(metric::COMPILE_TIME, "ms", Better::Lower, vec![s * 1e3]);
+    }
+    if let Some(n) = facts["graph_breaks"].as_f64() {
+        out.metric(metric::GRAPH_BREAKS, "count", Better::Lower, vec![n]);
     }
 }
 
@@ -513,6 +562,7 @@ impl Engine for TorchEngine {
     fn attention(&mut self, p: &AttentionParams, case: &Case) -> Result<CaseOutput, CaseError> {
         let mut out = self.new_output();
         let facts = self.setup(case, json!({}), &mut out)?;
+        compile_metrics(&facts, &mut out);
         let (seconds, _) = self.sample(case)?;
         self.finish()?;
         let (unit, scale) = self.rate_unit();
@@ -542,7 +592,7 @@ impl Engine for TorchEngine {
         if let Some(mib) = peak {
             out.metric(metric::PEAK_MEMORY, "MiB", Better::Lower, vec![mib]);
         }
-        if p.mode == Mode::Fp32 {
+        if p.is_reference() {
             self.remember_reference(p, median, loss)?;
             return Ok(out);
         }
@@ -553,6 +603,25 @@ impl Engine for TorchEngine {
 
     fn allreduce(&mut self, p: &AllreduceParams, case: &Case) -> Result<CaseOutput, CaseError> {
         self.run_allreduce(p, case)
+    }
+
+    /// One convolution's forward, data gradient and weight gradient per call (cuDNN on CUDA,
+    /// oneDNN or ATen on the CPU), checked against a float64 convolution on the CPU first.
+    fn conv(&mut self, p: &ConvParams, case: &Case) -> Result<CaseOutput, CaseError> {
+        let shape = p.shape().map_err(|e| CaseError::Failed(anyhow::anyhow!(e)))?;
+        let mut out = self.new_output();
+        let facts = self.setup(
+            case,
+            json!({"shape": shape, "out_size": shape.out_size()}),
+            &mut out,
+        )?;
+        let (seconds, _) = self.sample(case)?;
+        self.finish()?;
+        let (unit, scale) = self.rate_unit();
+        out.latency_and_rate(&seconds, p.flops(), metric::THROUGHPUT, unit, scale);
+        // Which library ran it is part of the result: a new image may change its version.
+        out.status = facts["backend"].as_str().map(str::to_string);
+        Ok(out)
     }
 
     fn command(&mut self, p: &CommandParams, case: &Case) -> Result<CaseOutput, CaseError> {

@@ -1,4 +1,4 @@
-//! A python3 child process running the embedded torch worker script (`worker.py`), spoken to with
+//! A python3 child process running the embedded torch worker package (`worker/`), spoken to with
 //! one JSON request and one JSON reply per line. Each reply starts with a token drawn for the
 //! process ([`TOKEN_VAR`]), so that what a sitecustomize or a library prints on python's stdout
 //! before the script takes it over is never read as a reply.
@@ -12,11 +12,46 @@ use serde_json::Value;
 
 use crate::error::CaseError;
 
-/// The worker script, compiled into tagbench and written out where python can run it.
-pub const SCRIPT: &str = include_str!("worker.py");
+/// Each file of the worker package with its text, compiled in: `package!["a.py"]` is
+/// `&[("a.py", include_str!("worker/a.py"))]`.
+macro_rules! package {
+    ($($path:literal),* $(,)?) => {
+        &[$(($path, include_str!(concat!("worker/", $path)))),*]
+    };
+}
+
+/// The worker package (`worker/`), compiled into tagbench: each file's path under the package
+/// root and its text. `python3 -u ROOT` runs `__main__.py` with ROOT first on `sys.path`.
+/// A test checks that this list is every `.py` file of the folder.
+pub const FILES: &[(&str, &str)] = package![
+    "__main__.py",
+    "tagbench_worker/__init__.py",
+    "tagbench_worker/allreduce.py",
+    "tagbench_worker/attention.py",
+    "tagbench_worker/compile.py",
+    "tagbench_worker/conv.py",
+    "tagbench_worker/components.py",
+    "tagbench_worker/device.py",
+    "tagbench_worker/gemm.py",
+    "tagbench_worker/generate.py",
+    "tagbench_worker/hf.py",
+    "tagbench_worker/llama.py",
+    "tagbench_worker/precision.py",
+    "tagbench_worker/probe.py",
+    "tagbench_worker/protocol.py",
+    "tagbench_worker/ranks.py",
+    "tagbench_worker/testhooks.py",
+    "tagbench_worker/timing.py",
+];
+
+/// Runs the package from sources given as arguments, where no file can be written.
+const BOOTSTRAP: &str = include_str!("worker/bootstrap.py");
 
 /// The environment variable that hands the reply token to the script.
 pub const TOKEN_VAR: &str = "TAGBENCH_REPLY_TOKEN";
+
+/// The environment variable that names the worker's fresh torch.compile cache folder.
+const COMPILE_CACHE_VAR: &str = "TAGBENCH_COMPILE_CACHE_DIR";
 
 /// Which python runs the script: `TAGBENCH_PYTHON` if set, else `python3` on PATH.
 pub fn python_command() -> OsString {
@@ -25,41 +60,75 @@ pub fn python_command() -> OsString {
         .unwrap_or_else(|| "python3".into())
 }
 
-/// The script on disk, removed when dropped. Where no temporary directory is writable (a
-/// read-only container), python gets the script through `-c` instead.
+/// The module name of a package file (`tagbench_worker/gemm.py` → `tagbench_worker.gemm`,
+/// `tagbench_worker/__init__.py` → `tagbench_worker`); `None` for `__main__.py`.
+fn module_name(path: &str) -> Option<String> {
+    let stem = path.strip_suffix(".py")?;
+    let stem = stem.strip_suffix("/__init__").unwrap_or(stem);
+    (stem != "__main__").then(|| stem.replace('/', "."))
+}
+
+/// The worker package on disk, removed when dropped. Where no temporary directory is writable
+/// (a read-only container), python gets the package through `-c` instead ([`BOOTSTRAP`]).
 pub struct ScriptFile {
-    path: Option<PathBuf>,
+    root: Option<PathBuf>,
 }
 
 impl ScriptFile {
     pub fn write() -> ScriptFile {
-        // Unique per engine: one engine's clean-up must not remove another's script.
+        // Unique per engine: one engine's clean-up must not remove another's package.
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("tagbench-torch-{}-{n}", std::process::id()));
-        let path = dir.join("tagbench_torch_worker.py");
-        let written = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, SCRIPT));
+        let root = std::env::temp_dir().join(format!("tagbench-torch-{}-{n}", std::process::id()));
+        let written = FILES.iter().try_for_each(|(path, text)| {
+            let file = root.join(path);
+            std::fs::create_dir_all(file.parent().unwrap_or(&root))?;
+            std::fs::write(file, text)
+        });
+        if written.is_err() {
+            let _ = std::fs::remove_dir_all(&root);
+        }
         ScriptFile {
-            path: written.is_ok().then_some(path),
+            root: written.is_ok().then_some(root),
         }
     }
 
-    /// Arguments that make python run the script.
+    /// The package passed on the command line, as where nothing can be written.
+    #[cfg(test)]
+    fn inline() -> ScriptFile {
+        ScriptFile { root: None }
+    }
+
+    /// A fresh folder for torch.compile's caches (Inductor, triton), this engine's alone and
+    /// removed with the package: compilations never outlive the worker (`compile.py`).
+    fn compile_cache(&self) -> Option<PathBuf> {
+        self.root.as_ref().map(|r| r.join("compile-cache"))
+    }
+
+    /// Arguments that make python run the package; the worker's own arguments follow them.
     fn args(&self) -> Vec<OsString> {
-        match &self.path {
-            Some(p) => vec!["-u".into(), p.into()],
-            None => vec!["-u".into(), "-c".into(), SCRIPT.into()],
+        match &self.root {
+            Some(root) => vec!["-u".into(), root.into()],
+            None => {
+                let mut args: Vec<OsString> = vec!["-u".into(), "-c".into(), BOOTSTRAP.into()];
+                for (path, text) in FILES {
+                    if let Some(module) = module_name(path) {
+                        args.push(module.into());
+                        args.push((*text).into());
+                    }
+                }
+                args.push("--".into());
+                args
+            }
         }
     }
 }
 
 impl Drop for ScriptFile {
     fn drop(&mut self) {
-        if let Some(p) = &self.path {
-            let _ = std::fs::remove_file(p);
-            if let Some(dir) = p.parent() {
-                let _ = std::fs::remove_dir(dir);
-            }
+        // The folder is this engine's alone (python may have added __pycache__ to it).
+        if let Some(root) = &self.root {
+            let _ = std::fs::remove_dir_all(root);
         }
     }
 }
@@ -97,6 +166,9 @@ impl PyProcess {
         cmd.args(script.args())
             .envs(env.iter().map(|(k, v)| (k, v)))
             .env(TOKEN_VAR, &token);
+        if let Some(dir) = script.compile_cache() {
+            cmd.env(COMPILE_CACHE_VAR, dir);
+        }
         // Python's own buffering must not hold protocol replies back.
         cmd.env("PYTHONUNBUFFERED", "1").stderr(Stdio::inherit());
         match role {
@@ -316,5 +388,70 @@ mod tests {
         assert_eq!(reply_of("t1 {\"ok\":1}\n", "t1"), Some("{\"ok\":1}\n"));
         assert_eq!(reply_of("{\"ok\":1}\n", "t1"), None);
         assert_eq!(reply_of("t2 {\"ok\":1}\n", "t1"), None);
+    }
+
+    #[test]
+    fn every_file_of_the_package_is_compiled_in() {
+        fn py_files(dir: &Path, root: &Path, out: &mut Vec<String>) {
+            for e in std::fs::read_dir(dir).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    py_files(&p, root, out);
+                } else if p.extension().is_some_and(|x| x == "py") {
+                    out.push(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+                }
+            }
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/engine/torch/worker");
+        let mut found = Vec::new();
+        py_files(&root, &root, &mut found);
+        // The bootstrap is how the package runs without files, not part of it.
+        found.retain(|f| f != "bootstrap.py");
+        found.sort();
+        let mut listed: Vec<String> = FILES.iter().map(|(p, _)| p.to_string()).collect();
+        listed.sort();
+        assert_eq!(
+            found, listed,
+            "python.rs FILES must list every .py file of worker/"
+        );
+    }
+
+    #[test]
+    fn module_names_of_package_files() {
+        assert_eq!(
+            module_name("tagbench_worker/gemm.py").as_deref(),
+            Some("tagbench_worker.gemm")
+        );
+        assert_eq!(
+            module_name("tagbench_worker/__init__.py").as_deref(),
+            Some("tagbench_worker")
+        );
+        assert_eq!(module_name("__main__.py"), None);
+    }
+
+    /// Both ways of running the package answer `components` (which needs no torch), with the
+    /// system python3 where there is one.
+    #[test]
+    fn the_package_runs_from_files_and_from_arguments() {
+        let python = OsString::from("python3");
+        if std::process::Command::new(&python).arg("-V").output().is_err() {
+            eprintln!("skipped: no python3 on PATH");
+            return;
+        }
+        for script in [ScriptFile::write(), ScriptFile::inline()] {
+            assert_eq!(script.root.is_some(), script.args().len() == 2);
+            let mut p = PyProcess::spawn(&python, &script, Role::Session, &[]).unwrap();
+            let reply = p.request(&serde_json::json!({"op": "components"})).unwrap();
+            assert!(
+                reply["maps"].is_array() && reply["distributions"].is_array(),
+                "{reply}"
+            );
+            // hello: the versions, or a skip where this python has no torch.
+            let hello = p.request(&serde_json::json!({"op": "hello"}));
+            assert!(
+                hello.is_ok() || matches!(hello, Err(CaseError::Skipped(_))),
+                "{hello:?}"
+            );
+        }
     }
 }
