@@ -14,7 +14,8 @@ The Rust side owns the sampling loop and every statistic; this script only times
 sample. Anything else that writes to stdout (a print in a library, a C++ warning) is sent to
 stderr, which tagbench keeps in the case log.
 
-`--rank DEVICE` runs one rank of a multi-rank case (all-reduce, tensor-parallel generation,
+`--distributions` prints one reply, the Python distributions importable here, and exits without
+importing torch. `--rank DEVICE` runs one rank of a multi-rank case (all-reduce, tensor-parallel generation,
 DDP/FSDP steps): rank 0 reads the requests and broadcasts them, every rank handles each in lockstep. Only torch and the standard library are used, and the code runs on
 the torch 2.x versions found in images.
 """
@@ -1149,14 +1150,14 @@ def mapped_objects():
     return out
 
 
-def distributions(loaded):
+def distributions(loaded, modules):
     """The Python distributions importable here, and whether this run imported one of their
-    modules or loaded one of their shared objects (namespace packages such as `nvidia`, shared by
-    several distributions, do not count as imported by themselves)."""
+    `modules` or loaded one of their shared objects (`loaded` paths; namespace packages such as
+    `nvidia`, shared by several distributions, do not count as imported by themselves)."""
     import importlib.metadata as md
 
     loaded = {os.path.realpath(p) for p in loaded}
-    imported = {name.split(".")[0] for name in sys.modules}
+    imported = {name.split(".")[0] for name in modules}
     out, seen = [], set()
     for dist in md.distributions():
         name = dist.metadata["Name"] or ""
@@ -1192,7 +1193,7 @@ def handle(req, state):
     op = req.get("op")
     if op == "components":
         maps = mapped_objects()
-        return {"ok": {"maps": maps, "distributions": distributions(maps)}}
+        return {"ok": {"maps": maps, "distributions": distributions(maps, list(sys.modules))}}
     if op == "hello":
         if torch is None:
             return {"skip": "torch not importable in image: %s" % TORCH_ERROR}
@@ -1283,6 +1284,11 @@ def main():
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
+    if sys.argv[1:] == ["--distributions"]:
+        # The native engine's question for a `command` case's programs: what the image's python
+        # can import. Torch is not imported for it, and nothing counts as imported by this run.
+        send(proto, {"ok": {"distributions": distributions([], [])}})
+        return
     try:
         import torch as _torch
 
