@@ -52,7 +52,8 @@ pub enum Command {
     /// the image's environment variables, Python distributions and shared libraries that differ
     /// (run.json) are swapped from BASELINE into CANDIDATE, groups first, then halves, each swap
     /// measured beside both images in interleaved rounds. Prints the swaps with their ratio vs
-    /// BASELINE and verdict, and a one-line answer.
+    /// BASELINE and verdict (or `cannot run: <error>` for a swap that does not import), and a
+    /// one-line answer. Ctrl-C stops the running step and removes its containers.
     #[command(after_help = EXIT_CODES_HELP)]
     Bisect(BisectArgs),
     /// Remove containers that interrupted runs left behind (those labelled `tagbench.run`),

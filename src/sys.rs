@@ -25,13 +25,19 @@ pub fn signal_name(sig: i32) -> &'static str {
 
 /// A child that dies with this process: when the host kills a worker past its time limit, a
 /// python or a user's program still inside a long call would otherwise keep the CPU or GPU busy.
-#[cfg(target_os = "linux")]
 pub fn die_with_parent(cmd: &mut std::process::Command) {
+    signal_with_parent(cmd, libc::SIGKILL);
+}
+
+/// A child that gets `signal` when this process dies (PR_SET_PDEATHSIG): SIGTERM lets a child
+/// that owns containers remove them.
+#[cfg(target_os = "linux")]
+pub fn signal_with_parent(cmd: &mut std::process::Command, signal: libc::c_int) {
     use std::os::unix::process::CommandExt;
     // SAFETY: prctl is async-signal-safe and touches only the child being set up.
     unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, signal) == -1 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -40,7 +46,10 @@ pub fn die_with_parent(cmd: &mut std::process::Command) {
 }
 
 #[cfg(not(target_os = "linux"))]
-pub fn die_with_parent(_: &mut std::process::Command) {}
+pub fn signal_with_parent(_: &mut std::process::Command, _: libc::c_int) {}
+
+/// What joins the lines [`tail_lines`] quotes.
+pub const TAIL_SEPARATOR: &str = " | ";
 
 /// The last `n` non-blank lines of `text`, joined with ` | ` (the last line last): how a
 /// process's stderr is quoted in a reason.
@@ -50,7 +59,7 @@ pub fn tail_lines(text: &str, n: usize) -> String {
         .map(str::trim_end)
         .filter(|l| !l.trim().is_empty())
         .collect();
-    lines[lines.len().saturating_sub(n)..].join(" | ")
+    lines[lines.len().saturating_sub(n)..].join(TAIL_SEPARATOR)
 }
 
 /// The message of a caught panic: `panic!` carries a `String` or a `&'static str`.

@@ -73,7 +73,7 @@ pub fn run_job(job: &Job, out: impl Write) -> Result<()> {
         }
     }
     em.emit(&Message::Components {
-        components: engine.components(),
+        components: components(engine.as_mut(), job),
     })?;
     em.emit(&Message::Done)?;
     Ok(())
@@ -124,6 +124,23 @@ fn not_measured(case: &str, workload: &str, e: CaseError) -> Message {
             reason: format!("{e:#}"),
         },
     }
+}
+
+/// What the measuring process loaded. A `command` case's programs import what the image's
+/// python has: where the engine has no python session to say so (the native engine; the torch
+/// engine where torch does not import), the distributions python can import are listed too,
+/// none marked imported, so that compare and bisect see a changed Python package.
+fn components(engine: &mut dyn engine::Engine, job: &Job) -> crate::components::Components {
+    let c = engine.components();
+    let runs_commands = job
+        .cases
+        .iter()
+        .any(|case| case.kind == crate::case::WorkloadKind::Command);
+    if !c.python.is_empty() || !runs_commands {
+        return c;
+    }
+    // A native worker maps a few dozen libraries, far under the cap `new` applies again.
+    crate::components::Components::new(c.libraries, engine::torch::importable_distributions())
 }
 
 /// A non-zero rank of a multi-rank step: runs its rank of each case and reports only what went

@@ -23,16 +23,23 @@ static IMAGES: OnceLock<(String, String)> = OnceLock::new();
 
 /// (BASE, SLOW): the two image names the build script prints on its last two lines.
 fn build_images() -> (String, String) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-torch-images.sh");
+    built_pair("scripts/build-torch-images.sh", &[])
+}
+
+/// The two image names a build script prints on its last two lines, in order.
+fn built_pair(script: &str, args: &[&str]) -> (String, String) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
     let out = Command::new("bash")
         .arg(&script)
+        .args(args)
         .output()
-        .expect("bash runs scripts/build-torch-images.sh");
+        .unwrap_or_else(|e| panic!("bash runs {}: {e}", script.display()));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "scripts/build-torch-images.sh failed ({}); it needs root, Docker and Debian's archive \
+        "{} failed ({}); it needs root, Docker, Debian's archive and PyPI \
          (set TAGBENCH_SKIP_TORCH_TESTS=1 to skip these tests on purpose):\n{stderr}",
+        script.display(),
         out.status
     );
     eprint!("{stderr}");
@@ -127,6 +134,16 @@ impl Run {
             .args(["--along", "image", "--baseline", base, "--format", "json"])
             .output()
             .expect("tagbench compare runs")
+    }
+
+    /// `tagbench bisect RUN --baseline A --candidate B ARGS...`, not yet started.
+    fn bisect(&self, baseline: &str, candidate: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::cargo_bin("tagbench").unwrap();
+        cmd.arg("bisect")
+            .arg(self.run_dir().root)
+            .args(["--baseline", baseline, "--candidate", candidate])
+            .args(args);
+        cmd
     }
 
     fn leftovers(&self) -> String {
@@ -779,11 +796,8 @@ fn bisect_names_omp_num_threads_as_the_cause_of_the_gemm_regression() {
         code, 1,
         "SLOW is slower than BASE with one OpenMP thread (load {load}): {stderr}"
     );
-    let out = Command::cargo_bin("tagbench")
-        .unwrap()
-        .arg("bisect")
-        .arg(run.run_dir().root)
-        .args(["--baseline", base, "--candidate", slow, "--format", "json"])
+    let out = run
+        .bisect(base, slow, &["--format", "json"])
         .output()
         .expect("tagbench bisect runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -844,8 +858,11 @@ fn image_with_env(base: &str, tag: &str, env: &str) -> String {
 /// The bisect machinery end to end at any load: a `command` whose program sleeps five times
 /// longer when an environment variable of its image is set. The bisect swaps BASE's environment
 /// into the slow image (the variable removed), names the variable, and leaves no container.
+/// Two more bisects of the same run, interrupted while their first step measures (Ctrl-C to the
+/// process group; SIGTERM to the bisect alone), exit 130 within seconds and leave no container
+/// either.
 #[test]
-fn bisect_names_the_environment_variable_that_slows_a_command() {
+fn bisect_names_the_environment_variable_that_slows_a_command_and_ctrl_c_leaves_no_container() {
     let Some((_guard, (base, _))) = setup() else {
         return;
     };
@@ -870,11 +887,8 @@ argv = ["python3", "-c", "import os, time; time.sleep(0.2 if os.environ.get('TAG
     .unwrap();
     let (code, stderr) = run.run(&["--image", base, "--image", &slow]);
     assert_eq!(code, 1, "{stderr}");
-    let out = Command::cargo_bin("tagbench")
-        .unwrap()
-        .arg("bisect")
-        .arg(run.run_dir().root)
-        .args(["--baseline", base, "--candidate", &slow, "--rounds", "4"])
+    let out = run
+        .bisect(base, &slow, &["--rounds", "4"])
         .output()
         .expect("tagbench bisect runs");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -895,14 +909,10 @@ argv = ["python3", "-c", "import os, time; time.sleep(0.2 if os.environ.get('TAG
             .any(|l| l.contains("(none: B as it is)") && l.contains("regression")),
         "{text}"
     );
-    // Markdown and JSON say the same.
-    let work = stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("bisect runs in "))
-        .expect("the bisect names its work directory")
-        .to_string();
-    assert!(std::path::Path::new(&work)
-        .join("step1")
+    // Each step is a run of its own, with a run id no other bisect shares.
+    let (work, label) = bisect_work(&stderr);
+    assert!(Path::new(&work)
+        .join(format!("{label}-step1"))
         .join("results.csv")
         .exists());
     let leftovers = Command::new("docker")
@@ -910,5 +920,240 @@ argv = ["python3", "-c", "import os, time; time.sleep(0.2 if os.environ.get('TAG
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&leftovers.stdout).trim(), "");
+    assert_eq!(run.leftovers(), "", "containers left behind");
+
+    // Ctrl-C at a terminal: SIGINT to the whole foreground process group, the bisect and its
+    // step's `tagbench run` alike; and SIGTERM to the bisect alone (a CI job's time limit),
+    // which passes it on to its step. Each while the step's containers run.
+    for (signal, group) in [(libc::SIGINT, true), (libc::SIGTERM, false)] {
+        let interrupted = Interrupted::bisect(&run, base, &slow, signal, group);
+        eprintln!(
+            "bisect stopped by signal {signal} (to its group: {group}): exit {:?} after {:.1} s\n{}",
+            interrupted.code, interrupted.exit_s, interrupted.stderr
+        );
+        assert_eq!(interrupted.code, Some(130), "{}", interrupted.stderr);
+        assert!(
+            interrupted.exit_s < 60.0,
+            "exited {:.1} s after the signal: {}",
+            interrupted.exit_s,
+            interrupted.stderr
+        );
+        assert_eq!(
+            bisect_containers(&interrupted.label),
+            Vec::<String>::new(),
+            "containers of bisect {} left behind: {}",
+            interrupted.label,
+            interrupted.stderr
+        );
+    }
+}
+
+/// The work directory and run-id prefix a bisect names on stderr:
+/// `bisect runs in DIR (runs LABEL-step1, LABEL-step2, …)`.
+fn bisect_work(stderr: &str) -> (String, String) {
+    let line = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("bisect runs in "))
+        .unwrap_or_else(|| panic!("the bisect names its work directory: {stderr}"));
+    let (dir, runs) = line.split_once(" (runs ").expect("and its runs");
+    let label = runs.split_once("-step1").expect("step 1's run id").0;
+    (dir.to_string(), label.to_string())
+}
+
+/// Containers of a bisect (`LABEL`, whose steps are runs `LABEL-stepN` and whose copies out of
+/// an image are labelled `LABEL`), by their `tagbench.run` label.
+fn bisect_containers(label: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            "label=tagbench.run",
+            "--format",
+            "{{.ID}} {{.Label \"tagbench.run\"}}",
+        ])
+        .output()
+        .expect("docker ps runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| {
+            let run = l.split_once(' ').map_or("", |(_, r)| r);
+            run == label || run.starts_with(&format!("{label}-step"))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// A bisect interrupted once its first step's containers run: `signal` to its process group
+/// (`group`, as Ctrl-C at a terminal) or to the bisect alone.
+struct Interrupted {
+    code: Option<i32>,
+    /// Seconds from the SIGINT to the bisect's exit.
+    exit_s: f64,
+    label: String,
+    stderr: String,
+}
+
+impl Interrupted {
+    fn bisect(run: &Run, baseline: &str, candidate: &str, signal: i32, group: bool) -> Interrupted {
+        use std::io::BufRead as _;
+        use std::os::unix::process::CommandExt as _;
+        use std::time::{Duration, Instant};
+        let mut child = run
+            .bisect(baseline, candidate, &["--rounds", "4"])
+            // A process group of its own, as a shell gives a foreground job.
+            .process_group(0)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("tagbench bisect starts");
+        let pgid = child.id() as i32;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line.clone());
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        let mut seen = String::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let label = loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|e| panic!("{e}: the bisect never named its runs: {seen}"));
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.starts_with("bisect runs in ") {
+                break bisect_work(&line).1;
+            }
+        };
+        let step1 = format!("label=tagbench.run={label}-step1");
+        while Command::new("docker")
+            .args(["ps", "-q", "--filter", &step1])
+            .output()
+            .map(|o| o.stdout.is_empty())
+            .unwrap_or(true)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no container of step 1 started: {seen}"
+            );
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the bisect ended before its step ran: {seen}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let to = if group { -pgid } else { pgid };
+        // SAFETY: a signal to the process (group) this test started.
+        assert_eq!(unsafe { libc::kill(to, signal) }, 0);
+        let sent = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if sent.elapsed() > Duration::from_secs(120) {
+                let _ = child.kill();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let exit_s = sent.elapsed().as_secs_f64();
+        Interrupted {
+            code: status.and_then(|s| s.code()),
+            exit_s,
+            label,
+            stderr: reader.join().unwrap(),
+        }
+    }
+}
+
+static NUMPY_IMAGES: OnceLock<(String, String)> = OnceLock::new();
+
+/// (NUMPY1, NUMPY2): BASE with numpy 1.26.4 and Bottleneck 1.3.7, and BASE (numpy 2) with
+/// Bottleneck 1.4.2, from PyPI, as scripts/build-numpy-images.sh builds them (one small layer
+/// each on BASE, cached by content hash).
+fn numpy_images(base: &str) -> &'static (String, String) {
+    NUMPY_IMAGES.get_or_init(|| built_pair("scripts/build-numpy-images.sh", &[base]))
+}
+
+/// A data-prep step that imports numpy and Bottleneck and finds the unique values of 600,000
+/// distinct int64 (its own `unique` metric beside the wall time).
+const UNIQUE_SUITE: &str = r#"name = "bisect-numpy"
+[defaults]
+warmup_s = 0
+min_samples = 3
+max_samples = 3
+timeout_s = 60
+rounds = 5
+
+[[workload]]
+kind = "command"
+name = "unique"
+argv = ["python3", "-c", 'import json, os, time; import numpy as np, bottleneck as bn; x = np.random.default_rng(0).integers(0, 1 << 40, 600_000); t = time.perf_counter(); u = np.unique(x); ms = (time.perf_counter() - t) * 1e3; assert bn.nanmax(u) == u[-1]; open(os.environ["TAGBENCH_METRICS"], "a").write(json.dumps({"metric": "unique", "value": ms, "unit": "ms"}) + "\n")']
+"#;
+
+/// The second real pair: NUMPY2 differs from NUMPY1 by two Python distributions from PyPI, numpy
+/// (2.4 against 1.26: numpy 2.3+ finds unique integers with a hash table, measured here 4-8x
+/// slower on this array) and Bottleneck (1.4.2 against 1.3.7). The bisect copies both
+/// distributions out of NUMPY1's image and swaps them into NUMPY2: together they recover; then
+/// numpy alone recovers, and NUMPY1's Bottleneck alone cannot import beside numpy 2 (it was
+/// built against numpy 1.x), which the table reports as `cannot run: <the ImportError>` while
+/// the bisect goes on to name numpy. The native engine's worker lists the distributions the image's python can
+/// import because the suite runs a command (no torch session: a container starts in a second,
+/// not the eight that importing torch takes).
+#[test]
+fn bisect_names_the_numpy_release_and_reports_the_swap_that_cannot_import() {
+    let Some((_guard, (base, _))) = setup() else {
+        return;
+    };
+    let (old, new) = numpy_images(base);
+    let run = Run::with_suite("bisect-numpy", UNIQUE_SUITE);
+    let (code, stderr) = run.run(&["--image", old, "--image", new]);
+    assert_eq!(code, 1, "numpy 2's np.unique is slower: {stderr}");
+    let out = run
+        .bisect(old, new, &["--rounds", "5"])
+        .output()
+        .expect("tagbench bisect runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}\n{stderr}");
+    // Both differ, each its own component of the Python packages group.
+    for c in ["bottleneck  1.3.7 -> 1.4.2", "numpy  1.26.4 -> 2.4"] {
+        assert!(
+            text.lines()
+                .any(|l| l.trim_start().starts_with("Python packages") && l.contains(c)),
+            "{c}: {text}\n{stderr}"
+        );
+    }
+    // The table's rows: `step  swapped  ratio  verdict  outcome`, columns two spaces apart.
+    let row = |swapped: &str| -> Vec<&str> {
+        text.lines()
+            .filter(|l| {
+                let cells: Vec<&str> = l.split("  ").map(str::trim).filter(|c| !c.is_empty()).collect();
+                cells.get(1) == Some(&swapped)
+            })
+            .collect()
+    };
+    // NUMPY1's Bottleneck alone in NUMPY2: no verdict, the import error instead.
+    let lone = row("bottleneck");
+    assert_eq!(lone.len(), 1, "{text}");
+    assert!(
+        lone[0].trim_end().ends_with(
+            "cannot run: ImportError: numpy.core.multiarray failed to import (python3 exited with status 1)"
+        ),
+        "{text}"
+    );
+    assert!(row("numpy")[0].trim_end().ends_with("recovers"), "{text}");
+    let answer = text
+        .lines()
+        .find_map(|l| l.strip_prefix("answer: "))
+        .unwrap_or_else(|| panic!("no answer: {text}"));
+    assert!(answer.starts_with("`numpy` 2.4."), "{answer}");
+    assert!(answer.contains(" → 1.26.4 explains +"), "{answer}");
     assert_eq!(run.leftovers(), "", "containers left behind");
 }

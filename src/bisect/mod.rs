@@ -15,6 +15,10 @@
 //!   `PYTHONPATH`;
 //! - a shared library outside site-packages: A's file, mounted read-only and put first on
 //!   `LD_LIBRARY_PATH`.
+//!
+//! A swap whose case fails or skips (an ImportError) is a trial that cannot run, not a verdict.
+//! Each step's run id (`bisect-<id>-stepN`) labels its containers; on Ctrl-C or SIGTERM the step
+//! is stopped and whatever still carries those labels is removed before the exit (130).
 
 pub mod search;
 
@@ -36,27 +40,48 @@ use crate::suite::target::TargetMount;
 use crate::suite::TargetSpec;
 use crate::{errln, out};
 
-/// The pid of the step's child `tagbench run` while it runs (0: none): an interrupt of the
-/// bisect stops it, and it removes its own containers and marks its run interrupted.
-static STEP_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+/// The step's child `tagbench run` while it runs (pid 0: none) and its run id: an interrupt of
+/// the bisect stops it (it removes its own containers and marks its run interrupted), and the
+/// bisect removes what is still labelled with that run.
+static STEP: std::sync::Mutex<(i32, String)> = std::sync::Mutex::new((0, String::new()));
 
-/// On Ctrl-C or SIGTERM: SIGTERM to the running step, then up to 30 s for it to clean up.
+/// How long a step's `tagbench run` gets to clean up after SIGTERM before it is killed.
+const STEP_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// On Ctrl-C or SIGTERM: SIGTERM to the running step, up to [`STEP_GRACE`] for it to end (then
+/// SIGKILL), then the containers still labelled with its run are removed. A Ctrl-C at the
+/// terminal reaches the step too (one process group): it is then already cleaning up.
 fn stop_step_on_interrupt() {
     crate::sys::interrupt::on_interrupt("bisect step", || {
-        let pid = STEP_PID.load(std::sync::atomic::Ordering::SeqCst);
-        if pid <= 0 {
-            return;
-        }
-        // SAFETY: kill(2) with a pid this process started; no memory is touched.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        for _ in 0..300 {
-            // SAFETY: signal 0 only asks whether the process still exists.
-            if unsafe { libc::kill(pid, 0) } != 0 {
-                return;
+        let (pid, run) = STEP.lock().map(|s| s.clone()).unwrap_or_default();
+        if pid > 0 {
+            // SAFETY: kill(2) with a pid this process started; no memory is touched.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            // SAFETY: signal 0 only asks whether the process still exists (the main thread,
+            // in `wait`, reaps it).
+            let alive = || unsafe { libc::kill(pid, 0) } == 0;
+            let until = std::time::Instant::now() + STEP_GRACE;
+            while alive() && std::time::Instant::now() < until {
+                std::thread::sleep(std::time::Duration::from_millis(100));
             }
-            std::thread::sleep(std::time::Duration::from_millis(100));
+            if alive() {
+                // SAFETY: as above; a step that did not end in the grace period is killed.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        if !run.is_empty() {
+            match crate::executor::docker::remove_run_containers(&run) {
+                Ok(removed) => removed.iter().for_each(|r| eprintln!("{r}")),
+                Err(e) => eprintln!("error: {e:#}; `tagbench clean --run {run}` removes them"),
+            }
         }
     });
+}
+
+fn set_step(pid: i32, run: &str) {
+    if let Ok(mut s) = STEP.lock() {
+        *s = (pid, run.to_string());
+    }
 }
 
 /// Where swapped files go inside B's containers.
@@ -384,7 +409,9 @@ impl Bench<'_> {
         }
         let suite_path = self.work.join(format!("step{step}.toml"));
         std::fs::write(&suite_path, self.suite(&targets)?)?;
-        let run_id = format!("step{step}");
+        // Unique to this bisect: containers are labelled with the run id, and an interrupt or
+        // `tagbench clean --run` removes them by it.
+        let run_id = format!("{}-step{step}", self.label);
         let log = self.work.join(format!("step{step}.log"));
         let exe = std::env::current_exe().context("cannot find the tagbench binary")?;
         let mut cmd = std::process::Command::new(exe);
@@ -403,15 +430,32 @@ impl Bench<'_> {
         for r in self.regressed {
             cmd.args(["--filter", &format!("{}/{}", r.workload, r.case)]);
         }
-        let mut child = cmd
-            .stdout(std::fs::File::create(&log)?)
+        cmd.stdout(std::fs::File::create(&log)?)
             .stderr(std::fs::File::create(log.with_extension("err"))?)
-            .stdin(Stdio::null())
-            .spawn()
-            .context("failed to start `tagbench run` for a bisect step")?;
-        STEP_PID.store(child.id() as i32, std::sync::atomic::Ordering::SeqCst);
-        let status = child.wait()?;
-        STEP_PID.store(0, std::sync::atomic::Ordering::SeqCst);
+            .stdin(Stdio::null());
+        // A bisect killed outright (SIGKILL) leaves its step to clean up as on Ctrl-C.
+        crate::sys::signal_with_parent(&mut cmd, libc::SIGTERM);
+        let mut child = {
+            // The interrupt handler sets `interrupted` before it reads STEP: either this sees
+            // it and starts nothing, or the handler finds the child started here.
+            let mut current = STEP.lock().unwrap_or_else(|e| e.into_inner());
+            if crate::sys::interrupt::interrupted() {
+                drop(current);
+                crate::sys::interrupt::hold_if_interrupted();
+                bail!("interrupted");
+            }
+            let child = cmd
+                .spawn()
+                .context("failed to start `tagbench run` for a bisect step")?;
+            *current = (child.id() as i32, run_id.clone());
+            child
+        };
+        let status = child.wait();
+        set_step(0, &run_id);
+        // Interrupted: the handler is stopping the step and will exit 130; no further step
+        // may start meanwhile, and no verdict comes from a step cut short.
+        crate::sys::interrupt::hold_if_interrupted();
+        let status = status?;
         let dir = self.work.join(&run_id);
         if !dir.join("results.csv").exists() {
             bail!(
@@ -442,14 +486,20 @@ impl Bench<'_> {
         let judge = |name: &str, set: &[usize]| -> Trial {
             let against_a = of(&vs_a, name);
             let against_b = of(&vs_b, name);
-            let failed = run
-                .measurements
-                .iter()
-                .find(|m| m.row.target == name && m.row.status == crate::results::Status::Failed);
+            // The step runs only the regressed cases: a failed or skipped row of the swapped B
+            // is a swap that cannot run (an ImportError in a program, torch that no longer
+            // imports), whose error the table shows instead of a verdict.
+            let failed = run.measurements.iter().find(|m| {
+                m.row.target == name
+                    && matches!(
+                        m.row.status,
+                        crate::results::Status::Failed | crate::results::Status::Skipped
+                    )
+            });
             let first = against_a.first();
             let outcome = if let Some(f) = failed {
                 TrialOutcome::CannotRun {
-                    reason: f.row.reason.lines().last().unwrap_or_default().to_string(),
+                    reason: crate::engine::command::error_of(&f.row.reason),
                 }
             } else if against_a.len() < regressed.len()
                 || against_a
@@ -646,6 +696,14 @@ pub fn render(report: &BisectReport, format: Format) -> Result<String> {
 
 /// `tagbench bisect`.
 pub fn cmd_bisect(opts: BisectOptions) -> Result<Outcome> {
+    let result = bisect(opts);
+    // An interrupt's clean-up removes what a step or a copy out of an image was using, which
+    // may end this thread's work in an error first: the handler's exit (130) is the outcome.
+    crate::sys::interrupt::hold_if_interrupted();
+    result
+}
+
+fn bisect(opts: BisectOptions) -> Result<Outcome> {
     if opts.rounds < 3 {
         bail!(
             "--rounds {}: a verdict needs at least 3 rounds a side",
@@ -710,6 +768,10 @@ pub fn cmd_bisect(opts: BisectOptions) -> Result<Outcome> {
     let label = format!("bisect-{nonce:08x}");
     crate::executor::docker::remove_containers_on_interrupt(&label);
     stop_step_on_interrupt();
+    errln!(
+        "bisect runs in {} (runs {label}-step1, {label}-step2, …)",
+        work.display()
+    );
     let mut bench = Bench {
         opts: &opts,
         suite_text,
@@ -742,7 +804,6 @@ pub fn cmd_bisect(opts: BisectOptions) -> Result<Outcome> {
     };
     report.answer = answer(&report);
     out!("{}", render(&report, opts.format)?)?;
-    errln!("bisect runs in {}", work.display());
     Ok(Outcome::Regression)
 }
 

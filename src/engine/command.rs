@@ -26,6 +26,23 @@ use crate::workload::command::{CommandParams, MetricLine, METRICS_VAR, WALL_TIME
 const OUTPUT_CAP: usize = 16 << 20;
 /// How many of the last stderr lines a failure's reason quotes.
 const TAIL_LINES: usize = 3;
+/// What comes between how a program ended and the stderr lines a failure's reason quotes.
+const STDERR_QUOTE: &str = "; stderr: ";
+
+/// The error a failed command case's reason ends with, and how the program ended:
+/// `ImportError: … (python3 exited with status 1)` from `python3 exited with status 1; stderr:
+/// … | ImportError: …` (a Python traceback ends with its exception). Any other reason (it
+/// quotes no stderr) is returned as it is, on one line.
+pub fn error_of(reason: &str) -> String {
+    let reason = reason.lines().last().unwrap_or_default();
+    match reason.split_once(STDERR_QUOTE) {
+        Some((how, tail)) => {
+            let last = tail.rsplit(crate::sys::TAIL_SEPARATOR).next().unwrap_or(tail);
+            format!("{} ({how})", last.trim())
+        }
+        None => reason.to_string(),
+    }
+}
 
 /// What one run of the program gave.
 struct RunOutput {
@@ -238,7 +255,7 @@ fn run_once(
             if tail.is_empty() {
                 String::new()
             } else {
-                format!("; stderr: {tail}")
+                format!("{STDERR_QUOTE}{tail}")
             }
         )));
     }
@@ -264,7 +281,7 @@ fn run_once(
             if tail.is_empty() {
                 String::new()
             } else {
-                format!("; stderr: {tail}")
+                format!("{STDERR_QUOTE}{tail}")
             }
         )));
     }
@@ -513,6 +530,9 @@ mod tests {
         ));
         assert!(e.starts_with("/bin/sh exited with status 3; stderr: "), "{e}");
         assert!(e.ends_with("the last words"), "{e}");
+        // What a bisect's table says of it: the last line, then how the program ended.
+        assert_eq!(error_of(&e), "the last words (/bin/sh exited with status 3)");
+        assert_eq!(error_of("no such file"), "no such file");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use self::python::{PyProcess, Role, ScriptFile};
 use self::ranks::RankGroup;
 use super::{CaseOutput, Engine};
 use crate::case::{Better, Case, Device, Seconds};
+use crate::components::Distribution;
 use crate::error::CaseError;
 use crate::measure::Sampler;
 use crate::workload::allreduce::AllreduceParams;
@@ -446,6 +447,59 @@ fn compile_metrics(facts: &Value, out: &mut CaseOutput) {
     }
 }
 
+/// The distributions of a `distributions` reply of the worker script.
+fn parse_distributions(reply: &Value) -> Vec<Distribution> {
+    reply
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| Distribution {
+            name: d["name"].as_str().unwrap_or_default().to_string(),
+            version: d["version"].as_str().unwrap_or_default().to_string(),
+            imported: d["imported"].as_bool().unwrap_or(false),
+            location: d["location"].as_str().unwrap_or_default().to_string(),
+            top_level: d["top_level"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect(),
+        })
+        .filter(|d| !d.name.is_empty())
+        .collect()
+}
+
+/// How long python gets to list its distributions (it takes well under a second) before it is
+/// killed and the list left empty: a hung python must not keep the worker from its end.
+const LISTING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The Python distributions that the python here (`TAGBENCH_PYTHON`, else `python3`) can
+/// import, none marked imported: what a `command` case's programs find, for an engine without a
+/// python session of its own. Empty where there is no python or it cannot answer.
+pub fn importable_distributions() -> Vec<Distribution> {
+    let script = ScriptFile::write();
+    let Ok(mut p) = PyProcess::spawn(&python_command(), &script, Role::Distributions, &[]) else {
+        return Vec::new();
+    };
+    let pid = p.pid();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let reply = p.last_reply();
+        let _ = p.ended();
+        let _ = tx.send(reply);
+    });
+    match rx.recv_timeout(LISTING_TIMEOUT) {
+        Ok(Some(Ok(v))) => parse_distributions(&v["distributions"]),
+        Ok(_) => Vec::new(),
+        Err(_) => {
+            // SAFETY: kill(2) on the python this function started, which has not been waited for.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            Vec::new()
+        }
+    }
+}
+
 impl Engine for TorchEngine {
     fn name(&self) -> &'static str {
         "torch"
@@ -490,7 +544,7 @@ impl Engine for TorchEngine {
     /// filesystem) and the distributions importable in the image. Without a live session (torch
     /// missing, every case skipped), this worker's own process.
     fn components(&mut self) -> crate::components::Components {
-        use crate::components::{library, Components, Distribution};
+        use crate::components::{library, Components};
         if !self.session.as_mut().is_some_and(PyProcess::alive) {
             return Components::of_this_process();
         }
@@ -504,26 +558,7 @@ impl Engine for TorchEngine {
             .filter_map(Value::as_str)
             .map(library)
             .collect();
-        let python = reply["distributions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|d| Distribution {
-                name: d["name"].as_str().unwrap_or_default().to_string(),
-                version: d["version"].as_str().unwrap_or_default().to_string(),
-                imported: d["imported"].as_bool().unwrap_or(false),
-                location: d["location"].as_str().unwrap_or_default().to_string(),
-                top_level: d["top_level"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect(),
-            })
-            .filter(|d| !d.name.is_empty())
-            .collect();
-        Components::new(libraries, python)
+        Components::new(libraries, parse_distributions(&reply["distributions"]))
     }
 
     fn probe(&mut self, _p: &ProbeParams, _case: &Case) -> Result<CaseOutput, CaseError> {

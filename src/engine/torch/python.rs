@@ -138,8 +138,14 @@ impl Drop for ScriptFile {
 /// writing a reply only when it cannot go on).
 pub enum Role<'a> {
     Session,
-    Leader { device: &'a str },
-    Follower { device: &'a str },
+    Leader {
+        device: &'a str,
+    },
+    Follower {
+        device: &'a str,
+    },
+    /// One reply, the Python distributions importable here (`--distributions`), then exit.
+    Distributions,
 }
 
 /// A running python worker.
@@ -182,6 +188,11 @@ impl PyProcess {
             }
             Role::Follower { device } => {
                 cmd.args(["--rank", device])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped());
+            }
+            Role::Distributions => {
+                cmd.arg("--distributions")
                     .stdin(Stdio::null())
                     .stdout(Stdio::piped());
             }

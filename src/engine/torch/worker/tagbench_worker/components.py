@@ -42,14 +42,14 @@ def _used(dist, imported, loaded):
     return used, tops
 
 
-def distributions(loaded):
+def distributions(loaded, modules):
     """The Python distributions importable here, and whether this run imported one of their
-    modules or loaded one of their shared objects (namespace packages such as `nvidia`, shared by
-    several distributions, do not count as imported by themselves)."""
+    `modules` or loaded one of their shared objects (`loaded` paths; namespace packages such as
+    `nvidia`, shared by several distributions, do not count as imported by themselves)."""
     import importlib.metadata as md
 
     loaded = {os.path.realpath(p) for p in loaded}
-    imported = {name.split(".")[0] for name in sys.modules}
+    imported = {name.split(".")[0] for name in modules}
     out, seen = [], set()
     for dist in md.distributions():
         name = dist.metadata["Name"] or ""
@@ -72,4 +72,4 @@ def distributions(loaded):
 def components():
     """The reply to `components`: mapped shared objects and distributions."""
     maps = mapped_objects()
-    return {"maps": maps, "distributions": distributions(maps)}
+    return {"maps": maps, "distributions": distributions(maps, list(sys.modules))}

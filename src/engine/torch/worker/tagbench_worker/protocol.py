@@ -18,7 +18,8 @@ before main() took it over is never read as a reply. Anything else written to st
 a library, a C++ warning) is sent to stderr, which tagbench keeps in the case log.
 
 `--rank DEVICE` runs one rank of a multi-rank case (ranks.py): rank 0 reads the requests and
-broadcasts them, and every rank handles each in lockstep.
+broadcasts them, and every rank handles each in lockstep. `--distributions` prints one reply, the
+Python distributions importable here, and exits without importing torch.
 """
 
 import importlib
@@ -214,6 +215,13 @@ def main():
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
+    if sys.argv[1:] == ["--distributions"]:
+        # The native engine's question for a `command` case's programs: what the image's python
+        # can import. Torch is not imported for it, and nothing counts as imported by this run.
+        from .components import distributions
+
+        send(proto, {"ok": {"distributions": distributions([], [])}})
+        return
     if len(sys.argv) > 2 and sys.argv[1] == "--rank":
         run_rank(sys.argv[2], proto)
         return
