@@ -104,8 +104,10 @@ fn parent_of(pid: u32) -> Option<u32> {
 fn current_tid() -> u32 {
     #[cfg(target_os = "linux")]
     {
+        // The raw system call: glibc's gettid() wrapper is 2.30+, and the worker links against
+        // glibc 2.17 for old images (scripts/build-worker.sh).
         // SAFETY: gettid(2) takes no arguments and cannot fail.
-        (unsafe { libc::gettid() }) as u32
+        (unsafe { libc::syscall(libc::SYS_gettid) }) as u32
     }
     #[cfg(not(target_os = "linux"))]
     {
