@@ -301,12 +301,6 @@ fn paired_case(
     who: &[usize],
     case: &Case,
 ) -> Result<()> {
-    let mut active: Vec<usize> = Vec::new();
-    for &i in who {
-        if ask_case(ctx, writer, &mut sides[i], case, true)? {
-            active.push(i);
-        }
-    }
     let m = &case.measure;
     // One batch length for every side, so that the batches of a pair last alike.
     let batch_s = if who.iter().any(|&i| sides[i].target.cpus.is_some()) {
@@ -314,31 +308,38 @@ fn paired_case(
     } else {
         batch_seconds(m)
     };
-    loop {
-        // Every side to its next sampling (`ready`) or to the end of the case.
-        let mut taking = Vec::new();
-        for &i in &active {
-            let ready = |e: &Event| matches!(e, Event::Ready { .. } | Event::Ended);
-            if let Pumped::Event(Event::Ready { per_call_s, .. }) = pump(ctx, writer, &mut sides[i], ready)? {
-                taking.push(Taking {
-                    side: i,
-                    n: batch_len(m, per_call_s, batch_s),
-                    values: Vec::new(),
-                    batches: 0,
-                });
-            }
+    // A side to its next sampling (`ready`), or `None` at the end of its case. One side at a
+    // time: a side's set-up and warm-up do not share the machine with the other's, and the
+    // warm-up's time per call (the batch size) is its own.
+    let to_ready = |ctx: &mut RunContext,
+                    writer: &mut RunWriter,
+                    side: &mut Side<'_>,
+                    i: usize|
+     -> Result<Option<Taking>> {
+        let ready = |e: &Event| matches!(e, Event::Ready { .. } | Event::Ended);
+        Ok(match pump(ctx, writer, side, ready)? {
+            Pumped::Event(Event::Ready { per_call_s, .. }) => Some(Taking {
+                side: i,
+                n: batch_len(m, per_call_s, batch_s),
+                values: Vec::new(),
+                batches: 0,
+            }),
+            _ => None,
+        })
+    };
+    let mut taking = Vec::new();
+    for &i in who {
+        if ask_case(ctx, writer, &mut sides[i], case, true)? {
+            taking.extend(to_ready(ctx, writer, &mut sides[i], i)?);
         }
-        if taking.is_empty() {
-            return Ok(());
-        }
-        active = taking.iter().map(|t| t.side).collect();
+    }
+    while !taking.is_empty() {
         let mut pair = 0;
         while !taking.is_empty() && !taking.iter().all(|t| t.enough(m)) {
             for k in super::scheduler::order(pair, taking.len()) {
                 let t = &mut taking[k];
                 let side = &mut sides[t.side];
                 if !command(ctx, writer, side, &Command::Batch { n: t.n })? {
-                    t.values.clear();
                     t.batches = usize::MAX;
                     continue;
                 }
@@ -355,13 +356,21 @@ fn paired_case(
             }
             // A side whose case ended goes no further; the others go on (alone, if one is left).
             taking.retain(|t| t.batches != usize::MAX);
-            active.retain(|i| taking.iter().any(|t| t.side == *i));
             pair += 1;
         }
-        for t in &taking {
-            command(ctx, writer, &mut sides[t.side], &Command::Release)?;
+        // Released one at a time: each side finishes this sampling and reaches its next one
+        // (a precision mode after its fp32 reference) or the end of its case before the next
+        // side is released.
+        let mut next = Vec::new();
+        for t in taking {
+            let side = &mut sides[t.side];
+            if command(ctx, writer, side, &Command::Release)? {
+                next.extend(to_ready(ctx, writer, side, t.side)?);
+            }
         }
+        taking = next;
     }
+    Ok(())
 }
 
 /// Ends a side's worker: the job is over (`end`), its components and `done` are read, and it
