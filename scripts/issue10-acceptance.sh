@@ -123,7 +123,7 @@ for i in $(seq 1 "$RUNS"); do
   verdicts "$WORK/f-$i" > "$WORK/fv-$i.txt"
   g5=$(awk '$1=="gemm" && $2=="latency" && $3=="regression"' "$WORK/fv-$i.txt" | wc -l)
   a5=$(awk '$1=="attention" && $2=="latency" && $3=="regression"' "$WORK/fv-$i.txt" | wc -l)
-  duty=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])).get("duty_cycle") or {}; print(f"{100*d.get(\"share\",0):.0f}% ({d.get(\"batches\",0)} batches, settle {d.get(\"settle_ms_mean\",0):.1f} ms)")' "$WORK/r/aa-$i/run.json")
+  duty=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])).get("duty_cycle") or {}; print("%.0f%% (%d batches, settle %.1f ms)" % (100 * d.get("share", 0), d.get("batches", 0), d.get("settle_ms_mean", 0)))' "$WORK/r/aa-$i/run.json")
   rounds=$(python3 -c '
 import csv, sys, collections
 m = collections.defaultdict(set)
