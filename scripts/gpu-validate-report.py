@@ -121,6 +121,33 @@ def shorten(bad):
     return bad[:2] + ([f"and {len(bad) - 2} more"] if len(bad) > 2 else [])
 
 
+def torch_only(lines, check, t, torch_rows):
+    """The torch engine's own paths (Hugging Face generate, torch.compile, cuDNN convolutions):
+    their figures; PASS where every case ran, FAIL where one failed, n/a where the torch run did
+    not reach them or the machine lacks what they need (every case skipped, with the reason)."""
+    lines += ["## Torch engine only", "", "| case | metric | torch |", "| --- | --- | ---: |"]
+    paths = [
+        ("generate-hf", "hf generate (transformers, bf16)", ["ttft", "tpot", "decode_tokens_per_s"]),
+        ("compile", "torch.compile default (Inductor + triton)", ["compile_time", "graph_breaks", "step_time"]),
+        ("conv", "conv bf16 channels_last (cuDNN, checked against float64)", ["throughput", "latency"]),
+    ]
+    for w, path, metrics in paths:
+        for c in sorted({r["case"] for r in torch_rows if r["workload"] == w}):
+            for m in metrics:
+                v = value(t, w, c, m)
+                if v is not None:
+                    lines.append(f"| {w}/{c} | {m} | {fmt(v, 3)} |")
+        total, bad = statuses(torch_rows, w)
+        cases = {r["case"]: r for r in torch_rows if r["workload"] == w and r["status"] != "ok"}
+        if total == 0:
+            check(path, None, "not run (no torch run, or its budget was spent)")
+        elif cases and all(r["status"] == "skipped" for r in cases.values()) and len(cases) == total:
+            check(path, None, "; ".join(bad))
+        else:
+            check(path, not bad, "; ".join(bad) or f"{total} cases")
+    lines.append("")
+
+
 def main(argv):
     results, native_id, torch_id, meta_path, out_md = argv[1:6]
     meta = {}
@@ -264,6 +291,8 @@ def main(argv):
         wrong = [c for (ww, c, m), r in n.items() if ww == w and m == "wrong_elements" and r["status"] == "ok" and float(r["median"] or 0) != 0]
         check(f"{w} (NCCL)", total > 0 and not bad and not wrong, "; ".join(bad + [f"{c}: wrong elements" for c in wrong]) or f"{total} cases")
     lines.append("")
+
+    torch_only(lines, check, t, torch_rows)
 
     lines += ["## PASS / FAIL", "", "| path | result | detail |", "| --- | --- | --- |"]
     lines += [f"| {p} | {s} | {d.replace('|', '/')} |" for p, s, d in checks]

@@ -15,7 +15,10 @@
 #  4. times bf16 1024³ GEMM at three sample targets (TAGBENCH_CUDA_SAMPLE_MS = 0.001, i.e. one
 #     call per sample, 2 and 8 ms) to show that the time per call does not depend on the batch,
 #  5. runs the same suite with `--engine torch` where python3 can import torch (installing it
-#     first from carried wheels in TAGBENCH_WHEELS when it cannot),
+#     first from carried wheels in TAGBENCH_WHEELS when it cannot), which also measures the
+#     torch engine's own paths (the native run skips them): Hugging Face generate bf16 (the
+#     machine's transformers), torch.compile default on a training step, cuDNN conv bf16
+#     channels_last,
 #  6. writes docs/gpu-validation.md itself: each figure beside torch's and the physical peak,
 #     PASS/FAIL per path, and exits 1 when any path fails (2 when nothing ran).
 #
