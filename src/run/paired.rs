@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 use super::context::RunContext;
-use super::supervise::{end_worker, start_worker, End, Event, Prepared, Session, POLL, STARTUP_GRACE};
+use super::supervise::{end_worker, secs, start_worker, End, Event, Prepared, Session, STARTUP_GRACE};
 use crate::case::{Case, MeasureSettings};
-use crate::executor::{LineEvent, WorkerHandle};
+use crate::executor::WorkerHandle;
 use crate::protocol::Command;
 use crate::results::RunWriter;
 use crate::stats::summarize;
@@ -169,9 +169,8 @@ fn command(ctx: &mut RunContext, writer: &mut RunWriter, side: &mut Side<'_>, cm
         }
     }
     let (worker, _) = side.worker.as_mut().expect("a worker");
-    if let Err(e) = worker.send(&cmd.line()) {
+    if worker.send(&cmd.line()).is_err() {
         // The worker is gone: its output says how (reading it to the end fails the case).
-        let _ = e;
         let _ = pump(ctx, writer, side, |_| false)?;
         return Ok(false);
     }
@@ -211,36 +210,12 @@ fn pump(
     let Some((worker, _)) = side.worker.as_mut() else {
         return Ok(Pumped::Gone);
     };
-    let end = loop {
-        let s = &mut side.session;
-        let wait = s.deadline.saturating_duration_since(Instant::now()).min(POLL);
-        match worker.next_line(wait) {
-            LineEvent::Line(line) => {
-                if let Some(end) = s.take_line(ctx, writer, &mut side.prepared.meta, &line)? {
-                    if matches!(end, End::Refused(_)) {
-                        let _ = worker.kill();
-                    }
-                    break end;
-                }
-                if let Some(ev) = s.event.take() {
-                    if want(&ev) {
-                        return Ok(Pumped::Event(ev));
-                    }
-                }
-            }
-            LineEvent::Eof => break End::Died(None),
-            LineEvent::Timeout if Instant::now() >= s.deadline => {
-                let _ = worker.kill();
-                let limit = s
-                    .pending
-                    .first()
-                    .map_or(MeasureSettings::default().timeout_s, |c| c.measure.timeout_s);
-                break End::Died(Some(format!(
-                    "timed out after {limit} s (timeout_s); the worker was killed"
-                )));
-            }
-            LineEvent::Timeout => {}
-        }
+    let end = match side
+        .session
+        .read_until(ctx, writer, &mut side.prepared.meta, worker.as_mut(), want)?
+    {
+        Ok(ev) => return Ok(Pumped::Event(ev)),
+        Err(end) => end,
     };
     let (worker, job) = side.worker.take().expect("a worker");
     if matches!(end, End::Died(_)) && !side.session.has_current() {
@@ -386,10 +361,6 @@ fn end_job(ctx: &mut RunContext, writer: &mut RunWriter, side: &mut Side<'_>) ->
         .session
         .follow(ctx, writer, &mut side.prepared.meta, worker.as_mut())?;
     end_worker(ctx, writer, side.prepared, &mut side.session, worker, end, &job)
-}
-
-fn secs(s: f64) -> Duration {
-    Duration::from_secs_f64(s.clamp(0.0, 1e7))
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ pub(super) const STARTUP_GRACE: Duration = Duration::from_secs(60);
 const COMMAND_GRACE: Duration = Duration::from_secs(10);
 
 /// How often a quiet worker's deadline is checked (and Ctrl-C noticed) while waiting for lines.
-pub(super) const POLL: Duration = Duration::from_millis(250);
+const POLL: Duration = Duration::from_millis(250);
 
 /// Protocol lines longer than this are cut in warnings (a binary dump would flood stderr).
 const SHOWN_LINE_CHARS: usize = 200;
@@ -415,6 +415,22 @@ impl Session {
         meta: &mut TargetMeta,
         worker: &mut dyn WorkerHandle,
     ) -> Result<End> {
+        match self.read_until(ctx, writer, meta, worker, |_| false)? {
+            Ok(_) => unreachable!("no event is wanted"),
+            Err(end) => Ok(end),
+        }
+    }
+
+    /// Reads the worker's lines until an event `want` accepts (`Ok`: a controlled worker's,
+    /// `run::paired`), or until `done`, end of output, or the case's deadline (`Err`).
+    pub(super) fn read_until(
+        &mut self,
+        ctx: &mut RunContext,
+        writer: &mut RunWriter,
+        meta: &mut TargetMeta,
+        worker: &mut dyn WorkerHandle,
+        want: impl Fn(&Event) -> bool,
+    ) -> Result<Result<Event, End>> {
         loop {
             let wait = self.deadline.saturating_duration_since(Instant::now()).min(POLL);
             match worker.next_line(wait) {
@@ -423,18 +439,24 @@ impl Session {
                         if matches!(end, End::Refused(_)) {
                             let _ = worker.kill();
                         }
-                        return Ok(end);
+                        return Ok(Err(end));
+                    }
+                    if let Some(ev) = self.event.take().filter(|ev| want(ev)) {
+                        return Ok(Ok(ev));
                     }
                 }
-                LineEvent::Eof => return Ok(End::Died(None)),
+                LineEvent::Eof => return Ok(Err(End::Died(None))),
                 LineEvent::Timeout if Instant::now() >= self.deadline => {
+                    // The case's limit; between cases (a controlled worker ending its job), the
+                    // next pending case's, or the default.
                     let limit = self
                         .current_case()
-                        .map_or(self.pending[0].measure.timeout_s, |c| c.measure.timeout_s);
+                        .or(self.pending.first())
+                        .map_or(MeasureSettings::default().timeout_s, |c| c.measure.timeout_s);
                     let _ = worker.kill();
-                    return Ok(End::Died(Some(format!(
+                    return Ok(Err(End::Died(Some(format!(
                         "timed out after {limit} s (timeout_s); the worker was killed"
-                    ))));
+                    )))));
                 }
                 LineEvent::Timeout => {}
             }
@@ -869,7 +891,7 @@ fn unframed_warning(n: usize, first: usize) -> String {
     )
 }
 
-fn secs(s: f64) -> Duration {
+pub(super) fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.clamp(0.0, 1e7))
 }
 
