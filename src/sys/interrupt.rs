@@ -168,15 +168,52 @@ mod tests {
             .spawn()
             .unwrap();
         let mut other = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        // What /proc says of the worker, for a failure message.
+        let seen = |pid: u32| {
+            let read = |f: &str| {
+                std::fs::read(format!("/proc/{pid}/{f}"))
+                    .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            };
+            format!("stat {:?}, cmdline {:?}", read("stat"), read("cmdline"))
+        };
+        // The test runs beside others on a busy machine: wait until /proc shows the worker's
+        // argv and its shell has read its script (its first `sleep` child exists), so that a
+        // failure below is the function's and not a process that has not started yet.
+        let started = std::time::Instant::now();
+        while !(is_worker(worker.id()) && has_child(worker.id())) {
+            assert!(
+                started.elapsed().as_secs() < 20,
+                "the worker did not start: {}",
+                seen(worker.id())
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         assert_eq!(parent_of(worker.id()), Some(std::process::id()));
         assert!(!is_worker(other.id()));
         let killed = kill_local_workers();
-        assert!(killed.contains(&worker.id()), "{killed:?}");
+        assert!(
+            killed.contains(&worker.id()),
+            "killed {killed:?}; worker {}: {}",
+            worker.id(),
+            seen(worker.id())
+        );
         assert!(!killed.contains(&other.id()), "{killed:?}");
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(worker.wait().unwrap().signal(), Some(libc::SIGKILL));
         assert_eq!(other.try_wait().unwrap(), None);
         other.kill().unwrap();
         other.wait().unwrap();
+    }
+
+    /// Whether some process has `pid` as its parent.
+    fn has_child(pid: u32) -> bool {
+        std::fs::read_dir("/proc").is_ok_and(|d| {
+            d.flatten().any(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .is_some_and(|c| parent_of(c) == Some(pid))
+            })
+        })
     }
 }
