@@ -152,10 +152,11 @@ def main(argv):
     results, native_id, torch_id, meta_path, out_md = argv[1:6]
     meta = {}
     if os.path.exists(meta_path):
-        for line in open(meta_path):
-            if "=" in line:
-                k, v = line.rstrip("\n").split("=", 1)
-                meta[k] = v
+        with open(meta_path) as fh:
+            for line in fh:
+                if "=" in line:
+                    k, v = line.rstrip("\n").split("=", 1)
+                    meta[k] = v
     native = load_rows(results, native_id)
     if not native:
         print(f"error: no results for {native_id} under {results}", file=sys.stderr)
@@ -166,7 +167,8 @@ def main(argv):
     gpu_name = next((r["gpu_name"] for r in native if r.get("gpu_name")), "")
     direct = None
     try:
-        direct = float(open(os.path.join(results, torch_id + ".matmul")).read().split()[0])
+        with open(os.path.join(results, torch_id + ".matmul")) as fh:
+            direct = float(fh.read().split()[0])
     except (OSError, ValueError, IndexError):
         pass
 
