@@ -4,7 +4,7 @@
 //! host names, and in a paired case it warms up, says `ready` and takes sample batches only on
 //! command. The host alternates short batches of the same case between the targets (A B, B A,
 //! A B, …; forwards in even batch rounds, backwards in odd ones), each batch sized from the
-//! warm-up's time per call to about [`batch_seconds`], so that batch i of every target ran next
+//! warm-up's time per call to about [`batch_seconds`] (20 ms), so that batch i of every target ran next
 //! to the others' batch i in time: what the machine did at that moment is shared by the pair
 //! and cancels in their ratio (`compare` pairs them; samples.csv records each sample's batch).
 //! A case the suite or the memory plan keeps from two warm workers runs case by case: A's case,
@@ -34,12 +34,26 @@ const WRAP_UP: Duration = Duration::from_secs(120);
 /// Batches a side takes at least before a paired case may stop (unless `max_samples` stops it).
 const MIN_BATCHES: usize = 3;
 
-/// The wall time one batch aims at: an eighth of the case's `max_time_s`, within 20–100 ms. Long
-/// enough that a batch holds several calls of a fast kernel and the worker's settling after it
-/// is a small share; short enough that the two targets' batches see the same machine.
+/// The wall time one batch aims at (outside CPU quotas): 20 ms, the short end of what issue 19
+/// allowed, or a third of the case's `max_time_s` where that is less (a side takes at least
+/// [`MIN_BATCHES`] batches).
+///
+/// Shorter is better here because what disturbs a measurement is not white noise. Measured on
+/// the 2-core VM (one worker sampling without pause, samples.csv of a round-paired run), the
+/// log ratio of consecutive blocks of samples spreads about as much whatever the block length
+/// (gemm 1024 fp32: 13%, 11%, 11%, 12% for blocks of 15, 30, 45, 90 ms; attention: 10%, 10%,
+/// 12%, 14%, 20% for 7, 13, 23, 46, 92 ms): the machine's speed moves in steps at every time
+/// scale, so a pair of batches cancels more of it the closer in time its halves are, and for the
+/// same timed seconds, twice the pairs halves the variance of a round's ratio. Below ~20 ms the
+/// per-batch costs grow: the settle wait after each batch (~3 ms), and the first call after the
+/// other target ran (gemm +4%, attention +11% over the batch's others: caches the other process
+/// evicted), which would make a short batch measure a cold call rather than the steady state.
 pub fn batch_seconds(m: &MeasureSettings) -> f64 {
-    (m.max_time_s / 8.0).clamp(0.02, 0.1)
+    BATCH_S.min(m.max_time_s / MIN_BATCHES as f64)
 }
+
+/// See [`batch_seconds`].
+pub const BATCH_S: f64 = 0.02;
 
 /// The batch length when a target of the case has a CPU quota (`cpus`): three CFS periods
 /// (Docker's period is 100 ms). A quota is a rate enforced per period, and a container that
@@ -368,16 +382,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn batches_aim_at_an_eighth_of_max_time_within_bounds() {
+    fn batches_aim_at_twenty_ms_and_three_a_side_at_least() {
         let m = MeasureSettings {
             max_time_s: 0.3,
             max_samples: 1000,
             ..Default::default()
         };
         let b = batch_seconds(&m);
-        assert!((b - 0.0375).abs() < 1e-12);
-        // A 2 ms call: 19 calls; a 50 ms call: one; never more than max_samples.
-        assert_eq!(batch_len(&m, 0.002, b), 19);
+        assert_eq!(b, 0.02);
+        // A 2 ms call: 10 calls; a 50 ms call: one; never more than max_samples.
+        assert_eq!(batch_len(&m, 0.002, b), 10);
         assert_eq!(batch_len(&m, 0.05, b), 1);
         assert_eq!(batch_len(&m, 1e-9, b), 1000);
         assert_eq!(batch_len(&m, 0.0, b), 1);
@@ -386,7 +400,12 @@ mod tests {
             max_time_s: 10.0,
             ..m.clone()
         };
-        assert_eq!(batch_seconds(&long), 0.1);
+        assert_eq!(batch_seconds(&long), 0.02);
+        let short = MeasureSettings {
+            max_time_s: 0.03,
+            ..m.clone()
+        };
+        assert!((batch_seconds(&short) - 0.01).abs() < 1e-12);
     }
 
     #[test]
