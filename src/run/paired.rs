@@ -4,8 +4,8 @@
 //! host names, and in a paired case it warms up, says `ready` and takes sample batches only on
 //! command. The host alternates short batches of the same case between the targets (A B, B A,
 //! A B, …; forwards in even batch rounds, backwards in odd ones), each batch sized from the
-//! warm-up's time per call to about [`batch_seconds`] (20 ms), so that batch i of every target ran next
-//! to the others' batch i in time: what the machine did at that moment is shared by the pair
+//! warm-up's time per call to about [`batch_seconds`] (20 ms), so that batch i of every target
+//! ran next to the others' batch i in time: what the machine did at that moment is shared by the pair
 //! and cancels in their ratio (`compare` pairs them; samples.csv records each sample's batch).
 //! A case the suite or the memory plan keeps from two warm workers runs case by case: A's case,
 //! then B's, then the next case, never a whole target's case list in a row.
@@ -44,7 +44,9 @@ const MIN_BATCHES: usize = 3;
 /// (gemm 1024 fp32: 13%, 11%, 11%, 12% for blocks of 15, 30, 45, 90 ms; attention: 10%, 10%,
 /// 12%, 14%, 20% for 7, 13, 23, 46, 92 ms): the machine's speed moves in steps at every time
 /// scale, so a pair of batches cancels more of it the closer in time its halves are, and for the
-/// same timed seconds, twice the pairs halves the variance of a round's ratio. Below ~20 ms the
+/// same timed seconds there are more pairs to average. Side by side with the earlier 37 ms
+/// (docs/design.md), 20 ms cut the spread of a round's ratio by a quarter for gemm and
+/// generate and raised it by a fifth for attention (~6 calls a batch). Below ~20 ms the
 /// per-batch costs grow: the settle wait after each batch (~3 ms), and the first call after the
 /// other target ran (gemm +4%, attention +11% over the batch's others: caches the other process
 /// evicted), which would make a short batch measure a cold call rather than the steady state.
