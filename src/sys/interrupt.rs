@@ -118,14 +118,8 @@ fn install() {
 pub fn kill_local_workers() -> Vec<u32> {
     let me = std::process::id();
     let mut killed = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return killed;
-    };
-    for e in entries.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        if parent_of(pid) != Some(me) || !is_worker(pid) {
+    for pid in children_of(me) {
+        if !is_worker(pid) {
             continue;
         }
         // SAFETY: a signal to a child of this process; no memory is passed.
@@ -134,6 +128,16 @@ pub fn kill_local_workers() -> Vec<u32> {
         }
     }
     killed
+}
+
+/// The processes whose parent is `pid`, from /proc (none where /proc cannot be read).
+fn children_of(pid: u32) -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(move |&c| parent_of(c) == Some(pid))
 }
 
 /// A process's parent, from /proc/PID/stat (the field after the `(comm)`, which may hold
@@ -180,7 +184,7 @@ mod tests {
         // argv and its shell has read its script (its first `sleep` child exists), so that a
         // failure below is the function's and not a process that has not started yet.
         let started = std::time::Instant::now();
-        while !(is_worker(worker.id()) && has_child(worker.id())) {
+        while !(is_worker(worker.id()) && children_of(worker.id()).next().is_some()) {
             assert!(
                 started.elapsed().as_secs() < 20,
                 "the worker did not start: {}",
@@ -203,17 +207,5 @@ mod tests {
         assert_eq!(other.try_wait().unwrap(), None);
         other.kill().unwrap();
         other.wait().unwrap();
-    }
-
-    /// Whether some process has `pid` as its parent.
-    fn has_child(pid: u32) -> bool {
-        std::fs::read_dir("/proc").is_ok_and(|d| {
-            d.flatten().any(|e| {
-                e.file_name()
-                    .to_str()
-                    .and_then(|n| n.parse::<u32>().ok())
-                    .is_some_and(|c| parent_of(c) == Some(pid))
-            })
-        })
     }
 }
