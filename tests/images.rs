@@ -804,8 +804,10 @@ fn bisect_names_omp_num_threads_as_the_cause_of_the_gemm_regression() {
         code, 1,
         "SLOW is slower than BASE with one OpenMP thread (load {load}): {stderr}"
     );
+    // Eight rounds a step: one OpenMP thread against two spreads a round's ratio by ~18% on a
+    // busy 2-core VM, and the control of five rounds once read 1.58x [1.25, 1.98] `noisy`.
     let out = run
-        .bisect(base, slow, &["--format", "json"])
+        .bisect(base, slow, &["--format", "json", "--rounds", "8"])
         .output()
         .expect("tagbench bisect runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
