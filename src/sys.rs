@@ -1,9 +1,10 @@
 //! Small facts about the operating system and the process, shared by every layer: signal names,
 //! panic payloads, identifiers safe for the file system and the container engine, the limits
-//! the process runs under ([`limits`]), output that a closed pipe cannot crash. Nearly a leaf: it
+//! the process runs under ([`limits`]), what the worker's malloc keeps ([`alloc`]), output that a closed pipe cannot crash. Nearly a leaf: it
 //! imports only [`crate::outcome`] (the exit code of an interrupt), itself a leaf, so any module
 //! may use it without making an import cycle.
 
+pub mod alloc;
 pub mod interrupt;
 pub mod limits;
 pub mod log_cap;

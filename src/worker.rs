@@ -13,6 +13,7 @@ use crate::stats::summary::{mad_outliers, summarize};
 
 /// Reads the job file and runs it, writing protocol lines to `out`.
 pub fn run_job_file(path: &Path, out: impl Write) -> Result<()> {
+    crate::sys::alloc::keep_freed_memory();
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("failed to read job file {}", path.display()))?;
     let job: Job = serde_json::from_str(&text)
@@ -42,6 +43,9 @@ pub fn run_job(job: &Job, out: impl Write) -> Result<()> {
     })?;
     // What the container (or host) gave the worker, beside what the engine found.
     let mut info = crate::sys::limits::facts();
+    if let Some(malloc) = crate::sys::alloc::described() {
+        info.insert("malloc".into(), malloc.into());
+    }
     info.extend(engine.env());
     em.emit(&Message::Env { info })?;
     if crate::measure::control::installed() {
