@@ -7,7 +7,8 @@
 //! (`batch n`), until `release`: the engine's set-up (inputs, weights, plans, compiled kernels,
 //! a CUDA context, a python session) happens once, and the host alternates short batches of two
 //! warm workers so that each batch of A has one of B next to it in time. After each batch the
-//! worker waits for its own threads to go idle ([`super::settle`]) before it answers.
+//! worker waits for its own threads to go idle ([`super::settle`]) before it answers, and so
+//! it does before it says `ready` (the sides warm up at the same time).
 //!
 //! The controller belongs to the thread that runs the worker's cases (thread-local): the sampler
 //! is called from deep inside the engines, on that thread, one case at a time.
@@ -160,6 +161,9 @@ impl Control {
         let phase = self.phase;
         self.phase += 1;
         let mut values = Vec::new();
+        // The warm-up's threads go idle before the host is told: the other target may be
+        // measuring its first batch as soon as this one is ready.
+        super::settle::settle();
         let said = self.emit(&Message::Ready {
             case: case.clone(),
             workload: workload.clone(),

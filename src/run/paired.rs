@@ -3,10 +3,11 @@
 //! Each target keeps one warm worker for the round, a job with `control`: it runs the case the
 //! host names, and in a paired case it warms up, says `ready` and takes sample batches only on
 //! command. The host alternates short batches of the same case between the targets (A B, B A,
-//! A B, …; forwards in even batch rounds, backwards in odd ones), each batch sized from the
-//! warm-up's time per call to about [`batch_seconds`] (20 ms), so that batch i of every target
-//! ran next to the others' batch i in time: what the machine did at that moment is shared by the pair
-//! and cancels in their ratio (`compare` pairs them; samples.csv records each sample's batch).
+//! A B, …; forwards in even batch rounds, backwards in odd ones), each batch sized to about
+//! [`batch_seconds`] (10 ms) from the side's time per call (the warm-up's for the first batch,
+//! its own batches' after that), so that batch i of every target ran next to the others'
+//! batch i in time: what the machine did at that moment is shared by the pair and cancels in
+//! their ratio (`compare` pairs them; samples.csv records each sample's batch).
 //! A case the suite or the memory plan keeps from two warm workers runs case by case: A's case,
 //! then B's, then the next case, never a whole target's case list in a row.
 //!
@@ -34,28 +35,30 @@ const WRAP_UP: Duration = Duration::from_secs(120);
 /// Batches a side takes at least before a paired case may stop (unless `max_samples` stops it).
 const MIN_BATCHES: usize = 3;
 
-/// The wall time one batch aims at (outside CPU quotas): 20 ms, the short end of what issue 19
-/// allowed, or a third of the case's `max_time_s` where that is less (a side takes at least
-/// [`MIN_BATCHES`] batches).
+/// The wall time one batch aims at (outside CPU quotas): 10 ms, or a third of the case's
+/// `max_time_s` where that is less (a side takes at least [`MIN_BATCHES`] batches). A call
+/// longer than that is a batch of one.
 ///
-/// Shorter is better here because what disturbs a measurement is not white noise. Measured on
-/// the 2-core VM (one worker sampling without pause, samples.csv of a round-paired run), the
-/// log ratio of consecutive blocks of samples spreads about as much whatever the block length
-/// (gemm 1024 fp32: 13%, 11%, 11%, 12% for blocks of 15, 30, 45, 90 ms; attention: 10%, 10%,
-/// 12%, 14%, 20% for 7, 13, 23, 46, 92 ms): the machine's speed moves in steps at every time
-/// scale, so a pair of batches cancels more of it the closer in time its halves are, and for the
-/// same timed seconds there are more pairs to average. Side by side with the earlier 37 ms
-/// (docs/design.md), 20 ms cut the spread of a round's ratio by a quarter for gemm and
-/// generate and raised it by a fifth for attention (~6 calls a batch). Below ~20 ms the
-/// per-batch costs grow: the settle wait after each batch (~3 ms), and the first call after the
-/// other target ran (gemm +4%, attention +11% over the batch's others: caches the other process
-/// evicted), which would make a short batch measure a cold call rather than the steady state.
+/// Short, because what disturbs a measurement is not white noise. Measured on the 2-core VM
+/// (one worker sampling without pause, samples.csv of a round-paired run), the log ratio of
+/// consecutive blocks of samples spreads about as much whatever the block length (gemm 1024
+/// fp32: 13%, 11%, 11%, 12% for blocks of 15, 30, 45, 90 ms; attention: 10%, 10%, 12%, 14%,
+/// 20% for 7, 13, 23, 46, 92 ms): the machine's speed moves in steps at every time scale, so a
+/// pair of batches cancels more of it the closer in time its halves are, and for the same
+/// timed seconds there are more pairs to average. Side by side (12-06, issue 19's A/A suite,
+/// 10 rounds, runs alternating, the worker keeping its freed memory), 10 ms against 20 ms
+/// batches gave a round's ratio an SD of 2.9% against 3.1% (attention, 3 runs each; 2.35%
+/// against 3.2% in 4 attention-only runs each), 1.3% against 2.3% (gemm), 1.8% against 2.2%
+/// (tpot), 2.0% against 2.6% (ttft), at a duty cycle of 68–70% against 72%. What a batch
+/// costs besides its samples: the settle wait after it (~2.8 ms), and the first call after the
+/// other target ran (gemm +4%, attention +12–16% over the batch's others: caches the other
+/// process evicted), which both sides pay alike.
 pub fn batch_seconds(m: &MeasureSettings) -> f64 {
     BATCH_S.min(m.max_time_s / MIN_BATCHES as f64)
 }
 
 /// See [`batch_seconds`].
-pub const BATCH_S: f64 = 0.02;
+pub const BATCH_S: f64 = 0.01;
 
 /// The batch length when a target of the case has a CPU quota (`cpus`): three CFS periods
 /// (Docker's period is 100 ms). A quota is a rate enforced per period, and a container that
@@ -264,6 +267,11 @@ struct Taking {
 }
 
 impl Taking {
+    /// The side's time per call over its batches so far: what sizes its next batch.
+    fn measured(&self) -> f64 {
+        self.values.iter().sum::<f64>() / self.values.len().max(1) as f64
+    }
+
     /// Whether this side has enough of the case, by its measurement settings (as the worker's
     /// own sampler decides, on the sum of the sample times).
     fn enough(&self, m: &MeasureSettings) -> bool {
@@ -299,9 +307,13 @@ fn paired_case(
     } else {
         batch_seconds(m)
     };
-    // A side to its next sampling (`ready`), or `None` at the end of its case. One side at a
-    // time: a side's set-up and warm-up do not share the machine with the other's, and the
-    // warm-up's time per call (the batch size) is its own.
+    // A side to its next sampling (`ready`), or `None` at the end of its case. The sides set
+    // up and warm up at the same time (each was asked before any is waited for): a warm-up is
+    // `warmup_s` of wall time, and one side after the other, the two warm-ups and set-ups of
+    // every case and round took a fifth of a paired run's wall time (issue 19's A/A: 0.34 s
+    // between two cases, 60 times a run). The warm-up's time per call, measured beside the
+    // other's warm-up, only sizes the first batch: later batches are sized from the side's own
+    // batches (see `Taking::measured`). Each side settles before it says `ready`.
     let to_ready = |ctx: &mut RunContext,
                     writer: &mut RunWriter,
                     side: &mut Side<'_>,
@@ -318,11 +330,15 @@ fn paired_case(
             _ => None,
         })
     };
-    let mut taking = Vec::new();
+    let mut asked = Vec::new();
     for &i in who {
         if ask_case(ctx, writer, &mut sides[i], case, true)? {
-            taking.extend(to_ready(ctx, writer, &mut sides[i], i)?);
+            asked.push(i);
         }
+    }
+    let mut taking = Vec::new();
+    for i in asked {
+        taking.extend(to_ready(ctx, writer, &mut sides[i], i)?);
     }
     while !taking.is_empty() {
         let mut pair = 0;
@@ -340,6 +356,7 @@ fn paired_case(
                     Pumped::Event(Event::Batch { seconds, .. }) => {
                         t.values.extend(seconds);
                         t.batches += 1;
+                        t.n = batch_len(m, t.measured(), batch_s);
                     }
                     // The case failed on this side (an error in a batch), or the worker died.
                     _ => t.batches = usize::MAX,
@@ -349,15 +366,17 @@ fn paired_case(
             taking.retain(|t| t.batches != usize::MAX);
             pair += 1;
         }
-        // Released one at a time: each side finishes this sampling and reaches its next one
-        // (a precision mode after its fp32 reference) or the end of its case before the next
-        // side is released.
-        let mut next = Vec::new();
+        // Released together: each side finishes this sampling and reaches its next one (a
+        // precision mode after its fp32 reference) or the end of its case.
+        let mut released = Vec::new();
         for t in taking {
-            let side = &mut sides[t.side];
-            if command(ctx, writer, side, &Command::Release)? {
-                next.extend(to_ready(ctx, writer, side, t.side)?);
+            if command(ctx, writer, &mut sides[t.side], &Command::Release)? {
+                released.push(t.side);
             }
+        }
+        let mut next = Vec::new();
+        for i in released {
+            next.extend(to_ready(ctx, writer, &mut sides[i], i)?);
         }
         taking = next;
     }
@@ -384,16 +403,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn batches_aim_at_twenty_ms_and_three_a_side_at_least() {
+    fn batches_aim_at_ten_ms_and_three_a_side_at_least() {
         let m = MeasureSettings {
             max_time_s: 0.3,
             max_samples: 1000,
             ..Default::default()
         };
         let b = batch_seconds(&m);
-        assert_eq!(b, 0.02);
-        // A 2 ms call: 10 calls; a 50 ms call: one; never more than max_samples.
-        assert_eq!(batch_len(&m, 0.002, b), 10);
+        assert_eq!(b, 0.01);
+        // A 2 ms call: 5 calls; a 50 ms call: one; never more than max_samples.
+        assert_eq!(batch_len(&m, 0.002, b), 5);
         assert_eq!(batch_len(&m, 0.05, b), 1);
         assert_eq!(batch_len(&m, 1e-9, b), 1000);
         assert_eq!(batch_len(&m, 0.0, b), 1);
@@ -402,12 +421,12 @@ mod tests {
             max_time_s: 10.0,
             ..m.clone()
         };
-        assert_eq!(batch_seconds(&long), 0.02);
+        assert_eq!(batch_seconds(&long), 0.01);
         let short = MeasureSettings {
-            max_time_s: 0.03,
+            max_time_s: 0.015,
             ..m.clone()
         };
-        assert!((batch_seconds(&short) - 0.01).abs() < 1e-12);
+        assert!((batch_seconds(&short) - 0.005).abs() < 1e-12);
     }
 
     #[test]
