@@ -1,14 +1,32 @@
 //! Small facts about the operating system and the process, shared by every layer: signal names,
-//! panic payloads, identifiers safe for the file system and the container engine, the limits
-//! the process runs under ([`limits`]), what the worker's malloc keeps ([`alloc`]), output that a closed pipe cannot crash. Nearly a leaf: it
-//! imports only [`crate::outcome`] (the exit code of an interrupt), itself a leaf, so any module
-//! may use it without making an import cycle.
+//! panic payloads, processes and their parents in /proc, identifiers safe for the file system
+//! and the container engine, the limits the process runs under ([`limits`]), what the worker's
+//! malloc keeps ([`alloc`]), output that a closed pipe cannot crash. Nearly a leaf: it imports
+//! only [`crate::outcome`] (the exit code of an interrupt), itself a leaf, so any module may use
+//! it without making an import cycle.
 
 pub mod alloc;
 pub mod interrupt;
 pub mod limits;
 pub mod log_cap;
 pub mod output;
+
+/// The process ids in /proc (none where /proc cannot be read).
+pub fn pids() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+}
+
+/// A process's parent, from /proc/PID/stat (the field after the `(comm)`, which may hold
+/// spaces and parentheses, so it is found after the last `)`).
+pub fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
 
 /// A signal's conventional name (`SIGSEGV` for 11), `signal` for the ones we do not name.
 pub fn signal_name(sig: i32) -> &'static str {

@@ -496,6 +496,11 @@ fn two_thread_speedup() -> f64 {
     spin(2) as f64 / one as f64
 }
 
+/// The two tests that measure for real hold this while they run: the CPU hog of one took a
+/// core from the other's two-thread target for part of its rounds (CI of 12-06: one thread
+/// against two read +68% [+25%, +127%] `noisy`, with two free cores before and after the run).
+static REAL_RUNS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A real run whose targets differ for a real reason: two local targets, one with
 /// RAYON_NUM_THREADS=1 and one with 2, in one run, so their rounds are interleaved pairs and
 /// whatever the machine does at a moment falls on both (`compare` judges them paired; adaptive
@@ -508,11 +513,6 @@ fn two_thread_speedup() -> f64 {
 /// `two_images_run_with_rows_metadata_and_a_measurable_difference` has one, and passes on a
 /// loaded machine). So the regression is required only when two threads did ~2× the work of
 /// one both before and after the run; otherwise the test says so and checks the rest.
-/// The two tests that measure for real hold this while they run: the CPU hog of one took a
-/// core from the other's two-thread target for part of its rounds (CI of 12-06: one thread
-/// against two read +68% [+25%, +127%] `noisy`, with two free cores before and after the run).
-static REAL_RUNS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 #[test]
 fn real_runs_fewer_threads_is_a_gemm_regression() {
     let _alone = REAL_RUNS.lock().unwrap_or_else(|e| e.into_inner());

@@ -70,14 +70,9 @@ fn settle_tree(root: u32, skip: u32) -> Settled {
 /// `pid` and its descendants (from the parent pid in `/proc/<pid>/stat`).
 fn tree_of(pid: u32) -> Vec<u32> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for e in dir.flatten() {
-            let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            if let Some(pp) = parent_of(p) {
-                children.entry(pp).or_default().push(p);
-            }
+    for p in crate::sys::pids() {
+        if let Some(pp) = crate::sys::parent_of(p) {
+            children.entry(pp).or_default().push(p);
         }
     }
     let mut out = vec![pid];
@@ -92,13 +87,6 @@ fn tree_of(pid: u32) -> Vec<u32> {
         i += 1;
     }
     out
-}
-
-/// The parent pid of `pid` (field 4 of `/proc/<pid>/stat`, after the parenthesised name).
-fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn current_tid() -> u32 {

@@ -5,7 +5,7 @@
 //! b1 h8 s256 d64: three 2 MiB score tensors and the output; GEMM 1024: a 4 MiB product) and
 //! frees them before the next call. glibc's malloc gives such blocks back to the operating system
 //! (`munmap`, or trimming the heap's top past `M_TRIM_THRESHOLD`), so the next call faults every
-//! page in again: on the 2-core VM a 10-round A/A of attention and GEMM took 3.3–3.7 million
+//! page in again: on the 2-core VM a 10-round A/A of attention and GEMM took 3.2–3.7 million
 //! minor faults and 7.7–9.2 s of system time against 28–30 s of user time, attention's median was
 //! 3.7–6.1 ms where the arithmetic takes 2, and its paired rounds spread twice as much as with the
 //! memory kept (SD of a round's ratio 4.9–7.8% → 2.5–5.3%; 320–380 thousand faults, 3.5–4.3 s
@@ -67,11 +67,10 @@ fn apply() -> String {
                 && libc::mallopt(libc::M_TRIM_THRESHOLD, KEEP_BYTES.saturating_mul(2)) == 1
         };
         if ok {
+            let mib = KEEP_BYTES >> 20;
             return format!(
-                "freed blocks up to {} MiB kept (mmap threshold {} MiB, trim threshold {} MiB)",
-                KEEP_BYTES >> 20,
-                KEEP_BYTES >> 20,
-                (KEEP_BYTES >> 20) * 2
+                "freed blocks up to {mib} MiB kept (mmap threshold {mib} MiB, trim threshold {} MiB)",
+                2 * mib
             );
         }
         "glibc default (mallopt refused)".into()

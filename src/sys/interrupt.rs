@@ -132,20 +132,7 @@ pub fn kill_local_workers() -> Vec<u32> {
 
 /// The processes whose parent is `pid`, from /proc (none where /proc cannot be read).
 fn children_of(pid: u32) -> impl Iterator<Item = u32> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
-        .filter(move |&c| parent_of(c) == Some(pid))
-}
-
-/// A process's parent, from /proc/PID/stat (the field after the `(comm)`, which may hold
-/// spaces and parentheses, so it is found after the last `)`).
-fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(1)?.parse().ok()
+    super::pids().filter(move |&c| super::parent_of(c) == Some(pid))
 }
 
 /// Whether a process's argv is a worker's: `EXE worker --job FILE`.
@@ -192,7 +179,7 @@ mod tests {
             );
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        assert_eq!(parent_of(worker.id()), Some(std::process::id()));
+        assert_eq!(crate::sys::parent_of(worker.id()), Some(std::process::id()));
         assert!(!is_worker(other.id()));
         let killed = kill_local_workers();
         assert!(
